@@ -1,0 +1,1920 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+/*
+ * ERB data path: XDP ingress answers Redis GET hits from a kernel cache, TC
+ * egress keeps the two TCP stacks consistent and counts Redis's replies.
+ *
+ * Safety first (../../docs and DESIGN.md "When XDP may answer"): a GET is
+ * answered only when the segment is exactly one GET, is the next expected
+ * segment, Redis owes the flow nothing, the client has acknowledged every
+ * byte the server sent, and the flow is in db 0, not in MULTI, not
+ * subscribed and authenticated. Everything else is passed to Redis.
+ *
+ * Sequence numbers ("client view" = what the client sends/sees on the wire,
+ * "server view" = what the server's TCP stack sends/sees):
+ *   c: request bytes removed by answers. A client seq s maps to the server
+ *      view as s - (s >= c.u->pos ? c.off_after : c.off_before); c.u->pos is the
+ *      client-view end of the last answered request.
+ *   s: reply bytes inserted by answers. A server seq q maps to the client
+ *      view as q + (q >= s.pos ? s.off_after : s.off_before); s.pos is the
+ *      server-view position where the last answer was inserted.
+ * Like netfilter's seqadj, only the last correction keeps two offsets.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "erb.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+const volatile struct erb_config cfg = {
+	.layout_version = ERB_LAYOUT_VERSION,
+	.redis_port = 6379,
+	.max_key_len = 128,
+	.max_value_len = 1024,
+	.max_probes = ERB_MAX_PROBES,
+	.cache_entries = 1024,
+	.hash_prime = 1021,
+	.require_auth = 0,
+	.flags = ERB_CFG_ANSWER | ERB_CFG_FILL,
+};
+
+#define FNV_OFFSET	2166136261U
+#define FNV_PRIME	16777619U
+#define WIN		2048		/* parse window (bytes) */
+#define WIN_MASK	(WIN - 1)
+#define MAX_WINDOWS	33		/* 64 KiB GSO skb + slack */
+#define MAX_STEPS	(WIN + 8)
+#define REP_HDR		8		/* room for "$1400\r\n" before the value */
+#define SLOT_FREE	0xffffffffU
+#define KEYQ		64
+#define UNTRACKED_QUIET_NS	1000000000ULL
+#define HASH_CLIENT	0x6fd2b1b5U	/* FNV-1a("CLIENT"), checked by a test */
+#define HASH_REPLY	0x2a1e8a5fU	/* FNV-1a("REPLY") */
+#define READ_ONCE(x)	(*(volatile typeof(x) *)&(x))
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct erb_entry);
+} erb_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct erb_flow_key);
+	__type(value, struct erb_flow);
+} erb_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, struct erb_flow_key);
+	__type(value, struct erb_aux);
+} erb_aux SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} erb_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct erb_global);
+} erb_global SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 512);
+	__type(key, __u32);
+	__type(value, struct erb_cmd_spec);
+} erb_cmds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ERB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} erb_stats SEC(".maps");
+
+
+/*
+ * Parse cursor. It lives in the per-CPU scratch map, not on the stack: the
+ * verifier then treats it as unknown and bpf_loop callbacks converge.
+ */
+struct pcur {
+	__u32 pos;		/* index in s->buf */
+	__u32 end;		/* bytes valid in s->buf */
+	__u32 tracked;		/* flow may be answered/filled */
+	__u32 err;
+	/* current command: bulk starts of args 1 and 2 when in this window */
+	__s32 a1_off, a2_off;
+	__u32 a1_len, a2_len;
+	/* last complete plain SET of this segment */
+	__u32 cap;		/* 1 = captured */
+	__u32 cap_idx, cap_koff, cap_klen, cap_voff, cap_vlen;
+	__u32 win_base;		/* payload offset of s->buf[0] */
+	__u32 flushed;		/* flushed for skipped bytes already */
+	__u32 nkeys;		/* queued in s->keyq */
+	__u32 keyq_full;
+	__u32 fill_due;		/* a write-through fill is due (egress) */
+};
+
+/* Pointers for the bpf_loop callbacks (on the stack). */
+struct pctx {
+	struct erb_flow *f;
+	struct erb_scratch *s;
+	struct erb_global *g;
+	struct pcur *u;
+};
+
+struct erb_scratch {
+	char buf[WIN];			/* parse window */
+	char key[ERB_KEY_MAX];		/* zero-padded key of a GET */
+	char rep[ERB_REPLY_MAX];	/* reply payload, starts at REP_HDR - hdrlen */
+	__u32 keyq[KEYQ];		/* keys written by this segment's commands */
+	__u32 keyq_idx[KEYQ];		/* their command indexes */
+	struct pcur cur;
+	__u8 opt[40];			/* TCP options being parsed */
+	__u32 fnv;			/* hash being computed by fnv_step */
+	struct {
+		__u32 i, len, ts_off, tsval, tsecr, sack_off, sack_n, bad;
+	} oc;				/* option parser cursor */
+	struct {
+		__s32 hit, free;	/* slot indexes, -1 none */
+		__u32 ver;
+		__u32 done;
+	} pr;				/* cache probe result */
+	struct erb_aux zero_aux;	/* all zero: template for new aux entries */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct erb_scratch);
+} erb_scratch SEC(".maps");
+
+static __always_inline void stat_inc(__u32 id)
+{
+	__u64 *v = bpf_map_lookup_elem(&erb_stats, &id);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int before(__u32 a, __u32 b)
+{
+	return (__s32)(a - b) < 0;
+}
+
+static __always_inline int after(__u32 a, __u32 b)
+{
+	return (__s32)(b - a) < 0;
+}
+
+static __always_inline struct erb_global *global(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&erb_global, &zero);
+}
+
+static __always_inline __u32 upper(__u32 c)
+{
+	return (c >= 'a' && c <= 'z') ? c - 32 : c;
+}
+
+/* ---------------------------------------------------------------- cache */
+
+static __always_inline __u32 slot_of(__u32 h, __u32 i)
+{
+	__u32 n = cfg.cache_entries;
+	__u32 prime = cfg.hash_prime;
+	__u64 step;
+
+	if (n == 0)
+		return 0;
+	step = 1 + (prime ? h % prime : 0);
+	return (__u32)(((__u64)h + i * step) % n);
+}
+
+static __always_inline __u32 bucket_of(__u32 h)
+{
+	return h & (ERB_INFLIGHT_BUCKETS - 1);
+}
+
+static __always_inline int entry_live(struct erb_entry *e, __u32 gen)
+{
+	return e->state == ERB_ENTRY_VALID && e->gen == gen;
+}
+
+static __always_inline int entry_end(struct erb_entry *e, __u32 gen)
+{
+	/* an entry of an older generation is as good as never used */
+	return e->state == ERB_ENTRY_EMPTY || e->gen != gen;
+}
+
+static __always_inline int key_equal(const char *a, const char *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < ERB_KEY_MAX / 8; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+/* Remove every live entry whose key hashes to h (conservative: by hash). */
+static __always_inline int cache_invalidate(__u32 h, __u32 gen)
+{
+	int n = 0;
+
+	for (__u32 i = 0; i < ERB_MAX_PROBES; i++) {
+		__u32 idx = slot_of(h, i);
+		struct erb_entry *e;
+
+		if (i >= cfg.max_probes)
+			break;
+		e = bpf_map_lookup_elem(&erb_cache, &idx);
+		if (!e || entry_end(e, gen))
+			break;
+		if (e->state == ERB_ENTRY_VALID && e->hash == h) {
+			__sync_fetch_and_add(&e->ver, 1);
+			e->state = ERB_ENTRY_TOMB;
+			__sync_fetch_and_add(&e->ver, 1);
+			n++;
+		}
+	}
+	if (n)
+		stat_inc(ERB_STAT_INVALIDATE);
+	return n;
+}
+
+struct fctx {
+	struct erb_scratch *s;
+	const char *buf;	/* ERB_KEY_MAX bytes, in a map value */
+};
+
+static long fnv_step(__u32 i, void *arg)
+{
+	struct fctx *x = arg;
+
+	if (!x->s || !x->buf)
+		return 1;
+	x->s->fnv = (x->s->fnv ^ (__u8)x->buf[i & (ERB_KEY_MAX - 1)]) * FNV_PRIME;
+	return 0;
+}
+
+/* FNV-1a of buf[0..len), len <= ERB_KEY_MAX. */
+static __always_inline __u32 fnv_key(struct erb_scratch *s, const char *buf, __u32 len)
+{
+	struct fctx x = { .s = s, .buf = buf };
+
+	s->fnv = FNV_OFFSET;
+	if (len > ERB_KEY_MAX)
+		len = ERB_KEY_MAX;
+	bpf_loop(len, fnv_step, &x, 0);
+	return s->fnv;
+}
+
+static __always_inline void cache_flush(struct erb_global *g)
+{
+	__sync_fetch_and_add(&g->cache_gen, 1);
+	stat_inc(ERB_STAT_FLUSH);
+}
+
+struct prctx {
+	struct erb_scratch *s;
+	const char *key;	/* zero-padded, ERB_KEY_MAX bytes, in a map value */
+	__u32 h, klen, gen;
+};
+
+/* One probe: stop at the key (pr.hit) or the end of the chain. */
+static long probe_step(__u32 i, void *arg)
+{
+	struct prctx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct erb_entry *e;
+	__u32 idx, ver;
+
+	if (!s || !x->key)
+		return 1;
+	idx = slot_of(x->h, i);
+	e = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!e)
+		return 1;
+	if (entry_end(e, x->gen)) {
+		if (s->pr.free < 0)
+			s->pr.free = idx;
+		return 1;
+	}
+	if (!entry_live(e, x->gen)) {
+		if (s->pr.free < 0)
+			s->pr.free = idx;
+		return 0;
+	}
+	ver = READ_ONCE(e->ver);
+	if (e->hash != x->h || e->klen != x->klen || !key_equal(e->key, x->key))
+		return 0;
+	s->pr.hit = idx;
+	s->pr.ver = ver;
+	return 1;
+}
+
+static __always_inline void cache_probe(struct erb_scratch *s, const char *key, __u32 klen,
+					__u32 h, __u32 gen)
+{
+	struct prctx x = { .s = s, .key = key, .h = h, .klen = klen, .gen = gen };
+	__u32 n = cfg.max_probes;
+
+	s->pr.hit = -1;
+	s->pr.free = -1;
+	if (n > ERB_MAX_PROBES)
+		n = ERB_MAX_PROBES;
+	bpf_loop(n, probe_step, &x, 0);
+}
+
+/*
+ * Store key/value (zero-padded key) under hash h. Returns 0 when stored.
+ * The caller re-checks its preconditions afterwards and invalidates on a race.
+ */
+static __always_inline int cache_store(struct erb_scratch *s, __u32 h, const char *key,
+				       __u32 klen, const char *val, __u32 vlen, __u32 gen)
+{
+	struct erb_entry *target;
+	__u32 idx;
+
+	cache_probe(s, key, klen, h, gen);
+	if (s->pr.hit >= 0)
+		idx = s->pr.hit;
+	else if (s->pr.free >= 0)
+		idx = s->pr.free;
+	else {
+		stat_inc(ERB_STAT_CACHE_FULL);
+		return -1;
+	}
+	target = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!target)
+		return -1;
+	if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
+		return -1;
+	__sync_fetch_and_add(&target->ver, 1);
+	target->state = ERB_ENTRY_VALID;
+	target->gen = gen;
+	target->hash = h;
+	target->klen = klen;
+	target->vlen = vlen;
+	bpf_probe_read_kernel(target->key, ERB_KEY_MAX, key);
+	bpf_probe_read_kernel(target->val, ERB_VAL_MAX, val);
+	__sync_fetch_and_add(&target->ver, 1);
+	__sync_lock_test_and_set(&target->lock, 0);
+	return 0;
+}
+
+/* --------------------------------------------------- outstanding writes */
+
+static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
+				       __u32 idx, __u32 bucket)
+{
+	__u32 *cnt = bpf_map_lookup_elem(&erb_inflight, &bucket);
+
+	if (!cnt)
+		return;
+	for (int i = 0; i < ERB_WR_RING; i++) {
+		if (f->wr[i].bucket == SLOT_FREE) {
+			f->wr[i].idx = idx;
+			f->wr[i].bucket = bucket;
+			__sync_fetch_and_add(cnt, 1);
+			return;
+		}
+	}
+	/* ring full: block every fill until this flow has no reply owed */
+	if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW))
+		__sync_fetch_and_add(&g->overflow, 1);
+}
+
+static __always_inline void wr_block(struct erb_flow *f, struct erb_global *g)
+{
+	if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW))
+		__sync_fetch_and_add(&g->overflow, 1);
+}
+
+/* Release the slots of writes Redis has answered (idx < replies), or all. */
+static __always_inline void wr_release(struct erb_flow *f, __u32 replies, int all)
+{
+	for (int i = 0; i < ERB_WR_RING; i++) {
+		__u32 b = f->wr[i].bucket;
+		__u32 *cnt;
+
+		if (b == SLOT_FREE || (!all && !before(f->wr[i].idx, replies)))
+			continue;
+		f->wr[i].bucket = SLOT_FREE;
+		cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+		if (cnt)
+			__sync_fetch_and_sub(cnt, 1);
+	}
+}
+
+static __always_inline void wr_unblock(struct erb_flow *f, struct erb_global *g)
+{
+	if (__sync_fetch_and_and(&f->flags, ~ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW)
+		__sync_fetch_and_sub(&g->overflow, 1);
+}
+
+static __always_inline void flow_release(struct erb_flow *f, struct erb_global *g)
+{
+	wr_release(f, 0, 1);
+	wr_unblock(f, g);
+}
+
+static __always_inline void flow_delete(struct erb_flow_key *k, struct erb_flow *f,
+					struct erb_global *g)
+{
+	flow_release(f, g);
+	bpf_map_delete_elem(&erb_aux, k);
+	bpf_map_delete_elem(&erb_flows, k);
+	stat_inc(ERB_STAT_FLOW_END);
+}
+
+/* ------------------------------------------------- request parser (XDP) */
+
+/*
+ * A key written by a passed command. The parser only queues it; xdp_keys()
+ * takes the outstanding-write slot and invalidates before the frame is passed.
+ */
+static __always_inline void req_write_key(struct pctx *c, struct erb_parser *p)
+{
+	__u32 n = c->u->nkeys;
+
+	if (n >= KEYQ) {
+		c->u->keyq_full = 1;
+		return;
+	}
+	c->s->keyq[n & (KEYQ - 1)] = p->arg_hash;
+	c->s->keyq_idx[n & (KEYQ - 1)] = c->f->cmds;
+	c->u->nkeys = n + 1;
+}
+
+static __always_inline void req_arg_end(struct pctx *c, struct erb_parser *p)
+{
+	__u32 i = p->argi;
+
+	if (i == 0) {
+		struct erb_cmd_spec *spec;
+		__u32 h = p->arg_uhash;
+
+		p->cmd_hash = h;
+		spec = p->arg_len <= ERB_CMD_NAME_MAX ?
+		       bpf_map_lookup_elem(&erb_cmds, &h) : 0;
+		if (spec) {
+			p->cmd_flags = spec->flags;
+			p->first_key = spec->first_key;
+			p->last_key = spec->last_key;
+			p->key_step = spec->step ? spec->step : 1;
+		} else {
+			p->cmd_flags = ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN;
+			p->first_key = 0;
+			p->last_key = 0;
+			p->key_step = 1;
+		}
+		if (p->last_key < 0)
+			p->last_key += (__s32)p->argc;
+		return;
+	}
+	if (i == 1 && p->cmd_hash == HASH_CLIENT && p->arg_uhash == HASH_REPLY)
+		p->cmd_flags |= ERB_CMD_UNTRACK;
+	if ((p->cmd_flags & (ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN)) == ERB_CMD_WRITE &&
+	    p->first_key > 0 && (__s32)i >= p->first_key && (__s32)i <= p->last_key &&
+	    ((i - p->first_key) % p->key_step) == 0)
+		req_write_key(c, p);
+}
+
+static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
+{
+	struct erb_flow *f = c->f;
+	__u32 fl = p->cmd_flags;
+	__u32 idx = f->cmds;
+
+	if (fl & (ERB_CMD_FLUSH | ERB_CMD_KEYS_UNKNOWN)) {
+		if (c->u->tracked)
+			wr_block(f, c->g);
+		else
+			c->g->untracked_wr_ns = bpf_ktime_get_ns();
+		cache_flush(c->g);
+	}
+	if (fl & ERB_CMD_MULTI) {
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_MULTI);
+		/* queued writes run at EXEC: no fill may race them */
+		wr_block(f, c->g);
+	}
+	if (fl & ERB_CMD_EXEC)
+		__sync_fetch_and_and(&f->flags, ~ERB_FLOW_MULTI);
+	if (fl & (ERB_CMD_SUBSCRIBE | ERB_CMD_UNTRACK))
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_SUBSCRIBED * !!(fl & ERB_CMD_SUBSCRIBE) |
+				    ERB_FLOW_UNTRACKED);
+	if (fl & ERB_CMD_SELECT) {
+		if (p->argc == 2 && p->num_ok && p->num_arg == 0)
+			__sync_fetch_and_and(&f->flags, ~ERB_FLOW_DB_NONZERO);
+		else
+			__sync_fetch_and_or(&f->flags, ERB_FLOW_DB_NONZERO);
+	}
+	if (fl & ERB_CMD_AUTH)
+		f->auth_idx = idx + 1;
+	if (fl & ERB_CMD_RESET) {
+		__sync_fetch_and_and(&f->flags, ~(ERB_FLOW_MULTI | ERB_FLOW_DB_NONZERO));
+		if (cfg.require_auth)
+			__sync_fetch_and_and(&f->flags, ~ERB_FLOW_AUTHED);
+	}
+	if ((fl & ERB_CMD_SET) && p->argc == 3 && c->u->a1_off >= 0 && c->u->a2_off >= 0 &&
+	    c->u->a1_len <= cfg.max_key_len && c->u->a2_len <= cfg.max_value_len) {
+		c->u->cap = 1;
+		c->u->cap_idx = idx;
+		c->u->cap_koff = c->u->win_base + c->u->a1_off;
+		c->u->cap_klen = c->u->a1_len;
+		c->u->cap_voff = c->u->win_base + c->u->a2_off;
+		c->u->cap_vlen = c->u->a2_len;
+	}
+	f->cmds = idx + 1;
+	stat_inc(ERB_STAT_CMDS_PASSED);
+}
+
+static __always_inline void req_error(struct pctx *c, struct erb_parser *p)
+{
+	/* Redis will reject this stream too; we lost the command boundary. */
+	stat_inc(ERB_STAT_PARSE_ERROR);
+	__sync_fetch_and_or(&c->f->flags, ERB_FLOW_UNTRACKED);
+	cache_flush(c->g);
+	c->g->untracked_wr_ns = bpf_ktime_get_ns();
+	p->state = ERB_P_TYPE;
+	p->argc = 0;
+	p->resync = 1;
+	c->u->err = 1;
+}
+
+static __always_inline void req_bulk_begin(struct pctx *c, struct erb_parser *p)
+{
+	p->arg_hash = FNV_OFFSET;
+	p->arg_uhash = FNV_OFFSET;
+	p->arg_len = 0;
+	if (p->argi == 1) {
+		p->num_arg = 0;
+		p->num_ok = 1;
+		if (p->num + 2 <= c->u->end - c->u->pos) {
+			c->u->a1_off = c->u->pos;
+			c->u->a1_len = p->num;
+		}
+	} else if (p->argi == 2 && p->num + 2 <= c->u->end - c->u->pos) {
+		c->u->a2_off = c->u->pos;
+		c->u->a2_len = p->num;
+	}
+	p->bulk_left = p->num + 2;
+	p->state = ERB_P_BULK;
+}
+
+/* Does this arg need its bytes looked at (name, keys, SELECT's index)? */
+static __always_inline int req_arg_inspect(struct erb_parser *p)
+{
+	if (p->argi <= 1)
+		return 1;
+	return (p->cmd_flags & ERB_CMD_WRITE) && p->first_key > 0 &&
+	       (__s32)p->argi >= p->first_key && (__s32)p->argi <= p->last_key;
+}
+
+static long req_step(__u32 unused, void *arg)
+{
+	struct pctx *c = arg;
+	struct erb_flow *f = c->f;
+	struct erb_scratch *s = c->s;
+	struct erb_parser *p;
+	__u32 pos = c->u->pos;
+	__u8 ch;
+
+	if (!f || !s || pos >= c->u->end || c->u->end > WIN)
+		return 1;
+	p = &f->req;
+	ch = s->buf[pos & WIN_MASK];
+
+	switch (p->state) {
+	case ERB_P_TYPE:
+		if (p->argc == 0) {
+			if (ch == '*') {
+				p->resync = 0;
+				p->type = '*';
+				p->state = ERB_P_NUM;
+				p->num = 0;
+				p->neg = 0;
+				c->u->a1_off = -1;
+				c->u->a2_off = -1;
+			} else if (p->resync) {
+				/* skip until a command starts; unknown bytes may write */
+				if (!c->u->flushed) {
+					c->u->flushed = 1;
+					cache_flush(c->g);
+					c->g->untracked_wr_ns = bpf_ktime_get_ns();
+				}
+			} else if (ch == '\r' || ch == '\n' || ch == ' ') {
+				/* Redis ignores empty inline lines */
+			} else {
+				/* inline command: keys unknown, count it at its LF */
+				p->type = 'i';
+				p->state = ERB_P_LINE;
+			}
+		} else if (ch == '$') {
+			p->type = '$';
+			p->state = ERB_P_NUM;
+			p->num = 0;
+			p->neg = 0;
+		} else {
+			req_error(c, p);
+		}
+		c->u->pos = pos + 1;
+		return 0;
+	case ERB_P_NUM:
+		if (ch >= '0' && ch <= '9') {
+			if (p->num > (1U << 28))
+				req_error(c, p);
+			else
+				p->num = p->num * 10 + (ch - '0');
+		} else if (ch == '-' && p->num == 0) {
+			p->neg = 1;
+		} else if (ch == '\r') {
+			p->state = ERB_P_LF;
+		} else {
+			req_error(c, p);
+		}
+		c->u->pos = pos + 1;
+		return 0;
+	case ERB_P_LINE:
+		if (ch == '\n') {
+			p->cmd_flags = ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN;
+			p->argc = 0;
+			req_cmd_end(c, p);
+			p->state = ERB_P_TYPE;
+		}
+		c->u->pos = pos + 1;
+		return 0;
+	case ERB_P_LF:
+		c->u->pos = pos + 1;
+		if (ch != '\n') {
+			req_error(c, p);
+			return 0;
+		}
+		if (p->type == '*') {
+			p->state = ERB_P_TYPE;
+			if (p->neg || p->num == 0)
+				return 0;	/* Redis skips empty multibulk */
+			p->argc = p->num;
+			p->argi = 0;
+			p->cmd_flags = 0;
+			p->first_key = 0;
+			p->last_key = 0;
+			return 0;
+		}
+		if (p->neg || p->num > 512 * 1024 * 1024) {
+			req_error(c, p);
+			return 0;
+		}
+		req_bulk_begin(c, p);
+		return 0;
+	case ERB_P_BULK:
+		if (p->bulk_left > 2 && req_arg_inspect(p)) {
+			/* one byte at a time: hashes and numbers */
+			p->arg_hash = (p->arg_hash ^ ch) * FNV_PRIME;
+			p->arg_uhash = (p->arg_uhash ^ upper(ch)) * FNV_PRIME;
+			if (p->argi == 1) {
+				if (ch >= '0' && ch <= '9' && p->num_arg < 100000)
+					p->num_arg = p->num_arg * 10 + (ch - '0');
+				else
+					p->num_ok = 0;
+			}
+			p->arg_len++;
+			p->bulk_left--;
+			c->u->pos = pos + 1;
+			return 0;
+		}
+		if (p->bulk_left > 2) {
+			__u32 n = p->bulk_left - 2, room = c->u->end - pos;
+
+			if (n > room)
+				n = room;
+			p->bulk_left -= n;
+			c->u->pos = pos + n;
+			return 0;
+		}
+		/* the CRLF that ends the bulk */
+		if (p->bulk_left == 2 ? ch != '\r' : ch != '\n') {
+			req_error(c, p);
+			c->u->pos = pos + 1;
+			return 0;
+		}
+		p->bulk_left--;
+		c->u->pos = pos + 1;
+		if (p->bulk_left)
+			return 0;
+		req_arg_end(c, p);
+		p->argi++;
+		p->state = ERB_P_TYPE;
+		if (p->argi >= p->argc) {
+			req_cmd_end(c, p);
+			p->argc = 0;
+		}
+		return 0;
+	default:
+		req_error(c, p);
+		return 1;
+	}
+}
+
+/* ------------------------------------------------ reply parser (TC) */
+
+static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c)
+{
+	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, k);
+	struct erb_global *g = c->g;
+	__u32 gen, b, *cnt;
+
+	if (!a)
+		return;
+	b = a->fill_bucket & (ERB_INFLIGHT_BUCKETS - 1);
+	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+	if (!cnt)
+		return;
+	gen = g->cache_gen;
+	if (!(cfg.flags & ERB_CFG_FILL) || (g->ctl & ERB_CTL_DRAIN) || g->overflow ||
+	    *cnt != 1 || bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	if (cache_store(c->s, a->fill_hash, a->fill_key, a->fill_klen, a->fill_val,
+			a->fill_vlen, gen)) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	/* a write that raced the store must see no stale entry afterwards */
+	if (g->overflow || *cnt != 1 || g->cache_gen != gen ||
+	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+		cache_invalidate(a->fill_hash, gen);
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	stat_inc(ERB_STAT_FILL);
+}
+
+struct rctx {
+	struct pctx pc;
+	struct erb_flow_key key;
+};
+
+static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
+{
+	struct erb_flow *f = r->pc.f;
+	__u32 idx = f->replies;
+	int ok = p->top_type == '+' && p->line_ok && p->line_len == 2;
+
+	if (f->fill_idx == idx + 1) {
+		f->fill_idx = 0;
+		if (ok && !(f->flags & (ERB_FLOW_UNTRACKED | ERB_FLOW_MULTI)))
+			r->pc.u->fill_due = 1;	/* done after parsing, before releases */
+	}
+	if (f->auth_idx == idx + 1 &&
+	    (p->top_type == '+' || p->top_type == '%' || p->top_type == '*'))
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_AUTHED);
+	f->replies = idx + 1;
+	stat_inc(ERB_STAT_REPLIES);
+}
+
+static __always_inline void rep_elem_done(struct rctx *r, struct erb_parser *p)
+{
+	p->state = ERB_P_TYPE;
+	for (int i = 0; i < ERB_DEPTH_MAX + 1; i++) {
+		__u32 d = p->depth;
+
+		if (d == 0) {
+			rep_done(r, p);
+			return;
+		}
+		d = (d - 1) & (ERB_DEPTH_MAX - 1);
+		if (p->left[d] > 1) {
+			p->left[d]--;
+			return;
+		}
+		p->left[d] = 0;
+		p->depth = d;
+	}
+}
+
+static __always_inline void rep_error(struct rctx *r, struct erb_parser *p)
+{
+	stat_inc(ERB_STAT_PARSE_ERROR);
+	__sync_fetch_and_or(&r->pc.f->flags, ERB_FLOW_UNTRACKED);
+	r->pc.u->err = 1;
+}
+
+static long rep_step(__u32 unused, void *arg)
+{
+	struct rctx *r = arg;
+	struct erb_flow *f = r->pc.f;
+	struct erb_scratch *s = r->pc.s;
+	struct erb_parser *p;
+	__u32 pos = r->pc.u->pos;
+	__u8 ch;
+
+	if (!f || !s || r->pc.u->err || pos >= r->pc.u->end || r->pc.u->end > WIN)
+		return 1;
+	p = &f->rep;
+	ch = s->buf[pos & WIN_MASK];
+	r->pc.u->pos = pos + 1;
+
+	switch (p->state) {
+	case ERB_P_TYPE:
+		p->type = ch;
+		p->num = 0;
+		p->neg = 0;
+		if (p->depth == 0) {
+			p->top_type = ch;
+			p->line_ok = 1;
+			p->line_len = 0;
+		}
+		switch (ch) {
+		case '+': case '-': case ':': case '_': case '#': case ',': case '(':
+			p->state = ERB_P_LINE;
+			return 0;
+		case '$': case '=': case '!': case '*': case '~': case '%':
+			p->state = ERB_P_NUM;
+			return 0;
+		default:	/* '>' push, '|' attribute, garbage: give up */
+			rep_error(r, p);
+			return 1;
+		}
+	case ERB_P_LINE:
+		if (ch == '\r') {
+			p->state = ERB_P_LF;
+			return 0;
+		}
+		if (p->depth == 0) {
+			if (!((p->line_len == 0 && ch == 'O') || (p->line_len == 1 && ch == 'K')))
+				p->line_ok = 0;
+			p->line_len++;
+		}
+		return 0;
+	case ERB_P_NUM:
+		if (ch >= '0' && ch <= '9') {
+			if (p->num > (1U << 28)) {
+				rep_error(r, p);
+				return 1;
+			}
+			p->num = p->num * 10 + (ch - '0');
+		} else if (ch == '-' && p->num == 0) {
+			p->neg = 1;
+		} else if (ch == '\r') {
+			p->state = ERB_P_LF;
+		} else {
+			rep_error(r, p);
+			return 1;
+		}
+		return 0;
+	case ERB_P_LF:
+		if (ch != '\n') {
+			rep_error(r, p);
+			return 1;
+		}
+		switch (p->type) {
+		case '$': case '=': case '!':
+			if (p->neg) {
+				rep_elem_done(r, p);
+			} else {
+				p->bulk_left = p->num + 2;
+				p->state = ERB_P_BULK;
+			}
+			return 0;
+		case '*': case '~': case '%': {
+			__u32 n = p->type == '%' ? p->num * 2 : p->num;
+
+			if (p->neg || n == 0) {
+				rep_elem_done(r, p);
+				return 0;
+			}
+			if (p->depth >= ERB_DEPTH_MAX) {
+				rep_error(r, p);
+				return 1;
+			}
+			p->left[p->depth & (ERB_DEPTH_MAX - 1)] = n;
+			p->depth++;
+			p->state = ERB_P_TYPE;
+			return 0;
+		}
+		default:
+			rep_elem_done(r, p);
+			return 0;
+		}
+	case ERB_P_BULK:
+		if (p->bulk_left > 2) {
+			__u32 n = p->bulk_left - 2, room = r->pc.u->end - pos;
+
+			if (n > room)
+				n = room;
+			p->bulk_left -= n;
+			r->pc.u->pos = pos + n;
+			return 0;
+		}
+		if (p->bulk_left == 2 ? ch != '\r' : ch != '\n') {
+			rep_error(r, p);
+			return 1;
+		}
+		if (--p->bulk_left == 0)
+			rep_elem_done(r, p);
+		return 0;
+	default:
+		rep_error(r, p);
+		return 1;
+	}
+}
+
+/* ----------------------------------------------------- TCP helpers */
+
+struct tcp_opts {
+	__u32 ts_off;		/* offset of the TS option from the TCP header, 0 none */
+	__u32 tsval, tsecr;
+	__u32 sack_off;		/* offset of the SACK option, 0 none */
+	__u32 sack_n;		/* blocks */
+};
+
+static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
+{
+	__u32 s = (__u16)~*sum;
+
+	s += (__u16)~(from >> 16) + (__u16)~(from & 0xffff);
+	s += (to >> 16) + (to & 0xffff);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	*sum = (__u16)~s;
+}
+
+static __always_inline __u16 csum_fold(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/* client seq -> server view */
+static __always_inline __u32 map_cseq(struct erb_seqadj *c, __u32 seq)
+{
+	return seq - (before(seq, c->pos) ? c->off_before : c->off_after);
+}
+
+/* client ack (of server bytes, client view) -> server view */
+static __always_inline __u32 map_cack(struct erb_seqadj *s, __u32 ack)
+{
+	__u32 r0 = s->pos + s->off_before, r1 = s->pos + s->off_after;
+
+	if (!before(ack, r1))
+		return ack - s->off_after;
+	if (after(ack, r0))
+		return s->pos;
+	return ack - s->off_before;
+}
+
+/* server seq -> client view */
+static __always_inline __u32 map_sseq(struct erb_seqadj *s, __u32 seq)
+{
+	return seq + (before(seq, s->pos) ? s->off_before : s->off_after);
+}
+
+/* server ack (of client bytes, server view) -> client view */
+static __always_inline __u32 map_sack(struct erb_seqadj *c, __u32 ack)
+{
+	return ack + (before(ack, c->pos - c->off_after) ? c->off_before : c->off_after);
+}
+
+/* ------------------------------------------------------------- XDP */
+
+struct pkt {
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct tcphdr *tcp;
+	__u32 thl;		/* TCP header length */
+	__u32 poff;		/* payload offset from the frame start */
+	__u32 plen;		/* payload length */
+};
+
+static long opt_step(__u32 unused, void *arg)
+{
+	struct erb_scratch *s = *(struct erb_scratch **)arg;
+	__u32 i, kind, olen;
+
+	if (!s)
+		return 1;
+	i = s->oc.i;
+	if (i >= s->oc.len || i >= 40)
+		return 1;
+	kind = s->opt[i];
+	if (kind == 0)
+		return 1;
+	if (kind == 1) {
+		s->oc.i = i + 1;
+		return 0;
+	}
+	if (i + 1 >= s->oc.len || i >= 39) {
+		s->oc.bad = 1;
+		return 1;
+	}
+	olen = s->opt[i + 1];
+	if (olen < 2 || i + olen > s->oc.len) {
+		s->oc.bad = 1;
+		return 1;
+	}
+	if (kind == 8 && olen == 10 && i <= 30) {
+		s->oc.ts_off = sizeof(struct tcphdr) + i;
+		s->oc.tsval = (__u32)s->opt[i + 2] << 24 | (__u32)s->opt[i + 3] << 16 |
+			      (__u32)s->opt[i + 4] << 8 | s->opt[i + 5];
+		s->oc.tsecr = (__u32)s->opt[i + 6] << 24 | (__u32)s->opt[i + 7] << 16 |
+			      (__u32)s->opt[i + 8] << 8 | s->opt[i + 9];
+	} else if (kind == 5 && olen >= 10 && (olen - 2) % 8 == 0) {
+		s->oc.sack_off = sizeof(struct tcphdr) + i;
+		s->oc.sack_n = (olen - 2) / 8;
+	}
+	s->oc.i = i + olen;
+	return 0;
+}
+
+/* TCP options of a client segment: timestamps and SACK positions. */
+static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
+					struct erb_scratch *s)
+{
+	void *end = (void *)(long)ctx->data_end;
+	__u8 *opt = (__u8 *)(k->tcp + 1);
+	__u32 len = k->thl - sizeof(struct tcphdr);
+
+	o->ts_off = 0;
+	o->sack_off = 0;
+	o->sack_n = 0;
+	if (len == 0)
+		return 0;
+	/* the common case: NOP NOP TS */
+	if (len == 12 && (void *)(opt + 12) <= end && opt[0] == 1 && opt[1] == 1 &&
+	    opt[2] == 8 && opt[3] == 10) {
+		o->ts_off = sizeof(struct tcphdr) + 2;
+		o->tsval = bpf_ntohl(*(__u32 *)(opt + 4));
+		o->tsecr = bpf_ntohl(*(__u32 *)(opt + 8));
+		return 0;
+	}
+	len &= 63;
+	if (len < 1 || len > 40)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, k->poff - len, s->opt, len))
+		return -1;
+	__builtin_memset(&s->oc, 0, sizeof(s->oc));
+	s->oc.len = len;
+	bpf_loop(20, opt_step, &s, 0);
+	if (s->oc.bad)
+		return -1;
+	o->ts_off = s->oc.ts_off;
+	o->tsval = s->oc.tsval;
+	o->tsecr = s->oc.tsecr;
+	o->sack_off = s->oc.sack_off;
+	o->sack_n = s->oc.sack_n;
+	return 0;
+}
+
+/* Rewrite seq/ack/SACK of a client segment into the server view. */
+static __always_inline void xdp_correct(struct xdp_md *ctx, struct pkt *k,
+					struct erb_flow *f, struct tcp_opts *o)
+{
+	void *end = (void *)(long)ctx->data_end;
+	struct tcphdr *t = k->tcp;
+	__u32 seq = bpf_ntohl(t->seq), ack = bpf_ntohl(t->ack_seq), v;
+
+	v = map_cseq(&f->c, seq);
+	if (v != seq) {
+		csum_replace4(&t->check, t->seq, bpf_htonl(v));
+		t->seq = bpf_htonl(v);
+	}
+	if (t->ack) {
+		v = map_cack(&f->s, ack);
+		if (v != ack) {
+			csum_replace4(&t->check, t->ack_seq, bpf_htonl(v));
+			t->ack_seq = bpf_htonl(v);
+		}
+	}
+	if (o->sack_off) {
+		__u8 *b = (__u8 *)t + (o->sack_off & 63) + 2;
+
+		for (int i = 0; i < 8; i++) {
+			__u32 *e = (__u32 *)(b + 4 * i);
+			__u32 old, nv;
+
+			if ((__u32)i >= o->sack_n * 2 || (void *)(e + 1) > end)
+				break;
+			old = bpf_ntohl(*e);
+			nv = map_cack(&f->s, old);
+			if (nv != old) {
+				csum_replace4(&t->check, *e, bpf_htonl(nv));
+				*e = bpf_htonl(nv);
+			}
+		}
+	}
+	stat_inc(ERB_STAT_CORRECTED_IN);
+}
+
+/* Parse the client's new bytes [from, plen) of this segment. */
+static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *k, struct pctx *c,
+				     __u32 from)
+{
+	for (int w = 0; w < 2; w++) {
+		__u32 base = from + w * WIN, n;
+
+		if (base >= k->plen)
+			break;
+		n = k->plen - base;
+		if (n > WIN)
+			n = WIN;
+		if (n == 0 || bpf_xdp_load_bytes(ctx, k->poff + base, c->s->buf, n))
+			return -1;
+		c->u->pos = 0;
+		c->u->end = n;
+		c->u->win_base = base;
+		c->u->a1_off = c->u->a2_off = -1;
+		bpf_loop(MAX_STEPS, req_step, c, 0);
+	}
+	if (k->plen - from > 2 * WIN) {
+		/* jumbo segment: we cannot see it all */
+		req_error(c, &c->f->req);
+	}
+	return 0;
+}
+
+struct kctx {
+	struct erb_flow *f;
+	struct erb_scratch *s;
+	struct erb_global *g;
+	__u32 tracked;
+};
+
+static long key_step(__u32 i, void *arg)
+{
+	struct kctx *x = arg;
+	struct erb_flow *f = x->f;
+	struct erb_global *g = x->g;
+	__u32 h;
+
+	if (!f || !g || !x->s)
+		return 1;
+	h = x->s->keyq[i & (KEYQ - 1)];
+	if (x->tracked) {
+		wr_acquire(f, g, x->s->keyq_idx[i & (KEYQ - 1)], bucket_of(h));
+	} else {
+		/* replies of this flow cannot be matched: fence fills a while */
+		g->untracked_wr_ns = bpf_ktime_get_ns();
+		stat_inc(ERB_STAT_UNTRACKED_WRITE);
+	}
+	cache_invalidate(h, g->cache_gen);
+	return 0;
+}
+
+/* Keys written by this segment: block fills on them, then invalidate. */
+static __always_inline void xdp_keys(struct pctx *c)
+{
+	struct kctx x = { .f = c->f, .s = c->s, .g = c->g };
+
+	x.tracked = c->u->tracked;
+
+	if (c->u->nkeys)
+		bpf_loop(c->u->nkeys & (KEYQ - 1) ? c->u->nkeys : KEYQ, key_step, &x, 0);
+	if (c->u->keyq_full) {
+		if (c->u->tracked)
+			wr_block(c->f, c->g);
+		else
+			c->g->untracked_wr_ns = bpf_ktime_get_ns();
+		cache_flush(c->g);
+	}
+}
+
+/* Copy a captured SET into erb_aux; its +OK will fill the cache. */
+static __always_inline void xdp_capture(struct xdp_md *ctx, struct pkt *k,
+					struct erb_flow_key *key, struct pctx *c)
+{
+	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, key);
+	__u32 kl = c->u->cap_klen, vl = c->u->cap_vlen, h = FNV_OFFSET;
+
+	if (!a || kl == 0 || kl > ERB_KEY_MAX || vl > ERB_VAL_MAX)
+		return;
+	__builtin_memset(a->fill_key, 0, ERB_KEY_MAX);
+	if (bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_koff, a->fill_key, kl))
+		return;
+	if (vl && bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_voff, a->fill_val, vl))
+		return;
+	h = fnv_key(c->s, a->fill_key, kl);
+	a->fill_hash = h;
+	a->fill_bucket = bucket_of(h);
+	a->fill_klen = kl;
+	a->fill_vlen = vl;
+	c->f->fill_idx = c->u->cap_idx + 1;
+}
+
+/*
+ * Is the payload exactly "*2\r\n$3\r\nGET\r\n$<n>\r\n<key>\r\n"? Returns the key
+ * length and sets *koff, else -1. s->buf holds the payload.
+ */
+static __always_inline int parse_get(struct erb_scratch *s, __u32 plen, __u32 *koff)
+{
+	const char *b = s->buf;
+	__u32 n = 0, i;
+
+	if (plen < 19 || plen > WIN)
+		return -1;
+	if (b[0] != '*' || b[1] != '2' || b[2] != '\r' || b[3] != '\n' || b[4] != '$' ||
+	    b[5] != '3' || b[6] != '\r' || b[7] != '\n' || upper(b[8]) != 'G' ||
+	    upper(b[9]) != 'E' || upper(b[10]) != 'T' || b[11] != '\r' || b[12] != '\n' ||
+	    b[13] != '$')
+		return -1;
+	for (i = 14; i < 18; i++) {
+		char ch = b[i];
+
+		if (ch == '\r')
+			break;
+		if (ch < '0' || ch > '9')
+			return -1;
+		n = n * 10 + (ch - '0');
+	}
+	if (i == 14 || i == 18 || b[i] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
+		return -1;
+	i += 2;
+	if (n == 0 || n > ERB_KEY_MAX || i + n + 2 != plen)
+		return -1;
+	if (b[(i + n) & WIN_MASK] != '\r' || b[(i + n + 1) & WIN_MASK] != '\n')
+		return -1;
+	*koff = i;
+	return n;
+}
+
+/* Look the key up; on a hit leave the reply payload in s->rep. */
+static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
+				     __u32 gen, __u32 *rstart, __u32 *rlen)
+{
+	struct erb_entry *e;
+	__u32 idx, v1, vl, hl, d;
+
+	cache_probe(s, s->key, klen, h, gen);
+	if (s->pr.hit < 0)
+		return -1;
+	idx = s->pr.hit;
+	v1 = s->pr.ver;
+	if (v1 & 1)
+		return -1;
+	e = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!e)
+		return -1;
+	vl = e->vlen;
+	if (vl > cfg.max_value_len || vl > ERB_VAL_MAX)
+		return -1;
+	bpf_probe_read_kernel(s->rep + REP_HDR, ERB_VAL_MAX, e->val);
+	if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h)
+		return -1;
+	/* "$<vl>\r\n" right-aligned before the value */
+	s->rep[6] = '\r';
+	s->rep[7] = '\n';
+	d = vl;
+	hl = 3;
+	s->rep[5] = '0' + d % 10;
+	d /= 10;
+	if (d) {
+		s->rep[4] = '0' + d % 10;
+		d /= 10;
+		hl++;
+		if (d) {
+			s->rep[3] = '0' + d % 10;
+			d /= 10;
+			hl++;
+			if (d) {
+				s->rep[2] = '0' + d % 10;
+				hl++;
+			}
+		}
+	}
+	s->rep[(REP_HDR - hl - 1) & 7] = '$';
+	hl++;
+	d = REP_HDR + vl;
+	if (d + 5 > ERB_REPLY_MAX)
+		return -1;
+	s->rep[d] = '\r';
+	s->rep[d + 1] = '\n';
+	s->rep[d + 2] = 0;
+	s->rep[d + 3] = 0;
+	s->rep[d + 4] = 0;
+	*rstart = REP_HDR - hl;
+	*rlen = hl + vl + 2;
+	return 0;
+}
+
+/* Sum of the reply payload (s->rep + start, len) for the TCP checksum. */
+static __always_inline __u64 payload_sum(const char *rep, __u32 start, __u32 len)
+{
+	__u64 sum = 0;
+	__u32 len4 = (len + 3) & ~3U;
+
+	for (int i = 0; i < 3; i++) {
+		__u32 off = i * 512, n;
+		__s64 r;
+
+		if (off >= len4)
+			break;
+		n = len4 - off;
+		if (n > 512)
+			n = 512;
+		if (n > ERB_REPLY_MAX - 8 - off)
+			n = ERB_REPLY_MAX - 8 - off;
+		start &= 7;
+		r = bpf_csum_diff(0, 0, (__be32 *)(rep + start + off), n, 0);
+		if (r < 0)
+			break;
+		sum += (__u32)r;
+	}
+	return sum;
+}
+
+/*
+ * Turn the request frame into the reply: headers swapped, payload s->rep,
+ * seq/ack as given, TS mirrored, full checksums. Returns XDP_TX or -1 (frame
+ * untouched when -1).
+ */
+static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
+				     const char *rep, __u32 rstart, __u32 rlen,
+				     __u32 seq, __u32 ack, __u16 win)
+{
+	__u8 mac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 saddr = k->ip->saddr, daddr = k->ip->daddr;
+	__u16 sport = k->tcp->source, dport = k->tcp->dest;
+	__u32 thl = o->ts_off ? 32 : 20;
+	__u32 tsval = o->tsecr, tsecr = o->tsval;
+	__u32 newlen = sizeof(struct ethhdr) + sizeof(struct iphdr) + thl + rlen;
+	int delta = (int)newlen - (int)bpf_xdp_get_buff_len(ctx);
+	void *data, *end;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct tcphdr *t;
+	__u32 *opt;
+	__u64 sum;
+
+	if (rlen == 0 || rlen > ERB_REPLY_MAX - 8)
+		return -1;
+	__builtin_memcpy(mac, k->eth->h_source, ETH_ALEN);
+	__builtin_memcpy(smac, k->eth->h_dest, ETH_ALEN);
+	if (bpf_xdp_adjust_tail(ctx, delta))
+		return -1;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	t = (void *)(ip + 1);
+	if ((void *)(t + 1) > end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(sizeof(struct iphdr) + thl + rlen);
+	ip->id = 0;
+	ip->frag_off = bpf_htons(0x4000);
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_TCP;
+	ip->saddr = daddr;
+	ip->daddr = saddr;
+	ip->check = 0;
+	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+
+	t->source = dport;
+	t->dest = sport;
+	t->seq = bpf_htonl(seq);
+	t->ack_seq = bpf_htonl(ack);
+	*((__u16 *)t + 6) = 0;
+	t->doff = thl / 4;
+	t->ack = 1;
+	t->psh = 1;
+	t->window = win;
+	t->check = 0;
+	t->urg_ptr = 0;
+	if (thl == 32) {
+		opt = (__u32 *)(t + 1);
+		if ((void *)(opt + 3) > end)
+			return XDP_DROP;
+		opt[0] = bpf_htonl(0x0101080a);
+		opt[1] = bpf_htonl(tsval);
+		opt[2] = bpf_htonl(tsecr);
+	}
+	if (bpf_xdp_store_bytes(ctx, sizeof(struct ethhdr) + sizeof(struct iphdr) + thl,
+				(void *)(rep + (rstart & 7)), rlen & 2047))
+		return XDP_DROP;
+
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	t = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
+	/* pseudo header + TCP header + payload */
+	sum = (__u64)saddr + daddr + bpf_htons(IPPROTO_TCP) + bpf_htons(thl + rlen);
+	if (thl == 32) {
+		if ((void *)t + 32 > end)
+			return XDP_DROP;
+		sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)t, 32, 0);
+	} else {
+		if ((void *)t + 20 > end)
+			return XDP_DROP;
+		sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)t, 20, 0);
+	}
+	sum += payload_sum(rep, rstart, rlen);
+	t->check = csum_fold(sum);
+	return XDP_TX;
+}
+
+static __always_inline struct erb_scratch *scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&erb_scratch, &zero);
+}
+
+static __always_inline void flow_init(struct erb_flow *f, __u32 flags, __u32 c_nxt)
+{
+	__builtin_memset(f, 0, sizeof(*f));
+	f->flags = flags;
+	f->c_nxt = c_nxt;
+	for (int i = 0; i < ERB_WR_RING; i++)
+		f->wr[i].bucket = SLOT_FREE;
+}
+
+static __always_inline struct erb_flow *flow_create(struct erb_flow_key *key,
+						    struct erb_scratch *s, __u32 flags,
+						    __u32 c_nxt)
+{
+	/* struct erb_flow is too big for the stack: build it in scratch */
+	struct erb_flow *tmp = (struct erb_flow *)s->zero_aux.last_rep;
+
+	if (sizeof(struct erb_flow) > sizeof(s->zero_aux.last_rep))
+		return 0;
+	flow_init(tmp, flags, c_nxt);
+	if (bpf_map_update_elem(&erb_flows, key, tmp, BPF_ANY)) {
+		stat_inc(ERB_STAT_FLOW_FULL);
+		__builtin_memset(tmp, 0, sizeof(*tmp));
+		return 0;
+	}
+	__builtin_memset(tmp, 0, sizeof(*tmp));
+	bpf_map_update_elem(&erb_aux, key, &s->zero_aux, BPF_ANY);
+	return bpf_map_lookup_elem(&erb_flows, key);
+}
+
+/* Answer the request again from the copy of its reply (client lost it). */
+static __always_inline int xdp_reanswer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
+					struct erb_flow *f, struct erb_flow_key *key)
+{
+	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, key);
+	int rc;
+
+	if (!a || a->last_rep_len != f->last_rep_len || !a->last_rep_len)
+		return -1;
+	rc = xdp_reply(ctx, k, o, a->last_rep, a->last_rep_off, a->last_rep_len,
+		       f->last_rep_seq, f->last_req_seq + f->last_req_len, f->s_win);
+	if (rc == XDP_TX)
+		stat_inc(ERB_STAT_RETRANSMIT_ANSWER);
+	return rc;
+}
+
+static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
+				      struct erb_flow *f, struct erb_flow_key *key,
+				      struct erb_scratch *s, struct erb_global *g)
+{
+	__u32 koff, klen, h = FNV_OFFSET, rstart, rlen, seq, ack, fl = f->flags;
+	struct erb_aux *a;
+	int n, rc;
+
+	/* cheap reject before touching the payload */
+	if (k->plen < 19 || k->plen > 19 + ERB_KEY_MAX + 2)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, k->poff, s->buf, k->plen & WIN_MASK))
+		return -1;
+	n = parse_get(s, k->plen, &koff);
+	if (n < 0) {
+		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
+		return -1;
+	}
+	klen = n;
+	if (!(cfg.flags & ERB_CFG_ANSWER) || (g->ctl & ERB_CTL_DRAIN)) {
+		stat_inc(ERB_STAT_PASS_DISABLED);
+		return -1;
+	}
+	if (fl & ERB_FLOW_UNTRACKED) {
+		stat_inc(ERB_STAT_PASS_UNTRACKED);
+		return -1;
+	}
+	if ((fl & (ERB_FLOW_MULTI | ERB_FLOW_SUBSCRIBED | ERB_FLOW_DB_NONZERO)) ||
+	    !(fl & ERB_FLOW_AUTHED) || !(fl & ERB_FLOW_EST) ||
+	    (fl & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) || f->req.argc || f->req.resync || f->req.state != ERB_P_TYPE) {
+		stat_inc(ERB_STAT_PASS_STATE);
+		return -1;
+	}
+	if (READ_ONCE(f->replies) != f->cmds) {
+		stat_inc(ERB_STAT_PASS_OUTSTANDING);
+		return -1;
+	}
+	ack = bpf_ntohl(k->tcp->ack_seq);
+	if (!k->tcp->ack || ack != READ_ONCE(f->s_nxt)) {
+		stat_inc(ERB_STAT_PASS_UNACKED);
+		return -1;
+	}
+	if (klen > cfg.max_key_len) {
+		stat_inc(ERB_STAT_PASS_TOO_BIG);
+		return -1;
+	}
+	__builtin_memset(s->key, 0, ERB_KEY_MAX);
+	if (klen == 0 || klen > ERB_KEY_MAX ||
+	    bpf_xdp_load_bytes(ctx, k->poff + (koff & 31), s->key, klen))
+		return -1;
+	h = fnv_key(s, s->key, klen);
+	if (cache_get(s, klen, h, g->cache_gen, &rstart, &rlen)) {
+		stat_inc(ERB_STAT_MISS);
+		return -1;
+	}
+	a = bpf_map_lookup_elem(&erb_aux, key);
+	if (!a)
+		return -1;
+	seq = f->s_nxt;
+	ack = bpf_ntohl(k->tcp->seq) + k->plen;
+	rc = xdp_reply(ctx, k, o, s->rep, rstart, rlen, seq, ack, f->s_win);
+	if (rc != XDP_TX)
+		return rc;
+	/* keep a copy for a retransmitted request, then record the correction */
+	bpf_probe_read_kernel(a->last_rep, ERB_REPLY_MAX, s->rep);
+	a->last_rep_off = rstart;
+	a->last_rep_len = rlen;
+	bpf_spin_lock(&f->lock);
+	f->c.off_before = f->c.off_after;
+	f->c.off_after += k->plen;
+	f->c.pos = ack;
+	f->s.pos = seq - f->s.off_after;
+	f->s.off_before = f->s.off_after;
+	f->s.off_after += rlen;
+	bpf_spin_unlock(&f->lock);
+	f->last_req_seq = ack - k->plen;
+	f->last_req_len = k->plen;
+	f->last_rep_seq = seq;
+	f->last_rep_len = rlen;
+	f->c_nxt = ack;
+	f->s_nxt = seq + rlen;
+	if (!(fl & ERB_FLOW_ANSWERED))
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_ANSWERED);
+	stat_inc(ERB_STAT_HIT);
+	return XDP_TX;
+}
+
+SEC("xdp")
+int erb_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct erb_flow_key key;
+	struct erb_scratch *s;
+	struct erb_global *g;
+	struct erb_flow *f;
+	struct tcp_opts o = {};
+	struct pkt k;
+	__u32 seq, tot, from = 0;
+	int rc;
+
+	k.eth = data;
+	if ((void *)(k.eth + 1) > end || k.eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	k.ip = (void *)(k.eth + 1);
+	if ((void *)(k.ip + 1) > end || k.ip->ihl != 5 || k.ip->protocol != IPPROTO_TCP ||
+	    (k.ip->frag_off & bpf_htons(0x3fff)))
+		return XDP_PASS;
+	k.tcp = (void *)(k.ip + 1);
+	if ((void *)(k.tcp + 1) > end || k.tcp->dest != bpf_htons(cfg.redis_port))
+		return XDP_PASS;
+	k.thl = k.tcp->doff * 4;
+	tot = bpf_ntohs(k.ip->tot_len);
+	if (k.thl < sizeof(struct tcphdr) || k.thl > 60 ||
+	    tot < sizeof(struct iphdr) + k.thl ||
+	    (void *)k.ip + tot > end || (void *)k.tcp + k.thl > end)
+		return XDP_PASS;
+	k.poff = sizeof(struct ethhdr) + sizeof(struct iphdr) + k.thl;
+	k.plen = tot - sizeof(struct iphdr) - k.thl;
+	stat_inc(ERB_STAT_RX_PACKETS);
+
+	s = scratch();
+	g = global();
+	if (!s || !g)
+		return XDP_PASS;
+	if (xdp_tcp_opts(ctx, &k, &o, s))
+		return XDP_PASS;
+	key.saddr = k.ip->saddr;
+	key.daddr = k.ip->daddr;
+	key.sport = k.tcp->source;
+	key.dport = k.tcp->dest;
+	seq = bpf_ntohl(k.tcp->seq);
+
+	if (k.tcp->syn && !k.tcp->ack) {
+		f = bpf_map_lookup_elem(&erb_flows, &key);
+		if (f)
+			flow_release(f, g);
+		f = flow_create(&key, s, ERB_FLOW_SYN |
+				(cfg.require_auth ? 0 : ERB_FLOW_AUTHED) |
+				(o.ts_off ? ERB_FLOW_TS : 0), seq + 1);
+		if (f)
+			stat_inc(ERB_STAT_FLOW_NEW);
+		return XDP_PASS;
+	}
+
+	f = bpf_map_lookup_elem(&erb_flows, &key);
+	if (!f) {
+		stat_inc(ERB_STAT_PASS_NO_FLOW);
+		if (!k.plen || k.tcp->rst)
+			return XDP_PASS;
+		/* mid-stream: never answer it, but see its writes */
+		f = flow_create(&key, s, ERB_FLOW_UNTRACKED | ERB_FLOW_EST, seq);
+		if (!f) {
+			cache_flush(g);
+			g->untracked_wr_ns = bpf_ktime_get_ns();
+			return XDP_PASS;
+		}
+		/* a segment that starts a command is a boundary; else resync */
+		if (bpf_xdp_load_bytes(ctx, k.poff, s->buf, 1) || s->buf[0] != '*')
+			f->req.resync = 1;
+		stat_inc(ERB_STAT_FLOW_ADOPTED);
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+		k.eth = data;
+		k.ip = (void *)(k.eth + 1);
+		k.tcp = (void *)(k.ip + 1);
+		if ((void *)(k.tcp + 1) > end || (void *)k.tcp + k.thl > end)
+			return XDP_PASS;
+	}
+
+	if (k.plen) {
+		__u32 fl = f->flags;
+
+		/* the last answered request again: the client lost our reply */
+		if ((fl & ERB_FLOW_ANSWERED) && seq == f->last_req_seq &&
+		    k.plen == f->last_req_len) {
+			rc = xdp_reanswer(ctx, &k, &o, f, &key);
+			return rc < 0 ? XDP_DROP : rc;
+		}
+		if ((fl & ERB_FLOW_ANSWERED) && before(seq, f->c.pos) &&
+		    after(seq + k.plen, f->last_req_seq)) {
+			/* overlaps answered bytes: Redis must never see them */
+			stat_inc(ERB_STAT_DROP_OVERLAP);
+			return XDP_DROP;
+		}
+		if (seq == f->c_nxt && !(fl & ERB_FLOW_UNTRACKED)) {
+			rc = try_answer(ctx, &k, &o, f, &key, s, g);
+			if (rc >= 0)
+				return rc;
+			/* the frame is untouched: reload the pointers */
+			data = (void *)(long)ctx->data;
+			end = (void *)(long)ctx->data_end;
+			k.eth = data;
+			k.ip = (void *)(k.eth + 1);
+			k.tcp = (void *)(k.ip + 1);
+			if ((void *)(k.tcp + 1) > end || (void *)k.tcp + k.thl > end)
+				return XDP_PASS;
+		}
+		if (after(seq, f->c_nxt)) {
+			if (!(f->flags & ERB_FLOW_UNTRACKED)) {
+				/* hold: TCP retransmits, we parse in order */
+				stat_inc(ERB_STAT_DROP_OUT_OF_ORDER);
+				return XDP_DROP;
+			}
+			f->req.resync = 1;
+			f->req.state = ERB_P_TYPE;
+			f->req.argc = 0;
+			f->c_nxt = seq;
+		}
+		if (after(seq + k.plen, f->c_nxt)) {
+			struct pctx c = { .f = f, .s = s, .g = g, .u = &s->cur };
+
+			__builtin_memset(&s->cur, 0, sizeof(s->cur));
+			s->cur.tracked = !(f->flags & ERB_FLOW_UNTRACKED);
+			s->cur.a1_off = -1;
+			s->cur.a2_off = -1;
+
+			from = f->c_nxt - seq;
+			xdp_parse(ctx, &k, &c, from);
+			xdp_keys(&c);
+			if (c.u->cap && c.u->tracked && !c.u->err)
+				xdp_capture(ctx, &k, &key, &c);
+			f->c_nxt = seq + k.plen;
+			data = (void *)(long)ctx->data;
+			end = (void *)(long)ctx->data_end;
+			k.eth = data;
+			k.ip = (void *)(k.eth + 1);
+			k.tcp = (void *)(k.ip + 1);
+			if ((void *)(k.tcp + 1) > end || (void *)k.tcp + k.thl > end)
+				return XDP_PASS;
+		}
+	}
+	if (k.tcp->fin) {
+		if (seq + k.plen == f->c_nxt)
+			f->c_nxt += 1;
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_C_FIN);
+	}
+	if (f->flags & ERB_FLOW_ANSWERED) {
+		if (o.sack_off && xdp_tcp_opts(ctx, &k, &o, s))
+			return XDP_PASS;
+		xdp_correct(ctx, &k, f, &o);
+	}
+	if (k.tcp->rst ||
+	    ((f->flags & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) ==
+	     (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !k.tcp->fin && !k.plen &&
+	     bpf_ntohl(k.tcp->ack_seq) == f->s_nxt))
+		flow_delete(&key, f, g);
+	return XDP_PASS;
+}
+
+/* ------------------------------------------------------------- TC */
+
+static __always_inline int tc_parse(struct __sk_buff *skb, struct rctx *r, __u32 poff,
+				    __u32 from, __u32 plen)
+{
+	struct erb_parser *p = &r->pc.f->rep;
+
+	for (int w = 0; w < MAX_WINDOWS; w++) {
+		__u32 n;
+
+		if (from >= plen || r->pc.u->err)
+			break;
+		/* skip bulk payload without loading it */
+		if (p->state == ERB_P_BULK && p->bulk_left > 3) {
+			__u32 skip = p->bulk_left - 3;
+
+			if (skip > plen - from)
+				skip = plen - from;
+			p->bulk_left -= skip;
+			from += skip;
+			if (from >= plen)
+				break;
+		}
+		n = plen - from;
+		if (n > WIN)
+			n = WIN;
+		if (n == 0 || bpf_skb_load_bytes(skb, poff + from, r->pc.s->buf, n))
+			return -1;
+		r->pc.u->pos = 0;
+		r->pc.u->end = n;
+		bpf_loop(MAX_STEPS, rep_step, r, 0);
+		from += r->pc.u->pos;
+	}
+	if (from < plen && !r->pc.u->err)
+		rep_error(r, p);
+	return 0;
+}
+
+static __always_inline void tc_rewrite(struct __sk_buff *skb, __u32 off, __u32 csum_off,
+				       __u32 old, __u32 nv)
+{
+	__u32 o = bpf_htonl(old), n = bpf_htonl(nv);
+
+	bpf_l4_csum_replace(skb, csum_off, o, n, 4);
+	bpf_skb_store_bytes(skb, off, &n, 4, 0);
+}
+
+SEC("tc")
+int erb_tc_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct erb_seqadj cadj, sadj;
+	struct erb_scratch *s;
+	struct erb_global *g;
+	struct erb_flow *f;
+	struct iphdr *ip;
+	struct tcphdr *t;
+	struct rctx r = {};
+	__u32 thl, tot, plen, seq, ack, cseq, toff, csum_off, flags, olen;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_TCP)
+		return TC_ACT_OK;
+	t = (void *)(ip + 1);
+	if ((void *)(t + 1) > end || t->source != bpf_htons(cfg.redis_port))
+		return TC_ACT_OK;
+	r.key.saddr = ip->daddr;
+	r.key.daddr = ip->saddr;
+	r.key.sport = t->dest;
+	r.key.dport = t->source;
+	f = bpf_map_lookup_elem(&erb_flows, &r.key);
+	if (!f)
+		return TC_ACT_OK;
+	s = scratch();
+	g = global();
+	if (!s || !g)
+		return TC_ACT_OK;
+	thl = t->doff * 4;
+	tot = bpf_ntohs(ip->tot_len);
+	if (thl < sizeof(*t) || thl > 60 || tot < sizeof(*ip) + thl)
+		return TC_ACT_OK;
+	plen = tot - sizeof(*ip) - thl;
+	seq = bpf_ntohl(t->seq);
+	ack = bpf_ntohl(t->ack_seq);
+	flags = ((__u8 *)t)[13];
+	toff = sizeof(*eth) + sizeof(*ip);
+	csum_off = toff + __builtin_offsetof(struct tcphdr, check);
+	olen = (thl - sizeof(*t)) & 63;
+
+	bpf_spin_lock(&f->lock);
+	cadj = f->c;
+	sadj = f->s;
+	bpf_spin_unlock(&f->lock);
+
+	if ((flags & 0x12) == 0x12) {	/* SYN-ACK */
+		if (f->flags & ERB_FLOW_SYN) {
+			f->s_nxt = seq + 1;
+			f->s_win = t->window;
+			__sync_fetch_and_or(&f->flags, ERB_FLOW_EST);
+		}
+		return TC_ACT_OK;
+	}
+	cseq = map_sseq(&sadj, seq);
+	f->s_win = t->window;
+	if (plen && !(f->flags & ERB_FLOW_UNTRACKED) && after(cseq + plen, f->s_nxt)) {
+		__u32 from = before(cseq, f->s_nxt) ? f->s_nxt - cseq : 0;
+
+		r.pc.f = f;
+		r.pc.s = s;
+		r.pc.g = g;
+		r.pc.u = &s->cur;
+		__builtin_memset(&s->cur, 0, sizeof(s->cur));
+		if (after(cseq, f->s_nxt)) {
+			rep_error(&r, &f->rep);	/* a gap in our own output */
+		} else {
+			tc_parse(skb, &r, toff + thl, from, plen);
+			if (r.pc.u->fill_due)
+				fill_from_aux(&r.key, &r.pc);
+			wr_release(f, f->replies, 0);
+			if (f->replies == f->cmds && !(f->flags & ERB_FLOW_MULTI))
+				wr_unblock(f, g);
+		}
+	}
+	if (after(cseq + plen + !!(flags & 0x01), f->s_nxt))
+		f->s_nxt = cseq + plen + !!(flags & 0x01);
+	if (flags & 0x01)
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_S_FIN);
+
+	if (f->flags & ERB_FLOW_ANSWERED) {
+		__u32 v = map_sseq(&sadj, seq);
+
+		if (v != seq)
+			tc_rewrite(skb, toff + 4, csum_off, seq, v);
+		if (flags & 0x10) {
+			v = map_sack(&cadj, ack);
+			if (v != ack)
+				tc_rewrite(skb, toff + 8, csum_off, ack, v);
+		}
+		/* SACK blocks carry client sequence numbers */
+		if (olen >= 1 && olen <= 40) {
+			__builtin_memset(&s->oc, 0, sizeof(s->oc));
+			s->oc.len = olen;
+			if (!bpf_skb_load_bytes(skb, toff + sizeof(*t), s->opt, olen)) {
+				struct erb_scratch *sp = s;
+
+				bpf_loop(20, opt_step, &sp, 0);
+			}
+			for (__u32 j = 0; j < 8; j++) {
+				__u32 eo = s->oc.sack_off - sizeof(*t) + 2 + 4 * j, old, nv;
+
+				if (s->oc.bad || !s->oc.sack_off || j >= s->oc.sack_n * 2)
+					break;
+				eo &= 63;
+				if (eo > 36)
+					break;
+				old = (__u32)s->opt[eo] << 24 | (__u32)s->opt[eo + 1] << 16 |
+				      (__u32)s->opt[eo + 2] << 8 | s->opt[eo + 3];
+				nv = map_sack(&cadj, old);
+				if (nv != old)
+					tc_rewrite(skb, toff + sizeof(*t) + eo, csum_off, old, nv);
+			}
+		}
+		stat_inc(ERB_STAT_CORRECTED_OUT);
+	}
+	if ((flags & 0x04) ||
+	    ((f->flags & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) ==
+	     (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !(flags & 0x01) && !plen &&
+	     map_sack(&cadj, ack) == f->c_nxt))
+		flow_delete(&r.key, f, g);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,238 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * ERB shared layout: the contract between the BPF programs (erb.bpf.c), the
+ * Python loader (plugins/module_utils/erb_layout.py mirrors it; a unit test
+ * checks they agree) and, later, the I/O agent and kernel module.
+ *
+ * Change a struct here => bump ERB_LAYOUT_VERSION. The loader refuses to reuse
+ * pinned state maps of another layout version (live flows would be corrupted).
+ */
+#ifndef ERB_H
+#define ERB_H
+
+#define ERB_LAYOUT_VERSION	1
+
+/* Compile-time maxima; the load-time config may only lower them. */
+#define ERB_KEY_MAX		256
+#define ERB_VAL_MAX		1400	/* a reply must fit one 1500-byte frame */
+#define ERB_REPLY_MAX		1440	/* 8 bytes header room + value + CRLF + pad */
+#define ERB_MAX_PROBES		8	/* hard bound on cache probes */
+#define ERB_INFLIGHT_BUCKETS	65536	/* per-key-hash bucket write counters */
+#define ERB_WR_RING		16	/* outstanding writes remembered per flow */
+#define ERB_DEPTH_MAX		8	/* RESP nesting tracked at egress */
+#define ERB_CMD_NAME_MAX	24
+
+/* Load-time configuration, the only variable in .rodata (const volatile). */
+struct erb_config {
+	__u32 layout_version;	/* ERB_LAYOUT_VERSION */
+	__u16 redis_port;	/* host order */
+	__u16 max_key_len;	/* <= ERB_KEY_MAX */
+	__u16 max_value_len;	/* <= ERB_VAL_MAX */
+	__u16 max_probes;	/* <= ERB_MAX_PROBES */
+	__u32 cache_entries;	/* == max_entries of erb_cache */
+	__u32 hash_prime;	/* largest prime < cache_entries, for the probe step */
+	__u32 require_auth;	/* 1: Redis has requirepass/ACL: flows start unauthenticated */
+	__u32 flags;		/* ERB_CFG_* */
+};
+
+#define ERB_CFG_ANSWER		(1U << 0)	/* answer hits in XDP (off: drain mode) */
+#define ERB_CFG_FILL		(1U << 1)	/* fill the cache write-through from SET +OK */
+
+/* Cache entry (erb_cache: BPF_MAP_TYPE_ARRAY of cache_entries, BPF_F_MMAPABLE). */
+enum erb_entry_state {
+	ERB_ENTRY_EMPTY = 0,	/* never used: ends a probe sequence */
+	ERB_ENTRY_VALID = 1,
+	ERB_ENTRY_TOMB = 2,	/* deleted: probing continues past it */
+};
+
+struct erb_entry {
+	__u32 lock;		/* 0 free, 1 being written (cmpxchg) */
+	__u32 ver;		/* bumped before and after every change (odd = changing) */
+	__u32 state;		/* enum erb_entry_state */
+	__u32 hash;		/* FNV-1a 32 of the key */
+	__u32 gen;		/* cache generation; != erb_global.cache_gen => empty */
+	__u16 klen;
+	__u16 vlen;
+	__u64 wseq;		/* write sequence (SET fast path, later) */
+	char key[ERB_KEY_MAX];
+	char val[ERB_VAL_MAX];
+};
+
+/* Flow key: the client->server 4-tuple as seen at ingress, network order. */
+struct erb_flow_key {
+	__u32 saddr;		/* client */
+	__u32 daddr;		/* server */
+	__u16 sport;		/* client */
+	__u16 dport;		/* server */
+};
+
+/* Streaming RESP parser state (one per direction). */
+enum erb_pstate {
+	ERB_P_TYPE = 0,		/* at the start of an element: type byte */
+	ERB_P_NUM = 1,		/* reading the number after * $ % ~ > | etc. */
+	ERB_P_LINE = 2,		/* inside a simple line (+ - : _ # , ( inline) */
+	ERB_P_BULK = 3,		/* skipping bulk payload + CRLF */
+	ERB_P_LF = 4,		/* saw CR, expecting LF */
+};
+
+struct erb_parser {
+	__u32 state;		/* enum erb_pstate */
+	__u32 num;		/* number being read */
+	__u32 bulk_left;	/* bytes of bulk left incl. CRLF */
+	__u32 depth;		/* aggregate nesting */
+	__u32 left[ERB_DEPTH_MAX];	/* elements left per level */
+	__u8 type;		/* type byte of the element being read */
+	__u8 neg;		/* number is negative */
+	__u8 top_type;		/* type byte of the current top-level element */
+	__u8 line_ok;		/* simple line so far equals a prefix of "OK" */
+	__u32 line_len;		/* simple line length so far */
+	/* request side only */
+	__u32 argc;		/* args of the current command */
+	__u32 argi;		/* index of the arg being read */
+	__u32 arg_hash;		/* FNV-1a of the arg so far (uppercased for arg 0) */
+	__u32 arg_len;		/* bytes of the arg consumed so far */
+	__u32 cmd_hash;		/* FNV-1a of the uppercased command name */
+	__u32 cmd_flags;	/* ERB_CMD_* of the current command */
+	__s32 first_key, last_key;	/* key positions of the current command */
+	__u32 key_step;
+	__u32 arg_uhash;	/* FNV-1a of the arg uppercased (subcommands) */
+	__u32 num_arg;		/* value of arg 1 when numeric (SELECT n) */
+	__u32 num_ok;		/* arg 1 parsed as a number so far */
+	__u32 resync;		/* lost the command boundary: wait for a '*' */
+};
+
+/* Flow state (erb_flows: BPF_MAP_TYPE_HASH of max_flows). */
+#define ERB_FLOW_SYN		(1U << 0)	/* saw the client's SYN */
+#define ERB_FLOW_EST		(1U << 1)	/* saw the server's SYN-ACK */
+#define ERB_FLOW_UNTRACKED	(1U << 2)	/* protocol state lost: never answer */
+#define ERB_FLOW_MULTI		(1U << 3)
+#define ERB_FLOW_SUBSCRIBED	(1U << 4)
+#define ERB_FLOW_DB_NONZERO	(1U << 5)
+#define ERB_FLOW_AUTHED		(1U << 6)
+#define ERB_FLOW_TS		(1U << 7)	/* TCP timestamps in use */
+#define ERB_FLOW_C_FIN		(1U << 8)
+#define ERB_FLOW_S_FIN		(1U << 9)
+#define ERB_FLOW_WR_OVERFLOW	(1U << 10)	/* counted in erb_global.overflow */
+#define ERB_FLOW_ANSWERED	(1U << 11)	/* corrections are non-zero */
+
+struct erb_seqadj {
+	__u32 pos;		/* correction position (see erb.bpf.c) */
+	__s32 off_before;
+	__s32 off_after;
+};
+
+struct erb_wr {
+	__u32 idx;		/* command index whose reply releases it */
+	__u32 bucket;		/* erb_inflight bucket; ~0 = unused */
+};
+
+struct erb_flow {
+	struct bpf_spin_lock lock;	/* guards c and s below */
+	__u32 flags;		/* ERB_FLOW_* */
+	__u32 c_nxt;		/* next expected client seq (client view) */
+	__u32 s_nxt;		/* next server seq (client view) */
+	__u32 s_win;		/* last window the server advertised (raw) */
+	__u32 s_tsval;		/* last TSval the server sent */
+	struct erb_seqadj c;	/* client stream: bytes removed by XDP answers */
+	struct erb_seqadj s;	/* server stream: bytes inserted by XDP answers */
+	__u32 cmds;		/* commands passed to Redis */
+	__u32 replies;		/* replies Redis sent (egress) */
+	__u32 auth_idx;		/* index of the last AUTH/HELLO passed, +1 (0 none) */
+	__u32 fill_idx;		/* index of the pending write-through SET, +1 */
+	__u32 last_req_seq;	/* last answered request (client view) */
+	__u32 last_req_len;
+	__u32 last_rep_seq;	/* its reply (client view) */
+	__u32 last_rep_len;
+	struct erb_wr wr[ERB_WR_RING];
+	struct erb_parser req;	/* ingress: client requests */
+	struct erb_parser rep;	/* egress: Redis replies */
+};
+
+/* Pending write-through fill and last reply copy (erb_aux, HASH by flow key). */
+struct erb_aux {
+	__u32 fill_hash;
+	__u32 fill_bucket;
+	__u16 fill_klen;
+	__u16 fill_vlen;
+	__u16 last_rep_off;	/* payload starts at last_rep[last_rep_off] */
+	__u16 last_rep_len;
+	char fill_key[ERB_KEY_MAX];
+	char fill_val[ERB_VAL_MAX];
+	char last_rep[ERB_REPLY_MAX];	/* payload of the last XDP reply, for retransmits */
+};
+
+/* Global state (erb_global: ARRAY of 1). */
+#define ERB_CTL_DRAIN		(1U << 0)	/* stop answering and filling (rollback) */
+
+struct erb_global {
+	__u32 cache_gen;	/* FLUSHALL/FLUSHDB/unknown write bump it */
+	__u32 overflow;		/* flows whose outstanding writes overflowed the ring */
+	__u32 ctl;		/* ERB_CTL_*, written by the loader at run time */
+	__u32 pad;
+	__u64 untracked_wr_ns;	/* last write seen on an untracked flow */
+	__u64 write_seq;	/* SET fast path (later) */
+	__u64 applied_seq;	/* SET fast path (later) */
+};
+
+/*
+ * Redis command table (erb_cmds: HASH, key = FNV-1a 32 of the uppercase name,
+ * filled by the loader from plugins/module_utils/redis_commands.py).
+ * A command missing from the table is treated as a write with unknown keys.
+ */
+#define ERB_CMD_WRITE		(1U << 0)	/* writes its keys */
+#define ERB_CMD_KEYS_UNKNOWN	(1U << 1)	/* keys not found by first/last/step */
+#define ERB_CMD_FLUSH		(1U << 2)	/* FLUSHALL / FLUSHDB */
+#define ERB_CMD_GET		(1U << 3)
+#define ERB_CMD_SET		(1U << 4)
+#define ERB_CMD_MULTI		(1U << 5)
+#define ERB_CMD_EXEC		(1U << 6)	/* EXEC or DISCARD: leaves MULTI */
+#define ERB_CMD_SUBSCRIBE	(1U << 7)	/* (P|S)SUBSCRIBE, MONITOR */
+#define ERB_CMD_SELECT		(1U << 8)
+#define ERB_CMD_AUTH		(1U << 9)	/* AUTH, HELLO (may carry AUTH) */
+#define ERB_CMD_RESET		(1U << 10)
+#define ERB_CMD_UNTRACK		(1U << 11)	/* CLIENT (REPLY OFF/SKIP), SYNC, PSYNC... */
+
+struct erb_cmd_spec {
+	__u32 flags;		/* ERB_CMD_* */
+	__s16 first_key;	/* 1-based arg index of the first key; 0 = none */
+	__s16 last_key;		/* last key index; negative counts from the end */
+	__u16 step;
+	__u16 pad;
+};
+
+/* Per-CPU counters (erb_stats: PERCPU_ARRAY of ERB_STAT_MAX __u64). */
+enum erb_stat {
+	ERB_STAT_RX_PACKETS = 0,	/* TCP segments to the Redis port */
+	ERB_STAT_HIT,			/* GET answered in XDP */
+	ERB_STAT_MISS,			/* GET, eligible, not in cache */
+	ERB_STAT_RETRANSMIT_ANSWER,	/* retransmitted answered request answered again */
+	ERB_STAT_PASS_NO_FLOW,		/* flow began before ERB or table full */
+	ERB_STAT_PASS_NOT_SINGLE,	/* segment not exactly one GET */
+	ERB_STAT_PASS_OUT_OF_ORDER,
+	ERB_STAT_PASS_OUTSTANDING,	/* Redis owes this flow a reply */
+	ERB_STAT_PASS_UNACKED,		/* client has not acked all server data */
+	ERB_STAT_PASS_STATE,		/* MULTI, subscribed, db != 0, not authed */
+	ERB_STAT_PASS_UNTRACKED,
+	ERB_STAT_PASS_TOO_BIG,		/* key/value/reply over the limits */
+	ERB_STAT_PASS_DISABLED,		/* answering off (drain) */
+	ERB_STAT_DROP_OVERLAP,		/* partial retransmit of answered bytes */
+	ERB_STAT_INVALIDATE,		/* cache entries removed by writes */
+	ERB_STAT_FLUSH,			/* cache emptied */
+	ERB_STAT_FILL,			/* entries stored from SET +OK */
+	ERB_STAT_FILL_SKIPPED,		/* +OK seen, concurrent write: not stored */
+	ERB_STAT_CMDS_PASSED,		/* commands parsed at ingress */
+	ERB_STAT_REPLIES,		/* replies parsed at egress */
+	ERB_STAT_CORRECTED_IN,		/* ingress segments rewritten */
+	ERB_STAT_CORRECTED_OUT,		/* egress segments rewritten */
+	ERB_STAT_FLOW_NEW,
+	ERB_STAT_FLOW_END,
+	ERB_STAT_FLOW_FULL,
+	ERB_STAT_PARSE_ERROR,		/* malformed RESP: flow untracked */
+	ERB_STAT_DROP_OUT_OF_ORDER,	/* tracked flow, gap before this segment */
+	ERB_STAT_FLOW_ADOPTED,		/* flow seen mid-stream: untracked */
+	ERB_STAT_UNTRACKED_WRITE,	/* write on an untracked flow */
+	ERB_STAT_CACHE_FULL,		/* fill found no slot within the probe bound */
+	ERB_STAT_MAX,
+};
+
+#endif /* ERB_H */
