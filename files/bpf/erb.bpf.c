@@ -53,8 +53,8 @@ const volatile struct erb_config cfg = {
 #define SLOT_FREE	0xffffffffU
 #define KEYQ		64
 #define UNTRACKED_QUIET_NS	1000000000ULL
-#define HASH_CLIENT	0x6fd2b1b5U	/* FNV-1a("CLIENT"), checked by a test */
-#define HASH_REPLY	0x2a1e8a5fU	/* FNV-1a("REPLY") */
+#define HASH_CLIENT	0x6d3cd99eU	/* FNV-1a("CLIENT"), checked by a test */
+#define HASH_REPLY	0xd3d94fc7U	/* FNV-1a("REPLY") */
 #define READ_ONCE(x)	(*(volatile typeof(x) *)&(x))
 
 struct {
@@ -1556,6 +1556,8 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	seq = f->s_nxt;
 	ack = bpf_ntohl(k->tcp->seq) + k->plen;
 	rc = xdp_reply(ctx, k, o, s->rep, rstart, rlen, seq, ack, f->s_win);
+	if (rc < 0)
+		stat_inc(ERB_STAT_PASS_NO_ROOM);
 	if (rc != XDP_TX)
 		return rc;
 	/* keep a copy for a retransmitted request, then record the correction */
@@ -1679,6 +1681,8 @@ int erb_xdp(struct xdp_md *ctx)
 			stat_inc(ERB_STAT_DROP_OVERLAP);
 			return XDP_DROP;
 		}
+		if (seq != f->c_nxt && !(fl & ERB_FLOW_UNTRACKED))
+			stat_inc(ERB_STAT_PASS_OUT_OF_ORDER);
 		if (seq == f->c_nxt && !(fl & ERB_FLOW_UNTRACKED)) {
 			rc = try_answer(ctx, &k, &o, f, &key, s, g);
 			if (rc >= 0)

@@ -232,6 +232,7 @@ enum erb_stat {
 	ERB_STAT_FLOW_ADOPTED,		/* flow seen mid-stream: untracked */
 	ERB_STAT_UNTRACKED_WRITE,	/* write on an untracked flow */
 	ERB_STAT_CACHE_FULL,		/* fill found no slot within the probe bound */
+	ERB_STAT_PASS_NO_ROOM,		/* hit, but the frame could not grow for the reply */
 	ERB_STAT_MAX,
 };
 

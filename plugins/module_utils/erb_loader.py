@@ -1,0 +1,910 @@
+# -*- coding: utf-8 -*-
+# Copyright: ERB contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Load, attach, upgrade, inspect and detach erb.bpf.o with pinned bpf_links.
+
+Pin layout (docs/CONTRACTS.md): <bpffs_root>/erb/<netns>/<ifname>/ holds
+link_xdp, link_tc, map_<name> for each state map and meta (an ARRAY map of
+1 x 4096 bytes holding JSON).  Everything under that directory is ERB's.
+
+Attach: pin, then attach, unpin on failure.  Upgrade: bpf_link_update on the
+pinned links (atomic, never detach-then-attach).  Detach: drain, then remove
+exactly our links and pins.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import socket
+import struct
+import time
+
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
+from ansible_collections.erb.booster.plugins.module_utils import libbpf as B
+from ansible_collections.erb.booster.plugins.module_utils import redis_commands
+from contextlib import contextmanager
+
+BPFFS_MAGIC = 0xcafe4a11
+META_SIZE = 4096
+META_VERSION = 1
+LINK_XDP = 'link_xdp'
+LINK_TC = 'link_tc'
+META = 'meta'
+PIN_TMP_SUFFIX = '_tmp'  # bpffs refuses names with dots
+PROC_NET_INIT_INO = 0xeffffff9  # include/linux/proc_ns.h: inode of init_net
+ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some drivers
+
+# Pinned state maps.  Flow state must survive an upgrade: an incompatible
+# pinned flow-state map is refused (live corrected flows would break).  The
+# others are recreated when incompatible (a cache, a table, counters).
+STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_cache', 'erb_cmds', 'erb_stats')
+FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight')
+
+XDP_MODES = {'native': B.XDP_FLAGS_DRV_MODE, 'generic': B.XDP_FLAGS_SKB_MODE}
+
+# Config keys compared for idempotence, in meta['config'].
+CONFIG_KEYS = ('redis_port', 'cache_entries', 'max_key_len', 'max_value_len', 'max_flows',
+               'require_auth', 'answer', 'fill', 'xdp_mode')
+
+
+class LoaderError(Exception):
+    """An operator-facing refusal or failure; the message says what to do."""
+
+    def __init__(self, msg, log=None, err=None):
+        super(LoaderError, self).__init__(msg)
+        self.log = list(log or [])
+        self.errno = err
+
+
+# -- environment --------------------------------------------------------------
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [('f_type', ctypes.c_long), ('rest', ctypes.c_long * 15)]
+
+
+def fs_type(path):
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+    buf = _Statfs()
+    if libc.statfs(path.encode(), ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return buf.f_type & 0xffffffff
+
+
+def check_bpffs(root):
+    """Refuse a bpffs_root that is not a mounted BPF filesystem."""
+    how = ('mount one with "mount -t bpf bpf %s" (persist it with a bpffs line in /etc/fstab '
+           'or a sys-fs-bpf.mount unit)' % root)
+    try:
+        ftype = fs_type(root)
+    except OSError as e:
+        raise LoaderError('bpffs_root %s: %s; %s' % (root, e.strerror, how))
+    if ftype != BPFFS_MAGIC:
+        raise LoaderError('bpffs_root %s is not a BPF filesystem (f_type 0x%x); %s' % (root, ftype, how))
+
+
+def netns_name(procfs='/proc', netns_dir='/run/netns'):
+    """Name of the current network namespace: its /run/netns name, 'host' for
+    the init namespace, else 'netns-<inode>'."""
+    cur = os.stat(os.path.join(procfs, 'self/ns/net'))
+    try:
+        names = sorted(os.listdir(netns_dir))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            st = os.stat(os.path.join(netns_dir, name))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
+            return name
+    try:
+        init = os.stat(os.path.join(procfs, '1/ns/net'))
+        is_init = (init.st_dev, init.st_ino) == (cur.st_dev, cur.st_ino)
+    except OSError:  # pid 1 hidden (containers, hidepid): init_net's fixed inode
+        is_init = cur.st_ino == PROC_NET_INIT_INO
+    return 'host' if is_init else 'netns-%d' % cur.st_ino
+
+
+def ifindex_of(ifname):
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise LoaderError('interface %s does not exist in network namespace %s (see "ip link")'
+                          % (ifname, netns_name()))
+
+
+def pin_dir_of(bpffs_root, netns, ifname):
+    return os.path.join(bpffs_root, 'erb', netns, ifname)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    try:
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+    except (IOError, OSError) as e:
+        raise LoaderError('cannot read BPF object %s: %s (build it with "make -C files/bpf" '
+                          'or set object to its path)' % (path, e.strerror))
+    return h.hexdigest()
+
+
+def _is_prime(n):
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    i = 3
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 2
+    return True
+
+
+def hash_prime(cache_entries):
+    """Largest prime < cache_entries (the double-hashing step modulus); 1
+    when there is none (cache_entries == 2: every step is 1)."""
+    n = cache_entries - 1
+    while n >= 2:
+        if _is_prime(n):
+            return n
+        n -= 1
+    return 1
+
+
+def erb_config(cfg):
+    """struct erb_config for the desired config dict."""
+    flags = (L.ERB_CFG_ANSWER if cfg['answer'] else 0) | (L.ERB_CFG_FILL if cfg['fill'] else 0)
+    return L.ErbConfig(layout_version=L.ERB_LAYOUT_VERSION, redis_port=cfg['redis_port'],
+                       max_key_len=cfg['max_key_len'], max_value_len=cfg['max_value_len'],
+                       max_probes=L.ERB_MAX_PROBES, cache_entries=cfg['cache_entries'],
+                       hash_prime=hash_prime(cfg['cache_entries']),
+                       require_auth=1 if cfg['require_auth'] else 0, flags=flags)
+
+
+def validate_config(cfg):
+    problems = []
+    if not 1 <= cfg['redis_port'] <= 65535:
+        problems.append('redis_port must be 1..65535')
+    if not 1 <= cfg['max_key_len'] <= L.ERB_KEY_MAX:
+        problems.append('max_key_len must be 1..%d (ERB_KEY_MAX)' % L.ERB_KEY_MAX)
+    if not 1 <= cfg['max_value_len'] <= L.ERB_VAL_MAX:
+        problems.append('max_value_len must be 1..%d (ERB_VAL_MAX)' % L.ERB_VAL_MAX)
+    if not 2 <= cfg['cache_entries'] <= 0xffffffff:
+        problems.append('cache_entries must be at least 2')
+    if cfg['max_flows'] < 1:
+        problems.append('max_flows must be at least 1')
+    if cfg['xdp_mode'] not in XDP_MODES:
+        problems.append('xdp_mode must be one of %s' % ', '.join(sorted(XDP_MODES)))
+    if problems:
+        raise LoaderError('invalid configuration: ' + '; '.join(problems))
+
+
+# -- pinned objects -----------------------------------------------------------
+
+def _exists(path):
+    return os.path.lexists(path)
+
+
+def open_pinned(path):
+    """fd of a pinned object, or None when the pin does not exist."""
+    if not _exists(path):
+        return None
+    return B.obj_get(path)
+
+
+def read_meta(pin_dir):
+    fd = open_pinned(os.path.join(pin_dir, META))
+    if fd is None:
+        return None
+    with B.fd_closing(fd):
+        key = ctypes.c_uint32(0)
+        val = ctypes.create_string_buffer(META_SIZE)
+        if not B.map_lookup(fd, key, val):
+            return None
+        raw = val.raw.split(b'\0', 1)[0]
+    try:
+        return json.loads(raw.decode('utf-8')) if raw else None
+    except ValueError:
+        return None
+
+
+def meta_bytes(meta):
+    data = json.dumps(meta, sort_keys=True, separators=(',', ':')).encode('utf-8')
+    if len(data) >= META_SIZE:
+        raise LoaderError('meta JSON is %d bytes, over the %d of the meta map: shorten the object path'
+                          % (len(data), META_SIZE))
+    return data
+
+
+def write_meta(fd, meta):
+    B.map_update(fd, ctypes.c_uint32(0), ctypes.create_string_buffer(meta_bytes(meta), META_SIZE))
+
+
+def link_state(path, expect_type, expect_prog):
+    """Describe a pinned link: None when absent; raises LoaderError when the
+    pin is not an ERB link (ownership check)."""
+    fd = open_pinned(path)
+    if fd is None:
+        return None
+    with B.fd_closing(fd):
+        try:
+            info = B.link_info(fd)
+        except B.BpfError as e:
+            raise LoaderError('%s is not a BPF link (%s); it is not ERB\'s: remove it by hand '
+                              'if you know what it is' % (path, e))
+        name = ''
+        if info.prog_id:
+            try:
+                name = B.prog_name_by_id(info.prog_id)
+            except B.BpfError:
+                name = ''
+    if info.type != expect_type or name != expect_prog:
+        raise LoaderError('%s holds a link of type %d running program "%s", not ERB\'s %s: refusing '
+                          'to touch it' % (path, info.type, name, expect_prog))
+    return {'id': info.id, 'prog_id': info.prog_id, 'prog_name': name, 'ifindex': info.ifindex}
+
+
+def links_state(pin_dir):
+    return {
+        'xdp': link_state(os.path.join(pin_dir, LINK_XDP), B.BPF_LINK_TYPE_XDP, L.XDP_PROG),
+        'tc': link_state(os.path.join(pin_dir, LINK_TC), B.BPF_LINK_TYPE_TCX, L.TC_PROG),
+    }
+
+
+def map_compatible(info, m):
+    """Pinned map (MapInfo) has the definition of object map m."""
+    return (info.type == m.type and info.key_size == m.key_size and info.value_size == m.value_size
+            and info.max_entries == m.max_entries and info.map_flags == m.map_flags)
+
+
+def _describe_map(t, k, v, n, f):
+    return 'type %d key %d value %d max_entries %d flags 0x%x' % (t, k, v, n, f)
+
+
+def _rmdir_if_empty(path):
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False
+
+
+# -- global state, stats, flows -----------------------------------------------
+
+def read_global(fd):
+    g = L.ErbGlobal()
+    if not B.map_lookup(fd, ctypes.c_uint32(0), g):
+        return None
+    return g
+
+
+def set_drain(fd, drain):
+    """Set or clear ERB_CTL_DRAIN; returns True when ctl changed."""
+    g = read_global(fd) or L.ErbGlobal()
+    ctl = (g.ctl | L.ERB_CTL_DRAIN) if drain else (g.ctl & ~L.ERB_CTL_DRAIN)
+    if ctl == g.ctl:
+        return False
+    g.ctl = ctl
+    B.map_update(fd, ctypes.c_uint32(0), g)
+    return True
+
+
+def read_stats(fd):
+    """Per-CPU erb_stats summed, by enum name."""
+    ncpu = B.num_possible_cpus()
+    out = {}
+    for i, name in enumerate(L.STAT_NAMES):
+        vals = (ctypes.c_uint64 * ncpu)()
+        if B.map_lookup(fd, ctypes.c_uint32(i), vals):
+            out[name] = int(sum(vals))
+        else:
+            out[name] = 0
+    return out
+
+
+def count_flows(fd):
+    """(flows tracked, flows with ERB_FLOW_ANSWERED)."""
+    total = answered = 0
+    flow = L.ErbFlow()
+    for raw in B.map_keys(fd, ctypes.sizeof(L.ErbFlowKey)):
+        key = L.ErbFlowKey.from_buffer_copy(raw)
+        if not B.map_lookup(fd, key, flow):
+            continue
+        total += 1
+        if flow.flags & L.ERB_FLOW_ANSWERED:
+            answered += 1
+    return total, answered
+
+
+def cache_fill(fd, cache_gen):
+    """Entries VALID and of the current generation, read through a read-only
+    mmap of the BPF_F_MMAPABLE erb_cache array."""
+    info = B.map_info(fd)
+    elem = (info.value_size + 7) // 8 * 8
+    size = elem * info.max_entries
+    length = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    try:
+        return _count_valid(mm, elem, info.max_entries, cache_gen)
+    finally:
+        mm.close()
+
+
+def _count_valid(buf, elem, n, cache_gen):
+    u32 = struct.Struct('=I')
+    state_off = L.ErbEntry.state.offset
+    gen_off = L.ErbEntry.gen.offset
+    count = 0
+    for base in range(0, n * elem, elem):
+        if u32.unpack_from(buf, base + state_off)[0] == L.ERB_ENTRY_VALID and \
+                u32.unpack_from(buf, base + gen_off)[0] == cache_gen:
+            count += 1
+    return count
+
+
+# -- where --------------------------------------------------------------------
+
+class Target(object):
+    """An interface of the current network namespace and its pin directory."""
+
+    def __init__(self, ifname, bpffs_root, procfs='/proc', netns_dir='/run/netns'):
+        if not ifname or '/' in ifname or ifname in ('.', '..'):
+            raise LoaderError('invalid interface name %r' % ifname)
+        check_bpffs(bpffs_root)
+        self.ifname = ifname
+        self.bpffs_root = bpffs_root
+        self.netns = netns_name(procfs, netns_dir)
+        self.pin_dir = pin_dir_of(bpffs_root, self.netns, ifname)
+
+    def path(self, name):
+        return os.path.join(self.pin_dir, name)
+
+    def map_pin(self, name):
+        return self.path('map_' + name)
+
+    def exists(self):
+        return os.path.isdir(self.pin_dir)
+
+
+def _global_ctl(target):
+    fd = open_pinned(target.map_pin('erb_global'))
+    if fd is None:
+        return None
+    with B.fd_closing(fd):
+        g = read_global(fd)
+        return g.ctl if g else 0
+
+
+@contextmanager
+def locked(target):
+    """Serialize loaders on this bpffs (flock on its root directory)."""
+    fd = os.open(target.bpffs_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def current_state(target):
+    """What is deployed on target now (ownership-checked)."""
+    if not target.exists():
+        return {'meta': None, 'links': {'xdp': None, 'tc': None}, 'ctl': None, 'missing_maps': list(STATE_MAPS)}
+    return {
+        'meta': read_meta(target.pin_dir),
+        'links': links_state(target.pin_dir),
+        'ctl': _global_ctl(target),
+        'missing_maps': [n for n in STATE_MAPS if not _exists(target.map_pin(n))],
+    }
+
+
+def summary(meta):
+    """The part of meta shown in diffs and compared for idempotence."""
+    if not meta:
+        return {}
+    return {'object': meta.get('object'), 'config': meta.get('config')}
+
+
+# -- attach / upgrade -----------------------------------------------------------
+
+class _Undo(object):
+    """Reverse-order unwinding of the steps done so far."""
+
+    def __init__(self):
+        self.actions = []
+
+    def push(self, fn, *args):
+        self.actions.append((fn, args))
+
+    def run(self):
+        errors = []
+        while self.actions:
+            fn, args = self.actions.pop()
+            try:
+                fn(*args)
+            except Exception as e:  # keep unwinding: report, do not stop
+                errors.append('%s: %s' % (getattr(fn, '__name__', fn), e))
+        return errors
+
+
+def attach_reasons(target, desired, state, ifindex):
+    """Why attach must act; [] when everything is in place."""
+    reasons = []
+    meta = state['meta']
+    if not meta:
+        reasons.append('not attached')
+    else:
+        if meta.get('object', {}).get('sha256') != desired['object']['sha256']:
+            reasons.append('object changed')
+        if meta.get('config') != desired['config']:
+            reasons.append('config changed')
+    for kind in ('xdp', 'tc'):
+        link = state['links'][kind]
+        if link is None:
+            reasons.append('%s link missing' % kind)
+        elif link['ifindex'] != ifindex:
+            reasons.append('%s link is stale (interface recreated)' % kind)
+    if state['missing_maps'] and meta:
+        reasons.append('pinned maps missing: %s' % ', '.join(state['missing_maps']))
+    if state['ctl'] and state['ctl'] & L.ERB_CTL_DRAIN:
+        reasons.append('draining (left by an interrupted detach)')
+    return reasons
+
+
+def _check_mode_change(target, state, desired):
+    meta = state['meta'] or {}
+    old = (meta.get('config') or {}).get('xdp_mode')
+    new = desired['config']['xdp_mode']
+    if state['links']['xdp'] and old and old != new:
+        raise LoaderError('xdp_mode %s -> %s on %s cannot be changed atomically (the kernel does not run '
+                          'native and generic XDP together): run with state=detached first, then attach '
+                          'with xdp_mode=%s' % (old, new, target.ifname, new))
+
+
+def _check_layout_version(state):
+    meta = state['meta']
+    if meta and meta.get('layout_version', L.ERB_LAYOUT_VERSION) != L.ERB_LAYOUT_VERSION:
+        raise LoaderError('pinned state has layout version %s, this loader writes %d: live flows would be '
+                          'misread. Detach first (state=detached), then attach the new object'
+                          % (meta.get('layout_version'), L.ERB_LAYOUT_VERSION))
+
+
+def _check_object(obj):
+    """The object has ERB's programs and the maps of erb.h's layout."""
+    for prog in (L.XDP_PROG, L.TC_PROG):
+        if not obj.has_program(prog):
+            raise LoaderError('%s has no program %s: not an ERB object' % (obj.path, prog))
+    for name, (mtype, ksize, vsize) in sorted(L.MAPS.items()):
+        m = obj.find_map(name)
+        if (m.type, m.key_size, m.value_size) != (mtype, ksize, vsize):
+            raise LoaderError('%s map %s is type %d key %d value %d, erb_layout expects type %d key %d value %d: '
+                              'object and collection were built from different erb.h'
+                              % (obj.path, name, m.type, m.key_size, m.value_size, mtype, ksize, vsize))
+
+
+def _configure(obj, cfg):
+    """Write struct erb_config into .rodata and size the maps, before load."""
+    rodata = obj.internal_map('.rodata')
+    off, size = obj.var_offset('.rodata', 'cfg')
+    if size != ctypes.sizeof(L.ErbConfig):
+        raise LoaderError('%s: cfg is %d bytes, struct erb_config is %d' % (obj.path, size, ctypes.sizeof(L.ErbConfig)))
+    data = bytearray(rodata.initial_value())
+    data[off:off + size] = bytes(bytearray(erb_config(cfg)))
+    rodata.set_initial_value(bytes(data))
+    obj.find_map('erb_cache').set_max_entries(cfg['cache_entries'])
+    obj.find_map('erb_flows').set_max_entries(cfg['max_flows'])
+    obj.find_map('erb_aux').set_max_entries(cfg['max_flows'])
+
+
+def _reuse_maps(obj, target, held):
+    """Reuse every compatible pinned state map; refuse incompatible flow state.
+    Returns the names reused; their fds are appended to held."""
+    reused = []
+    for name in STATE_MAPS:
+        fd = open_pinned(target.map_pin(name))
+        if fd is None:
+            continue
+        held.append(fd)
+        m = obj.find_map(name)
+        info = B.map_info(fd)
+        if map_compatible(info, m):
+            m.reuse_fd(fd)
+            reused.append(name)
+        elif name in FLOW_STATE_MAPS:
+            raise LoaderError(
+                'pinned %s (%s) does not match the new object (%s): live flows would lose their state. '
+                'Detach first (state=detached drains answering and waits for corrected flows), then attach '
+                'with the new settings' % (target.map_pin(name),
+                                           _describe_map(info.type, info.key_size, info.value_size,
+                                                         info.max_entries, info.map_flags),
+                                           _describe_map(m.type, m.key_size, m.value_size,
+                                                         m.max_entries, m.map_flags)))
+    return reused
+
+
+def fill_cmds(fd, prune):
+    """Write the command table into erb_cmds; with prune, drop stale keys."""
+    specs = redis_commands.cmd_specs()
+    for key, spec in specs:
+        B.map_update(fd, ctypes.c_uint32(key), spec)
+    if prune:
+        wanted = set(k for k, _ in specs)
+        for raw in list(B.map_keys(fd, 4)):
+            key = ctypes.c_uint32.from_buffer_copy(raw)
+            if key.value not in wanted:
+                B.map_delete(fd, key)
+    return len(specs)
+
+
+def _make_pin_dir(target, undo):
+    missing = []
+    path = target.pin_dir
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        undo.push(os.rmdir, d)
+
+
+def _unlink_if_exists(path):
+    if _exists(path):
+        os.unlink(path)
+
+
+def _pin_tmp(fd, final, undo, renames):
+    tmp = final + PIN_TMP_SUFFIX
+    _unlink_if_exists(tmp)
+    B.obj_pin(fd, tmp)
+    undo.push(_unlink_if_exists, tmp)
+    renames.append((tmp, final))
+
+
+def _pin_new_maps(obj, target, reused, undo, renames):
+    created = []
+    for name in STATE_MAPS:
+        if name in reused:
+            continue
+        _pin_tmp(obj.find_map(name).fd, target.map_pin(name), undo, renames)
+        created.append(name)
+    return created
+
+
+def _meta_fd(target, undo, renames, held):
+    fd = open_pinned(target.path(META))
+    if fd is not None:
+        held.append(fd)
+        info = B.map_info(fd)
+        if (info.type, info.key_size, info.value_size, info.max_entries) == (L.BPF_MAP_TYPE_ARRAY, 4, META_SIZE, 1):
+            return fd
+    fd = B.map_create(L.BPF_MAP_TYPE_ARRAY, 'erb_meta', 4, META_SIZE, 1)
+    held.append(fd)
+    _pin_tmp(fd, target.path(META), undo, renames)
+    return fd
+
+
+def _xdp_refusal(target, ifindex, mode, err):
+    if err.errno in (errno.EOPNOTSUPP, ENOTSUPP) and mode == 'native':
+        return LoaderError('interface %s does not support native XDP (%s): use xdp_mode: generic'
+                           % (target.ifname, err), err=err.errno)
+    if err.errno in (errno.EBUSY, errno.EEXIST):
+        return LoaderError('another XDP program is attached to %s (%s): ERB does not replace programs '
+                           'it does not own; remove it (ip link set dev %s xdp off) if it may go'
+                           % (target.ifname, _xdp_desc(ifindex), target.ifname), err=err.errno)
+    return LoaderError('attaching XDP to %s failed: %s' % (target.ifname, err), err=err.errno)
+
+
+def _xdp_desc(ifindex):
+    try:
+        q = B.xdp_query(ifindex)
+    except B.BpfError as e:
+        return 'query failed: %s' % e
+    if not q['prog_id']:
+        return 'no program visible'
+    try:
+        name = B.prog_name_by_id(q['prog_id'])
+    except B.BpfError:
+        name = '?'
+    return 'program id %d "%s", mode %s' % (q['prog_id'], name, q['mode'])
+
+
+def _foreign_xdp(target, ifindex):
+    q = B.xdp_query(ifindex)
+    if q['prog_id']:
+        raise LoaderError('another XDP program is attached to %s (%s): ERB does not replace programs it does '
+                          'not own; remove it (ip link set dev %s xdp off) if it may go'
+                          % (target.ifname, _xdp_desc(ifindex), target.ifname))
+
+
+def _create_link(kind, prog_fd, target, ifindex, mode):
+    if kind == 'xdp':
+        try:
+            return B.link_create_xdp(prog_fd, ifindex, XDP_MODES[mode])
+        except B.BpfError as e:
+            raise _xdp_refusal(target, ifindex, mode, e)
+    try:
+        return B.link_create_tcx(prog_fd, ifindex, B.BPF_TCX_EGRESS)
+    except B.BpfError as e:
+        hint = ' (tcx links need Linux >= 6.6)' if e.errno == errno.EINVAL else ''
+        raise LoaderError('attaching tcx egress to %s failed: %s%s' % (target.ifname, e, hint), err=e.errno)
+
+
+def _detach_and_close(fd):
+    try:
+        B.link_detach(fd)
+    finally:
+        B.close_fd(fd)
+
+
+LINKS = (('tc', LINK_TC, L.TC_PROG), ('xdp', LINK_XDP, L.XDP_PROG))  # attach order: egress first
+
+
+def _attach_links(obj, target, ifindex, mode, state, undo, held):
+    """Update pinned links atomically, or create and pin missing ones.
+    Returns {kind: 'updated'|'created'}."""
+    done = {}
+    for kind, pin_name, prog in LINKS:
+        pin = target.path(pin_name)
+        prog_fd = obj.program_fd(prog)
+        cur = state['links'][kind]
+        if cur and cur['ifindex'] == ifindex:
+            link_fd = B.obj_get(pin)
+            held.append(link_fd)
+            old_fd = B.prog_fd_by_id(cur['prog_id'])
+            held.append(old_fd)
+            B.link_update(link_fd, prog_fd, old_fd)
+            undo.push(B.link_update, link_fd, old_fd, prog_fd)
+            done[kind] = 'updated'
+            continue
+        if cur:  # defunct: its interface went away
+            os.unlink(pin)
+        elif kind == 'xdp':
+            _foreign_xdp(target, ifindex)
+        link_fd = _create_link(kind, prog_fd, target, ifindex, mode)
+        undo.push(_detach_and_close, link_fd)
+        B.obj_pin(link_fd, pin)
+        undo.push(os.unlink, pin)
+        done[kind] = 'created'
+    return done
+
+
+def _new_meta(target, desired, state, now):
+    old = state['meta'] or {}
+    meta = {
+        'version': META_VERSION,
+        'layout_version': L.ERB_LAYOUT_VERSION,
+        'ifname': target.ifname,
+        'netns': target.netns,
+        'object': desired['object'],
+        'config': desired['config'],
+        'attached_at': old.get('attached_at') or now,
+        'updated_at': now,
+        'previous': summary(old) or None,
+    }
+    if old and summary(old) == summary(meta):
+        meta['previous'] = old.get('previous')
+    return meta
+
+
+def attach(target, desired, check_mode=False, now=None):
+    """Make target run desired = {'object': {path, sha256}, 'config': {...}}."""
+    with locked(target):
+        return _attach(target, desired, check_mode, now)
+
+
+def _attach(target, desired, check_mode, now):
+    ifindex = ifindex_of(target.ifname)
+    state = current_state(target)
+    reasons = attach_reasons(target, desired, state, ifindex)
+    result = {'changed': bool(reasons), 'reasons': reasons, 'pin_dir': target.pin_dir, 'netns': target.netns,
+              'diff': {'before': summary(state['meta']), 'after': summary(desired)}}
+    if not reasons:
+        result.update(_ids(target))
+        return result
+    _check_mode_change(target, state, desired)
+    _check_layout_version(state)
+    if check_mode:
+        return result
+    meta = _new_meta(target, desired, state, now or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+    meta_bytes(meta)
+    result.update(_deploy(target, desired, state, ifindex, meta))
+    result.update(_ids(target))
+    return result
+
+
+def _deploy(target, desired, state, ifindex, meta):
+    undo = _Undo()
+    held = []
+    renames = []
+    obj = B.BpfObject(desired['object']['path'])
+    try:
+        _check_object(obj)
+        _configure(obj, desired['config'])
+        reused = _reuse_maps(obj, target, held)
+        _load(obj)
+        fill_cmds(obj.find_map('erb_cmds').fd, 'erb_cmds' in reused)
+        _make_pin_dir(target, undo)
+        created = _pin_new_maps(obj, target, reused, undo, renames)
+        meta_fd = _meta_fd(target, undo, renames, held)
+        links = _attach_links(obj, target, ifindex, desired['config']['xdp_mode'], state, undo, held)
+        for tmp, final in renames:
+            os.rename(tmp, final)
+        undo.actions = []
+        write_meta(meta_fd, meta)
+        _clear_drain(target)
+        return {'maps_reused': reused, 'maps_created': created, 'links': links}
+    except Exception as e:
+        errors = undo.run()
+        if errors and isinstance(e, LoaderError):
+            e.args = ('%s (unwinding also failed: %s)' % (e.args[0], '; '.join(errors)),)
+        raise
+    finally:
+        for fd in held:
+            B.close_fd(fd)
+        obj.close()
+
+
+def _load(obj):
+    try:
+        obj.load()
+    except B.BpfError as e:
+        tail = [line for line in e.log if line.strip()][-40:]
+        log = ('; libbpf log (last lines):\n' + '\n'.join(tail)) if tail else ''
+        raise LoaderError('loading %s failed: %s%s' % (obj.path, e, log), log=e.log, err=e.errno)
+
+
+def _clear_drain(target):
+    fd = open_pinned(target.map_pin('erb_global'))
+    if fd is not None:
+        with B.fd_closing(fd):
+            set_drain(fd, False)
+
+
+def _ids(target):
+    links = links_state(target.pin_dir) if target.exists() else {'xdp': None, 'tc': None}
+    return {
+        'link_ids': dict((k, v['id'] if v else None) for k, v in links.items()),
+        'prog_ids': dict((k, v['prog_id'] if v else None) for k, v in links.items()),
+    }
+
+
+# -- detach ---------------------------------------------------------------------
+
+def drain(target, timeout, poll=0.2, progress=None):
+    """Stop answering (ERB_CTL_DRAIN) and wait until no flow carries
+    corrections (ERB_FLOW_ANSWERED) or timeout seconds pass."""
+    gfd = open_pinned(target.map_pin('erb_global'))
+    if gfd is None:
+        return {'drained': True, 'flows_remaining': 0, 'waited': 0.0}
+    with B.fd_closing(gfd):
+        set_drain(gfd, True)
+    ffd = open_pinned(target.map_pin('erb_flows'))
+    if ffd is None:
+        return {'drained': True, 'flows_remaining': 0, 'waited': 0.0}
+    start = time.time()
+    with B.fd_closing(ffd):
+        while True:
+            _, answered = count_flows(ffd)
+            waited = time.time() - start
+            if progress:
+                progress(answered, waited)
+            if answered == 0 or waited >= timeout:
+                return {'drained': answered == 0, 'flows_remaining': answered, 'waited': round(waited, 3)}
+            time.sleep(min(poll, max(timeout - waited, 0.01)))
+
+
+def _remove_link(pin):
+    fd = open_pinned(pin)
+    if fd is None:
+        return False
+    try:
+        B.link_detach(fd)
+    except B.BpfError as e:
+        if e.errno not in (errno.ENOLINK, errno.EINVAL, errno.ENODEV):  # already defunct
+            raise
+    finally:
+        B.close_fd(fd)
+    os.unlink(pin)
+    return True
+
+
+def our_pins():
+    names = [LINK_XDP, LINK_TC, META] + ['map_' + n for n in STATE_MAPS]
+    return names + [n + PIN_TMP_SUFFIX for n in names]
+
+
+def detach(target, drain_timeout=30, check_mode=False, progress=None):
+    """Drain, then remove exactly ERB's links and pins on target."""
+    with locked(target):
+        return _detach(target, drain_timeout, check_mode, progress)
+
+
+def _detach(target, drain_timeout, check_mode, progress):
+    result = {'changed': False, 'pin_dir': target.pin_dir, 'netns': target.netns, 'removed': []}
+    if not target.exists():
+        result['diff'] = {'before': {}, 'after': {}}
+        return result
+    state = current_state(target)  # raises when a pinned link is not ERB's
+    result['diff'] = {'before': summary(state['meta']), 'after': {}}
+    result['changed'] = True
+    if check_mode:
+        return result
+    result['drain'] = drain(target, drain_timeout, progress=progress)
+    for _kind, name, _prog in reversed(LINKS):  # XDP first: stop ingress before egress
+        if _remove_link(target.path(name)):
+            result['removed'].append(name)
+    for name in our_pins():
+        path = target.path(name)
+        if name not in (LINK_XDP, LINK_TC) and _exists(path):
+            os.unlink(path)
+            result['removed'].append(name)
+    if not _rmdir_if_empty(target.pin_dir):
+        result['left_behind'] = sorted(os.listdir(target.pin_dir))
+    else:
+        netns_dir = os.path.dirname(target.pin_dir)
+        if _rmdir_if_empty(netns_dir):
+            _rmdir_if_empty(os.path.dirname(netns_dir))
+    return result
+
+
+# -- inspect --------------------------------------------------------------------
+
+def _with_pinned(target, name, fn, default=None):
+    fd = open_pinned(target.map_pin(name))
+    if fd is None:
+        return default
+    with B.fd_closing(fd):
+        return fn(fd)
+
+
+def _maps_info(target):
+    out = {}
+    for name in STATE_MAPS:
+        info = _with_pinned(target, name, B.map_info)
+        if info is not None:
+            out[name] = {'id': info.id, 'max_entries': info.max_entries}
+    return out
+
+
+def describe(target):
+    """Everything info reports about one interface's pin directory."""
+    state = current_state(target)
+    out = {'ifname': target.ifname, 'netns': target.netns, 'pin_dir': target.pin_dir,
+           'attached': bool(state['links']['xdp'] or state['links']['tc']),
+           'meta': state['meta'], 'links': state['links'], 'maps': _maps_info(target)}
+    try:
+        out['xdp'] = B.xdp_query(socket.if_nametoindex(target.ifname))
+    except (OSError, B.BpfError) as e:
+        out['xdp'] = {'error': str(e)}
+    g = _with_pinned(target, 'erb_global', read_global)
+    out['drain'] = bool(g and g.ctl & L.ERB_CTL_DRAIN)
+    out['global'] = ({'cache_gen': g.cache_gen, 'overflow': g.overflow, 'ctl': g.ctl,
+                      'write_seq': g.write_seq, 'applied_seq': g.applied_seq} if g else None)
+    out['counters'] = _with_pinned(target, 'erb_stats', read_stats, {})
+    flows = _with_pinned(target, 'erb_flows', count_flows, (0, 0))
+    out['flows'] = {'tracked': flows[0], 'answered': flows[1],
+                    'max': out['maps'].get('erb_flows', {}).get('max_entries', 0)}
+    valid = _with_pinned(target, 'erb_cache', lambda fd: cache_fill(fd, g.cache_gen if g else 0), 0)
+    out['cache'] = {'valid': valid, 'entries': out['maps'].get('erb_cache', {}).get('max_entries', 0),
+                    'generation': g.cache_gen if g else 0}
+    return out
+
+
+def list_interfaces(bpffs_root, netns):
+    base = os.path.join(bpffs_root, 'erb', netns)
+    try:
+        return sorted(n for n in os.listdir(base) if os.path.isdir(os.path.join(base, n)))
+    except OSError:
+        return []

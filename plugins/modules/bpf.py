@@ -1,0 +1,250 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ERB contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: bpf
+short_description: Load and attach the ERB XDP and tcx programs to an interface
+description:
+  - Loads C(erb.bpf.o) with libbpf (C(libbpf.so.1) through ctypes), writes its load-time configuration,
+    fills the Redis command table and attaches C(erb_xdp) (XDP) and C(erb_tc_egress) (tcx egress) to an
+    interface of the current network namespace with pinned C(bpf_link)s under
+    C(<bpffs_root>/erb/<netns>/<interface>/).
+  - State maps pinned there are reused across upgrades when their definition is unchanged, so live
+    flows keep their sequence corrections. A flow-state map that would change (for example I(max_flows))
+    is refused with a message saying to detach first.
+  - A changed object (by SHA-256) or configuration replaces the programs atomically with C(BPF_LINK_UPDATE)
+    on the pinned links; the links, and so the attachment, are never removed on the way. The previous
+    object and configuration are recorded in the C(meta) map for rollback.
+  - I(state=detached) first stops answering (drain), waits up to I(drain_timeout) seconds for flows with
+    sequence corrections to end, then removes exactly ERB's links and pins. Links and pins it does not own
+    are never touched.
+version_added: "0.1.0"
+author:
+  - ERB contributors
+options:
+  interface:
+    description: Network interface in the current network namespace.
+    type: str
+    required: true
+  state:
+    description: Whether ERB is attached to I(interface).
+    type: str
+    choices: [attached, detached]
+    default: attached
+  object:
+    description: Path of the BPF object on the managed host.
+    type: path
+    default: /usr/lib/erb/erb.bpf.o
+  redis_port:
+    description: TCP port of Redis on this host.
+    type: int
+    default: 6379
+  cache_entries:
+    description: Number of cache slots (max_entries of C(erb_cache)); at least 2.
+    type: int
+    default: 65536
+  max_key_len:
+    description: Longest key cached, at most C(ERB_KEY_MAX) (256).
+    type: int
+    default: 128
+  max_value_len:
+    description: Longest value cached, at most C(ERB_VAL_MAX) (1400).
+    type: int
+    default: 1024
+  max_flows:
+    description: Flows tracked (max_entries of C(erb_flows) and C(erb_aux)). Changing it needs a detach.
+    type: int
+    default: 16384
+  require_auth:
+    description: Redis requires AUTH (requirepass or ACL users); flows start unauthenticated.
+    type: bool
+    default: false
+  answer:
+    description: Answer cache hits in XDP. C(false) loads ERB in pass-through (drain) mode.
+    type: bool
+    default: true
+  fill:
+    description: Fill the cache write-through from Redis's C(+OK) to SET.
+    type: bool
+    default: true
+  xdp_mode:
+    description:
+      - C(native) runs in the driver; C(generic) (skb mode) works on any interface, slower.
+      - The mode cannot be changed atomically; change it with a detach first.
+    type: str
+    choices: [native, generic]
+    default: native
+  bpffs_root:
+    description: Mount point of the BPF filesystem used for the pins.
+    type: path
+    default: /sys/fs/bpf
+  drain_timeout:
+    description: Seconds I(state=detached) waits for flows with sequence corrections to end before detaching.
+    type: int
+    default: 30
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change; loads, attaches and pins nothing.
+  diff_mode:
+    support: full
+    description: Shows the object and configuration before and after.
+notes:
+  - Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for bpffs) and Linux >= 6.6 for tcx links.
+  - C(ip netns exec) remounts /sys and hides /sys/fs/bpf; inside such namespaces use a bind mount of the
+    BPF filesystem elsewhere as I(bpffs_root).
+seealso:
+  - module: erb.booster.info
+'''
+
+EXAMPLES = r'''
+- name: Attach ERB to the Redis NIC
+  erb.booster.bpf:
+    interface: eth0
+    object: /usr/lib/erb/erb.bpf.o
+    cache_entries: 262144
+
+- name: Upgrade in place (atomic program replacement, state kept)
+  erb.booster.bpf:
+    interface: eth0
+    object: /usr/lib/erb/erb-1.1.bpf.o
+
+- name: Detach, draining live corrected flows for up to a minute
+  erb.booster.bpf:
+    interface: eth0
+    state: detached
+    drain_timeout: 60
+'''
+
+RETURN = r'''
+pin_dir:
+  description: Directory of ERB's pins for the interface.
+  returned: always
+  type: str
+  sample: /sys/fs/bpf/erb/host/eth0
+netns:
+  description: Name of the network namespace (its /run/netns name, C(host), or C(netns-<inode>)).
+  returned: always
+  type: str
+  sample: host
+prog_ids:
+  description: Program ids behind the pinned links (C(null) when absent).
+  returned: when state is attached
+  type: dict
+  sample: {"xdp": 812, "tc": 813}
+link_ids:
+  description: Ids of the pinned links; unchanged by an upgrade.
+  returned: when state is attached
+  type: dict
+  sample: {"xdp": 41, "tc": 42}
+reasons:
+  description: Why the module acted (empty when nothing changed).
+  returned: when state is attached
+  type: list
+  elements: str
+links:
+  description: What happened to each link, C(created) or C(updated).
+  returned: when state is attached and something changed (not in check mode)
+  type: dict
+maps_reused:
+  description: Pinned state maps reused by the new programs.
+  returned: when state is attached and something changed (not in check mode)
+  type: list
+  elements: str
+maps_created:
+  description: State maps created (and pinned) by this run.
+  returned: when state is attached and something changed (not in check mode)
+  type: list
+  elements: str
+drain:
+  description: Drain outcome, C(drained) false when I(drain_timeout) passed with corrected flows left.
+  returned: when state is detached and something was removed
+  type: dict
+  sample: {"drained": true, "flows_remaining": 0, "waited": 0.0}
+removed:
+  description: Pins removed.
+  returned: when state is detached
+  type: list
+  elements: str
+diff:
+  description: Object and configuration before and after.
+  returned: always
+  type: dict
+'''
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.erb.booster.plugins.module_utils import erb_loader
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout
+from ansible_collections.erb.booster.plugins.module_utils import libbpf
+
+ARGUMENT_SPEC = dict(
+    interface=dict(type='str', required=True),
+    state=dict(type='str', choices=['attached', 'detached'], default='attached'),
+    object=dict(type='path', default='/usr/lib/erb/erb.bpf.o'),
+    redis_port=dict(type='int', default=6379),
+    cache_entries=dict(type='int', default=65536),
+    max_key_len=dict(type='int', default=128),
+    max_value_len=dict(type='int', default=1024),
+    max_flows=dict(type='int', default=16384),
+    require_auth=dict(type='bool', default=False),
+    answer=dict(type='bool', default=True),
+    fill=dict(type='bool', default=True),
+    xdp_mode=dict(type='str', choices=['native', 'generic'], default='native'),
+    bpffs_root=dict(type='path', default='/sys/fs/bpf'),
+    drain_timeout=dict(type='int', default=30),
+)
+
+
+def desired_state(params):
+    cfg = dict((k, params[k]) for k in erb_loader.CONFIG_KEYS)
+    erb_loader.validate_config(cfg)
+    path = os.path.realpath(params['object'])
+    return {'object': {'path': path, 'sha256': erb_loader.sha256_file(path)}, 'config': cfg}
+
+
+def run(module):
+    p = module.params
+    target = erb_loader.Target(p['interface'], p['bpffs_root'])
+    if p['state'] == 'detached':
+        if p['drain_timeout'] < 0:
+            raise erb_loader.LoaderError('drain_timeout must be >= 0')
+        return erb_loader.detach(target, p['drain_timeout'], module.check_mode)
+    desired = desired_state(p)
+    erb_loader.ifindex_of(p['interface'])
+    return erb_loader.attach(target, desired, module.check_mode)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = run(module)
+    except erb_loader.LoaderError as e:
+        module.fail_json(msg=str(e), errno=e.errno, libbpf_log=e.log)
+    except libbpf.BpfError as e:
+        module.fail_json(msg=str(e), errno=e.errno, libbpf_log=e.log)
+    except OSError as e:
+        module.fail_json(msg='%s: %s' % (getattr(e, 'filename', '') or 'system call', e.strerror), errno=e.errno)
+    if not module._diff:
+        result.pop('diff', None)
+    result['layout_version'] = erb_layout.ERB_LAYOUT_VERSION
+    if result.get('drain') and not result['drain']['drained']:
+        module.warn('drain_timeout passed with %d flow(s) still carrying sequence corrections: those '
+                    'connections will break' % result['drain']['flows_remaining'])
+    if result.get('left_behind'):
+        module.warn('%s holds files ERB does not own, left in place: %s'
+                    % (result['pin_dir'], ', '.join(result['left_behind'])))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

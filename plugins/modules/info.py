@@ -1,0 +1,142 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ERB contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: info
+short_description: Report ERB's programs, links, counters and cache on interfaces
+description:
+  - Reads the pins under C(<bpffs_root>/erb/<netns>/) of the current network namespace, that is the pinned links
+    and their programs, the C(meta) JSON (object, configuration, previous object), the per-CPU counters of
+    C(erb_stats) summed by name, the cache fill (valid entries of the current generation, read through a
+    read-only mmap of C(erb_cache)), the flows tracked and the drain state.
+  - Read-only; changes nothing.
+version_added: "0.1.0"
+author:
+  - ERB contributors
+options:
+  interface:
+    description: Report only this interface; default all interfaces with ERB pins in this namespace.
+    type: str
+  bpffs_root:
+    description: Mount point of the BPF filesystem holding the pins.
+    type: path
+    default: /sys/fs/bpf
+attributes:
+  check_mode:
+    support: full
+    description: Read-only, runs the same in check mode.
+  diff_mode:
+    support: none
+seealso:
+  - module: erb.booster.bpf
+'''
+
+EXAMPLES = r'''
+- name: Read ERB's counters on eth0
+  erb.booster.info:
+    interface: eth0
+  register: erb
+
+- name: Show the hit ratio
+  ansible.builtin.debug:
+    msg: "{{ erb.interfaces.eth0.counters.hit }} hits, {{ erb.interfaces.eth0.counters.miss }} misses"
+'''
+
+RETURN = r'''
+netns:
+  description: Name of the network namespace inspected.
+  returned: always
+  type: str
+interfaces:
+  description: Per interface name, what ERB has there.
+  returned: always
+  type: dict
+  contains:
+    attached:
+      description: A pinned ERB link exists.
+      type: bool
+    pin_dir:
+      description: Pin directory.
+      type: str
+    meta:
+      description: The meta JSON written by erb.booster.bpf (object, sha256, config, previous).
+      type: dict
+    links:
+      description: Per link (C(xdp), C(tc)) its id, program id, program name and ifindex, or null.
+      type: dict
+    xdp:
+      description: XDP state of the interface as the kernel reports it (prog_id, mode).
+      type: dict
+    counters:
+      description: erb_stats summed over CPUs, by name (for example C(hit), C(miss), C(pass_outstanding)).
+      type: dict
+    cache:
+      description: C(valid) entries of the current C(generation) out of C(entries).
+      type: dict
+    flows:
+      description: Flows C(tracked), flows with corrections (C(answered)), C(max).
+      type: dict
+    drain:
+      description: Answering is stopped (ERB_CTL_DRAIN).
+      type: bool
+    error:
+      description: Why the pin directory could not be described (for example a pin that is not ERB's).
+      type: str
+    maps:
+      description: Pinned maps with their ids and max_entries.
+      type: dict
+'''
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.erb.booster.plugins.module_utils import erb_loader
+from ansible_collections.erb.booster.plugins.module_utils import libbpf
+
+ARGUMENT_SPEC = dict(
+    interface=dict(type='str'),
+    bpffs_root=dict(type='path', default='/sys/fs/bpf'),
+)
+
+
+def run(params):
+    root = params['bpffs_root']
+    erb_loader.check_bpffs(root)
+    netns = erb_loader.netns_name()
+    names = [params['interface']] if params['interface'] else erb_loader.list_interfaces(root, netns)
+    out = {}
+    for name in names:
+        target = erb_loader.Target(name, root)
+        if not os.path.isdir(target.pin_dir):
+            out[name] = {'attached': False, 'pin_dir': target.pin_dir}
+            continue
+        try:
+            out[name] = erb_loader.describe(target)
+        except erb_loader.LoaderError as e:  # e.g. a pin that is not ERB's: report, go on
+            out[name] = {'attached': False, 'pin_dir': target.pin_dir, 'error': str(e)}
+    return {'changed': False, 'netns': netns, 'interfaces': out}
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = run(module.params)
+    except erb_loader.LoaderError as e:
+        module.fail_json(msg=str(e))
+    except libbpf.BpfError as e:
+        module.fail_json(msg=str(e), errno=e.errno)
+    except OSError as e:
+        module.fail_json(msg='%s: %s' % (getattr(e, 'filename', '') or 'system call', e.strerror), errno=e.errno)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

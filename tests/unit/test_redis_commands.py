@@ -1,0 +1,138 @@
+# -*- coding: utf-8 -*-
+"""The erb_cmds table: flags and key positions of the commands ERB relies on,
+the FNV-1a hash, and that the committed table is what the generator produces
+from the real redis-server."""
+
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'loader'))
+from collection_path import ensure_collection_path  # noqa: E402
+
+ensure_collection_path()
+
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout  # noqa: E402
+from ansible_collections.erb.booster.plugins.module_utils import redis_commands as rc  # noqa: E402
+
+C = rc.COMMANDS
+
+
+def flags(name):
+    return rc.cmd_flags(C[name][0])
+
+
+def keys(name):
+    return C[name][1:]
+
+
+def test_fnv1a_vectors():
+    # Reference vectors of FNV-1a 32 (Fowler/Noll/Vo test suite).
+    assert rc.fnv1a32(b'') == 0x811c9dc5
+    assert rc.fnv1a32(b'a') == 0xe40c292c
+    assert rc.fnv1a32(b'foobar') == 0xbf9cf968
+    assert rc.cmd_hash('get') == rc.cmd_hash('GET') == rc.fnv1a32(b'GET')
+
+
+def test_no_hash_collisions():
+    hashes = [rc.cmd_hash(n) for n in C]
+    assert len(set(hashes)) == len(hashes)
+
+
+def test_get_is_a_read():
+    assert flags('GET') == erb_layout.ERB_CMD_GET
+    assert keys('GET') == (1, 1, 1)
+
+
+def test_set_is_a_write():
+    assert flags('SET') == erb_layout.ERB_CMD_SET | erb_layout.ERB_CMD_WRITE
+    assert keys('SET') == (1, 1, 1)
+
+
+@pytest.mark.parametrize('name,first,last,step', [
+    ('DEL', 1, -1, 1),
+    ('UNLINK', 1, -1, 1),
+    ('INCR', 1, 1, 1),
+    ('HSET', 1, 1, 1),
+    ('EXPIRE', 1, 1, 1),
+    ('RENAME', 1, 2, 1),
+    ('MSET', 1, -1, 2),
+    ('APPEND', 1, 1, 1),
+    ('GETDEL', 1, 1, 1),
+])
+def test_writes_with_key_positions(name, first, last, step):
+    f = flags(name)
+    assert f & erb_layout.ERB_CMD_WRITE
+    assert not f & erb_layout.ERB_CMD_KEYS_UNKNOWN
+    assert keys(name) == (first, last, step)
+
+
+@pytest.mark.parametrize('name', ['EVAL', 'EVALSHA', 'EVAL_RO', 'EVALSHA_RO', 'FCALL', 'FCALL_RO'])
+def test_scripts_write_unknown_keys(name):
+    assert flags(name) & erb_layout.ERB_CMD_WRITE
+    assert flags(name) & erb_layout.ERB_CMD_KEYS_UNKNOWN
+
+
+@pytest.mark.parametrize('name', ['SORT', 'ZUNIONSTORE', 'MIGRATE', 'XGROUP', 'FUNCTION'])
+def test_movable_or_container_writes_unknown_keys(name):
+    assert flags(name) & erb_layout.ERB_CMD_WRITE
+    assert flags(name) & erb_layout.ERB_CMD_KEYS_UNKNOWN
+
+
+@pytest.mark.parametrize('name,expect', [
+    ('FLUSHALL', ('FLUSH', 'WRITE')),
+    ('FLUSHDB', ('FLUSH', 'WRITE')),
+    ('SWAPDB', ('FLUSH', 'WRITE')),
+    ('MULTI', ('MULTI',)),
+    ('EXEC', ('EXEC',)),
+    ('DISCARD', ('EXEC',)),
+    ('SUBSCRIBE', ('SUBSCRIBE',)),
+    ('PSUBSCRIBE', ('SUBSCRIBE',)),
+    ('SSUBSCRIBE', ('SUBSCRIBE',)),
+    ('MONITOR', ('SUBSCRIBE', 'UNTRACK')),
+    ('SELECT', ('SELECT',)),
+    ('AUTH', ('AUTH',)),
+    ('HELLO', ('AUTH',)),
+    ('RESET', ('RESET',)),
+    ('CLIENT', ('UNTRACK',)),
+    ('SYNC', ('UNTRACK',)),
+    ('PSYNC', ('UNTRACK',)),
+    ('REPLCONF', ('UNTRACK',)),
+])
+def test_protocol_commands(name, expect):
+    assert flags(name) & rc.cmd_flags(expect) == rc.cmd_flags(expect)
+
+
+@pytest.mark.parametrize('name', ['GET', 'MGET', 'STRLEN', 'HGETALL', 'EXISTS', 'TTL', 'PING', 'INFO'])
+def test_reads_are_not_writes(name):
+    assert not flags(name) & erb_layout.ERB_CMD_WRITE
+
+
+def test_specs_fit_struct():
+    specs = rc.cmd_specs()
+    assert len(specs) == len(C) > 200
+    for key, spec in specs:
+        assert 0 <= key <= 0xffffffff
+        assert isinstance(spec, erb_layout.ErbCmdSpec)
+
+
+def test_every_flag_name_known():
+    for name, (names, _, _, _) in C.items():
+        for n in names:
+            assert n in erb_layout.CMD_FLAGS, '%s: %s' % (name, n)
+
+
+def test_committed_table_matches_real_redis():
+    """Regenerate from /usr/bin/redis-server: the committed table must match."""
+    with tempfile.TemporaryDirectory(prefix='erb-cmds-') as tmp:
+        out = os.path.join(tmp, 'redis_commands.py')
+        subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'gen_redis_commands.py'),
+                        '--redis-server', '/usr/bin/redis-server', '--output', out], check=True)
+        fresh = runpy.run_path(out)
+    assert fresh['REDIS_VERSION'] == rc.REDIS_VERSION
+    assert fresh['COMMANDS'] == C
