@@ -1375,7 +1375,13 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 		return -1;
 	__builtin_memcpy(mac, k->eth->h_source, ETH_ALEN);
 	__builtin_memcpy(smac, k->eth->h_dest, ETH_ALEN);
-	if (bpf_xdp_adjust_tail(ctx, delta))
+	/*
+	 * Grow at the tail, else at the head: every header is rewritten below,
+	 * so where the frame gained its room does not matter. A veth frame that
+	 * kept its skb buffer has little tailroom but XDP_PACKET_HEADROOM.
+	 */
+	if (bpf_xdp_adjust_tail(ctx, delta) &&
+	    (delta <= 0 || bpf_xdp_adjust_head(ctx, -delta)))
 		return -1;
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
@@ -1595,7 +1601,7 @@ int erb_xdp(struct xdp_md *ctx)
 	struct tcp_opts o = {};
 	struct pkt k;
 	__u32 seq, tot, from = 0;
-	int rc;
+	int rc, last;
 
 	k.eth = data;
 	if ((void *)(k.eth + 1) > end || k.eth->h_proto != bpf_htons(ETH_P_IP))
@@ -1735,15 +1741,17 @@ int erb_xdp(struct xdp_md *ctx)
 			f->c_nxt += 1;
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_C_FIN);
 	}
+	/* the client's last ACK of the server's FIN ends the flow */
+	last = k.tcp->rst ||
+	       ((f->flags & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) ==
+		(ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !k.tcp->fin && !k.plen &&
+		bpf_ntohl(k.tcp->ack_seq) == f->s_nxt);
 	if (f->flags & ERB_FLOW_ANSWERED) {
 		if (o.sack_off && xdp_tcp_opts(ctx, &k, &o, s))
 			return XDP_PASS;
 		xdp_correct(ctx, &k, f, &o);
 	}
-	if (k.tcp->rst ||
-	    ((f->flags & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) ==
-	     (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !k.tcp->fin && !k.plen &&
-	     bpf_ntohl(k.tcp->ack_seq) == f->s_nxt))
+	if (last)
 		flow_delete(&key, f, g);
 	return XDP_PASS;
 }
