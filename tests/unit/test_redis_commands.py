@@ -99,13 +99,25 @@ def test_movable_or_container_writes_unknown_keys(name):
     ('AUTH', ('AUTH',)),
     ('HELLO', ('AUTH',)),
     ('RESET', ('RESET',)),
-    ('CLIENT', ('UNTRACK',)),
     ('SYNC', ('UNTRACK',)),
     ('PSYNC', ('UNTRACK',)),
     ('REPLCONF', ('UNTRACK',)),
 ])
 def test_protocol_commands(name, expect):
     assert flags(name) & rc.cmd_flags(expect) == rc.cmd_flags(expect)
+
+
+def test_client_is_not_untracked_wholesale():
+    # redis-py sends CLIENT SETINFO on every connect; only CLIENT REPLY breaks
+    # reply counting, and erb.bpf.c checks that subcommand itself.
+    assert flags('CLIENT') & rc.cmd_flags(('UNTRACK',)) == 0
+    assert flags('CLIENT') & rc.cmd_flags(('WRITE',)) == 0
+
+
+def test_bpf_subcommand_hashes_match():
+    src = open(os.path.join(os.path.dirname(__file__), '..', '..', 'files', 'bpf', 'erb.bpf.c')).read()
+    assert '#define HASH_CLIENT\t0x%08xU' % rc.fnv1a32(b'CLIENT') in src
+    assert '#define HASH_REPLY\t0x%08xU' % rc.fnv1a32(b'REPLY') in src
 
 
 @pytest.mark.parametrize('name', ['GET', 'MGET', 'STRLEN', 'HGETALL', 'EXISTS', 'TTL', 'PING', 'INFO'])
