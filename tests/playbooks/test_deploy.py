@@ -1,0 +1,149 @@
+# -*- coding: utf-8 -*-
+"""playbooks/deploy.yml and rollback.yml on the local fleet, ansible-lint's production
+profile, and `ansible-galaxy collection build`."""
+
+import json
+import os
+import tarfile
+
+import pytest
+
+from conftest import (BPF_OBJECT, REPO, bpf_programs, ensure_collection_link, require_bpf_objects,
+                      run, venv_bin)
+
+
+def loaded_prog_ids():
+    return {p['id'] for p in bpf_programs()}
+
+
+def prog_name(prog_id):
+    return json.loads(run(['bpftool', '-j', 'prog', 'show', 'id', str(prog_id)]).stdout)['name']
+
+
+def link_state(h):
+    """{'xdp': (prog id, name) attached to the server interface as `ip link` reports it,
+    'tc': (prog id, name) of the pinned tcx link} (None where absent). bpftool 7.1 does
+    not list tcx attachments by device, so the tc side is read from ERB's pinned link."""
+    link = json.loads(h.run(['ip', '-j', '-d', 'link', 'show', h.iface]).stdout)[0]
+    xdp_id = link.get('xdp', {}).get('prog', {}).get('id')
+    tc_pin = '/run/erb/bpffs/erb/%s/%s/link_tc' % (h.ns, h.iface)
+    tc = None
+    if os.path.exists(tc_pin):
+        tc_link = json.loads(run(['bpftool', '-j', 'link', 'show', 'pinned', tc_pin]).stdout)
+        assert tc_link['type'] in ('tcx', 11), tc_link  # 11: BPF_LINK_TYPE_TCX
+        tc = (tc_link['prog_id'], prog_name(tc_link['prog_id']))
+    return {'xdp': (xdp_id, prog_name(xdp_id)) if xdp_id else None, 'tc': tc}
+
+
+def pins(h):
+    base = '/run/erb/bpffs/erb/%s' % h.ns
+    out = []
+    for root, dirs, files in os.walk(base):
+        out += [os.path.join(root, f) for f in files + dirs]
+    return out
+
+
+@pytest.fixture(scope='module')
+def deployed(fleet, ansible_playbook):
+    """deploy.yml run once on the fleet; rollback.yml at the end whatever happened."""
+    require_bpf_objects(BPF_OBJECT)
+    first = ansible_playbook('deploy.yml')
+    yield first
+    ansible_playbook('rollback.yml')
+
+
+@pytest.mark.fleet
+@pytest.mark.bpf
+@pytest.mark.slow
+class TestDeployRollback:
+    def test_deploy_succeeds_on_every_host(self, fleet, deployed):
+        assert deployed.rc == 0, deployed.output[-6000:]
+        assert sorted(deployed.recap) == sorted(h.name for h in fleet.hosts)
+        for host, counts in deployed.recap.items():
+            assert counts['failed'] == 0 and counts['unreachable'] == 0, (host, counts)
+
+    def test_xdp_and_tcx_attached_on_every_host(self, fleet, deployed):
+        assert deployed.rc == 0, deployed.output[-6000:]
+        for h in fleet.hosts:
+            st = link_state(h)
+            assert st['xdp'] and st['xdp'][1] == 'erb_xdp', (h.name, st)
+            assert st['tc'] and st['tc'][1] == 'erb_tc_egress', (h.name, st)
+            assert os.path.exists('/run/erb/bpffs/erb/%s/%s/link_xdp' % (h.ns, h.iface))
+
+    def test_get_answered_in_xdp_and_identical_to_redis(self, fleet, deployed):
+        assert deployed.rc == 0, deployed.output[-6000:]
+        for h in fleet.hosts:
+            assert h.redis_cli('SET', 'deploy:k', 'value-%s' % h.name) == 'OK'
+            stats_before = _get_calls(h.redis_cli_local('INFO', 'commandstats'))
+            for _ in range(5):
+                assert h.redis_cli('GET', 'deploy:k') == 'value-%s' % h.name
+            stats_after = _get_calls(h.redis_cli_local('INFO', 'commandstats'))
+            # the SET filled the cache: the GETs are answered in XDP and never reach Redis
+            assert stats_after == stats_before, 'GETs reached Redis: %d' % (stats_after - stats_before)
+            # a DEL through the interface invalidates the cached entry at XDP ingress
+            assert h.redis_cli('DEL', 'deploy:k') == '1'
+            assert h.redis_cli('GET', 'deploy:k') == ''
+
+    def test_second_run_changes_nothing(self, fleet, deployed, ansible_playbook):
+        assert deployed.rc == 0, deployed.output[-6000:]
+        ids_before = {h.name: link_state(h) for h in fleet.hosts}
+        second = ansible_playbook('deploy.yml')
+        assert second.rc == 0, second.output[-6000:]
+        assert sorted(second.recap) == sorted(h.name for h in fleet.hosts)
+        for host, counts in second.recap.items():
+            assert counts['changed'] == 0, (host, counts, second.output[-6000:])
+        assert {h.name: link_state(h) for h in fleet.hosts} == ids_before, \
+            'programs were replaced on an unchanged run'
+
+    def test_rollback_leaves_no_program_and_no_pin(self, fleet, deployed, ansible_playbook):
+        assert deployed.rc == 0, deployed.output[-6000:]
+        attached = {h.name: link_state(h) for h in fleet.hosts}
+        rb = ansible_playbook('rollback.yml')
+        assert rb.rc == 0, rb.output[-6000:]
+        loaded = loaded_prog_ids()
+        for h in fleet.hosts:
+            assert link_state(h) == {'xdp': None, 'tc': None}, h.name
+            assert pins(h) == [], pins(h)
+            # the programs ERB had attached are unloaded (nothing else holds them)
+            assert attached[h.name]['xdp'][0] not in loaded
+            assert attached[h.name]['tc'][0] not in loaded
+            assert not os.path.exists('/run/erb/fleet/r%d/lib/erb.bpf.o' % h.index)
+            # Redis still answers, now by itself
+            assert h.redis_cli('PING') == 'PONG'
+        # rollback again: nothing to do, nothing changed
+        again = ansible_playbook('rollback.yml')
+        assert again.rc == 0, again.output[-6000:]
+        for host, counts in again.recap.items():
+            assert counts['changed'] == 0, (host, counts)
+
+
+def _get_calls(commandstats):
+    for line in commandstats.splitlines():
+        if line.startswith('cmdstat_get:'):
+            return int(line.split('calls=')[1].split(',')[0])
+    return 0
+
+
+def test_ansible_lint_production_passes():
+    ensure_collection_link()
+    p = run([venv_bin('ansible-lint'), '--profile', 'production', '--offline'], check=False, cwd=REPO,
+            timeout=600, env={'ANSIBLE_CONFIG': str(REPO / 'ansible.cfg'), 'NO_COLOR': '1'})
+    assert p.returncode == 0, p.stdout[-8000:] + p.stderr[-4000:]
+
+
+def test_galaxy_collection_build(tmp_path):
+    p = run([venv_bin('ansible-galaxy'), 'collection', 'build', '--output-path', str(tmp_path), str(REPO)],
+            check=False, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    tarball = tmp_path / 'erb-booster-0.1.0.tar.gz'
+    assert tarball.is_file(), os.listdir(tmp_path)
+    with tarfile.open(tarball) as t:
+        names = set(t.getnames())
+        manifest = json.load(t.extractfile('MANIFEST.json'))
+    assert manifest['collection_info']['namespace'] == 'erb'
+    assert manifest['collection_info']['name'] == 'booster'
+    for needed in ('roles/erb/tasks/main.yml', 'roles/erb/meta/argument_specs.yml', 'playbooks/deploy.yml',
+                   'playbooks/rollback.yml', 'plugins/modules/bpf.py', 'plugins/modules/info.py',
+                   'meta/runtime.yml'):
+        assert needed in names, needed
+    assert not any(n.split('/')[0] in ('.venv', '.ansible', '.git', '.pytest_cache') for n in names)
