@@ -28,6 +28,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "erb.h"
+#include "erb_record.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -89,10 +90,25 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct erb_global);
 } erb_global SEC(".maps");
+
+/* Acknowledged SETs on their way to Redis (SET fast path -> I/O agent). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} erb_events SEC(".maps");
+
+/* Per key-hash bucket try-locks: a fast SET vs a passed command on the key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} erb_locks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -129,6 +145,15 @@ struct pcur {
 	__u32 nkeys;		/* queued in s->keyq */
 	__u32 keyq_full;
 	__u32 fill_due;		/* a write-through fill is due (egress) */
+	/* effects of the parsed commands, applied only if the segment passes */
+	__u32 pending;		/* fast-path writes not yet in Redis */
+	__u32 ncmds;		/* complete commands */
+	__u32 fl;		/* flow flags as the commands leave them */
+	__u32 auth_idx;		/* +1 of the last AUTH/HELLO, 0 none */
+	__u32 block;		/* block fills until nothing is owed */
+	__u32 flush;		/* empty the cache (unknown keys, FLUSH*, errors) */
+	__u32 nlocked;		/* bucket locks taken by the hold check */
+	__u32 held;		/* the hold check refused the segment */
 };
 
 /* Pointers for the bpf_loop callbacks (on the stack). */
@@ -145,11 +170,14 @@ struct erb_scratch {
 	char rep[ERB_REPLY_MAX];	/* reply payload, starts at REP_HDR - hdrlen */
 	__u32 keyq[KEYQ];		/* keys written by this segment's commands */
 	__u32 keyq_idx[KEYQ];		/* their command indexes */
+	__u32 keyq_w[KEYQ];		/* 1: written, 0: read */
+	struct erb_parser req_saved;	/* parser state to restore on hold */
 	struct pcur cur;
 	__u8 opt[40];			/* TCP options being parsed */
 	__u32 fnv;			/* hash being computed by fnv_step */
 	struct {
 		__u32 i, len, ts_off, tsval, tsecr, sack_off, sack_n, bad;
+		__u32 wscale;		/* window scale option + 1, 0 none */
 	} oc;				/* option parser cursor */
 	struct {
 		__s32 hit, free;	/* slot indexes, -1 none */
@@ -172,6 +200,14 @@ static __always_inline void stat_inc(__u32 id)
 
 	if (v)
 		*v += 1;
+}
+
+static __always_inline void stat_add(__u32 id, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&erb_stats, &id);
+
+	if (v)
+		*v += n;
 }
 
 static __always_inline int before(__u32 a, __u32 b)
@@ -347,6 +383,40 @@ static __always_inline void cache_probe(struct erb_scratch *s, const char *key, 
 	bpf_loop(n, probe_step, &x, 0);
 }
 
+/* Is an acknowledged fast-path write of this key hash still not in Redis? */
+struct hctx {
+	__u32 h, gen;
+	__u64 applied;
+	__u32 pending;
+};
+
+static long pending_step(__u32 i, void *arg)
+{
+	struct hctx *x = arg;
+	struct erb_entry *e;
+	__u32 idx = slot_of(x->h, i);
+
+	e = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!e || entry_end(e, x->gen))
+		return 1;
+	if (e->state == ERB_ENTRY_VALID && e->hash == x->h && e->wseq > x->applied) {
+		x->pending = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int key_pending(__u32 h, __u32 gen, __u64 applied)
+{
+	struct hctx x = { .h = h, .gen = gen, .applied = applied };
+	__u32 n = cfg.max_probes;
+
+	if (n > ERB_MAX_PROBES)
+		n = ERB_MAX_PROBES;
+	bpf_loop(n, pending_step, &x, 0);
+	return x.pending;
+}
+
 /*
  * Store key/value (zero-padded key) under hash h. Returns 0 when stored.
  * The caller re-checks its preconditions afterwards and invalidates on a race.
@@ -449,13 +519,43 @@ static __always_inline void flow_delete(struct erb_flow_key *k, struct erb_flow 
 	stat_inc(ERB_STAT_FLOW_END);
 }
 
+#define FLOW_LINGER_NS	(60ULL * 1000000000ULL)	/* > 2 MSL of Linux (TIME_WAIT) */
+
+static int flow_gc(void *map, struct erb_flow_key *key, struct erb_flow *f)
+{
+	/* a SYN may have reused the tuple meanwhile: then it is not ours */
+	if (f->flags & ERB_FLOW_CLOSED) {
+		bpf_map_delete_elem(map, key);
+		stat_inc(ERB_STAT_FLOW_END);
+	}
+	return 0;
+}
+
+/*
+ * Both FINs are acknowledged. Keep correcting what still comes (a lost last
+ * ACK makes the server resend its FIN) and let a timer delete the flow.
+ */
+static __always_inline void flow_close(struct erb_flow_key *k, struct erb_flow *f,
+				       struct erb_global *g)
+{
+	if (f->flags & ERB_FLOW_CLOSED)
+		return;
+	flow_release(f, g);
+	bpf_map_delete_elem(&erb_aux, k);
+	__sync_fetch_and_or(&f->flags, ERB_FLOW_CLOSED);
+	bpf_timer_init(&f->timer, &erb_flows, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&f->timer, flow_gc);
+	if (bpf_timer_start(&f->timer, FLOW_LINGER_NS, 0))
+		flow_delete(k, f, g);
+}
+
 /* ------------------------------------------------- request parser (XDP) */
 
 /*
  * A key written by a passed command. The parser only queues it; xdp_keys()
  * takes the outstanding-write slot and invalidates before the frame is passed.
  */
-static __always_inline void req_write_key(struct pctx *c, struct erb_parser *p)
+static __always_inline void req_key(struct pctx *c, struct erb_parser *p, __u32 write)
 {
 	__u32 n = c->u->nkeys;
 
@@ -464,7 +564,8 @@ static __always_inline void req_write_key(struct pctx *c, struct erb_parser *p)
 		return;
 	}
 	c->s->keyq[n & (KEYQ - 1)] = p->arg_hash;
-	c->s->keyq_idx[n & (KEYQ - 1)] = c->f->cmds;
+	c->s->keyq_idx[n & (KEYQ - 1)] = c->f->cmds + c->u->ncmds;
+	c->s->keyq_w[n & (KEYQ - 1)] = write;
 	c->u->nkeys = n + 1;
 }
 
@@ -496,68 +597,66 @@ static __always_inline void req_arg_end(struct pctx *c, struct erb_parser *p)
 	}
 	if (i == 1 && p->cmd_hash == HASH_CLIENT && p->arg_uhash == HASH_REPLY)
 		p->cmd_flags |= ERB_CMD_UNTRACK;
-	if ((p->cmd_flags & (ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN)) == ERB_CMD_WRITE &&
+	if (!(p->cmd_flags & ERB_CMD_KEYS_UNKNOWN) &&
 	    p->first_key > 0 && (__s32)i >= p->first_key && (__s32)i <= p->last_key &&
-	    ((i - p->first_key) % p->key_step) == 0)
-		req_write_key(c, p);
+	    ((i - p->first_key) % p->key_step) == 0) {
+		if (p->cmd_flags & ERB_CMD_WRITE)
+			req_key(c, p, 1);
+		else if (c->u->pending)
+			req_key(c, p, 0);	/* reads too must wait for pending writes */
+	}
 }
 
 static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 {
-	struct erb_flow *f = c->f;
+	struct pcur *u = c->u;
 	__u32 fl = p->cmd_flags;
-	__u32 idx = f->cmds;
+	__u32 idx = c->f->cmds + u->ncmds;
 
-	if (fl & (ERB_CMD_FLUSH | ERB_CMD_KEYS_UNKNOWN)) {
-		if (c->u->tracked)
-			wr_block(f, c->g);
-		else
-			c->g->untracked_wr_ns = bpf_ktime_get_ns();
-		cache_flush(c->g);
-	}
+	if (fl & (ERB_CMD_FLUSH | ERB_CMD_KEYS_UNKNOWN))
+		u->flush = 1;
 	if (fl & ERB_CMD_MULTI) {
-		__sync_fetch_and_or(&f->flags, ERB_FLOW_MULTI);
+		u->fl |= ERB_FLOW_MULTI;
 		/* queued writes run at EXEC: no fill may race them */
-		wr_block(f, c->g);
+		u->block = 1;
 	}
 	if (fl & ERB_CMD_EXEC)
-		__sync_fetch_and_and(&f->flags, ~ERB_FLOW_MULTI);
-	if (fl & (ERB_CMD_SUBSCRIBE | ERB_CMD_UNTRACK))
-		__sync_fetch_and_or(&f->flags, ERB_FLOW_SUBSCRIBED * !!(fl & ERB_CMD_SUBSCRIBE) |
-				    ERB_FLOW_UNTRACKED);
+		u->fl &= ~ERB_FLOW_MULTI;
+	if (fl & ERB_CMD_SUBSCRIBE)
+		u->fl |= ERB_FLOW_SUBSCRIBED | ERB_FLOW_UNTRACKED;
+	if (fl & ERB_CMD_UNTRACK)
+		u->fl |= ERB_FLOW_UNTRACKED;
 	if (fl & ERB_CMD_SELECT) {
-		if (p->argc == 2 && p->num_ok && p->num_arg == 0)
-			__sync_fetch_and_and(&f->flags, ~ERB_FLOW_DB_NONZERO);
+		/* only "SELECT 0" itself says db 0; anything else may not be */
+		if (p->argc == 2 && p->num_ok && p->num_arg == 0 && p->num_len == 1)
+			u->fl &= ~ERB_FLOW_DB_NONZERO;
 		else
-			__sync_fetch_and_or(&f->flags, ERB_FLOW_DB_NONZERO);
+			u->fl |= ERB_FLOW_DB_NONZERO;
 	}
 	if (fl & ERB_CMD_AUTH)
-		f->auth_idx = idx + 1;
+		u->auth_idx = idx + 1;
 	if (fl & ERB_CMD_RESET) {
-		__sync_fetch_and_and(&f->flags, ~(ERB_FLOW_MULTI | ERB_FLOW_DB_NONZERO));
+		u->fl &= ~(ERB_FLOW_MULTI | ERB_FLOW_DB_NONZERO);
 		if (cfg.require_auth)
-			__sync_fetch_and_and(&f->flags, ~ERB_FLOW_AUTHED);
+			u->fl &= ~ERB_FLOW_AUTHED;
 	}
-	if ((fl & ERB_CMD_SET) && p->argc == 3 && c->u->a1_off >= 0 && c->u->a2_off >= 0 &&
-	    c->u->a1_len <= cfg.max_key_len && c->u->a2_len <= cfg.max_value_len) {
-		c->u->cap = 1;
-		c->u->cap_idx = idx;
-		c->u->cap_koff = c->u->win_base + c->u->a1_off;
-		c->u->cap_klen = c->u->a1_len;
-		c->u->cap_voff = c->u->win_base + c->u->a2_off;
-		c->u->cap_vlen = c->u->a2_len;
+	if ((fl & ERB_CMD_SET) && p->argc == 3 && u->a1_off >= 0 && u->a2_off >= 0 &&
+	    u->a1_len <= cfg.max_key_len && u->a2_len <= cfg.max_value_len) {
+		u->cap = 1;
+		u->cap_idx = idx;
+		u->cap_koff = u->win_base + u->a1_off;
+		u->cap_klen = u->a1_len;
+		u->cap_voff = u->win_base + u->a2_off;
+		u->cap_vlen = u->a2_len;
 	}
-	f->cmds = idx + 1;
-	stat_inc(ERB_STAT_CMDS_PASSED);
+	u->ncmds++;
 }
 
 static __always_inline void req_error(struct pctx *c, struct erb_parser *p)
 {
 	/* Redis will reject this stream too; we lost the command boundary. */
-	stat_inc(ERB_STAT_PARSE_ERROR);
-	__sync_fetch_and_or(&c->f->flags, ERB_FLOW_UNTRACKED);
-	cache_flush(c->g);
-	c->g->untracked_wr_ns = bpf_ktime_get_ns();
+	c->u->fl |= ERB_FLOW_UNTRACKED;
+	c->u->flush = 1;
 	p->state = ERB_P_TYPE;
 	p->argc = 0;
 	p->resync = 1;
@@ -572,6 +671,7 @@ static __always_inline void req_bulk_begin(struct pctx *c, struct erb_parser *p)
 	if (p->argi == 1) {
 		p->num_arg = 0;
 		p->num_ok = 1;
+		p->num_len = 0;
 		if (p->num + 2 <= c->u->end - c->u->pos) {
 			c->u->a1_off = c->u->pos;
 			c->u->a1_len = p->num;
@@ -585,11 +685,11 @@ static __always_inline void req_bulk_begin(struct pctx *c, struct erb_parser *p)
 }
 
 /* Does this arg need its bytes looked at (name, keys, SELECT's index)? */
-static __always_inline int req_arg_inspect(struct erb_parser *p)
+static __always_inline int req_arg_inspect(struct pctx *c, struct erb_parser *p)
 {
 	if (p->argi <= 1)
 		return 1;
-	return (p->cmd_flags & ERB_CMD_WRITE) && p->first_key > 0 &&
+	return ((p->cmd_flags & ERB_CMD_WRITE) || c->u->pending) && p->first_key > 0 &&
 	       (__s32)p->argi >= p->first_key && (__s32)p->argi <= p->last_key;
 }
 
@@ -620,11 +720,7 @@ static long req_step(__u32 unused, void *arg)
 				c->u->a2_off = -1;
 			} else if (p->resync) {
 				/* skip until a command starts; unknown bytes may write */
-				if (!c->u->flushed) {
-					c->u->flushed = 1;
-					cache_flush(c->g);
-					c->g->untracked_wr_ns = bpf_ktime_get_ns();
-				}
+				c->u->flush = 1;
 			} else if (ch == '\r' || ch == '\n' || ch == ' ') {
 				/* Redis ignores empty inline lines */
 			} else {
@@ -690,7 +786,7 @@ static long req_step(__u32 unused, void *arg)
 		req_bulk_begin(c, p);
 		return 0;
 	case ERB_P_BULK:
-		if (p->bulk_left > 2 && req_arg_inspect(p)) {
+		if (p->bulk_left > 2 && req_arg_inspect(c, p)) {
 			/* one byte at a time: hashes and numbers */
 			p->arg_hash = (p->arg_hash ^ ch) * FNV_PRIME;
 			p->arg_uhash = (p->arg_uhash ^ upper(ch)) * FNV_PRIME;
@@ -699,6 +795,7 @@ static long req_step(__u32 unused, void *arg)
 					p->num_arg = p->num_arg * 10 + (ch - '0');
 				else
 					p->num_ok = 0;
+				p->num_len++;
 			}
 			p->arg_len++;
 			p->bulk_left--;
@@ -744,7 +841,8 @@ static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c
 {
 	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, k);
 	struct erb_global *g = c->g;
-	__u32 gen, b, *cnt;
+	__u32 gen, b, *cnt, *bl;
+	int rc;
 
 	if (!a)
 		return;
@@ -758,8 +856,17 @@ static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
-	if (cache_store(c->s, a->fill_hash, a->fill_key, a->fill_klen, a->fill_val,
-			a->fill_vlen, gen)) {
+	bl = bpf_map_lookup_elem(&erb_locks, &b);
+	if (!bl || __sync_val_compare_and_swap(bl, 0, 1) != 0) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	/* never overwrite a fast-path write Redis does not have yet */
+	rc = key_pending(a->fill_hash, gen, g->applied_seq) ||
+	     cache_store(c->s, a->fill_hash, a->fill_key, a->fill_klen, a->fill_val,
+			 a->fill_vlen, gen);
+	__sync_lock_test_and_set(bl, 0);
+	if (rc) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
@@ -950,6 +1057,7 @@ struct tcp_opts {
 	__u32 tsval, tsecr;
 	__u32 sack_off;		/* offset of the SACK option, 0 none */
 	__u32 sack_n;		/* blocks */
+	__u32 wscale;		/* window scale option + 1, 0 none */
 };
 
 static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
@@ -1011,6 +1119,7 @@ struct pkt {
 	__u32 thl;		/* TCP header length */
 	__u32 poff;		/* payload offset from the frame start */
 	__u32 plen;		/* payload length */
+	__u32 odd;		/* TCP options we could not read: never answer */
 };
 
 static long opt_step(__u32 unused, void *arg)
@@ -1048,6 +1157,8 @@ static long opt_step(__u32 unused, void *arg)
 	} else if (kind == 5 && olen >= 10 && (olen - 2) % 8 == 0) {
 		s->oc.sack_off = sizeof(struct tcphdr) + i;
 		s->oc.sack_n = (olen - 2) / 8;
+	} else if (kind == 3 && olen == 3) {
+		s->oc.wscale = s->opt[i + 2] + 1;
 	}
 	s->oc.i = i + olen;
 	return 0;
@@ -1064,6 +1175,7 @@ static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struc
 	o->ts_off = 0;
 	o->sack_off = 0;
 	o->sack_n = 0;
+	o->wscale = 0;
 	if (len == 0)
 		return 0;
 	/* the common case: NOP NOP TS */
@@ -1089,6 +1201,7 @@ static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struc
 	o->tsecr = s->oc.tsecr;
 	o->sack_off = s->oc.sack_off;
 	o->sack_n = s->oc.sack_n;
+	o->wscale = s->oc.wscale;
 	return 0;
 }
 
@@ -1164,8 +1277,49 @@ struct kctx {
 	struct erb_scratch *s;
 	struct erb_global *g;
 	__u32 tracked;
+	__u64 applied;
 };
 
+/* Pass 1: lock every key's bucket, fail if a fast-path write is pending. */
+static long hold_step(__u32 i, void *arg)
+{
+	struct kctx *x = arg;
+	__u32 h, b, *lock;
+
+	if (!x->s || !x->g)
+		return 1;
+	h = x->s->keyq[i & (KEYQ - 1)];
+	b = bucket_of(h);
+	lock = bpf_map_lookup_elem(&erb_locks, &b);
+	if (!lock)
+		return 1;
+	if (__sync_val_compare_and_swap(lock, 0, 1) != 0) {
+		x->s->cur.held = 1;	/* a fast SET holds it: retry later */
+		return 1;
+	}
+	x->s->cur.nlocked = i + 1;
+	if (key_pending(h, x->g->cache_gen, x->applied)) {
+		x->s->cur.held = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static long unlock_step(__u32 i, void *arg)
+{
+	struct kctx *x = arg;
+	__u32 b, *lock;
+
+	if (!x->s)
+		return 1;
+	b = bucket_of(x->s->keyq[i & (KEYQ - 1)]);
+	lock = bpf_map_lookup_elem(&erb_locks, &b);
+	if (lock)
+		__sync_lock_test_and_set(lock, 0);
+	return 0;
+}
+
+/* Pass 2: written keys block fills and are invalidated (buckets locked). */
 static long key_step(__u32 i, void *arg)
 {
 	struct kctx *x = arg;
@@ -1175,6 +1329,8 @@ static long key_step(__u32 i, void *arg)
 
 	if (!f || !g || !x->s)
 		return 1;
+	if (!x->s->keyq_w[i & (KEYQ - 1)])
+		return 0;
 	h = x->s->keyq[i & (KEYQ - 1)];
 	if (x->tracked) {
 		wr_acquire(f, g, x->s->keyq_idx[i & (KEYQ - 1)], bucket_of(h));
@@ -1187,22 +1343,73 @@ static long key_step(__u32 i, void *arg)
 	return 0;
 }
 
-/* Keys written by this segment: block fills on them, then invalidate. */
-static __always_inline void xdp_keys(struct pctx *c)
+static __always_inline __u32 keyq_len(struct pcur *u)
+{
+	return u->nkeys > KEYQ ? KEYQ : u->nkeys;
+}
+
+/*
+ * The hold rule: a segment whose commands touch a key with an acknowledged
+ * write Redis does not have yet (or that may write unknown keys while any
+ * write is pending) is dropped; TCP retransmits it. Returns 1 to hold. On 0
+ * the touched buckets stay locked until xdp_effects() releases them.
+ */
+static __always_inline int xdp_hold(struct pctx *c)
 {
 	struct kctx x = { .f = c->f, .s = c->s, .g = c->g };
+	struct pcur *u = c->u;
+	__u32 n = keyq_len(u);
 
-	x.tracked = c->u->tracked;
+	x.applied = c->g->applied_seq;
+	if (!u->pending || !n)
+		return u->pending && (u->flush || u->keyq_full);
+	if (u->flush || u->keyq_full)
+		return 1;
+	u->nlocked = 0;
+	u->held = 0;
+	bpf_loop(n, hold_step, &x, 0);
+	if (u->held) {
+		if (u->nlocked)
+			bpf_loop(u->nlocked > KEYQ ? KEYQ : u->nlocked, unlock_step, &x, 0);
+		u->nlocked = 0;
+		return 1;
+	}
+	return 0;
+}
 
-	if (c->u->nkeys)
-		bpf_loop(c->u->nkeys & (KEYQ - 1) ? c->u->nkeys : KEYQ, key_step, &x, 0);
-	if (c->u->keyq_full) {
-		if (c->u->tracked)
-			wr_block(c->f, c->g);
+/* Apply what the segment's commands did to the flow, then unlock. */
+static __always_inline void xdp_effects(struct pctx *c, __u32 fl_orig)
+{
+	struct kctx x = { .f = c->f, .s = c->s, .g = c->g };
+	struct pcur *u = c->u;
+	struct erb_flow *f = c->f;
+	__u32 set = u->fl & ~fl_orig, clr = fl_orig & ~u->fl;
+
+	x.tracked = u->tracked;
+	x.applied = c->g->applied_seq;
+	if (u->nkeys)
+		bpf_loop(keyq_len(u), key_step, &x, 0);
+	if (u->nlocked)
+		bpf_loop(u->nlocked > KEYQ ? KEYQ : u->nlocked, unlock_step, &x, 0);
+	if (u->flush || u->keyq_full || u->block) {
+		if (u->tracked)
+			wr_block(f, c->g);
 		else
 			c->g->untracked_wr_ns = bpf_ktime_get_ns();
-		cache_flush(c->g);
 	}
+	if (u->flush || u->keyq_full)
+		cache_flush(c->g);
+	if (set)
+		__sync_fetch_and_or(&f->flags, set);
+	if (clr)
+		__sync_fetch_and_and(&f->flags, ~clr);
+	if (u->auth_idx)
+		f->auth_idx = u->auth_idx;
+	if (u->err)
+		stat_inc(ERB_STAT_PARSE_ERROR);
+	f->cmds += u->ncmds;
+	if (u->ncmds)
+		stat_add(ERB_STAT_CMDS_PASSED, u->ncmds);
 }
 
 /* Copy a captured SET into erb_aux; its +OK will fill the cache. */
@@ -1252,7 +1459,8 @@ static __always_inline int parse_get(struct erb_scratch *s, __u32 plen, __u32 *k
 			return -1;
 		n = n * 10 + (ch - '0');
 	}
-	if (i == 14 || i == 18 || b[i] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
+	/* Redis rejects "$01": so do we (it closes the connection) */
+	if (i == 14 || i == 18 || b[14] == '0' || b[i] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
 		return -1;
 	i += 2;
 	if (n == 0 || n > ERB_KEY_MAX || i + n + 2 != plen)
@@ -1501,25 +1709,218 @@ static __always_inline int xdp_reanswer(struct xdp_md *ctx, struct pkt *k, struc
 	return rc;
 }
 
+/*
+ * Is the payload exactly "*3\r\n$3\r\nSET\r\n$<n>\r\n<key>\r\n$<m>\r\n<value>\r\n"?
+ * Returns the key length and sets *koff, *voff, *vlen, else -1.
+ */
+static __always_inline int parse_set(struct erb_scratch *s, __u32 plen, __u32 *koff,
+				     __u32 *voff, __u32 *vlen)
+{
+	const char *b = s->buf;
+	__u32 n = 0, m = 0, i, j;
+
+	if (plen < 29 || plen > WIN)
+		return -1;
+	if (b[0] != '*' || b[1] != '3' || b[2] != '\r' || b[3] != '\n' || b[4] != '$' ||
+	    b[5] != '3' || b[6] != '\r' || b[7] != '\n' || upper(b[8]) != 'S' ||
+	    upper(b[9]) != 'E' || upper(b[10]) != 'T' || b[11] != '\r' || b[12] != '\n' ||
+	    b[13] != '$')
+		return -1;
+	for (i = 14; i < 18; i++) {
+		char ch = b[i];
+
+		if (ch == '\r')
+			break;
+		if (ch < '0' || ch > '9')
+			return -1;
+		n = n * 10 + (ch - '0');
+	}
+	if (i == 14 || i == 18 || b[14] == '0' || b[(i + 1) & WIN_MASK] != '\n')
+		return -1;
+	i += 2;
+	if (n == 0 || n > ERB_KEY_MAX || i + n + 4 > plen)
+		return -1;
+	*koff = i;
+	i += n;
+	if (b[i & WIN_MASK] != '\r' || b[(i + 1) & WIN_MASK] != '\n' ||
+	    b[(i + 2) & WIN_MASK] != '$')
+		return -1;
+	i += 3;
+	for (j = 0; j < 5; j++) {
+		char ch = b[(i + j) & WIN_MASK];
+
+		if (ch == '\r')
+			break;
+		if (ch < '0' || ch > '9')
+			return -1;
+		m = m * 10 + (ch - '0');
+	}
+	if (j == 0 || j == 5 || (j > 1 && b[i & WIN_MASK] == '0') ||
+	    b[(i + j + 1) & WIN_MASK] != '\n')
+		return -1;
+	i += j + 2;
+	if (m > ERB_VAL_MAX || i + m + 2 != plen)
+		return -1;
+	if (b[(i + m) & WIN_MASK] != '\r' || b[(i + m + 1) & WIN_MASK] != '\n')
+		return -1;
+	*voff = i;
+	*vlen = m;
+	return n;
+}
+
+/* Record an answer: the correction, the copy for retransmits, the counters. */
+static __always_inline void answered(struct erb_flow *f, struct erb_aux *a, struct pkt *k,
+				     struct erb_scratch *s, __u32 seq, __u32 ack,
+				     __u32 rstart, __u32 rlen)
+{
+	__u32 fl = f->flags;
+
+	bpf_probe_read_kernel(a->last_rep, ERB_REPLY_MAX, s->rep);
+	a->last_rep_off = rstart;
+	a->last_rep_len = rlen;
+	bpf_spin_lock(&f->lock);
+	f->c.off_before = f->c.off_after;
+	f->c.off_after += k->plen;
+	f->c.pos = ack;
+	f->s.pos = seq - f->s.off_after;
+	f->s.off_before = f->s.off_after;
+	f->s.off_after += rlen;
+	bpf_spin_unlock(&f->lock);
+	f->last_req_seq = ack - k->plen;
+	f->last_req_len = k->plen;
+	f->last_rep_seq = seq;
+	f->last_rep_len = rlen;
+	f->c_nxt = ack;
+	f->s_nxt = seq + rlen;
+	if (!(fl & ERB_FLOW_ANSWERED))
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_ANSWERED);
+}
+
+static __always_inline int unlock_ret(__u32 *l1, __u32 *l2, int rc)
+{
+	if (l1)
+		__sync_lock_test_and_set(l1, 0);
+	if (l2)
+		__sync_lock_test_and_set(l2, 0);
+	return rc;
+}
+
+/*
+ * SET answered in XDP, write-behind: the entry (stamped with the next write
+ * sequence) and the record for the I/O path are committed only once the +OK
+ * frame is built; until the record is applied, the hold rule keeps every
+ * other command on this key away from Redis.
+ */
+static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
+				  struct erb_flow *f, struct erb_aux *a, struct erb_scratch *s,
+				  struct erb_global *g, __u32 klen, __u32 h, __u32 voff,
+				  __u32 vlen)
+{
+	struct erb_record *rec;
+	struct erb_entry *e;
+	__u32 b = bucket_of(h), *bl, *cnt, idx, seq, ack;
+	__u64 wseq;
+	int rc;
+
+	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+	bl = bpf_map_lookup_elem(&erb_locks, &b);
+	if (!cnt || !bl)
+		return -1;
+	/* a write of this key passed to Redis and unanswered: it must go first */
+	if (READ_ONCE(*cnt) || g->overflow || vlen > cfg.max_value_len) {
+		stat_inc(ERB_STAT_SET_PASS_BUSY);
+		return -1;
+	}
+	if (__sync_val_compare_and_swap(bl, 0, 1) != 0) {
+		stat_inc(ERB_STAT_SET_PASS_BUSY);
+		return -1;
+	}
+	cache_probe(s, s->key, klen, h, g->cache_gen);
+	idx = s->pr.hit >= 0 ? s->pr.hit : s->pr.free;
+	e = s->pr.hit >= 0 || s->pr.free >= 0 ? bpf_map_lookup_elem(&erb_cache, &idx) : 0;
+	if (!e || __sync_val_compare_and_swap(&e->lock, 0, 1) != 0) {
+		stat_inc(ERB_STAT_SET_PASS_BUSY);
+		return unlock_ret(bl, 0, -1);
+	}
+	rec = bpf_ringbuf_reserve(&erb_events, sizeof(*rec), 0);
+	if (!rec) {
+		stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
+		return unlock_ret(&e->lock, bl, -1);
+	}
+	rec->version = ERB_RECORD_VERSION;
+	rec->op = ERB_OP_SET;
+	rec->flags = 0;
+	rec->klen = klen;
+	rec->vlen = vlen;
+	rec->db = 0;
+	rec->pad = 0;
+	bpf_probe_read_kernel(rec->key, ERB_KEY_MAX, s->key);
+	if (vlen && bpf_xdp_load_bytes(ctx, k->poff + (voff & 2047), rec->val, vlen)) {
+		bpf_ringbuf_discard(rec, 0);
+		return unlock_ret(&e->lock, bl, -1);
+	}
+	s->rep[0] = '+';
+	s->rep[1] = 'O';
+	s->rep[2] = 'K';
+	s->rep[3] = '\r';
+	s->rep[4] = '\n';
+	s->rep[5] = 0;
+	s->rep[6] = 0;
+	s->rep[7] = 0;
+	seq = f->s_nxt;
+	ack = bpf_ntohl(k->tcp->seq) + k->plen;
+	rc = xdp_reply(ctx, k, o, s->rep, 0, 5, seq, ack, f->s_win);
+	if (rc != XDP_TX) {
+		bpf_ringbuf_discard(rec, 0);
+		return unlock_ret(&e->lock, bl, rc);
+	}
+	wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
+	rec->seq = wseq;
+	__sync_fetch_and_add(&e->ver, 1);
+	e->state = ERB_ENTRY_VALID;
+	e->gen = g->cache_gen;
+	e->hash = h;
+	e->klen = klen;
+	e->vlen = vlen;
+	e->wseq = wseq;
+	bpf_probe_read_kernel(e->key, ERB_KEY_MAX, s->key);
+	bpf_probe_read_kernel(e->val, ERB_VAL_MAX, rec->val);
+	__sync_fetch_and_add(&e->ver, 1);
+	bpf_ringbuf_submit(rec, 0);
+	unlock_ret(&e->lock, bl, 0);
+	answered(f, a, k, s, seq, ack, 0, 5);
+	stat_inc(ERB_STAT_SET_FAST);
+	return XDP_TX;
+}
+
 static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 				      struct erb_flow *f, struct erb_flow_key *key,
 				      struct erb_scratch *s, struct erb_global *g)
 {
-	__u32 koff, klen, h = FNV_OFFSET, rstart, rlen, seq, ack, fl = f->flags;
+	__u32 koff, klen, h, rstart, rlen, seq, ack, fl = f->flags, voff = 0, vlen = 0;
 	struct erb_aux *a;
-	int n, rc;
+	int n, rc, is_set = 0;
 
 	/* cheap reject before touching the payload */
-	if (k->plen < 19 || k->plen > 19 + ERB_KEY_MAX + 2)
+	if (k->plen < 19 || k->plen > WIN)
 		return -1;
-	if (bpf_xdp_load_bytes(ctx, k->poff, s->buf, k->plen & WIN_MASK))
+	if (bpf_xdp_load_bytes(ctx, k->poff, s->buf, k->plen))
 		return -1;
 	n = parse_get(s, k->plen, &koff);
+	if (n < 0 && (cfg.flags & ERB_CFG_SET_FAST)) {
+		n = parse_set(s, k->plen, &koff, &voff, &vlen);
+		is_set = 1;
+	}
 	if (n < 0) {
 		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
 		return -1;
 	}
 	klen = n;
+	if (k->tcp->fin || k->tcp->rst || k->tcp->syn || k->tcp->urg || k->odd) {
+		/* the kernel must see those flags (and an XDP answer would eat them) */
+		stat_inc(ERB_STAT_PASS_STATE);
+		return -1;
+	}
 	if (!(cfg.flags & ERB_CFG_ANSWER) || (g->ctl & ERB_CTL_DRAIN)) {
 		stat_inc(ERB_STAT_PASS_DISABLED);
 		return -1;
@@ -1529,8 +1930,9 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		return -1;
 	}
 	if ((fl & (ERB_FLOW_MULTI | ERB_FLOW_SUBSCRIBED | ERB_FLOW_DB_NONZERO)) ||
-	    !(fl & ERB_FLOW_AUTHED) || !(fl & ERB_FLOW_EST) ||
-	    (fl & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) || f->req.argc || f->req.resync || f->req.state != ERB_P_TYPE) {
+	    !(fl & ERB_FLOW_AUTHED) || !(fl & ERB_FLOW_EST) || !(fl & ERB_FLOW_WIN) ||
+	    (fl & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) || f->req.argc || f->req.resync ||
+	    f->req.state != ERB_P_TYPE) {
 		stat_inc(ERB_STAT_PASS_STATE);
 		return -1;
 	}
@@ -1552,13 +1954,15 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	    bpf_xdp_load_bytes(ctx, k->poff + (koff & 31), s->key, klen))
 		return -1;
 	h = fnv_key(s, s->key, klen);
+	a = bpf_map_lookup_elem(&erb_aux, key);
+	if (!a)
+		return -1;
+	if (is_set)
+		return do_set(ctx, k, o, f, a, s, g, klen, h, voff, vlen);
 	if (cache_get(s, klen, h, g->cache_gen, &rstart, &rlen)) {
 		stat_inc(ERB_STAT_MISS);
 		return -1;
 	}
-	a = bpf_map_lookup_elem(&erb_aux, key);
-	if (!a)
-		return -1;
 	seq = f->s_nxt;
 	ack = bpf_ntohl(k->tcp->seq) + k->plen;
 	rc = xdp_reply(ctx, k, o, s->rep, rstart, rlen, seq, ack, f->s_win);
@@ -1566,28 +1970,75 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		stat_inc(ERB_STAT_PASS_NO_ROOM);
 	if (rc != XDP_TX)
 		return rc;
-	/* keep a copy for a retransmitted request, then record the correction */
-	bpf_probe_read_kernel(a->last_rep, ERB_REPLY_MAX, s->rep);
-	a->last_rep_off = rstart;
-	a->last_rep_len = rlen;
-	bpf_spin_lock(&f->lock);
-	f->c.off_before = f->c.off_after;
-	f->c.off_after += k->plen;
-	f->c.pos = ack;
-	f->s.pos = seq - f->s.off_after;
-	f->s.off_before = f->s.off_after;
-	f->s.off_after += rlen;
-	bpf_spin_unlock(&f->lock);
-	f->last_req_seq = ack - k->plen;
-	f->last_req_len = k->plen;
-	f->last_rep_seq = seq;
-	f->last_rep_len = rlen;
-	f->c_nxt = ack;
-	f->s_nxt = seq + rlen;
-	if (!(fl & ERB_FLOW_ANSWERED))
-		__sync_fetch_and_or(&f->flags, ERB_FLOW_ANSWERED);
+	answered(f, a, k, s, seq, ack, rstart, rlen);
 	stat_inc(ERB_STAT_HIT);
 	return XDP_TX;
+}
+
+/*
+ * Redis bytes we cannot parse (IP options, fragments, IPv6) may carry writes:
+ * empty the cache, and hold them while fast-path writes are pending (their
+ * keys are unknown). A tracked flow loses its command boundary: untrack it.
+ */
+static __always_inline int xdp_unseen(struct erb_flow_key *key)
+{
+	struct erb_global *g = global();
+	struct erb_flow *f;
+
+	if (!g)
+		return XDP_PASS;
+	if (g->write_seq != g->applied_seq) {
+		stat_inc(ERB_STAT_HOLD);
+		return XDP_DROP;
+	}
+	f = key ? bpf_map_lookup_elem(&erb_flows, key) : 0;
+	if (f) {
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_UNTRACKED);
+		f->req.resync = 1;
+		f->req.state = ERB_P_TYPE;
+		f->req.argc = 0;
+	}
+	cache_flush(g);
+	g->untracked_wr_ns = bpf_ktime_get_ns();
+	stat_inc(ERB_STAT_PASS_UNTRACKED);
+	return XDP_PASS;
+}
+
+static __always_inline int xdp_odd_ip(struct xdp_md *ctx, struct iphdr *ip)
+{
+	void *end = (void *)(long)ctx->data_end;
+	struct erb_flow_key key;
+	struct tcphdr *t;
+	__u32 ihl = ip->ihl * 4, tot = bpf_ntohs(ip->tot_len);
+
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return xdp_unseen(0);	/* a later fragment: port unknown */
+	if (ihl < sizeof(*ip) || ihl > 60)
+		return XDP_PASS;
+	t = (void *)ip + (ihl & 0x3c);
+	if ((void *)(t + 1) > end || t->dest != bpf_htons(cfg.redis_port))
+		return XDP_PASS;
+	if (tot <= ihl + t->doff * 4 && !(ip->frag_off & bpf_htons(0x2000)))
+		return XDP_PASS;	/* no payload */
+	key.saddr = ip->saddr;
+	key.daddr = ip->daddr;
+	key.sport = t->source;
+	key.dport = t->dest;
+	return xdp_unseen(&key);
+}
+
+static __always_inline int xdp_ipv6(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	__u8 *ip6 = data + sizeof(struct ethhdr);
+	struct tcphdr *t = (void *)(ip6 + 40);
+
+	/* fixed header, next header TCP; extension headers are not followed */
+	if ((void *)(t + 1) > end || ip6[6] != IPPROTO_TCP || t->dest != bpf_htons(cfg.redis_port))
+		return XDP_PASS;
+	if (((ip6[4] << 8) | ip6[5]) <= t->doff * 4)
+		return XDP_PASS;
+	return xdp_unseen(0);
 }
 
 SEC("xdp")
@@ -1604,12 +2055,17 @@ int erb_xdp(struct xdp_md *ctx)
 	int rc, last;
 
 	k.eth = data;
-	if ((void *)(k.eth + 1) > end || k.eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(k.eth + 1) > end)
+		return XDP_PASS;
+	if (k.eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return xdp_ipv6(ctx);
+	if (k.eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
 	k.ip = (void *)(k.eth + 1);
-	if ((void *)(k.ip + 1) > end || k.ip->ihl != 5 || k.ip->protocol != IPPROTO_TCP ||
-	    (k.ip->frag_off & bpf_htons(0x3fff)))
+	if ((void *)(k.ip + 1) > end || k.ip->protocol != IPPROTO_TCP)
 		return XDP_PASS;
+	if (k.ip->ihl != 5 || (k.ip->frag_off & bpf_htons(0x3fff)))
+		return xdp_odd_ip(ctx, k.ip);
 	k.tcp = (void *)(k.ip + 1);
 	if ((void *)(k.tcp + 1) > end || k.tcp->dest != bpf_htons(cfg.redis_port))
 		return XDP_PASS;
@@ -1627,8 +2083,13 @@ int erb_xdp(struct xdp_md *ctx)
 	g = global();
 	if (!s || !g)
 		return XDP_PASS;
-	if (xdp_tcp_opts(ctx, &k, &o, s))
-		return XDP_PASS;
+	k.odd = 0;
+	if (xdp_tcp_opts(ctx, &k, &o, s)) {
+		/* the kernel may accept them: track the segment, never answer it */
+		k.odd = 1;
+		o.ts_off = 0;
+		o.sack_off = 0;
+	}
 	key.saddr = k.ip->saddr;
 	key.daddr = k.ip->daddr;
 	key.sport = k.tcp->source;
@@ -1641,7 +2102,8 @@ int erb_xdp(struct xdp_md *ctx)
 			flow_release(f, g);
 		f = flow_create(&key, s, ERB_FLOW_SYN |
 				(cfg.require_auth ? 0 : ERB_FLOW_AUTHED) |
-				(o.ts_off ? ERB_FLOW_TS : 0), seq + 1);
+				(o.ts_off ? ERB_FLOW_TS : 0) |
+				(o.wscale ? ERB_FLOW_C_WSCALE : 0), seq + 1);
 		if (f)
 			stat_inc(ERB_STAT_FLOW_NEW);
 		return XDP_PASS;
@@ -1689,6 +2151,8 @@ int erb_xdp(struct xdp_md *ctx)
 		}
 		if (seq != f->c_nxt && !(fl & ERB_FLOW_UNTRACKED))
 			stat_inc(ERB_STAT_PASS_OUT_OF_ORDER);
+		if (fl & ERB_FLOW_UNTRACKED)
+			stat_inc(ERB_STAT_PASS_UNTRACKED);
 		if (seq == f->c_nxt && !(fl & ERB_FLOW_UNTRACKED)) {
 			rc = try_answer(ctx, &k, &o, f, &key, s, g);
 			if (rc >= 0)
@@ -1715,15 +2179,25 @@ int erb_xdp(struct xdp_md *ctx)
 		}
 		if (after(seq + k.plen, f->c_nxt)) {
 			struct pctx c = { .f = f, .s = s, .g = g, .u = &s->cur };
+			__u32 fl_orig = f->flags;
 
 			__builtin_memset(&s->cur, 0, sizeof(s->cur));
-			s->cur.tracked = !(f->flags & ERB_FLOW_UNTRACKED);
+			s->cur.tracked = !(fl_orig & ERB_FLOW_UNTRACKED);
+			s->cur.pending = g->write_seq != g->applied_seq;
+			s->cur.fl = fl_orig;
 			s->cur.a1_off = -1;
 			s->cur.a2_off = -1;
+			__builtin_memcpy(&s->req_saved, &f->req, sizeof(f->req));
 
 			from = f->c_nxt - seq;
 			xdp_parse(ctx, &k, &c, from);
-			xdp_keys(&c);
+			if (xdp_hold(&c)) {
+				/* as if never seen: the retransmission is parsed again */
+				__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
+				stat_inc(ERB_STAT_HOLD);
+				return XDP_DROP;
+			}
+			xdp_effects(&c, fl_orig);
 			if (c.u->cap && c.u->tracked && !c.u->err)
 				xdp_capture(ctx, &k, &key, &c);
 			f->c_nxt = seq + k.plen;
@@ -1747,12 +2221,14 @@ int erb_xdp(struct xdp_md *ctx)
 		(ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !k.tcp->fin && !k.plen &&
 		bpf_ntohl(k.tcp->ack_seq) == f->s_nxt);
 	if (f->flags & ERB_FLOW_ANSWERED) {
-		if (o.sack_off && xdp_tcp_opts(ctx, &k, &o, s))
+		if (o.sack_off && !k.odd && xdp_tcp_opts(ctx, &k, &o, s))
 			return XDP_PASS;
 		xdp_correct(ctx, &k, f, &o);
 	}
-	if (last)
+	if (k.tcp->rst)
 		flow_delete(&key, f, g);
+	else if (last)
+		flow_close(&key, f, g);
 	return XDP_PASS;
 }
 
@@ -1855,14 +2331,31 @@ int erb_tc_egress(struct __sk_buff *skb)
 
 	if ((flags & 0x12) == 0x12) {	/* SYN-ACK */
 		if (f->flags & ERB_FLOW_SYN) {
+			__u32 win = bpf_ntohs(t->window), shift = 0;
+
+			/* the SYN-ACK's window is not scaled (RFC 7323): scale it */
+			__builtin_memset(&s->oc, 0, sizeof(s->oc));
+			s->oc.len = olen;
+			if (olen >= 1 && olen <= 40 &&
+			    !bpf_skb_load_bytes(skb, toff + sizeof(*t), s->opt, olen)) {
+				struct erb_scratch *sp = s;
+
+				bpf_loop(20, opt_step, &sp, 0);
+			}
+			if (s->oc.wscale && (f->flags & ERB_FLOW_C_WSCALE))
+				shift = s->oc.wscale - 1;
+			if (shift > 14)
+				shift = 14;
+			f->s_win = bpf_htons(win >> shift);
 			f->s_nxt = seq + 1;
-			f->s_win = t->window;
-			__sync_fetch_and_or(&f->flags, ERB_FLOW_EST);
+			__sync_fetch_and_or(&f->flags, ERB_FLOW_EST | ERB_FLOW_WIN);
 		}
 		return TC_ACT_OK;
 	}
 	cseq = map_sseq(&sadj, seq);
 	f->s_win = t->window;
+	if (!(f->flags & ERB_FLOW_WIN))
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_WIN);
 	if (plen && !(f->flags & ERB_FLOW_UNTRACKED) && after(cseq + plen, f->s_nxt)) {
 		__u32 from = before(cseq, f->s_nxt) ? f->s_nxt - cseq : 0;
 
@@ -1923,10 +2416,11 @@ int erb_tc_egress(struct __sk_buff *skb)
 		}
 		stat_inc(ERB_STAT_CORRECTED_OUT);
 	}
-	if ((flags & 0x04) ||
-	    ((f->flags & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) ==
-	     (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !(flags & 0x01) && !plen &&
-	     map_sack(&cadj, ack) == f->c_nxt))
+	if (flags & 0x04)
 		flow_delete(&r.key, f, g);
+	else if ((f->flags & (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN)) ==
+		 (ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !(flags & 0x01) && !plen &&
+		 map_sack(&cadj, ack) == f->c_nxt)
+		flow_close(&r.key, f, g);
 	return TC_ACT_OK;
 }

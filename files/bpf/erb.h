@@ -37,6 +37,7 @@ struct erb_config {
 
 #define ERB_CFG_ANSWER		(1U << 0)	/* answer hits in XDP (off: drain mode) */
 #define ERB_CFG_FILL		(1U << 1)	/* fill the cache write-through from SET +OK */
+#define ERB_CFG_SET_FAST	(1U << 2)	/* answer SET in XDP, write-behind (needs the I/O path) */
 
 /* Cache entry (erb_cache: BPF_MAP_TYPE_ARRAY of cache_entries, BPF_F_MMAPABLE). */
 enum erb_entry_state {
@@ -98,6 +99,7 @@ struct erb_parser {
 	__u32 arg_uhash;	/* FNV-1a of the arg uppercased (subcommands) */
 	__u32 num_arg;		/* value of arg 1 when numeric (SELECT n) */
 	__u32 num_ok;		/* arg 1 parsed as a number so far */
+	__u32 num_len;		/* digits of arg 1 */
 	__u32 resync;		/* lost the command boundary: wait for a '*' */
 };
 
@@ -114,6 +116,9 @@ struct erb_parser {
 #define ERB_FLOW_S_FIN		(1U << 9)
 #define ERB_FLOW_WR_OVERFLOW	(1U << 10)	/* counted in erb_global.overflow */
 #define ERB_FLOW_ANSWERED	(1U << 11)	/* corrections are non-zero */
+#define ERB_FLOW_WIN		(1U << 12)	/* s_win holds a scaled window */
+#define ERB_FLOW_CLOSED		(1U << 13)	/* both FINs acked: deleted by its timer */
+#define ERB_FLOW_C_WSCALE	(1U << 14)	/* the client's SYN offered window scaling */
 
 struct erb_seqadj {
 	__u32 pos;		/* correction position (see erb.bpf.c) */
@@ -129,6 +134,7 @@ struct erb_wr {
 struct erb_flow {
 	struct bpf_spin_lock lock;	/* guards c and s below */
 	__u32 flags;		/* ERB_FLOW_* */
+	struct bpf_timer timer;	/* deletes the flow a while after it closed */
 	__u32 c_nxt;		/* next expected client seq (client view) */
 	__u32 s_nxt;		/* next server seq (client view) */
 	__u32 s_win;		/* last window the server advertised (raw) */
@@ -233,6 +239,10 @@ enum erb_stat {
 	ERB_STAT_UNTRACKED_WRITE,	/* write on an untracked flow */
 	ERB_STAT_CACHE_FULL,		/* fill found no slot within the probe bound */
 	ERB_STAT_PASS_NO_ROOM,		/* hit, but the frame could not grow for the reply */
+	ERB_STAT_SET_FAST,		/* SET answered in XDP, queued for Redis */
+	ERB_STAT_SET_PASS_QUEUE_FULL,	/* ring/kfifo full: SET passed to Redis */
+	ERB_STAT_SET_PASS_BUSY,		/* key busy (lock, in-flight write, no slot) */
+	ERB_STAT_HOLD,			/* segment dropped until pending writes apply */
 	ERB_STAT_MAX,
 };
 

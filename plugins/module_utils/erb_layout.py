@@ -28,6 +28,7 @@ ERB_CMD_NAME_MAX = 24
 # struct erb_config.flags
 ERB_CFG_ANSWER = 1 << 0
 ERB_CFG_FILL = 1 << 1
+ERB_CFG_SET_FAST = 1 << 2
 
 # enum erb_entry_state
 ERB_ENTRY_EMPTY = 0
@@ -54,6 +55,9 @@ ERB_FLOW_C_FIN = 1 << 8
 ERB_FLOW_S_FIN = 1 << 9
 ERB_FLOW_WR_OVERFLOW = 1 << 10
 ERB_FLOW_ANSWERED = 1 << 11
+ERB_FLOW_WIN = 1 << 12
+ERB_FLOW_CLOSED = 1 << 13
+ERB_FLOW_C_WSCALE = 1 << 14
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
@@ -122,6 +126,10 @@ STAT_NAMES = (
     'untracked_write',
     'cache_full',
     'pass_no_room',
+    'set_fast',
+    'set_pass_queue_full',
+    'set_pass_busy',
+    'hold',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -195,6 +203,7 @@ class ErbParser(ctypes.Structure):
         ('arg_uhash', u32),
         ('num_arg', u32),
         ('num_ok', u32),
+        ('num_len', u32),
         ('resync', u32),
     ]
 
@@ -219,10 +228,16 @@ class BpfSpinLock(ctypes.Structure):
     _fields_ = [('val', u32)]
 
 
+class BpfTimer(ctypes.Structure):
+    """struct bpf_timer (uapi linux/bpf.h): opaque, 16 bytes, 8-aligned."""
+    _fields_ = [('opaque', ctypes.c_uint64 * 2)]
+
+
 class ErbFlow(ctypes.Structure):
     _fields_ = [
         ('lock', BpfSpinLock),
         ('flags', u32),
+        ('timer', BpfTimer),
         ('c_nxt', u32),
         ('s_nxt', u32),
         ('s_win', u32),

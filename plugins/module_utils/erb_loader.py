@@ -46,14 +46,19 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some dri
 # Pinned state maps.  Flow state must survive an upgrade: an incompatible
 # pinned flow-state map is refused (live corrected flows would break).  The
 # others are recreated when incompatible (a cache, a table, counters).
-STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_cache', 'erb_cmds', 'erb_stats')
-FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight')
+# erb_events holds acknowledged SETs not yet in Redis and erb_locks guards
+# them: both are flow state too (an upgrade must never drop either).
+STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_events', 'erb_locks',
+              'erb_cache', 'erb_cmds', 'erb_stats')
+FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_events', 'erb_locks')
+
+DEFAULT_RING_BYTES = 4 << 20
 
 XDP_MODES = {'native': B.XDP_FLAGS_DRV_MODE, 'generic': B.XDP_FLAGS_SKB_MODE}
 
 # Config keys compared for idempotence, in meta['config'].
 CONFIG_KEYS = ('redis_port', 'cache_entries', 'max_key_len', 'max_value_len', 'max_flows',
-               'require_auth', 'answer', 'fill', 'xdp_mode')
+               'require_auth', 'answer', 'fill', 'xdp_mode', 'set_fast_path', 'ring_bytes')
 
 
 class LoaderError(Exception):
@@ -165,7 +170,8 @@ def hash_prime(cache_entries):
 
 def erb_config(cfg):
     """struct erb_config for the desired config dict."""
-    flags = (L.ERB_CFG_ANSWER if cfg['answer'] else 0) | (L.ERB_CFG_FILL if cfg['fill'] else 0)
+    flags = ((L.ERB_CFG_ANSWER if cfg['answer'] else 0) | (L.ERB_CFG_FILL if cfg['fill'] else 0) |
+             (L.ERB_CFG_SET_FAST if cfg.get('set_fast_path') else 0))
     return L.ErbConfig(layout_version=L.ERB_LAYOUT_VERSION, redis_port=cfg['redis_port'],
                        max_key_len=cfg['max_key_len'], max_value_len=cfg['max_value_len'],
                        max_probes=L.ERB_MAX_PROBES, cache_entries=cfg['cache_entries'],
@@ -185,6 +191,9 @@ def validate_config(cfg):
         problems.append('cache_entries must be at least 2')
     if cfg['max_flows'] < 1:
         problems.append('max_flows must be at least 1')
+    ring = cfg.get('ring_bytes', DEFAULT_RING_BYTES)
+    if ring < 4096 or ring & (ring - 1):
+        problems.append('ring_bytes must be a power of two of at least 4096 (a page)')
     if cfg['xdp_mode'] not in XDP_MODES:
         problems.append('xdp_mode must be one of %s' % ', '.join(sorted(XDP_MODES)))
     if problems:
@@ -506,6 +515,7 @@ def _configure(obj, cfg):
     obj.find_map('erb_cache').set_max_entries(cfg['cache_entries'])
     obj.find_map('erb_flows').set_max_entries(cfg['max_flows'])
     obj.find_map('erb_aux').set_max_entries(cfg['max_flows'])
+    obj.find_map('erb_events').set_max_entries(cfg.get('ring_bytes', DEFAULT_RING_BYTES))
 
 
 def _reuse_maps(obj, target, held):

@@ -74,6 +74,17 @@ options:
     description: Fill the cache write-through from Redis's C(+OK) to SET.
     type: bool
     default: true
+  set_fast_path:
+    description:
+      - Answer plain C(SET key value) in XDP, write-behind through the C(erb_events) ring buffer.
+      - Needs the I/O path draining the ring (the agent or the erb_io module); without it writes
+        pile up and commands on those keys are held until the ring is applied.
+    type: bool
+    default: false
+  ring_bytes:
+    description: Size of the C(erb_events) ring buffer of acknowledged SETs (a power of two, >= 4096).
+    type: int
+    default: 4194304
   xdp_mode:
     description:
       - C(native) runs in the driver; C(generic) (skb mode) works on any interface, slower.
@@ -199,6 +210,8 @@ ARGUMENT_SPEC = dict(
     require_auth=dict(type='bool', default=False),
     answer=dict(type='bool', default=True),
     fill=dict(type='bool', default=True),
+    set_fast_path=dict(type='bool', default=False),
+    ring_bytes=dict(type='int', default=4194304),
     xdp_mode=dict(type='str', choices=['native', 'generic'], default='native'),
     bpffs_root=dict(type='path', default='/sys/fs/bpf'),
     drain_timeout=dict(type='int', default=30),

@@ -1,0 +1,176 @@
+# -*- coding: utf-8 -*-
+"""Sequence corrections after XDP answers: client segments are rewritten into
+the server's view at XDP, server segments into the client's view at TC egress
+(seq/ack and SACK blocks), with valid checksums."""
+
+from scapy.layers.inet import TCP
+from scapy.layers.l2 import Ether
+
+from erbtest import (M32, TC_ACT_OK, XDP_PASS, XDP_TX, Flow, assert_checksums, bulk, resp, sack_blocks,
+                     tcp_payload)
+
+
+def answered_flow(erb, value=b'hello world', **kw):
+    """A flow with one answered GET; returns (flow, request length, reply length)."""
+    f = Flow(erb, **kw).handshake()
+    f.set(b'k', value)
+    req = resp('GET', 'k')
+    rc, out = f.send(req)
+    assert rc == XDP_TX
+    assert tcp_payload(out) == bulk(value)
+    return f, len(req), len(bulk(value))
+
+
+def seg(out):
+    t = Ether(out)[TCP]
+    return t.seq, t.ack
+
+
+def test_client_segment_after_answer_is_in_server_view(erb):
+    f, qlen, rlen = answered_flow(erb)
+    # what the server's stack expects: it never saw the GET nor sent the reply
+    exp_seq, exp_ack = f.s_ack, f.s_seq
+    ping = resp('PING')
+    client_seq, client_ack = f.c_seq, f.c_ack
+    rc, out = f.send(ping)
+    assert rc == XDP_PASS
+    assert seg(out) == (exp_seq, exp_ack)
+    assert (exp_seq, exp_ack) == ((client_seq - qlen) & M32, (client_ack - rlen) & M32)
+    assert tcp_payload(out) == ping
+    assert_checksums(out)
+    # nothing but seq/ack changed
+    a, b = bytearray(f.last[2]), bytearray(out)
+    a[38:46] = b[38:46] = b'\0' * 8
+    a[50:52] = b[50:52] = b'\0\0'
+    assert a == b
+    assert erb.stats()['corrected_in'] >= 1
+
+
+def test_server_segment_after_answer_is_in_client_view(erb):
+    f, qlen, rlen = answered_flow(erb)
+    f.send(resp('PING'))
+    srv_seq, srv_ack = f.s_seq, f.s_ack
+    rc, out = f.reply(b'+PONG\r\n')
+    assert rc == TC_ACT_OK
+    assert seg(out) == ((srv_seq + rlen) & M32, (srv_ack + qlen) & M32)
+    assert tcp_payload(out) == b'+PONG\r\n'
+    assert_checksums(out)    # TC test-run skb is CHECKSUM_NONE: must be fully valid
+    assert erb.stats()['corrected_out'] >= 1
+    # and the client's model agrees: its next ack is what it now sends
+    assert f.c_ack == (Ether(out)[TCP].seq + 7) & M32
+
+
+def test_pure_acks_are_corrected_both_ways(erb):
+    f, qlen, rlen = answered_flow(erb)
+    ack = f.client_frame(flags='A')
+    rc, out = erb.xdp(ack)
+    assert rc == XDP_PASS
+    assert seg(out) == (f.s_ack, f.s_seq)
+    assert_checksums(out)
+    sack = f.server_frame(flags='A')
+    rc, out = erb.tc(sack)
+    assert seg(out) == ((f.s_seq + rlen) & M32, (f.s_ack + qlen) & M32)
+    assert_checksums(out)
+
+
+def test_corrections_accumulate_over_answers(erb):
+    f = Flow(erb).handshake()
+    f.set(b'a', b'1')
+    f.set(b'b', b'22')
+    qlen = rlen = 0
+    for key, val in [(b'a', b'1'), (b'b', b'22'), (b'a', b'1')]:
+        req = resp('GET', key)
+        rc, _ = f.send(req)
+        assert rc == XDP_TX
+        qlen += len(req)
+        rlen += len(bulk(val))
+    cseq, cack = f.c_seq, f.c_ack
+    rc, out = f.send(resp('PING'))
+    assert seg(out) == ((cseq - qlen) & M32, (cack - rlen) & M32) == (f.s_ack - 14, f.s_seq)
+    assert_checksums(out)
+    sseq, sack = f.s_seq, f.s_ack
+    rc, out = f.reply(b'+PONG\r\n')
+    assert seg(out) == ((sseq + rlen) & M32, (sack + qlen) & M32)
+    assert_checksums(out)
+
+
+def test_sack_blocks_mapped_both_ways(erb):
+    f, qlen, rlen = answered_flow(erb)
+    # client SACKs server bytes beyond the inserted reply (client view)
+    lo, hi = (f.c_ack + 100) & M32, (f.c_ack + 300) & M32
+    # and one block entirely before the answer (no correction there)
+    early = ((f.c_ack - rlen - 40) & M32, (f.c_ack - rlen - 20) & M32)
+    opts = [('NOP', None), ('NOP', None), ('Timestamp', (5, 6)), ('NOP', None), ('NOP', None),
+            ('SAck', (lo, hi) + early)]
+    frame = f.client_frame(flags='A', options=opts)
+    rc, out = erb.xdp(frame)
+    assert rc == XDP_PASS
+    assert sack_blocks(out) == [((lo - rlen) & M32, (hi - rlen) & M32), early]
+    assert seg(out) == (f.s_ack, f.s_seq)
+    assert_checksums(out)
+    # server SACKs client bytes beyond the removed request (server view)
+    lo, hi = (f.s_ack + 50) & M32, (f.s_ack + 90) & M32
+    opts = [('NOP', None), ('NOP', None), ('Timestamp', (9, 10)), ('NOP', None), ('NOP', None),
+            ('SAck', (lo, hi))]
+    rc, out = erb.tc(f.server_frame(flags='A', options=opts))
+    assert rc == TC_ACT_OK
+    assert sack_blocks(out) == [((lo + qlen) & M32, (hi + qlen) & M32)]
+    assert seg(out) == ((f.s_seq + rlen) & M32, (f.s_ack + qlen) & M32)
+    assert_checksums(out)
+
+
+def test_sack_block_without_timestamps(erb):
+    f, qlen, rlen = answered_flow(erb, ts=False)
+    lo, hi = (f.c_ack + 1) & M32, (f.c_ack + 2) & M32
+    rc, out = erb.xdp(f.client_frame(flags='A', options=[('NOP', None), ('NOP', None), ('SAck', (lo, hi))]))
+    assert sack_blocks(out) == [((lo - rlen) & M32, (hi - rlen) & M32)]
+    assert_checksums(out)
+    lo, hi = (f.s_ack + 3) & M32, (f.s_ack + 4) & M32
+    rc, out = erb.tc(f.server_frame(flags='A', options=[('NOP', None), ('NOP', None), ('SAck', (lo, hi))]))
+    assert sack_blocks(out) == [((lo + qlen) & M32, (hi + qlen) & M32)]
+    assert_checksums(out)
+
+
+def test_corrections_across_sequence_wraparound(erb):
+    f, qlen, rlen = answered_flow(erb, c_isn=M32 - 30, s_isn=M32 - 20, value=b'x' * 50)
+    cseq, cack = f.c_seq, f.c_ack
+    rc, out = f.send(resp('PING'))
+    assert seg(out) == ((cseq - qlen) & M32, (cack - rlen) & M32)
+    assert_checksums(out)
+    sseq, sack = f.s_seq, f.s_ack
+    rc, out = f.reply(b'+PONG\r\n')
+    assert seg(out) == ((sseq + rlen) & M32, (sack + qlen) & M32)
+    assert_checksums(out)
+
+
+def test_flow_without_answers_is_not_rewritten(erb):
+    f = Flow(erb).handshake()
+    rc, out = f.send(resp('PING'))
+    assert (rc, out) == (XDP_PASS, f.last[2])
+    rc, out = f.reply(b'+PONG\r\n')
+    assert (rc, out) == (TC_ACT_OK, f.last[2])
+    st = erb.stats()
+    assert st['corrected_in'] == st['corrected_out'] == 0
+
+
+def test_server_fin_retransmitted_after_flow_end_is_still_corrected(erb):
+    """Client closes first; its last ACK (which ends the flow at XDP) is lost, so
+    the server retransmits its FIN: the retransmission must still carry the
+    client-view seq, else the client (TIME_WAIT) never acks it."""
+    f, qlen, rlen = answered_flow(erb)
+    rc, out = f.send(b'', flags='FA')
+    assert rc == XDP_PASS
+    f.c_seq = (f.c_seq + 1) & M32
+    f.s_ack = (f.s_ack + 1) & M32
+    fin_seq = f.s_seq
+    rc, out = f.reply(b'', flags='FA')
+    assert seg(out)[0] == (fin_seq + rlen) & M32
+    f.s_seq = (f.s_seq + 1) & M32
+    f.c_ack = (f.c_ack + 1) & M32
+    rc, out = f.send(b'', flags='A')          # the last ACK
+    assert rc == XDP_PASS
+    assert seg(out) == (f.s_ack, f.s_seq)
+    # ...lost: the server retransmits its FIN
+    rc, out = erb.tc(f.server_frame(b'', flags='FA', seq=fin_seq))
+    assert seg(out)[0] == (fin_seq + rlen) & M32, \
+        'retransmitted FIN left in the server view (flow state deleted at the last ACK)'
