@@ -1,0 +1,1935 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+/*
+ * erb-agent: the user-space I/O path of ERB (eBPF Redis Booster).
+ *
+ * It drains the BPF ring buffer `erb_events` (struct erb_record, see
+ * files/bpf/erb_record.h) in batches, applies every record to Redis in ring
+ * order over one pipelined connection (SET key value, SELECT db only when the
+ * db changes), checks every reply, and publishes `erb_global.applied_seq`.
+ * It also keeps Redis's client-side-caching broadcast tracking (RESP2, two
+ * connection mode: the apply connection runs
+ * CLIENT TRACKING ON REDIRECT <id> BCAST NOLOOP, a second connection is
+ * SUBSCRIBEd to __redis__:invalidate) and deletes the `erb_cache` entries of
+ * keys changed by any other path, after verifying them against Redis.
+ *
+ * Maps: <pin-dir>/map_erb_events, map_erb_global, map_erb_cache and meta
+ * (JSON; "cache_entries", "hash_prime", "max_probes" are read from it).
+ *
+ * GUARANTEES (ring buffer path)
+ * 1. Nothing acknowledged is lost.  The ring's consumer position lives in the
+ *    map (consumer page) and is advanced only past records whose SET Redis
+ *    has answered (+OK, or a non-retryable error, which is logged and counted
+ *    as "errors").  A killed agent (SIGKILL included) leaves every record not
+ *    yet acknowledged in the ring; the next agent starts at the consumer
+ *    position.  A lost Redis connection is re-opened with backoff and every
+ *    record not yet acknowledged is sent again.
+ * 2. Order.  Records are sent in ring order, one connection, pipelined; after
+ *    a lost connection, an agent restart, or a retryable error reply (LOADING,
+ *    BUSY, OOM, READONLY, MISCONF, ...), sending resumes at the first record
+ *    not acknowledged and continues in ring order.  So Redis may execute a
+ *    suffix of records a second time, in the same order, never an older
+ *    record after a newer one once the replay has passed it.  applied_seq had
+ *    not covered those records, so the BPF hold rule kept every Redis-path
+ *    write to their keys out in the meantime: the replay restores the same
+ *    state.
+ * 3. applied_seq = S is published (atomic 64-bit store into the mmapped
+ *    erb_global) only when every record with seq <= S has been acknowledged,
+ *    and only after the consumer position moved past them.  At start the agent
+ *    rebuilds this from the ring: every seq <= write_seq that is not in the
+ *    ring between the consumer and producer positions was acknowledged before.
+ *    This needs the BPF side to take a seq only after bpf_ringbuf_reserve()
+ *    succeeded (dense seqs, every handed-out seq is in the ring); the agent
+ *    also waits 20 ms between reading write_seq and the producer position.
+ * 4. Cache entries are deleted only when Redis has the entry's write
+ *    (wseq <= applied_seq) and Redis's value differs (or the key is missing or
+ *    not a string).  A flush (FLUSHALL/FLUSHDB notification, or tracking
+ *    (re)established: changes made while untracked are unknown) bumps
+ *    cache_gen when nothing is pending (write_seq == applied_seq), else sweeps
+ *    the cache deleting every entry whose write Redis has.
+ * Not guaranteed: while no agent runs, keys changed outside XDP's sight
+ * (expiry, Lua, other interfaces) are not invalidated; the agent flushes on
+ * start.  Persistence is Redis's appendfsync policy plus the apply delay.
+ *
+ * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 usage or
+ * configuration error (pin dir, maps, meta), 3 another agent holds the pin dir.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf.h>
+#include <hiredis/hiredis.h>
+
+#include "erb.h"
+#include "erb_record.h"
+
+#define EXIT_RUNTIME		1
+#define EXIT_CONFIG		2
+#define EXIT_LOCKED		3
+
+#define META_SIZE		4096
+#define TRACK_WINDOW		(1ULL << 22)	/* seqs tracked above applied_seq */
+#define INVAL_ROUND		512		/* keys verified per round */
+#define INVAL_MAX_TRIES		1000		/* busy entry: re-verify this often */
+#define BACKOFF_MIN_MS		50
+#define BACKOFF_MAX_MS		2000
+#define CONNECT_TIMEOUT_MS	1000
+#define COMMAND_TIMEOUT_MS	10000
+#define START_SETTLE_MS		20
+#define INVALIDATE_CHANNEL	"__redis__:invalidate"
+
+/* ------------------------------------------------------------------ logging */
+
+enum { LOG_ERR_, LOG_WARN_, LOG_INFO_, LOG_DEBUG_ };
+static const char *const level_names[] = { "error", "warning", "info", "debug" };
+
+static FILE *log_fp;
+static const char *log_path;
+static int log_level = LOG_INFO_;
+
+static void logmsg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logmsg(int level, const char *fmt, ...)
+{
+	struct timespec ts;
+	struct tm tm;
+	char when[32];
+	va_list ap;
+	FILE *fp = log_fp ? log_fp : stderr;
+
+	if (level > log_level)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+	fprintf(fp, "%s.%03ldZ erb-agent[%d] %s: ", when, ts.tv_nsec / 1000000, getpid(),
+		level_names[level]);
+	va_start(ap, fmt);
+	vfprintf(fp, fmt, ap);
+	va_end(ap);
+	fputc('\n', fp);
+	fflush(fp);
+}
+
+#define log_err(...)	logmsg(LOG_ERR_, __VA_ARGS__)
+#define log_warn(...)	logmsg(LOG_WARN_, __VA_ARGS__)
+#define log_info(...)	logmsg(LOG_INFO_, __VA_ARGS__)
+#define log_debug(...)	logmsg(LOG_DEBUG_, __VA_ARGS__)
+
+static int log_open(void)
+{
+	FILE *fp;
+
+	if (!log_path)
+		return 0;
+	fp = fopen(log_path, "ae");
+	if (!fp) {
+		fprintf(stderr, "erb-agent: cannot open log file %s: %s\n", log_path, strerror(errno));
+		return -1;
+	}
+	setvbuf(fp, NULL, _IOLBF, 0);
+	if (log_fp)
+		fclose(log_fp);
+	log_fp = fp;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ options */
+
+struct options {
+	const char *pin_dir;
+	const char *redis_sock;
+	const char *redis_host;
+	int redis_port;
+	const char *redis_user;
+	const char *redis_password_file;
+	char *redis_password;
+	unsigned int batch;
+	const char *stats_file;
+	const char *pidfile;
+	bool daemon;
+};
+
+static void usage(FILE *fp)
+{
+	fprintf(fp,
+		"usage: erb-agent --pin-dir DIR [--redis-sock PATH | --redis-host HOST --redis-port PORT]\n"
+		"                 [--redis-user USER] [--redis-password-file FILE] [--batch N]\n"
+		"                 [--stats-file PATH] [--pidfile PATH] [--foreground | --daemon]\n"
+		"                 [--log-file PATH] [--verbose]\n"
+		"Applies ERB write records from <DIR>/map_erb_events to Redis in order, publishes\n"
+		"erb_global.applied_seq, and deletes cache entries of keys Redis reports changed.\n");
+}
+
+static int parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || end == s || *end || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static char *read_secret(const char *path)
+{
+	char buf[512];
+	FILE *fp = fopen(path, "re");
+	size_t n;
+
+	if (!fp) {
+		fprintf(stderr, "erb-agent: cannot read --redis-password-file %s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = 0;
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = 0;
+	return strdup(buf);
+}
+
+static int parse_options(int argc, char **argv, struct options *o)
+{
+	enum { O_PIN = 256, O_SOCK, O_HOST, O_PORT, O_USER, O_PWFILE, O_BATCH, O_STATS, O_PID,
+	       O_FG, O_DAEMON, O_LOG, O_VERBOSE, O_HELP };
+	static const struct option longopts[] = {
+		{ "pin-dir", required_argument, NULL, O_PIN },
+		{ "redis-sock", required_argument, NULL, O_SOCK },
+		{ "redis-host", required_argument, NULL, O_HOST },
+		{ "redis-port", required_argument, NULL, O_PORT },
+		{ "redis-user", required_argument, NULL, O_USER },
+		{ "redis-password-file", required_argument, NULL, O_PWFILE },
+		{ "batch", required_argument, NULL, O_BATCH },
+		{ "stats-file", required_argument, NULL, O_STATS },
+		{ "pidfile", required_argument, NULL, O_PID },
+		{ "foreground", no_argument, NULL, O_FG },
+		{ "daemon", no_argument, NULL, O_DAEMON },
+		{ "log-file", required_argument, NULL, O_LOG },
+		{ "verbose", no_argument, NULL, O_VERBOSE },
+		{ "help", no_argument, NULL, O_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	unsigned long v;
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	o->redis_host = "127.0.0.1";
+	o->redis_port = 6379;
+	o->batch = 256;
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (c) {
+		case O_PIN: o->pin_dir = optarg; break;
+		case O_SOCK: o->redis_sock = optarg; break;
+		case O_HOST: o->redis_host = optarg; break;
+		case O_PORT:
+			if (parse_uint(optarg, 1, 65535, &v)) {
+				fprintf(stderr, "erb-agent: --redis-port must be 1..65535\n");
+				return -1;
+			}
+			o->redis_port = (int)v;
+			break;
+		case O_USER: o->redis_user = optarg; break;
+		case O_PWFILE: o->redis_password_file = optarg; break;
+		case O_BATCH:
+			if (parse_uint(optarg, 1, 65536, &v)) {
+				fprintf(stderr, "erb-agent: --batch must be 1..65536\n");
+				return -1;
+			}
+			o->batch = (unsigned int)v;
+			break;
+		case O_STATS: o->stats_file = optarg; break;
+		case O_PID: o->pidfile = optarg; break;
+		case O_FG: o->daemon = false; break;
+		case O_DAEMON: o->daemon = true; break;
+		case O_LOG: log_path = optarg; break;
+		case O_VERBOSE: log_level = LOG_DEBUG_; break;
+		case O_HELP: usage(stdout); exit(0);
+		default: usage(stderr); return -1;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "erb-agent: unexpected argument %s\n", argv[optind]);
+		return -1;
+	}
+	if (!o->pin_dir) {
+		fprintf(stderr, "erb-agent: --pin-dir is required\n");
+		usage(stderr);
+		return -1;
+	}
+	if (o->daemon && !log_path) {
+		fprintf(stderr, "erb-agent: --daemon needs --log-file (stderr is closed)\n");
+		return -1;
+	}
+	if (o->redis_password_file && !(o->redis_password = read_secret(o->redis_password_file)))
+		return -1;
+	return 0;
+}
+
+/* --------------------------------------------------------------- time/misc */
+
+static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t reopen_log;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Sleep ms milliseconds, waking early on a stop request. */
+static void sleep_ms(unsigned int ms)
+{
+	while (ms && !stop_requested) {
+		unsigned int step = ms > 50 ? 50 : ms;
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = (long)step * 1000000L };
+
+		nanosleep(&ts, NULL);
+		ms -= step;
+	}
+}
+
+static unsigned int backoff_next(unsigned int ms)
+{
+	if (!ms)
+		return BACKOFF_MIN_MS;
+	return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
+}
+
+static uint32_t fnv1a(const char *p, size_t n)
+{
+	uint32_t h = 2166136261U;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)p[i]) * 16777619U;
+	return h;
+}
+
+/* ---------------------------------------------------------------- histogram */
+
+/* Log-linear histogram of microseconds: 16 sub-buckets per power of two. */
+#define HIST_SUB_BITS	4
+#define HIST_BUCKETS	(64 << HIST_SUB_BITS)
+
+struct histogram {
+	uint64_t count[HIST_BUCKETS];
+	uint64_t total;
+	uint64_t max;
+};
+
+static unsigned int hist_index(uint64_t v)
+{
+	unsigned int msb;
+
+	if (v < (1U << HIST_SUB_BITS))
+		return (unsigned int)v;
+	msb = 63 - (unsigned int)__builtin_clzll(v);
+	return ((msb - HIST_SUB_BITS + 1) << HIST_SUB_BITS) |
+	       (unsigned int)((v >> (msb - HIST_SUB_BITS)) & ((1U << HIST_SUB_BITS) - 1));
+}
+
+/* Largest value that falls into bucket i (what a percentile reports). */
+static uint64_t hist_upper(unsigned int i)
+{
+	unsigned int shift;
+
+	if (i < (1U << HIST_SUB_BITS))
+		return i;
+	shift = (i >> HIST_SUB_BITS) - 1;
+	return ((uint64_t)((1U << HIST_SUB_BITS) | (i & ((1U << HIST_SUB_BITS) - 1))) << shift) +
+	       ((1ULL << shift) - 1);
+}
+
+static void hist_add(struct histogram *h, uint64_t v)
+{
+	h->count[hist_index(v)]++;
+	h->total++;
+	if (v > h->max)
+		h->max = v;
+}
+
+static uint64_t hist_percentile(const struct histogram *h, double p)
+{
+	uint64_t want, seen = 0;
+
+	if (!h->total)
+		return 0;
+	want = (uint64_t)(p * (double)h->total + 0.999999);
+	if (!want)
+		want = 1;
+	for (unsigned int i = 0; i < HIST_BUCKETS; i++) {
+		seen += h->count[i];
+		if (seen >= want)
+			return hist_upper(i) < h->max ? hist_upper(i) : h->max;
+	}
+	return h->max;
+}
+
+/* -------------------------------------------------------------------- state */
+
+struct stats {
+	uint64_t applied;		/* records acknowledged by Redis */
+	uint64_t batches;
+	uint64_t errors;		/* error replies + bad records */
+	uint64_t bad_records;
+	uint64_t retries;		/* retryable error replies (LOADING, BUSY, ...) */
+	uint64_t reconnects;
+	uint64_t inval_received;	/* keys in invalidation messages */
+	uint64_t inval_applied;		/* cache entries deleted */
+	uint64_t inval_kept;		/* entries kept: equal to Redis, or not applied yet */
+	uint64_t inval_not_cached;	/* keys with no live cache entry */
+	uint64_t flushes;		/* cache emptied (cache_gen bump or sweep) */
+	struct histogram delay_us;
+};
+
+struct ring {
+	int fd;
+	size_t page;
+	uint64_t size;			/* data bytes, power of two */
+	unsigned long *consumer_pos;	/* rw page */
+	unsigned long *producer_pos;	/* ro page */
+	uint8_t *data;			/* ro, mapped twice for wrap-around */
+	void *prod_map;
+	size_t prod_map_len;
+};
+
+struct tracker {
+	uint64_t base;			/* every seq <= base acknowledged */
+	uint64_t *bits;			/* acknowledged seqs above base (circular) */
+	uint64_t mask;			/* TRACK_WINDOW - 1 */
+};
+
+struct slot {
+	const struct erb_record *rec;	/* NULL: discarded ring sample */
+	uint64_t seq;
+	unsigned long end_pos;		/* consumer position after this sample */
+	bool bad;			/* malformed: not sent, counted */
+};
+
+struct batch {
+	struct slot *slots;
+	unsigned int n, cap;
+	unsigned int done;		/* slots acknowledged and committed */
+	uint64_t read_ns;
+};
+
+enum exp_kind { EXP_SELECT, EXP_SET };
+
+struct expect {
+	enum exp_kind kind;
+	unsigned int slot;
+};
+
+struct inval_key {
+	char *key;
+	size_t len;
+	unsigned int tries;
+};
+
+struct inval_queue {
+	struct inval_key *v;
+	size_t n, cap;
+};
+
+struct agent {
+	struct options opt;
+	int dir_fd;
+	int epfd;
+	/* maps */
+	struct ring ring;
+	int global_fd, cache_fd;
+	struct erb_global *global;
+	size_t global_len;
+	struct erb_entry *cache;
+	size_t cache_len;
+	uint32_t cache_entries, hash_prime, max_probes;
+	/* progress */
+	struct tracker trk;
+	struct batch batch;
+	struct expect *exp;
+	/* Redis */
+	redisContext *apply, *sub;
+	bool connected_once;
+	int cur_db;			/* -1 unknown */
+	unsigned int databases;
+	struct inval_queue inval;
+	bool flush_pending;
+	/* reporting */
+	struct stats st;
+	uint64_t started_ns, last_stats_ns;
+	unsigned int connect_failures;
+};
+
+/* -------------------------------------------------------------- atomics/maps */
+
+static uint64_t load_applied(struct agent *a)
+{
+	return __atomic_load_n(&a->global->applied_seq, __ATOMIC_ACQUIRE);
+}
+
+static uint64_t load_write_seq(struct agent *a)
+{
+	return __atomic_load_n(&a->global->write_seq, __ATOMIC_ACQUIRE);
+}
+
+static void publish_applied(struct agent *a, uint64_t seq)
+{
+	if (seq > load_applied(a))
+		__atomic_store_n(&a->global->applied_seq, seq, __ATOMIC_RELEASE);
+}
+
+static int open_pin(struct agent *a, const char *name, int *fd)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s/%s", a->opt.pin_dir, name);
+	*fd = bpf_obj_get(path);
+	if (*fd >= 0)
+		return 0;
+	log_err("cannot open pinned map %s: %s (is ERB loaded with the SET fast path on this "
+		"interface? see erb.booster.bpf)", path, strerror(errno));
+	return -1;
+}
+
+static int map_info(int fd, const char *name, struct bpf_map_info *info)
+{
+	__u32 len = sizeof(*info);
+
+	memset(info, 0, sizeof(*info));
+	if (bpf_obj_get_info_by_fd(fd, info, &len)) {
+		log_err("%s: cannot read map info: %s", name, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static void *map_mmap(int fd, size_t len, int prot, off_t off, const char *name)
+{
+	void *p = mmap(NULL, len, prot, MAP_SHARED, fd, off);
+
+	if (p == MAP_FAILED) {
+		log_err("%s: mmap of %zu bytes failed: %s (map needs BPF_F_MMAPABLE)", name, len,
+			strerror(errno));
+		return NULL;
+	}
+	return p;
+}
+
+static size_t page_round(size_t n, size_t page)
+{
+	return (n + page - 1) / page * page;
+}
+
+static int open_ring(struct agent *a)
+{
+	struct ring *r = &a->ring;
+	struct bpf_map_info info;
+
+	if (open_pin(a, "map_erb_events", &r->fd) || map_info(r->fd, "erb_events", &info))
+		return -1;
+	if (info.type != BPF_MAP_TYPE_RINGBUF) {
+		log_err("map_erb_events is map type %u, not a ring buffer (%u)", info.type,
+			BPF_MAP_TYPE_RINGBUF);
+		return -1;
+	}
+	r->page = (size_t)sysconf(_SC_PAGESIZE);
+	r->size = info.max_entries;
+	r->consumer_pos = map_mmap(r->fd, r->page, PROT_READ | PROT_WRITE, 0, "erb_events consumer");
+	if (!r->consumer_pos)
+		return -1;
+	r->prod_map_len = r->page + 2 * r->size;
+	r->prod_map = map_mmap(r->fd, r->prod_map_len, PROT_READ, (off_t)r->page, "erb_events data");
+	if (!r->prod_map)
+		return -1;
+	r->producer_pos = r->prod_map;
+	r->data = (uint8_t *)r->prod_map + r->page;
+	return 0;
+}
+
+static int open_global(struct agent *a)
+{
+	struct bpf_map_info info;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
+	if (open_pin(a, "map_erb_global", &a->global_fd) || map_info(a->global_fd, "erb_global", &info))
+		return -1;
+	if (info.value_size != sizeof(struct erb_global) || info.max_entries < 1 ||
+	    !(info.map_flags & BPF_F_MMAPABLE)) {
+		log_err("map_erb_global: value %u bytes (want %zu), %u entries, flags 0x%x (want "
+			"BPF_F_MMAPABLE): layout mismatch with this agent (ERB_LAYOUT_VERSION %d)",
+			info.value_size, sizeof(struct erb_global), info.max_entries, info.map_flags,
+			ERB_LAYOUT_VERSION);
+		return -1;
+	}
+	a->global_len = page_round(sizeof(struct erb_global), page);
+	a->global = map_mmap(a->global_fd, a->global_len, PROT_READ | PROT_WRITE, 0, "erb_global");
+	return a->global ? 0 : -1;
+}
+
+static int open_cache(struct agent *a)
+{
+	struct bpf_map_info info;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
+	if (open_pin(a, "map_erb_cache", &a->cache_fd) || map_info(a->cache_fd, "erb_cache", &info))
+		return -1;
+	if (info.value_size != sizeof(struct erb_entry) || !(info.map_flags & BPF_F_MMAPABLE)) {
+		log_err("map_erb_cache: value %u bytes (want %zu), flags 0x%x (want BPF_F_MMAPABLE): "
+			"layout mismatch with this agent (ERB_LAYOUT_VERSION %d)", info.value_size,
+			sizeof(struct erb_entry), info.map_flags, ERB_LAYOUT_VERSION);
+		return -1;
+	}
+	if (a->cache_entries != info.max_entries) {
+		log_err("meta says cache_entries=%u but map_erb_cache has %u entries: refusing to "
+			"probe with the wrong modulus", a->cache_entries, info.max_entries);
+		return -1;
+	}
+	a->cache_len = page_round((size_t)info.max_entries * sizeof(struct erb_entry), page);
+	a->cache = map_mmap(a->cache_fd, a->cache_len, PROT_READ | PROT_WRITE, 0, "erb_cache");
+	return a->cache ? 0 : -1;
+}
+
+/* --------------------------------------------------------------------- meta */
+
+/*
+ * Unsigned number of "key": in the JSON text, looked up after the first
+ * "config" key (the loader writes sorted keys: the top-level config comes
+ * before "previous"); -1 when absent.
+ */
+static long long json_uint(const char *json, const char *key)
+{
+	const char *cfg = strstr(json, "\"config\"");
+	char pat[64];
+	const char *p;
+	char *end;
+	unsigned long long v;
+
+	snprintf(pat, sizeof(pat), "\"%s\"", key);
+	p = strstr(cfg ? cfg : json, pat);
+	if (!p)
+		return -1;
+	p += strlen(pat);
+	while (*p == ' ' || *p == '\t' || *p == '\n')
+		p++;
+	if (*p++ != ':')
+		return -1;
+	while (*p == ' ' || *p == '\t' || *p == '\n')
+		p++;
+	errno = 0;
+	v = strtoull(p, &end, 10);
+	if (errno || end == p || v > UINT32_MAX)
+		return -1;
+	return (long long)v;
+}
+
+static bool is_prime(uint32_t n)
+{
+	if (n < 2)
+		return false;
+	for (uint32_t i = 2; (uint64_t)i * i <= n; i++)
+		if (n % i == 0)
+			return false;
+	return true;
+}
+
+/* Same as erb_loader.hash_prime(): largest prime < n, else 1. */
+static uint32_t hash_prime_of(uint32_t n)
+{
+	for (uint32_t p = n - 1; p >= 2; p--)
+		if (is_prime(p))
+			return p;
+	return 1;
+}
+
+static int read_meta(struct agent *a)
+{
+	char json[META_SIZE + 1];
+	__u32 key = 0;
+	long long v;
+	int fd;
+
+	if (open_pin(a, "meta", &fd))
+		return -1;
+	memset(json, 0, sizeof(json));
+	if (bpf_map_lookup_elem(fd, &key, json)) {
+		log_err("%s/meta: lookup failed: %s", a->opt.pin_dir, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	v = json_uint(json, "cache_entries");
+	if (v < 2) {
+		log_err("%s/meta: no valid \"cache_entries\" in the config JSON", a->opt.pin_dir);
+		return -1;
+	}
+	a->cache_entries = (uint32_t)v;
+	v = json_uint(json, "hash_prime");
+	a->hash_prime = v >= 1 ? (uint32_t)v : hash_prime_of(a->cache_entries);
+	v = json_uint(json, "max_probes");
+	a->max_probes = v >= 1 && v <= ERB_MAX_PROBES ? (uint32_t)v : ERB_MAX_PROBES;
+	log_info("cache: %u entries, hash prime %u, %u probes", a->cache_entries, a->hash_prime,
+		 a->max_probes);
+	return 0;
+}
+
+static int open_maps(struct agent *a)
+{
+	a->dir_fd = open(a->opt.pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (a->dir_fd < 0) {
+		log_err("cannot open pin dir %s: %s (ERB must be attached first; pins live in "
+			"<bpffs_root>/erb/<netns>/<ifname>)", a->opt.pin_dir, strerror(errno));
+		return -1;
+	}
+	if (flock(a->dir_fd, LOCK_EX | LOCK_NB)) {
+		log_err("another erb-agent holds %s (%s): two agents would apply records twice",
+			a->opt.pin_dir, strerror(errno));
+		return -EXIT_LOCKED;
+	}
+	if (read_meta(a) || open_ring(a) || open_global(a) || open_cache(a))
+		return -1;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ tracker */
+
+static int tracker_init(struct tracker *t, uint64_t base)
+{
+	t->bits = calloc(TRACK_WINDOW / 64, sizeof(uint64_t));
+	if (!t->bits) {
+		log_err("out of memory for the seq tracker");
+		return -1;
+	}
+	t->mask = TRACK_WINDOW - 1;
+	t->base = base;
+	return 0;
+}
+
+static bool tracker_test(const struct tracker *t, uint64_t seq)
+{
+	uint64_t i = seq & t->mask;
+
+	return t->bits[i / 64] & (1ULL << (i % 64));
+}
+
+static void tracker_mark(struct tracker *t, uint64_t seq)
+{
+	uint64_t i = seq & t->mask;
+
+	if (seq <= t->base)
+		return;
+	if (seq - t->base > t->mask) {
+		log_err("seq %llu is %llu past applied_seq %llu, beyond the tracking window: "
+			"applied_seq cannot advance past it (BPF seq contract broken?)",
+			(unsigned long long)seq, (unsigned long long)(seq - t->base),
+			(unsigned long long)t->base);
+		return;
+	}
+	t->bits[i / 64] |= 1ULL << (i % 64);
+}
+
+static void tracker_advance(struct tracker *t)
+{
+	while (tracker_test(t, t->base + 1)) {
+		uint64_t i = (t->base + 1) & t->mask;
+
+		t->bits[i / 64] &= ~(1ULL << (i % 64));
+		t->base++;
+	}
+}
+
+/* --------------------------------------------------------------------- ring */
+
+static uint32_t sample_len(uint32_t hdr)
+{
+	return hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+}
+
+static unsigned long sample_end(unsigned long pos, uint32_t hdr)
+{
+	return pos + ((sample_len(hdr) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL);
+}
+
+static const char *record_problem(const struct erb_record *r, uint32_t len)
+{
+	if (len < sizeof(struct erb_record))
+		return "short sample";
+	if (r->version != ERB_RECORD_VERSION)
+		return "unknown record version";
+	if (r->op != ERB_OP_SET)
+		return "unknown op";
+	if (r->flags & ~ERB_REC_F_KNOWN)
+		return "unknown flags";
+	if (r->klen < 1 || r->klen > ERB_KEY_MAX || r->vlen > ERB_VAL_MAX)
+		return "key or value length out of range";
+	return NULL;
+}
+
+static void slot_from_sample(struct agent *a, struct slot *s, unsigned long pos, uint32_t hdr)
+{
+	const struct erb_record *r = (const void *)(a->ring.data + (pos & (a->ring.size - 1)) +
+						   BPF_RINGBUF_HDR_SZ);
+	uint32_t len = sample_len(hdr);
+	const char *why;
+
+	memset(s, 0, sizeof(*s));
+	s->end_pos = sample_end(pos, hdr);
+	if (hdr & BPF_RINGBUF_DISCARD_BIT)
+		return;
+	s->rec = r;
+	s->seq = len >= ERB_RECORD_HDR_SIZE ? r->seq : 0;
+	why = record_problem(r, len);
+	if (why) {
+		s->bad = true;
+		a->st.bad_records++;
+		a->st.errors++;
+		log_err("bad record at ring position %lu (seq %llu, %u bytes): %s; skipped, NOT applied",
+			pos, (unsigned long long)s->seq, len, why);
+	}
+}
+
+/* Collect up to opt.batch committed samples from the consumer position. */
+static unsigned int ring_read_batch(struct agent *a)
+{
+	struct batch *b = &a->batch;
+	unsigned long pos = __atomic_load_n(a->ring.consumer_pos, __ATOMIC_ACQUIRE);
+	unsigned long prod = __atomic_load_n(a->ring.producer_pos, __ATOMIC_ACQUIRE);
+
+	b->n = 0;
+	b->done = 0;
+	while (b->n < b->cap && pos < prod) {
+		const uint32_t *hp = (const void *)(a->ring.data + (pos & (a->ring.size - 1)));
+		uint32_t hdr = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
+
+		if (hdr & BPF_RINGBUF_BUSY_BIT)
+			break;
+		slot_from_sample(a, &b->slots[b->n], pos, hdr);
+		pos = b->slots[b->n++].end_pos;
+	}
+	b->read_ns = now_ns();
+	return b->n;
+}
+
+/* Records acknowledged: move the consumer, then publish applied_seq. */
+static void batch_commit(struct agent *a, unsigned int upto)
+{
+	struct batch *b = &a->batch;
+
+	if (upto <= b->done)
+		return;
+	__atomic_store_n(a->ring.consumer_pos, b->slots[upto - 1].end_pos, __ATOMIC_RELEASE);
+	for (unsigned int i = b->done; i < upto; i++) {
+		if (!b->slots[i].rec)
+			continue;
+		tracker_mark(&a->trk, b->slots[i].seq);
+		if (!b->slots[i].bad)
+			a->st.applied++;
+	}
+	b->done = upto;
+	tracker_advance(&a->trk);
+	publish_applied(a, a->trk.base);
+}
+
+/*
+ * Rebuild applied_seq at start: every seq <= write_seq not found in the ring
+ * was acknowledged (consumed) by a previous agent.
+ */
+static int recover_progress(struct agent *a)
+{
+	uint64_t published = load_applied(a), wseq = load_write_seq(a), lowest = UINT64_MAX;
+	unsigned long pos, prod;
+	uint64_t n = 0, base;
+
+	sleep_ms(START_SETTLE_MS);
+	pos = __atomic_load_n(a->ring.consumer_pos, __ATOMIC_ACQUIRE);
+	prod = __atomic_load_n(a->ring.producer_pos, __ATOMIC_ACQUIRE);
+	for (unsigned int waited = 0; pos < prod && !stop_requested;) {
+		const uint32_t *hp = (const void *)(a->ring.data + (pos & (a->ring.size - 1)));
+		uint32_t hdr = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
+		const struct erb_record *r = (const void *)((const uint8_t *)hp + BPF_RINGBUF_HDR_SZ);
+
+		if (hdr & BPF_RINGBUF_BUSY_BIT) {
+			if (++waited > 1000) {
+				log_err("ring sample at %lu stays reserved: cannot recover applied_seq", pos);
+				return -1;
+			}
+			sleep_ms(1);
+			continue;
+		}
+		if (!(hdr & BPF_RINGBUF_DISCARD_BIT) && sample_len(hdr) >= ERB_RECORD_HDR_SIZE &&
+		    r->seq && r->seq <= wseq && r->seq < lowest)
+			lowest = r->seq;
+		n++;
+		pos = sample_end(pos, hdr);
+	}
+	base = lowest == UINT64_MAX ? wseq : lowest - 1;
+	if (base < published)
+		base = published;
+	if (tracker_init(&a->trk, base))
+		return -1;
+	/* seqs in (base, wseq] not in the ring were acknowledged before */
+	if (wseq > base && wseq - base > a->trk.mask) {
+		log_err("write_seq %llu is too far past applied_seq %llu", (unsigned long long)wseq,
+			(unsigned long long)base);
+		return -1;
+	}
+	for (uint64_t s = base + 1; s <= wseq; s++)
+		tracker_mark(&a->trk, s);
+	pos = __atomic_load_n(a->ring.consumer_pos, __ATOMIC_ACQUIRE);
+	for (; pos < prod;) {
+		const uint32_t *hp = (const void *)(a->ring.data + (pos & (a->ring.size - 1)));
+		uint32_t hdr = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
+		const struct erb_record *r = (const void *)((const uint8_t *)hp + BPF_RINGBUF_HDR_SZ);
+
+		if (!(hdr & BPF_RINGBUF_DISCARD_BIT) && sample_len(hdr) >= ERB_RECORD_HDR_SIZE &&
+		    r->seq > base && r->seq <= wseq) {
+			uint64_t i = r->seq & a->trk.mask;
+
+			a->trk.bits[i / 64] &= ~(1ULL << (i % 64));
+		}
+		pos = sample_end(pos, hdr);
+	}
+	tracker_advance(&a->trk);
+	publish_applied(a, a->trk.base);
+	log_info("start: write_seq %llu, applied_seq %llu (was %llu), %llu records waiting in the ring",
+		 (unsigned long long)wseq, (unsigned long long)a->trk.base,
+		 (unsigned long long)published, (unsigned long long)n);
+	return 0;
+}
+
+/* -------------------------------------------------------------------- redis */
+
+static struct timeval ms_tv(unsigned int ms)
+{
+	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+
+	return tv;
+}
+
+static const char *redis_where(const struct options *o, char *buf, size_t len)
+{
+	if (o->redis_sock)
+		snprintf(buf, len, "unix:%s", o->redis_sock);
+	else
+		snprintf(buf, len, "%s:%d", o->redis_host, o->redis_port);
+	return buf;
+}
+
+/* Error replies after which the same command must be sent again later. */
+static bool retryable_error(const char *msg)
+{
+	static const char *const codes[] = { "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "MISCONF",
+					      "OOM", "READONLY", "NOREPLICAS", "NOAUTH", "NOPERM",
+					      "CLUSTERDOWN" };
+
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+		size_t n = strlen(codes[i]);
+
+		if (!strncmp(msg, codes[i], n) && (msg[n] == ' ' || !msg[n]))
+			return true;
+	}
+	return false;
+}
+
+static bool reply_ok(const redisReply *r)
+{
+	return r && r->type == REDIS_REPLY_STATUS && !strcmp(r->str, "OK");
+}
+
+/* Run one command; NULL (and a log line) on I/O error or unexpected error reply. */
+static redisReply *command(redisContext *c, const char *what, int argc, const char **argv)
+{
+	redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+
+	if (!r) {
+		log_warn("Redis %s: %s", what, c->errstr[0] ? c->errstr : "connection lost");
+		return NULL;
+	}
+	if (r->type == REDIS_REPLY_ERROR) {
+		log_warn("Redis %s: %s", what, r->str);
+		freeReplyObject(r);
+		return NULL;
+	}
+	return r;
+}
+
+static redisContext *redis_connect(struct agent *a)
+{
+	const struct options *o = &a->opt;
+	redisContext *c;
+	char where[PATH_MAX + 16];
+
+	if (o->redis_sock)
+		c = redisConnectUnixWithTimeout(o->redis_sock, ms_tv(CONNECT_TIMEOUT_MS));
+	else
+		c = redisConnectWithTimeout(o->redis_host, o->redis_port, ms_tv(CONNECT_TIMEOUT_MS));
+	if (!c || c->err) {
+		if (a->connect_failures < 3 || a->connect_failures % 20 == 0)
+			log_warn("Redis unreachable at %s: %s; retrying with backoff",
+				 redis_where(o, where, sizeof(where)), c ? c->errstr : "out of memory");
+		if (c)
+			redisFree(c);
+		return NULL;
+	}
+	if (redisSetTimeout(c, ms_tv(COMMAND_TIMEOUT_MS)) != REDIS_OK) {
+		log_warn("cannot set the Redis command timeout: %s", c->errstr);
+		redisFree(c);
+		return NULL;
+	}
+	return c;
+}
+
+static int redis_auth(struct agent *a, redisContext *c)
+{
+	const char *argv[3] = { "AUTH" };
+	int argc = 1;
+	redisReply *r;
+
+	if (!a->opt.redis_password)
+		return 0;
+	if (a->opt.redis_user)
+		argv[argc++] = a->opt.redis_user;
+	argv[argc++] = a->opt.redis_password;
+	r = command(c, "AUTH", argc, argv);
+	if (!r)
+		return -1;
+	freeReplyObject(r);
+	return 0;
+}
+
+/* Wait until Redis answers PING (it refuses everything while loading). */
+static int redis_ready(redisContext *c)
+{
+	for (unsigned int waited = 0; !stop_requested;) {
+		redisReply *r = redisCommand(c, "PING");
+
+		if (!r) {
+			log_warn("Redis PING: %s", c->errstr);
+			return -1;
+		}
+		if (r->type == REDIS_REPLY_STATUS) {
+			freeReplyObject(r);
+			return 0;
+		}
+		if (r->type != REDIS_REPLY_ERROR || !retryable_error(r->str)) {
+			log_warn("Redis PING: unexpected reply %s", r->type == REDIS_REPLY_ERROR ? r->str : "");
+			freeReplyObject(r);
+			return -1;
+		}
+		if (waited % 50 == 0)
+			log_info("Redis not ready (%s); waiting", r->str);
+		freeReplyObject(r);
+		sleep_ms(100);
+		waited++;
+	}
+	return -1;
+}
+
+static unsigned int redis_databases(redisContext *c)
+{
+	redisReply *r = redisCommand(c, "CONFIG GET databases");
+	unsigned long v = 16;
+
+	if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	    r->element[1]->type == REDIS_REPLY_STRING && !parse_uint(r->element[1]->str, 1, INT_MAX, &v)) {
+		freeReplyObject(r);
+		return (unsigned int)v;
+	}
+	log_warn("CONFIG GET databases failed (%s): assuming 16",
+		 r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr);
+	if (r)
+		freeReplyObject(r);
+	return 16;
+}
+
+/* Subscriber connection: returns its CLIENT ID, or -1. */
+static long long open_subscriber(struct agent *a)
+{
+	const char *id_argv[] = { "CLIENT", "ID" };
+	const char *sub_argv[] = { "SUBSCRIBE", INVALIDATE_CHANNEL };
+	redisReply *r;
+	long long id;
+
+	a->sub = redis_connect(a);
+	if (!a->sub || redis_auth(a, a->sub))
+		return -1;
+	r = command(a->sub, "CLIENT ID", 2, id_argv);
+	if (!r)
+		return -1;
+	id = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+	freeReplyObject(r);
+	if (id < 0)
+		return -1;
+	r = command(a->sub, "SUBSCRIBE", 2, sub_argv);
+	if (!r)
+		return -1;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+		log_warn("SUBSCRIBE %s: unexpected reply", INVALIDATE_CHANNEL);
+		freeReplyObject(r);
+		return -1;
+	}
+	freeReplyObject(r);
+	return id;
+}
+
+static int enable_tracking(struct agent *a, long long sub_id)
+{
+	char id[32];
+	const char *argv[] = { "CLIENT", "TRACKING", "ON", "REDIRECT", id, "BCAST", "NOLOOP" };
+	redisReply *r;
+
+	snprintf(id, sizeof(id), "%lld", sub_id);
+	r = command(a->apply, "CLIENT TRACKING", 7, argv);
+	if (!r)
+		return -1;
+	if (!reply_ok(r)) {
+		log_warn("CLIENT TRACKING: unexpected reply");
+		freeReplyObject(r);
+		return -1;
+	}
+	freeReplyObject(r);
+	return 0;
+}
+
+static void session_close(struct agent *a)
+{
+	if (a->sub) {
+		epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->sub->fd, NULL);
+		redisFree(a->sub);
+		a->sub = NULL;
+	}
+	if (a->apply) {
+		redisFree(a->apply);
+		a->apply = NULL;
+	}
+	for (size_t i = 0; i < a->inval.n; i++)
+		free(a->inval.v[i].key);
+	a->inval.n = 0;
+	a->cur_db = -1;
+}
+
+static int session_open(struct agent *a)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	long long sub_id;
+
+	a->apply = redis_connect(a);
+	if (!a->apply)
+		return -1;
+	if (redis_auth(a, a->apply) || redis_ready(a->apply))
+		return -1;
+	a->databases = redis_databases(a->apply);
+	a->cur_db = 0;
+	sub_id = open_subscriber(a);
+	if (sub_id < 0 || enable_tracking(a, sub_id))
+		return -1;
+	ev.data.fd = a->sub->fd;
+	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->sub->fd, &ev)) {
+		log_err("epoll_ctl: %s", strerror(errno));
+		return -1;
+	}
+	/* changes made while nobody tracked them are unknown: empty the cache */
+	a->flush_pending = true;
+	return 0;
+}
+
+/* Connect (again) with backoff; false only when asked to stop. */
+static bool session_ensure(struct agent *a);
+static void maybe_write_stats(struct agent *a);
+
+/* --------------------------------------------------------------- cache ops */
+
+static struct erb_entry *cache_slot(struct agent *a, uint32_t h, uint32_t i)
+{
+	uint64_t step = 1 + (a->hash_prime ? h % a->hash_prime : 0);
+
+	return &a->cache[((uint64_t)h + i * step) % a->cache_entries];
+}
+
+enum del_result { DEL_DONE, DEL_BUSY, DEL_CHANGED };
+
+/*
+ * Delete e if it still is version ver (0: any version) and Redis has its
+ * write. Lock protocol of erb.bpf.c cache_store(): cmpxchg lock 0->1, ver odd
+ * while changing.
+ */
+static enum del_result cache_delete(struct agent *a, struct erb_entry *e, uint32_t ver)
+{
+	uint32_t zero = 0;
+	enum del_result res = DEL_CHANGED;
+
+	if (!__atomic_compare_exchange_n(&e->lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		return DEL_BUSY;
+	if ((!ver || __atomic_load_n(&e->ver, __ATOMIC_ACQUIRE) == ver) &&
+	    __atomic_load_n(&e->state, __ATOMIC_RELAXED) == ERB_ENTRY_VALID &&
+	    __atomic_load_n(&e->wseq, __ATOMIC_RELAXED) <= load_applied(a)) {
+		__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
+		__atomic_store_n(&e->state, ERB_ENTRY_TOMB, __ATOMIC_RELEASE);
+		__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
+		res = DEL_DONE;
+	}
+	__atomic_store_n(&e->lock, 0, __ATOMIC_RELEASE);
+	return res;
+}
+
+/* A consistent copy of the entry's comparable fields (seqlock read). */
+struct entry_view {
+	uint32_t ver, state, gen, hash;
+	uint16_t klen, vlen;
+	uint64_t wseq;
+	char key[ERB_KEY_MAX];
+	char val[ERB_VAL_MAX];
+};
+
+static bool entry_read(const struct erb_entry *e, struct entry_view *v)
+{
+	for (int tries = 0; tries < 100; tries++) {
+		v->ver = __atomic_load_n(&e->ver, __ATOMIC_ACQUIRE);
+		if (v->ver & 1)
+			continue;
+		v->state = __atomic_load_n(&e->state, __ATOMIC_RELAXED);
+		v->gen = __atomic_load_n(&e->gen, __ATOMIC_RELAXED);
+		v->hash = __atomic_load_n(&e->hash, __ATOMIC_RELAXED);
+		v->klen = __atomic_load_n(&e->klen, __ATOMIC_RELAXED);
+		v->vlen = __atomic_load_n(&e->vlen, __ATOMIC_RELAXED);
+		v->wseq = __atomic_load_n(&e->wseq, __ATOMIC_RELAXED);
+		memcpy(v->key, e->key, sizeof(v->key));
+		memcpy(v->val, e->val, sizeof(v->val));
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&e->ver, __ATOMIC_RELAXED) == v->ver)
+			return true;
+	}
+	return false;
+}
+
+/* Redis's view of a key for verification. */
+struct redis_value {
+	bool string;			/* false: missing, not a string, or unknown */
+	const char *buf;
+	size_t len;
+};
+
+enum verify_result { V_NOT_CACHED, V_KEPT, V_DELETED, V_RETRY };
+
+/*
+ * For every live entry of key: keep it when it equals Redis's value or Redis
+ * does not have its write yet, else delete it.
+ */
+static enum verify_result cache_verify(struct agent *a, const char *key, size_t klen,
+				       const struct redis_value *rv)
+{
+	uint32_t h = fnv1a(key, klen), gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
+	enum verify_result res = V_NOT_CACHED;
+	struct entry_view v;
+
+	for (uint32_t i = 0; i < a->max_probes; i++) {
+		struct erb_entry *e = cache_slot(a, h, i);
+
+		if (!entry_read(e, &v))
+			return V_RETRY;
+		if (v.state == ERB_ENTRY_EMPTY || v.gen != gen)
+			break;
+		if (v.state != ERB_ENTRY_VALID || v.hash != h || v.klen != klen || memcmp(v.key, key, klen))
+			continue;
+		if ((rv->string && rv->len == v.vlen && !memcmp(rv->buf, v.val, v.vlen)) ||
+		    v.wseq > load_applied(a)) {
+			if (res == V_NOT_CACHED)
+				res = V_KEPT;
+			continue;
+		}
+		switch (cache_delete(a, e, v.ver)) {
+		case DEL_DONE:
+			res = V_DELETED;
+			break;
+		case DEL_BUSY:
+		case DEL_CHANGED:
+			return V_RETRY;
+		}
+	}
+	return res;
+}
+
+/* Is there a live entry for key at all (no Redis round trip needed if not)? */
+static bool cache_has(struct agent *a, const char *key, size_t klen)
+{
+	uint32_t h = fnv1a(key, klen), gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
+
+	for (uint32_t i = 0; i < a->max_probes; i++) {
+		const struct erb_entry *e = cache_slot(a, h, i);
+		uint32_t state = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
+
+		if (state == ERB_ENTRY_EMPTY || __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen)
+			return false;
+		if (state == ERB_ENTRY_VALID && __atomic_load_n(&e->hash, __ATOMIC_RELAXED) == h)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Empty the cache without dropping an acknowledged write Redis lacks: bump
+ * cache_gen when nothing is pending, else delete every entry Redis has.
+ * Returns false when a busy entry must be retried.
+ */
+static bool cache_flush(struct agent *a, const char *why)
+{
+	uint64_t applied = load_applied(a);
+	uint32_t gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
+	unsigned int deleted = 0, kept = 0;
+	bool complete = true;
+
+	if (load_write_seq(a) <= applied) {
+		__atomic_fetch_add(&a->global->cache_gen, 1, __ATOMIC_ACQ_REL);
+		a->st.flushes++;
+		log_info("cache emptied (%s): cache_gen %u -> %u", why, gen, gen + 1);
+		return true;
+	}
+	for (uint32_t i = 0; i < a->cache_entries; i++) {
+		struct erb_entry *e = &a->cache[i];
+
+		if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != ERB_ENTRY_VALID ||
+		    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen)
+			continue;
+		if (__atomic_load_n(&e->wseq, __ATOMIC_RELAXED) > applied) {
+			kept++;
+			continue;
+		}
+		switch (cache_delete(a, e, 0)) {
+		case DEL_DONE: deleted++; break;
+		case DEL_BUSY: complete = false; break;
+		case DEL_CHANGED: break;
+		}
+	}
+	a->st.flushes++;
+	log_info("cache swept (%s; writes pending, so cache_gen stays %u): %u entries deleted, %u "
+		 "not yet applied kept%s", why, gen, deleted, kept, complete ? "" : ", busy entries left: retrying");
+	return complete;
+}
+
+/* ------------------------------------------------------------ invalidations */
+
+static int inval_push(struct inval_queue *q, const char *key, size_t len, unsigned int tries)
+{
+	if (q->n == q->cap) {
+		size_t cap = q->cap ? q->cap * 2 : 1024;
+		struct inval_key *v = realloc(q->v, cap * sizeof(*v));
+
+		if (!v)
+			return -1;
+		q->v = v;
+		q->cap = cap;
+	}
+	q->v[q->n].key = malloc(len ? len : 1);
+	if (!q->v[q->n].key)
+		return -1;
+	memcpy(q->v[q->n].key, key, len);
+	q->v[q->n].len = len;
+	q->v[q->n].tries = tries;
+	q->n++;
+	return 0;
+}
+
+static void handle_message(struct agent *a, const redisReply *r)
+{
+	const redisReply *payload;
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING ||
+	    strcmp(r->element[0]->str, "message"))
+		return;
+	payload = r->element[2];
+	if (payload->type == REDIS_REPLY_NIL) {
+		a->flush_pending = true;
+		return;
+	}
+	if (payload->type != REDIS_REPLY_ARRAY)
+		return;
+	for (size_t i = 0; i < payload->elements; i++) {
+		const redisReply *k = payload->element[i];
+
+		if (k->type != REDIS_REPLY_STRING)
+			continue;
+		a->st.inval_received++;
+		if (k->len > ERB_KEY_MAX || !cache_has(a, k->str, k->len)) {
+			a->st.inval_not_cached++;
+			continue;
+		}
+		if (inval_push(&a->inval, k->str, k->len, 0)) {
+			log_err("out of memory queueing invalidations: emptying the cache instead");
+			a->flush_pending = true;
+		}
+	}
+}
+
+/* Read every invalidation message available on the subscriber connection. */
+static int read_invalidations(struct agent *a)
+{
+	void *reply;
+
+	if (redisBufferRead(a->sub) != REDIS_OK) {
+		log_warn("invalidation connection: %s", a->sub->errstr[0] ? a->sub->errstr : "closed");
+		return -1;
+	}
+	for (;;) {
+		if (redisGetReplyFromReader(a->sub, &reply) != REDIS_OK) {
+			log_warn("invalidation connection: %s", a->sub->errstr);
+			return -1;
+		}
+		if (!reply)
+			return 0;
+		handle_message(a, reply);
+		freeReplyObject(reply);
+	}
+}
+
+/* SELECT db on the apply connection when it is not selected already. */
+static int append_select(struct agent *a, unsigned int db)
+{
+	char num[16];
+	const char *argv[] = { "SELECT", num };
+	size_t lens[2] = { 6, 0 };
+
+	lens[1] = (size_t)snprintf(num, sizeof(num), "%u", db);
+	if (redisAppendCommandArgv(a->apply, 2, argv, lens) != REDIS_OK) {
+		log_err("cannot queue SELECT: %s", a->apply->errstr);
+		return -1;
+	}
+	a->cur_db = (int)db;
+	return 0;
+}
+
+static int select_db0(struct agent *a)
+{
+	redisReply *r;
+
+	if (a->cur_db == 0)
+		return 0;
+	if (append_select(a, 0) || redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+		a->cur_db = -1;
+		return -1;
+	}
+	if (!reply_ok(r)) {
+		log_warn("SELECT 0: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		freeReplyObject(r);
+		a->cur_db = -1;
+		return -1;
+	}
+	freeReplyObject(r);
+	return 0;
+}
+
+static void count_verify(struct agent *a, enum verify_result v, struct inval_key *k)
+{
+	switch (v) {
+	case V_NOT_CACHED: a->st.inval_not_cached++; break;
+	case V_KEPT: a->st.inval_kept++; break;
+	case V_DELETED: a->st.inval_applied++; break;
+	case V_RETRY:
+		if (k->tries + 1 >= INVAL_MAX_TRIES) {
+			log_warn("cache entry of an invalidated key stays busy: emptying the cache");
+			a->flush_pending = true;
+		} else if (inval_push(&a->inval, k->key, k->len, k->tries + 1)) {
+			a->flush_pending = true;
+		}
+		break;
+	}
+}
+
+/*
+ * Verify up to INVAL_ROUND queued keys: GET them (pipelined, db 0, the db the
+ * cache serves) on the apply connection, compare with the cache entries.
+ * Returns -1 when the connection broke.
+ */
+static int verify_round(struct agent *a)
+{
+	size_t n = a->inval.n < INVAL_ROUND ? a->inval.n : INVAL_ROUND;
+	struct inval_key *keys;
+	int rc = 0;
+
+	if (!n)
+		return 0;
+	keys = malloc(n * sizeof(*keys));
+	if (!keys) {
+		a->flush_pending = true;
+		return 0;
+	}
+	/* take the n oldest keys off the queue */
+	memcpy(keys, a->inval.v, n * sizeof(*keys));
+	memmove(a->inval.v, a->inval.v + n, (a->inval.n - n) * sizeof(*keys));
+	a->inval.n -= n;
+	if (select_db0(a))
+		rc = -1;
+	for (size_t i = 0; i < n && !rc; i++) {
+		const char *argv[] = { "GET", keys[i].key };
+		size_t lens[] = { 3, keys[i].len };
+
+		if (redisAppendCommandArgv(a->apply, 2, argv, lens) != REDIS_OK)
+			rc = -1;
+	}
+	for (size_t i = 0; i < n && !rc; i++) {
+		redisReply *r;
+		struct redis_value rv = { 0 };
+
+		if (redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+			log_warn("Redis GET (verify): %s", a->apply->errstr);
+			rc = -1;
+			break;
+		}
+		if (r->type == REDIS_REPLY_STRING) {
+			rv.string = true;
+			rv.buf = r->str;
+			rv.len = r->len;
+		}
+		count_verify(a, cache_verify(a, keys[i].key, keys[i].len, &rv), &keys[i]);
+		freeReplyObject(r);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(keys[i].key);
+	free(keys);
+	return rc;
+}
+
+static int process_invalidations(struct agent *a)
+{
+	if (a->flush_pending) {
+		for (size_t i = 0; i < a->inval.n; i++)
+			free(a->inval.v[i].key);
+		a->inval.n = 0;
+		a->flush_pending = !cache_flush(a, a->connected_once ? "flush or reconnect" : "start");
+		a->connected_once = true;
+	}
+	return verify_round(a);
+}
+
+/* -------------------------------------------------------------------- apply */
+
+/* Queue SELECT/SET for slots [from, n); returns the number of replies expected. */
+static int send_from(struct agent *a, unsigned int from, unsigned int *nexp)
+{
+	unsigned int m = 0;
+
+	for (unsigned int i = from; i < a->batch.n; i++) {
+		struct slot *s = &a->batch.slots[i];
+		const char *argv[3] = { "SET" };
+		size_t lens[3] = { 3 };
+
+		if (!s->rec || s->bad)
+			continue;
+		if (s->rec->db >= a->databases) {
+			s->bad = true;
+			a->st.errors++;
+			a->st.bad_records++;
+			log_err("record seq %llu: db %u, Redis has %u databases; NOT applied",
+				(unsigned long long)s->seq, s->rec->db, a->databases);
+			continue;
+		}
+		if ((int)s->rec->db != a->cur_db) {
+			if (append_select(a, s->rec->db))
+				return -1;
+			a->exp[m++] = (struct expect){ EXP_SELECT, i };
+		}
+		argv[1] = s->rec->key;
+		lens[1] = s->rec->klen;
+		argv[2] = s->rec->val;
+		lens[2] = s->rec->vlen;
+		if (redisAppendCommandArgv(a->apply, 3, argv, lens) != REDIS_OK) {
+			log_err("cannot queue SET: %s", a->apply->errstr);
+			return -1;
+		}
+		a->exp[m++] = (struct expect){ EXP_SET, i };
+	}
+	*nexp = m;
+	return 0;
+}
+
+enum round_result { ROUND_DONE, ROUND_BROKEN, ROUND_RETRY };
+
+struct round {
+	unsigned int acked;		/* slots [0, acked) acknowledged */
+	int retry_at;			/* first slot to send again, -1 none */
+	bool broken;
+};
+
+static void ack_upto(struct round *rd, unsigned int slot)
+{
+	if (rd->retry_at < 0 && slot + 1 > rd->acked)
+		rd->acked = slot + 1;
+}
+
+static void on_set_reply(struct agent *a, struct round *rd, const struct slot *s, unsigned int i,
+			 const redisReply *r)
+{
+	if (reply_ok(r)) {
+		if (rd->retry_at < 0)
+			hist_add(&a->st.delay_us, (now_ns() - a->batch.read_ns) / 1000);
+		ack_upto(rd, i);
+		return;
+	}
+	if (r->type == REDIS_REPLY_ERROR && retryable_error(r->str)) {
+		a->st.retries++;
+		if (rd->retry_at < 0) {
+			log_warn("Redis refused SET of seq %llu: %s; will send it again",
+				 (unsigned long long)s->seq, r->str);
+			rd->retry_at = (int)i;
+		}
+		return;
+	}
+	a->st.errors++;
+	log_err("Redis error applying seq %llu (db %u, key of %u bytes): %s; the write was "
+		"acknowledged to a client and is NOT in Redis", (unsigned long long)s->seq, s->rec->db,
+		s->rec->klen, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply type");
+	ack_upto(rd, i);
+}
+
+static void on_select_reply(struct agent *a, struct round *rd, unsigned int i, const redisReply *r)
+{
+	if (reply_ok(r))
+		return;
+	a->st.errors++;
+	log_err("SELECT for seq %llu failed: %s; sending from there again",
+		(unsigned long long)a->batch.slots[i].seq, r->type == REDIS_REPLY_ERROR ? r->str : "?");
+	a->cur_db = -1;
+	if (rd->retry_at < 0)
+		rd->retry_at = (int)i;
+}
+
+/* One send/receive round for slots [from, n). */
+static enum round_result apply_round(struct agent *a, unsigned int from, unsigned int *acked)
+{
+	struct round rd = { .acked = from, .retry_at = -1 };
+	unsigned int nexp = 0, e = 0;
+
+	if (send_from(a, from, &nexp))
+		return ROUND_BROKEN;
+	for (unsigned int i = from; i < a->batch.n; i++) {
+		/* consume the replies of slot i (if any), then mark reply-less slots */
+		for (; e < nexp && a->exp[e].slot == i; e++) {
+			redisReply *r;
+
+			if (redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+				log_warn("Redis connection lost while applying: %s", a->apply->errstr);
+				*acked = rd.acked;
+				return ROUND_BROKEN;
+			}
+			if (a->exp[e].kind == EXP_SELECT)
+				on_select_reply(a, &rd, i, r);
+			else
+				on_set_reply(a, &rd, &a->batch.slots[i], i, r);
+			freeReplyObject(r);
+		}
+		if ((!a->batch.slots[i].rec || a->batch.slots[i].bad))
+			ack_upto(&rd, i);
+	}
+	*acked = rd.acked;
+	return rd.retry_at < 0 ? ROUND_DONE : ROUND_RETRY;
+}
+
+static bool apply_batch(struct agent *a)
+{
+	unsigned int backoff = 0;
+
+	while (a->batch.done < a->batch.n) {
+		unsigned int acked = a->batch.done;
+		enum round_result res;
+
+		if (!a->apply && !session_ensure(a))
+			return false;
+		res = apply_round(a, a->batch.done, &acked);
+		batch_commit(a, acked);
+		if (res == ROUND_BROKEN) {
+			session_close(a);
+			continue;
+		}
+		if (res == ROUND_RETRY) {
+			maybe_write_stats(a);
+			backoff = backoff_next(backoff);
+			sleep_ms(backoff);
+			if (stop_requested)
+				return false;
+		}
+	}
+	a->st.batches++;
+	return true;
+}
+
+/* -------------------------------------------------------------------- stats */
+
+static void write_stats(struct agent *a)
+{
+	char tmp[PATH_MAX], buf[2048];
+	uint64_t applied = load_applied(a), wseq = load_write_seq(a);
+	const struct stats *s = &a->st;
+	int fd, n;
+
+	if (!a->opt.stats_file)
+		return;
+	n = snprintf(buf, sizeof(buf),
+		     "{\"pid\":%d,\"uptime_s\":%.1f,\"redis_connected\":%s,\"applied\":%llu,"
+		     "\"batches\":%llu,\"records_per_batch\":%.2f,\"applied_seq\":%llu,\"write_seq\":%llu,"
+		     "\"lag_records\":%llu,\"apply_delay_us\":{\"p50\":%llu,\"p99\":%llu,\"p999\":%llu,"
+		     "\"max\":%llu,\"count\":%llu},\"invalidations_received\":%llu,"
+		     "\"invalidations_applied\":%llu,\"invalidations_kept\":%llu,"
+		     "\"invalidations_not_cached\":%llu,\"invalidations_queued\":%zu,\"flushes\":%llu,"
+		     "\"cache_gen\":%u,\"errors\":%llu,\"bad_records\":%llu,\"retries\":%llu,"
+		     "\"reconnects\":%llu}\n",
+		     getpid(), (double)(now_ns() - a->started_ns) / 1e9, a->apply ? "true" : "false",
+		     (unsigned long long)s->applied, (unsigned long long)s->batches,
+		     s->batches ? (double)s->applied / (double)s->batches : 0.0,
+		     (unsigned long long)applied, (unsigned long long)wseq,
+		     (unsigned long long)(wseq > applied ? wseq - applied : 0),
+		     (unsigned long long)hist_percentile(&s->delay_us, 0.50),
+		     (unsigned long long)hist_percentile(&s->delay_us, 0.99),
+		     (unsigned long long)hist_percentile(&s->delay_us, 0.999),
+		     (unsigned long long)s->delay_us.max, (unsigned long long)s->delay_us.total,
+		     (unsigned long long)s->inval_received, (unsigned long long)s->inval_applied,
+		     (unsigned long long)s->inval_kept, (unsigned long long)s->inval_not_cached,
+		     a->inval.n, (unsigned long long)s->flushes,
+		     __atomic_load_n(&a->global->cache_gen, __ATOMIC_RELAXED),
+		     (unsigned long long)s->errors, (unsigned long long)s->bad_records,
+		     (unsigned long long)s->retries, (unsigned long long)s->reconnects);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", a->opt.stats_file);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		log_warn("stats file %s: %s", tmp, strerror(errno));
+		return;
+	}
+	if (write(fd, buf, (size_t)n) != n || close(fd)) {
+		log_warn("stats file %s: write failed: %s", tmp, strerror(errno));
+		unlink(tmp);
+		return;
+	}
+	if (rename(tmp, a->opt.stats_file)) {
+		log_warn("stats file %s: %s", a->opt.stats_file, strerror(errno));
+		unlink(tmp);
+	}
+}
+
+static void maybe_write_stats(struct agent *a)
+{
+	uint64_t t = now_ns();
+
+	if (reopen_log) {
+		reopen_log = 0;
+		log_open();
+	}
+	if (t - a->last_stats_ns >= 1000000000ULL) {
+		a->last_stats_ns = t;
+		write_stats(a);
+	}
+}
+
+static bool session_ensure(struct agent *a)
+{
+	unsigned int backoff = 0;
+
+	while (!stop_requested) {
+		if (session_open(a) == 0) {
+			if (a->connected_once)
+				a->st.reconnects++;
+			if (a->connect_failures)
+				log_info("connected to Redis after %u failed attempts", a->connect_failures);
+			else
+				log_info("connected to Redis");
+			a->connect_failures = 0;
+			return true;
+		}
+		session_close(a);
+		a->connect_failures++;
+		maybe_write_stats(a);
+		backoff = backoff_next(backoff);
+		sleep_ms(backoff);
+	}
+	return false;
+}
+
+/* ---------------------------------------------------------------- main loop */
+
+static void on_signal(int sig)
+{
+	if (sig == SIGHUP)
+		reopen_log = 1;
+	else
+		stop_requested = 1;
+}
+
+static int install_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL) || sigaction(SIGHUP, &sa, NULL))
+		return -1;
+	sa.sa_handler = SIG_IGN;
+	return sigaction(SIGPIPE, &sa, NULL);
+}
+
+static int wait_events(struct agent *a, int timeout_ms)
+{
+	struct epoll_event ev[4];
+	int n = epoll_wait(a->epfd, ev, 4, timeout_ms);
+
+	if (n < 0 && errno != EINTR) {
+		log_err("epoll_wait: %s", strerror(errno));
+		return -1;
+	}
+	for (int i = 0; i < n; i++)
+		if (a->sub && ev[i].data.fd == a->sub->fd && read_invalidations(a))
+			session_close(a);
+	return 0;
+}
+
+static int run(struct agent *a)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = -1 };
+
+	ev.data.fd = a->ring.fd;
+	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->ring.fd, &ev)) {
+		log_err("epoll on the ring buffer: %s", strerror(errno));
+		return EXIT_RUNTIME;
+	}
+	while (!stop_requested) {
+		unsigned int n;
+
+		if (!a->apply && !session_ensure(a))
+			break;
+		n = ring_read_batch(a);
+		if (n && !apply_batch(a))
+			break;
+		if (wait_events(a, n || a->inval.n || a->flush_pending ? 0 : 200))
+			return EXIT_RUNTIME;
+		if (a->apply && process_invalidations(a))
+			session_close(a);
+		maybe_write_stats(a);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static int daemonize(void)
+{
+	pid_t pid = fork();
+	int fd;
+
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -1;
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/"))
+		return -1;
+	fd = open("/dev/null", O_RDWR);
+	if (fd < 0)
+		return -1;
+	dup2(fd, 0);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	if (fd > 2)
+		close(fd);
+	return 0;
+}
+
+static int write_pidfile(const char *path)
+{
+	char tmp[PATH_MAX], buf[32];
+	int fd, n;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		log_err("pidfile %s: %s", tmp, strerror(errno));
+		return -1;
+	}
+	n = snprintf(buf, sizeof(buf), "%d\n", getpid());
+	if (write(fd, buf, (size_t)n) != n || close(fd) || rename(tmp, path)) {
+		log_err("pidfile %s: %s", path, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+static int agent_init(struct agent *a)
+{
+	a->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (a->epfd < 0) {
+		log_err("epoll_create1: %s", strerror(errno));
+		return -1;
+	}
+	a->batch.cap = a->opt.batch;
+	a->batch.slots = calloc(a->batch.cap, sizeof(*a->batch.slots));
+	a->exp = calloc(2 * (size_t)a->batch.cap, sizeof(*a->exp));
+	if (!a->batch.slots || !a->exp) {
+		log_err("out of memory for a batch of %u", a->batch.cap);
+		return -1;
+	}
+	a->cur_db = -1;
+	a->started_ns = now_ns();
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static struct agent agent;
+	struct agent *a = &agent;
+	int rc;
+
+	if (parse_options(argc, argv, &a->opt))
+		return EXIT_CONFIG;
+	if (log_open())
+		return EXIT_CONFIG;
+	if (install_signals() || agent_init(a))
+		return EXIT_RUNTIME;
+	rc = open_maps(a);
+	if (rc)
+		return rc == -EXIT_LOCKED ? EXIT_LOCKED : EXIT_CONFIG;
+	if (a->opt.daemon && daemonize()) {
+		log_err("cannot daemonize: %s", strerror(errno));
+		return EXIT_RUNTIME;
+	}
+	if (a->opt.pidfile && write_pidfile(a->opt.pidfile))
+		return EXIT_RUNTIME;
+	if (recover_progress(a))
+		return EXIT_RUNTIME;
+	log_info("started: pin dir %s, batch %u, ring %llu bytes", a->opt.pin_dir, a->opt.batch,
+		 (unsigned long long)a->ring.size);
+	rc = run(a);
+	publish_applied(a, a->trk.base);
+	write_stats(a);
+	session_close(a);
+	if (a->opt.pidfile)
+		unlink(a->opt.pidfile);
+	log_info("stopped: applied_seq %llu, write_seq %llu, %llu records left in the ring for the "
+		 "next agent", (unsigned long long)load_applied(a), (unsigned long long)load_write_seq(a),
+		 (unsigned long long)(load_write_seq(a) > load_applied(a) ? load_write_seq(a) - load_applied(a) : 0));
+	return rc;
+}

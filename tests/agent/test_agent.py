@@ -1,0 +1,351 @@
+# -*- coding: utf-8 -*-
+"""erb-agent against a real redis-server and real BPF maps (ring buffer,
+mmapped erb_global/erb_cache) fed by BPF_PROG_TEST_RUN.
+
+Every record's value starts with its seq (8 bytes, little endian), so the AOF
+(appendfsync always) shows exactly which records Redis executed, in order."""
+
+import mmap
+import os
+import random
+import signal
+import struct
+import subprocess
+import threading
+import time
+
+
+import agentlib
+from agentlib import wait_for
+
+RECORD_SAMPLE = 1688          # 8-byte ring header + sizeof(struct erb_record), 8-aligned
+
+
+def value_for(seq, rnd):
+    body = bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 64)))
+    filler = b'\r\n\0' * rnd.randrange(0, 3) + b'x' * rnd.choice((0, 1, 17, 300, 1380))
+    return (struct.pack('<Q', seq) + b'\r\n\0' + body + filler)[:agentlib.VAL_MAX]
+
+
+def key_for(i):
+    return b'key:\r\n\0 %d' % i
+
+
+class Workload(object):
+    """Records for nkeys keys (key i lives in db i % dbs), remembering the last write."""
+
+    def __init__(self, env, nkeys=500, dbs=1, seed=1):
+        self.env, self.nkeys, self.dbs = env, nkeys, dbs
+        self.rnd = random.Random(seed)
+        self.last = {}
+        self.seq = env.bpf.write_seq
+
+    def one(self, i):
+        self.seq += 1
+        k = key_for(i % self.nkeys)
+        db = (i % self.nkeys) % self.dbs
+        v = value_for(self.seq, self.rnd)
+        self.env.bpf.produce_wait(k, v, db=db)
+        self.last[(db, k)] = v
+
+    def run(self, n):
+        for i in range(n):
+            self.one(i)
+
+    def _run_thread(self, n):
+        try:
+            self.run(n)
+        except BaseException as e:  # reported by join()
+            self.error = e
+
+    def start_thread(self, n):
+        self.error = None
+        self.thread = threading.Thread(target=self._run_thread, args=(n,), daemon=True)
+        self.thread.start()
+        return self
+
+    def join(self, timeout=60):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), 'producer still running after %d s' % timeout
+        if self.error:
+            raise self.error
+
+    def check_redis(self):
+        clients = {db: self.env.redis.client(db) for db in range(self.dbs)}
+        bad = [(db, k) for (db, k), v in self.last.items() if clients[db].get(k) != v]
+        assert not bad, '%d keys differ from the last write, e.g. %r' % (len(bad), bad[:3])
+
+
+def aof_seqs(redis_proc):
+    return [struct.unpack('<Q', c[2][:8])[0] for c in redis_proc.aof_commands()
+            if c[0].upper() == b'SET' and len(c) == 3 and len(c[2]) >= 8]
+
+
+def check_replay(seqs, n, max_rewinds):
+    """Redis executed 1..n in order, except whole suffixes sent again after a
+    restart (a rewind): never a skip ahead, never fewer than n distinct."""
+    prev, rewinds = 0, 0
+    for pos, s in enumerate(seqs):
+        if s != prev + 1:
+            assert s <= prev, 'seq %d follows %d at AOF command %d: skipped ahead (lost or reordered)' % (
+                s, prev, pos)
+            rewinds += 1
+        prev = s
+    assert set(seqs) == set(range(1, n + 1)), 'missing seqs: %s' % sorted(set(range(1, n + 1)) - set(seqs))[:10]
+    assert rewinds <= max_rewinds, '%d replays, at most %d expected' % (rewinds, max_rewinds)
+    print('%d records, %d commands in the AOF, %d replays' % (n, len(seqs), rewinds))
+    return rewinds
+
+
+def wait_connected(agent, env):
+    wait_for(lambda: (agent.read_stats() or {}).get('redis_connected') and
+             (agent.read_stats() or {}).get('flushes', 0) >= 1, timeout=10,
+             what='agent connected and cache flushed once (stats file)')
+
+
+# ------------------------------------------------------------------ apply path
+
+def test_10k_records_in_order_binary_safe_and_stats(env):
+    agent = env.agent()
+    w = Workload(env, nkeys=500, dbs=3)
+    w.run(10000)
+    env.wait_applied(10000)
+    assert env.bpf.applied_seq == 10000
+    w.check_redis()
+    check_replay(aof_seqs(env.redis), 10000, max_rewinds=0)
+
+    def settled():
+        s = agent.read_stats()
+        return s if s and s['applied'] == 10000 else None
+    s = wait_for(settled, timeout=5, what='stats file showing 10000 applied')
+    for k in ('applied', 'batches', 'records_per_batch', 'apply_delay_us', 'lag_records',
+              'invalidations_received', 'invalidations_applied', 'invalidations_kept', 'errors',
+              'reconnects'):
+        assert k in s, k
+    assert s['batches'] >= 10000 / 256
+    assert abs(s['records_per_batch'] - 10000 / s['batches']) < 0.01
+    d = s['apply_delay_us']
+    assert 0 < d['p50'] <= d['p99'] <= d['p999'] <= d['max'] and d['count'] == 10000
+    assert s['lag_records'] == 0 and s['applied_seq'] == 10000 and s['write_seq'] == 10000
+    assert s['errors'] == 0 and s['reconnects'] == 0
+    assert agent.alive()
+
+
+def test_applied_seq_is_a_contiguous_prefix(env):
+    """Records of different keys may arrive out of seq order (several CPUs)."""
+    wait_connected(env.agent(), env)   # started (write_seq read) before we fake it
+    env.bpf.write_seq = 3
+    env.bpf.produce_wait(b'k3', struct.pack('<Q', 3), seq=3)
+    env.bpf.produce_wait(b'k2', struct.pack('<Q', 2), seq=2)
+    wait_for(lambda: env.redis.client().get(b'k2'), what='k2 applied')
+    time.sleep(0.3)
+    assert env.bpf.applied_seq == 0, 'seq 1 is not applied yet'
+    env.bpf.produce_wait(b'k1', struct.pack('<Q', 1), seq=1)
+    env.wait_applied(3)
+    env.bpf.write_seq = 5
+    env.bpf.produce_wait(b'k5', b'5', seq=5)
+    env.bpf.produce_wait(b'k4', b'4', seq=4)
+    env.wait_applied(5)
+
+
+def test_bad_db_is_logged_counted_and_skipped(env):
+    agent = env.agent()
+    env.bpf.produce_wait(b'good1', b'1')
+    env.bpf.produce_wait(b'bad', b'x', db=100)
+    env.bpf.produce_wait(b'good2', b'2')
+    env.wait_applied(3)
+    assert env.redis.client().get(b'good2') == b'2'
+    wait_for(lambda: (agent.read_stats() or {}).get('errors') == 1, timeout=5, what='errors == 1')
+    assert 'NOT applied' in agent.log_text()
+
+
+def test_retryable_error_reply_stalls_then_resends(env):
+    agent = env.agent()
+    r = env.redis.client()
+    r.config_set('maxmemory-policy', 'noeviction')
+    r.config_set('maxmemory', '1')
+    for i in range(20):
+        env.bpf.produce_wait(b'oom%d' % i, b'v%d' % i)
+    wait_for(lambda: (agent.read_stats() or {}).get('retries', 0) >= 1, timeout=5, what='OOM retries')
+    assert env.bpf.applied_seq == 0
+    r.config_set('maxmemory', '0')
+    env.wait_applied(20)
+    assert [r.get(b'oom%d' % i) for i in range(20)] == [b'v%d' % i for i in range(20)]
+    assert 'OOM' in agent.log_text()
+
+
+# ---------------------------------------------------------------- failures
+
+def test_redis_killed_and_restarted_midstream_loses_nothing(env):
+    agent = env.agent()
+    w = Workload(env, nkeys=300)
+    w.start_thread(6000)
+    env.wait_applied(1500)
+    env.redis.kill(signal.SIGKILL)
+    time.sleep(0.5)
+    env.redis.start()
+    w.join()
+    env.wait_applied(6000, timeout=60)
+    w.check_redis()
+    check_replay(aof_seqs(env.redis), 6000, max_rewinds=1)
+    wait_for(lambda: (agent.read_stats() or {}).get('reconnects', 0) >= 1, timeout=5, what='reconnects >= 1')
+    assert 'Redis unreachable' in agent.log_text()
+
+
+def test_agent_sigkilled_and_restarted_loses_nothing_and_keeps_order(env):
+    agent = env.agent()
+    w = Workload(env, nkeys=300)
+    w.start_thread(6000)
+    for at in (1500, 3500):
+        env.wait_applied(at)
+        agent.kill(signal.SIGKILL)
+        time.sleep(0.2)
+        agent = env.agent()
+    w.join()
+    env.wait_applied(6000, timeout=60)
+    w.check_redis()
+    check_replay(aof_seqs(env.redis), 6000, max_rewinds=2)
+    assert 'records waiting in the ring' in agent.log_text()
+
+
+def test_sigterm_finishes_the_batch_and_exits_0(env):
+    agent = env.agent(batch=64)
+    w = Workload(env, nkeys=100)
+    w.start_thread(4000)
+    env.wait_applied(1000)
+    assert agent.kill(signal.SIGTERM) == 0
+    stopped_at = env.bpf.applied_seq
+    assert stopped_at >= 1000
+    assert not agent.pidfile.exists()
+    assert 'records left in the ring' in agent.log_text()
+    agent = env.agent()
+    w.join()
+    env.wait_applied(4000)
+    w.check_redis()
+    # a clean stop acknowledged everything it sent: no replay at all
+    check_replay(aof_seqs(env.redis), 4000, max_rewinds=0)
+
+
+def test_restart_recovers_records_consumed_but_not_published(env):
+    """A previous agent applied seqs 1..5 and moved the consumer, then died
+    before publishing applied_seq: the next one must not wait for them."""
+    for i in range(1, 11):
+        env.bpf.produce_wait(b'r%d' % i, struct.pack('<Q', i))
+    cons = mmap.mmap(env.bpf.fds['erb_events'], mmap.PAGESIZE, mmap.MAP_SHARED,
+                     mmap.PROT_READ | mmap.PROT_WRITE)
+    struct.pack_into('<Q', cons, 0, 5 * RECORD_SAMPLE)
+    cons.close()
+    agent = env.agent()
+    env.wait_applied(10)
+    assert aof_seqs(env.redis) == list(range(6, 11))
+    assert 'applied_seq 5 (was 0)' in agent.log_text()
+
+
+def test_startup_errors_are_clear(env, tmp_path):
+    p = subprocess.run([str(agentlib.AGENT_BIN), '--pin-dir', str(tmp_path / 'nope'),
+                        '--redis-sock', str(env.redis.sock)], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2 and 'cannot open pin dir' in p.stderr
+    p = subprocess.run([str(agentlib.AGENT_BIN)], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2 and '--pin-dir is required' in p.stderr
+    # Redis down at start: the agent waits, says so, and applies once it is up
+    env.redis.kill(signal.SIGKILL)
+    agent = env.agent()
+    env.bpf.produce_wait(b'late', b'ok')
+    wait_for(lambda: 'Redis unreachable' in agent.log_text(), timeout=5, what='unreachable message')
+    assert agent.alive()
+    # a second agent on the same pin dir is refused
+    p = subprocess.run(env.agents[0].args[:5], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 3 and 'another erb-agent' in p.stderr
+    env.redis.start()
+    env.wait_applied(1)
+    assert env.redis.client().get(b'late') == b'ok'
+    assert 'connected to Redis after' in agent.log_text()
+
+
+# ---------------------------------------------------------------- invalidation
+
+def test_invalidations_delete_changed_keys_and_keep_equal_ones(env):
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    other = env.redis.client()
+    for k in (b'a', b'b', b'c', b'd', b'e', b'f', b'g'):
+        r.set(k, b'val-' + k)
+    time.sleep(0.2)   # let the invalidations of these SETs pass before caching
+    for k in (b'a', b'b', b'c', b'd', b'e', b'g'):
+        env.bpf.cache_put(k, b'val-' + k, wseq=0)
+    env.bpf.cache_put(b'f', b'pending', wseq=10 ** 9)   # not applied yet: never deleted
+    assert all(env.bpf.cache_state(k) == 'valid' for k in (b'a', b'b', b'c', b'd', b'e', b'f', b'g'))
+    kept0 = agent.read_stats()['invalidations_kept']
+
+    other.set(b'a', b'changed')            # SET by another client
+    other.pexpire(b'b', 200)               # expiry
+    other.delete(b'c')                     # DEL
+    other.set(b'd', b'val-d')              # same value: entry verified equal, kept
+    other.set(b'f', b'redis-side')         # entry newer than applied_seq: kept
+    other.delete(b'g')
+    other.rpush(b'g', b'x')                # not a string any more
+    for k in (b'a', b'c', b'g'):
+        wait_for(lambda k=k: env.bpf.cache_state(k) == 'gone', timeout=5, what='%r deleted' % k)
+    wait_for(lambda: env.bpf.cache_state(b'b') == 'gone', timeout=5, what='expired b deleted')
+    s = wait_for(lambda: (lambda s: s if s['invalidations_kept'] >= kept0 + 2 else None)(agent.read_stats()),
+                 timeout=5, what='d and f counted as kept')
+    assert env.bpf.cache_state(b'd') == 'valid'
+    assert env.bpf.cache_state(b'e') == 'valid'
+    assert env.bpf.cache_state(b'f') == 'valid'
+    assert s['invalidations_applied'] >= 4
+
+
+def test_own_applies_do_not_delete_fresh_entries(env):
+    agent = env.agent()
+    wait_connected(agent, env)
+    received0 = agent.read_stats()['invalidations_received']
+    for i in range(1, 51):
+        env.bpf.cache_put(b'own%d' % i, b'v%d' % i, wseq=i)
+        env.bpf.produce_wait(b'own%d' % i, b'v%d' % i)
+    env.wait_applied(50)
+    time.sleep(1.2)
+    assert all(env.bpf.cache_state(b'own%d' % i) == 'valid' for i in range(1, 51))
+    assert agent.read_stats()['invalidations_received'] == received0, 'NOLOOP: own SETs must not echo'
+
+
+def test_flushall_empties_the_cache_but_never_pending_entries(env):
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    gen = env.bpf.cache_gen
+    env.bpf.cache_put(b'x', b'1')
+    r.flushall()
+    wait_for(lambda: env.bpf.cache_gen == gen + 1, timeout=5, what='cache_gen bumped by FLUSHALL')
+    assert env.bpf.cache_state(b'x') == 'gone'
+    # writes pending (write_seq > applied_seq): sweep, keep what Redis lacks
+    env.bpf.write_seq = env.bpf.applied_seq + 5
+    gen = env.bpf.cache_gen
+    env.bpf.cache_put(b'acked', b'1', wseq=env.bpf.applied_seq)
+    env.bpf.cache_put(b'pending', b'2', wseq=env.bpf.applied_seq + 3)
+    r.flushall()
+    wait_for(lambda: env.bpf.cache_state(b'acked') == 'gone', timeout=5, what='acked entry swept')
+    assert env.bpf.cache_state(b'pending') == 'valid'
+    assert env.bpf.cache_gen == gen
+    assert 'cache swept' in agent.log_text()
+
+
+def test_daemon_mode_with_pidfile_and_auth(env, tmp_path):
+    env.redis.client().config_set('requirepass', 's3cret')
+    pwfile = tmp_path / 'pw'
+    pwfile.write_text('s3cret\n')
+    agent = env.agent(start=False, extra=['--daemon', '--redis-password-file', str(pwfile)])
+    p = subprocess.run(agent.args, capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    pid = int(wait_for(lambda: agent.pidfile.exists() and agent.pidfile.read_text().strip(), timeout=5,
+                       what='pidfile'))
+    try:
+        env.bpf.produce_wait(b'authed', b'yes')
+        env.wait_applied(1)
+        r = agentlib.redis.Redis(unix_socket_path=str(env.redis.sock), password='s3cret')
+        assert r.get(b'authed') == b'yes'
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not agentlib.pid_alive(pid), timeout=10, what='daemon to exit')
+    assert not agent.pidfile.exists()
+    assert 'stopped: applied_seq 1' in agent.log_text()
