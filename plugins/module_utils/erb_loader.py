@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import mmap
+import sys
 import os
 import socket
 import struct
@@ -300,13 +301,23 @@ def read_global(fd):
 
 
 def set_drain(fd, drain):
-    """Set or clear ERB_CTL_DRAIN; returns True when ctl changed."""
+    """Set or clear ERB_CTL_DRAIN; returns True when ctl changed.
+
+    Only ctl is written, through the mmap of the BPF_F_MMAPABLE erb_global:
+    the programs update the other fields atomically (write_seq, cache_gen) and
+    the I/O agent publishes applied_seq, so a whole-value update could move
+    them backwards. ctl has no other writer."""
     g = read_global(fd) or L.ErbGlobal()
     ctl = (g.ctl | L.ERB_CTL_DRAIN) if drain else (g.ctl & ~L.ERB_CTL_DRAIN)
     if ctl == g.ctl:
         return False
-    g.ctl = ctl
-    B.map_update(fd, ctypes.c_uint32(0), g)
+    off = L.ErbGlobal.ctl.offset
+    length = (ctypes.sizeof(L.ErbGlobal) + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        mm[off:off + 4] = ctypes.c_uint32(ctl).value.to_bytes(4, sys.byteorder)
+    finally:
+        mm.close()
     return True
 
 
@@ -804,14 +815,19 @@ def drain(target, timeout, poll=0.2, progress=None):
     if ffd is None:
         return {'drained': True, 'flows_remaining': 0, 'waited': 0.0}
     start = time.time()
-    with B.fd_closing(ffd):
+    gfd = open_pinned(target.map_pin('erb_global'))
+    with B.fd_closing(ffd), B.fd_closing(gfd):
         while True:
             _, answered = count_flows(ffd)
+            # acknowledged SETs still in erb_events: the I/O path must apply them
+            g = read_global(gfd)
+            lag = (g.write_seq - g.applied_seq) if g else 0
             waited = time.time() - start
             if progress:
                 progress(answered, waited)
-            if answered == 0 or waited >= timeout:
-                return {'drained': answered == 0, 'flows_remaining': answered, 'waited': round(waited, 3)}
+            if (answered == 0 and lag == 0) or waited >= timeout:
+                return {'drained': answered == 0 and lag == 0, 'flows_remaining': answered,
+                        'writes_pending': lag, 'waited': round(waited, 3)}
             time.sleep(min(poll, max(timeout - waited, 0.01)))
 
 

@@ -251,8 +251,13 @@ def main():
         result.pop('diff', None)
     result['layout_version'] = erb_layout.ERB_LAYOUT_VERSION
     if result.get('drain') and not result['drain']['drained']:
-        module.warn('drain_timeout passed with %d flow(s) still carrying sequence corrections: those '
-                    'connections will break' % result['drain']['flows_remaining'])
+        if result['drain']['flows_remaining']:
+            module.warn('drain_timeout passed with %d flow(s) still carrying sequence corrections: those '
+                        'connections will break' % result['drain']['flows_remaining'])
+        if result['drain'].get('writes_pending'):
+            module.warn('drain_timeout passed with %d acknowledged SET(s) not yet applied to Redis: keep '
+                        'the I/O agent running until its lag_records is 0, it still holds the ring'
+                        % result['drain']['writes_pending'])
     if result.get('left_behind'):
         module.warn('%s holds files ERB does not own, left in place: %s'
                     % (result['pin_dir'], ', '.join(result['left_behind'])))
