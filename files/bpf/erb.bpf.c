@@ -102,6 +102,18 @@ struct {
 	__uint(max_entries, 4 << 20);
 } erb_events SEC(".maps");
 
+/*
+ * Per key-hash bucket count of writes passed to Redis: a write-through fill
+ * is cancelled by any write of its bucket that arrived after its SET (Redis
+ * may run them in either order and reply in either order).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} erb_wepoch SEC(".maps");
+
 /* Per key-hash bucket try-locks: a fast SET vs a passed command on the key. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -641,6 +653,7 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 			u->fl &= ~ERB_FLOW_AUTHED;
 	}
 	if ((fl & ERB_CMD_SET) && p->argc == 3 && u->a1_off >= 0 && u->a2_off >= 0 &&
+	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED)) &&
 	    u->a1_len <= cfg.max_key_len && u->a2_len <= cfg.max_value_len) {
 		u->cap = 1;
 		u->cap_idx = idx;
@@ -841,18 +854,24 @@ static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c
 {
 	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, k);
 	struct erb_global *g = c->g;
-	__u32 gen, b, *cnt, *bl;
+	__u32 gen, b, *ep, *bl;
 	int rc;
 
 	if (!a)
 		return;
 	b = a->fill_bucket & (ERB_INFLIGHT_BUCKETS - 1);
-	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
-	if (!cnt)
+	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
+	if (!ep)
 		return;
 	gen = g->cache_gen;
+	/*
+	 * Writes of the bucket in flight when the SET arrived were refused at
+	 * capture; any that arrived since moved the epoch: Redis may have run
+	 * them before or after this SET, whatever order the replies came in.
+	 */
 	if (!(cfg.flags & ERB_CFG_FILL) || (g->ctl & ERB_CTL_DRAIN) || g->overflow ||
-	    *cnt != 1 || bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+	    *ep != a->fill_epoch || gen != a->fill_gen ||
+	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
@@ -871,7 +890,7 @@ static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c
 		return;
 	}
 	/* a write that raced the store must see no stale entry afterwards */
-	if (g->overflow || *cnt != 1 || g->cache_gen != gen ||
+	if (g->overflow || *ep != a->fill_epoch || g->cache_gen != gen ||
 	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
 		cache_invalidate(a->fill_hash, gen);
 		stat_inc(ERB_STAT_FILL_SKIPPED);
@@ -1325,15 +1344,19 @@ static long key_step(__u32 i, void *arg)
 	struct kctx *x = arg;
 	struct erb_flow *f = x->f;
 	struct erb_global *g = x->g;
-	__u32 h;
+	__u32 h, b, *ep;
 
 	if (!f || !g || !x->s)
 		return 1;
 	if (!x->s->keyq_w[i & (KEYQ - 1)])
 		return 0;
 	h = x->s->keyq[i & (KEYQ - 1)];
+	b = bucket_of(h);
+	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
+	if (ep)
+		__sync_fetch_and_add(ep, 1);
 	if (x->tracked) {
-		wr_acquire(f, g, x->s->keyq_idx[i & (KEYQ - 1)], bucket_of(h));
+		wr_acquire(f, g, x->s->keyq_idx[i & (KEYQ - 1)], b);
 	} else {
 		/* replies of this flow cannot be matched: fence fills a while */
 		g->untracked_wr_ns = bpf_ktime_get_ns();
@@ -1417,7 +1440,7 @@ static __always_inline void xdp_capture(struct xdp_md *ctx, struct pkt *k,
 					struct erb_flow_key *key, struct pctx *c)
 {
 	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, key);
-	__u32 kl = c->u->cap_klen, vl = c->u->cap_vlen, h = FNV_OFFSET;
+	__u32 kl = c->u->cap_klen, vl = c->u->cap_vlen, h = FNV_OFFSET, b, *cnt, *ep;
 
 	if (!a || kl == 0 || kl > ERB_KEY_MAX || vl > ERB_VAL_MAX)
 		return;
@@ -1427,10 +1450,18 @@ static __always_inline void xdp_capture(struct xdp_md *ctx, struct pkt *k,
 	if (vl && bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_voff, a->fill_val, vl))
 		return;
 	h = fnv_key(c->s, a->fill_key, kl);
+	b = bucket_of(h);
+	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
+	/* another write of this bucket is in flight: Redis may run it after */
+	if (!cnt || !ep || *cnt != 1)
+		return;
 	a->fill_hash = h;
-	a->fill_bucket = bucket_of(h);
+	a->fill_bucket = b;
 	a->fill_klen = kl;
 	a->fill_vlen = vl;
+	a->fill_epoch = *ep;
+	a->fill_gen = c->g->cache_gen;
 	c->f->fill_idx = c->u->cap_idx + 1;
 }
 

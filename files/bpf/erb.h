@@ -162,6 +162,8 @@ struct erb_aux {
 	__u16 fill_vlen;
 	__u16 last_rep_off;	/* payload starts at last_rep[last_rep_off] */
 	__u16 last_rep_len;
+	__u32 fill_epoch;	/* erb_wepoch of the bucket when the SET passed */
+	__u32 fill_gen;		/* erb_global.cache_gen then */
 	char fill_key[ERB_KEY_MAX];
 	char fill_val[ERB_VAL_MAX];
 	char last_rep[ERB_REPLY_MAX];	/* payload of the last XDP reply, for retransmits */

@@ -266,6 +266,8 @@ class ErbAux(ctypes.Structure):
         ('fill_vlen', u16),
         ('last_rep_off', u16),
         ('last_rep_len', u16),
+        ('fill_epoch', u32),
+        ('fill_gen', u32),
         ('fill_key', ctypes.c_char * ERB_KEY_MAX),
         ('fill_val', ctypes.c_char * ERB_VAL_MAX),
         ('last_rep', ctypes.c_char * ERB_REPLY_MAX),

@@ -122,16 +122,44 @@ def test_concurrent_write_skips_fill(erb):
     assert_miss(a)
 
 
-def test_write_after_set_reply_order_fills(erb):
-    """DEL on B answered before A's SET reply: A's +OK stores (Redis ran DEL first)."""
+def test_write_in_flight_when_set_arrives_cancels_fill(erb):
+    """DEL on B still unanswered when A's SET arrives: Redis may run SET then
+    DEL and still send DEL's reply first (clients_pending_write is walked from
+    the head), so no reply order proves the SET ran last: never fill."""
     a = Flow(erb, cport=46000).handshake()
     b = Flow(erb, cport=46001, c_isn=10, s_isn=20).handshake()
     b.send(resp('DEL', 'k'))
     a.send(resp('SET', 'k', 'v'))
     b.reply(b':0\r\n')
     a.reply(b'+OK\r\n')
+    assert erb.stats()['fill'] == 0
+    assert k_not_cached(erb)
+    assert_miss(a)
+
+
+def test_write_answered_before_set_arrives_fills(erb):
+    """DEL on B answered before A's SET even arrived: Redis ran it first."""
+    a = Flow(erb, cport=46000).handshake()
+    b = Flow(erb, cport=46001, c_isn=10, s_isn=20).handshake()
+    b.send(resp('DEL', 'k'))
+    b.reply(b':0\r\n')
+    a.send(resp('SET', 'k', 'v'))
+    a.reply(b'+OK\r\n')
     assert erb.stats()['fill'] == 1
     assert_hit(a)
+
+
+def test_write_arriving_after_set_answered_first_cancels_fill(erb):
+    """SET on A, then DEL on B whose reply comes first: the fill is cancelled."""
+    a = Flow(erb, cport=46000).handshake()
+    b = Flow(erb, cport=46001, c_isn=10, s_isn=20).handshake()
+    a.send(resp('SET', 'k', 'v'))
+    b.send(resp('DEL', 'k'))
+    b.reply(b':1\r\n')
+    a.reply(b'+OK\r\n')
+    st = erb.stats()
+    assert (st['fill'], st['fill_skipped']) == (0, 1)
+    assert k_not_cached(erb)
 
 
 def test_flush_blocks_fills_until_its_reply(erb):
