@@ -10,6 +10,8 @@ ERB_VENV=${ERB_VENV:-$ERB_REPO/.venv}
 ERB_APT_PACKAGES=(
 	# BPF toolchain: clang, libbpf headers (bpf_helpers.h), asm/types.h, bpftool, libbpf.so.1
 	clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool make gcc
+	# the I/O agent (files/agent): hiredis
+	libhiredis-dev pkg-config
 	# Redis: redis-server, redis-cli, redis-benchmark
 	redis-server redis-tools
 	# namespaces, veth, offloads, mountpoint

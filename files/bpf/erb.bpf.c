@@ -176,6 +176,22 @@ struct pctx {
 	struct pcur *u;
 };
 
+struct tcp_opts {
+	__u32 ts_off;		/* offset of the TS option from the TCP header, 0 none */
+	__u32 tsval, tsecr;
+	__u32 sack_off;		/* offset of the SACK option, 0 none */
+	__u32 sack_n;		/* blocks */
+	__u32 wscale;		/* window scale option + 1, 0 none */
+};
+
+/* Header fields of a request its reply needs (xdp_reply). */
+struct rhdr {
+	__u8 mac[ETH_ALEN], smac[ETH_ALEN];
+	__u16 sport, dport;
+	__u32 saddr, daddr, thl, tsval, tsecr, seq, ack, rlen;
+	__u16 win;
+};
+
 struct erb_scratch {
 	char buf[WIN];			/* parse window */
 	char key[ERB_KEY_MAX];		/* zero-padded key of a GET */
@@ -185,6 +201,8 @@ struct erb_scratch {
 	__u32 keyq_w[KEYQ];		/* 1: written, 0: read */
 	struct erb_parser req_saved;	/* parser state to restore on hold */
 	struct pcur cur;
+	struct tcp_opts o;		/* options of the client segment */
+	struct rhdr h;
 	__u8 opt[40];			/* TCP options being parsed */
 	__u32 fnv;			/* hash being computed by fnv_step */
 	struct {
@@ -205,6 +223,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct erb_scratch);
 } erb_scratch SEC(".maps");
+
+static __always_inline struct erb_scratch *scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&erb_scratch, &zero);
+}
 
 static __always_inline void stat_inc(__u32 id)
 {
@@ -1071,13 +1096,6 @@ static long rep_step(__u32 unused, void *arg)
 
 /* ----------------------------------------------------- TCP helpers */
 
-struct tcp_opts {
-	__u32 ts_off;		/* offset of the TS option from the TCP header, 0 none */
-	__u32 tsval, tsecr;
-	__u32 sack_off;		/* offset of the SACK option, 0 none */
-	__u32 sack_n;		/* blocks */
-	__u32 wscale;		/* window scale option + 1, 0 none */
-};
 
 static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
 {
@@ -1596,24 +1614,35 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 				     const char *rep, __u32 rstart, __u32 rlen,
 				     __u32 seq, __u32 ack, __u16 win)
 {
-	__u8 mac[ETH_ALEN], smac[ETH_ALEN];
-	__u32 saddr = k->ip->saddr, daddr = k->ip->daddr;
-	__u16 sport = k->tcp->source, dport = k->tcp->dest;
-	__u32 thl = o->ts_off ? 32 : 20;
-	__u32 tsval = o->tsecr, tsecr = o->tsval;
-	__u32 newlen = sizeof(struct ethhdr) + sizeof(struct iphdr) + thl + rlen;
-	int delta = (int)newlen - (int)bpf_xdp_get_buff_len(ctx);
+	struct erb_scratch *s = scratch();
+	struct rhdr *h;
 	void *data, *end;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct tcphdr *t;
 	__u32 *opt;
 	__u64 sum;
+	int delta;
 
-	if (rlen == 0 || rlen > ERB_REPLY_MAX - 8)
+	if (!s || rlen == 0 || rlen > ERB_REPLY_MAX - 8)
 		return -1;
-	__builtin_memcpy(mac, k->eth->h_source, ETH_ALEN);
-	__builtin_memcpy(smac, k->eth->h_dest, ETH_ALEN);
+	/* what the reply needs from the request, kept off the stack */
+	h = &s->h;
+	__builtin_memcpy(h->mac, k->eth->h_source, ETH_ALEN);
+	__builtin_memcpy(h->smac, k->eth->h_dest, ETH_ALEN);
+	h->saddr = k->ip->saddr;
+	h->daddr = k->ip->daddr;
+	h->sport = k->tcp->source;
+	h->dport = k->tcp->dest;
+	h->thl = o->ts_off ? 32 : 20;
+	h->tsval = o->tsecr;
+	h->tsecr = o->tsval;
+	h->seq = seq;
+	h->ack = ack;
+	h->win = win;
+	h->rlen = rlen;
+	delta = (int)(sizeof(struct ethhdr) + sizeof(struct iphdr) + h->thl + rlen) -
+		(int)bpf_xdp_get_buff_len(ctx);
 	/*
 	 * Grow at the tail, else at the head: every header is rewritten below,
 	 * so where the frame gained its room does not matter. A veth frame that
@@ -1629,52 +1658,55 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	t = (void *)(ip + 1);
 	if ((void *)(t + 1) > end)
 		return XDP_DROP;
-	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, h->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, h->smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 
 	ip->version = 4;
 	ip->ihl = 5;
 	ip->tos = 0;
-	ip->tot_len = bpf_htons(sizeof(struct iphdr) + thl + rlen);
+	ip->tot_len = bpf_htons(sizeof(struct iphdr) + h->thl + h->rlen);
 	ip->id = 0;
 	ip->frag_off = bpf_htons(0x4000);
 	ip->ttl = 64;
 	ip->protocol = IPPROTO_TCP;
-	ip->saddr = daddr;
-	ip->daddr = saddr;
+	ip->saddr = h->daddr;
+	ip->daddr = h->saddr;
 	ip->check = 0;
 	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
 
-	t->source = dport;
-	t->dest = sport;
-	t->seq = bpf_htonl(seq);
-	t->ack_seq = bpf_htonl(ack);
+	t->source = h->dport;
+	t->dest = h->sport;
+	t->seq = bpf_htonl(h->seq);
+	t->ack_seq = bpf_htonl(h->ack);
 	*((__u16 *)t + 6) = 0;
-	t->doff = thl / 4;
+	t->doff = h->thl / 4;
 	t->ack = 1;
 	t->psh = 1;
-	t->window = win;
+	t->window = h->win;
 	t->check = 0;
 	t->urg_ptr = 0;
-	if (thl == 32) {
+	if (h->thl == 32) {
 		opt = (__u32 *)(t + 1);
 		if ((void *)(opt + 3) > end)
 			return XDP_DROP;
 		opt[0] = bpf_htonl(0x0101080a);
-		opt[1] = bpf_htonl(tsval);
-		opt[2] = bpf_htonl(tsecr);
+		opt[1] = bpf_htonl(h->tsval);
+		opt[2] = bpf_htonl(h->tsecr);
 	}
-	if (bpf_xdp_store_bytes(ctx, sizeof(struct ethhdr) + sizeof(struct iphdr) + thl,
-				(void *)(rep + (rstart & 7)), rlen & 2047))
+	rlen = h->rlen;
+	if (rlen == 0 || rlen > ERB_REPLY_MAX - 8)
+		return XDP_DROP;
+	if (bpf_xdp_store_bytes(ctx, sizeof(struct ethhdr) + sizeof(struct iphdr) + h->thl,
+				(void *)(rep + (rstart & 7)), rlen))
 		return XDP_DROP;
 
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	t = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
 	/* pseudo header + TCP header + payload */
-	sum = (__u64)saddr + daddr + bpf_htons(IPPROTO_TCP) + bpf_htons(thl + rlen);
-	if (thl == 32) {
+	sum = (__u64)h->saddr + h->daddr + bpf_htons(IPPROTO_TCP) + bpf_htons(h->thl + rlen);
+	if (h->thl == 32) {
 		if ((void *)t + 32 > end)
 			return XDP_DROP;
 		sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)t, 32, 0);
@@ -1688,12 +1720,6 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	return XDP_TX;
 }
 
-static __always_inline struct erb_scratch *scratch(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&erb_scratch, &zero);
-}
 
 static __always_inline void flow_init(struct erb_flow *f, __u32 flags, __u32 c_nxt)
 {
@@ -1926,7 +1952,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 
 static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 				      struct erb_flow *f, struct erb_flow_key *key,
-				      struct erb_scratch *s, struct erb_global *g)
+				      struct erb_scratch *s, struct erb_global *g, int want_set)
 {
 	__u32 koff, klen, h, rstart, rlen, seq, ack, fl = f->flags, voff = 0, vlen = 0;
 	struct erb_aux *a;
@@ -1937,14 +1963,17 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		return -1;
 	if (bpf_xdp_load_bytes(ctx, k->poff, s->buf, k->plen))
 		return -1;
-	n = parse_get(s, k->plen, &koff);
-	if (n < 0 && (cfg.flags & ERB_CFG_SET_FAST)) {
+	if (!want_set) {
+		n = parse_get(s, k->plen, &koff);
+		if (n < 0)
+			return (cfg.flags & ERB_CFG_SET_FAST) ? -2 : (stat_inc(ERB_STAT_PASS_NOT_SINGLE), -1);
+	} else {
 		n = parse_set(s, k->plen, &koff, &voff, &vlen);
+		if (n < 0) {
+			stat_inc(ERB_STAT_PASS_NOT_SINGLE);
+			return -1;
+		}
 		is_set = 1;
-	}
-	if (n < 0) {
-		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
-		return -1;
 	}
 	klen = n;
 	if (k->tcp->fin || k->tcp->rst || k->tcp->syn || k->tcp->urg || k->odd) {
@@ -2072,6 +2101,79 @@ static __always_inline int xdp_ipv6(struct xdp_md *ctx)
 	return xdp_unseen(0);
 }
 
+struct actx {
+	struct xdp_md *ctx;
+	struct pkt *k;
+	struct erb_flow *f;
+	struct erb_flow_key *key;
+	int rc;
+	__u32 from;		/* parse_step: first new byte of the payload */
+};
+
+/* Parse the client's new bytes; rc XDP_DROP when the hold rule applies. */
+static long parse_step(__u32 i, void *arg)
+{
+	struct actx *a = arg;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+	struct erb_flow *f = a->f;
+	struct pctx c;
+	__u32 fl_orig;
+
+	if (!a->ctx || !a->k || !f || !a->key || !s || !g)
+		return 1;
+	c.f = f;
+	c.s = s;
+	c.g = g;
+	c.u = &s->cur;
+	fl_orig = f->flags;
+	__builtin_memset(&s->cur, 0, sizeof(s->cur));
+	s->cur.tracked = !(fl_orig & ERB_FLOW_UNTRACKED);
+	s->cur.pending = g->write_seq != g->applied_seq;
+	s->cur.fl = fl_orig;
+	s->cur.a1_off = -1;
+	s->cur.a2_off = -1;
+	__builtin_memcpy(&s->req_saved, &f->req, sizeof(f->req));
+
+	xdp_parse(a->ctx, a->k, &c, a->from);
+	if (xdp_hold(&c)) {
+		/* as if never seen: the retransmission is parsed again */
+		__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
+		stat_inc(ERB_STAT_HOLD);
+		a->rc = XDP_DROP;
+		return 1;
+	}
+	xdp_effects(&c, fl_orig);
+	if (c.u->cap && c.u->tracked && !c.u->err)
+		xdp_capture(a->ctx, a->k, a->key, &c);
+	return 1;
+}
+
+/* GET; rc -2 when the segment is not a GET and SETs may be answered */
+static long get_step(__u32 i, void *arg)
+{
+	struct actx *a = arg;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+
+	if (!a->ctx || !a->k || !a->f || !a->key || !s || !g)
+		return 1;
+	a->rc = try_answer(a->ctx, a->k, &s->o, a->f, a->key, s, g, 0);
+	return 1;
+}
+
+static long set_step(__u32 i, void *arg)
+{
+	struct actx *a = arg;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+
+	if (!a->ctx || !a->k || !a->f || !a->key || !s || !g)
+		return 1;
+	a->rc = try_answer(a->ctx, a->k, &s->o, a->f, a->key, s, g, 1);
+	return 1;
+}
+
 SEC("xdp")
 int erb_xdp(struct xdp_md *ctx)
 {
@@ -2080,9 +2182,10 @@ int erb_xdp(struct xdp_md *ctx)
 	struct erb_scratch *s;
 	struct erb_global *g;
 	struct erb_flow *f;
-	struct tcp_opts o = {};
+	struct tcp_opts *o;
 	struct pkt k;
-	__u32 seq, tot, from = 0;
+	__u32 seq, tot;
+	struct actx ac = {};
 	int rc, last;
 
 	k.eth = data;
@@ -2115,11 +2218,12 @@ int erb_xdp(struct xdp_md *ctx)
 	if (!s || !g)
 		return XDP_PASS;
 	k.odd = 0;
-	if (xdp_tcp_opts(ctx, &k, &o, s)) {
+	o = &s->o;
+	if (xdp_tcp_opts(ctx, &k, o, s)) {
 		/* the kernel may accept them: track the segment, never answer it */
 		k.odd = 1;
-		o.ts_off = 0;
-		o.sack_off = 0;
+		o->ts_off = 0;
+		o->sack_off = 0;
 	}
 	key.saddr = k.ip->saddr;
 	key.daddr = k.ip->daddr;
@@ -2133,8 +2237,8 @@ int erb_xdp(struct xdp_md *ctx)
 			flow_release(f, g);
 		f = flow_create(&key, s, ERB_FLOW_SYN |
 				(cfg.require_auth ? 0 : ERB_FLOW_AUTHED) |
-				(o.ts_off ? ERB_FLOW_TS : 0) |
-				(o.wscale ? ERB_FLOW_C_WSCALE : 0), seq + 1);
+				(o->ts_off ? ERB_FLOW_TS : 0) |
+				(o->wscale ? ERB_FLOW_C_WSCALE : 0), seq + 1);
 		if (f)
 			stat_inc(ERB_STAT_FLOW_NEW);
 		return XDP_PASS;
@@ -2171,7 +2275,7 @@ int erb_xdp(struct xdp_md *ctx)
 		/* the last answered request again: the client lost our reply */
 		if ((fl & ERB_FLOW_ANSWERED) && seq == f->last_req_seq &&
 		    k.plen == f->last_req_len) {
-			rc = xdp_reanswer(ctx, &k, &o, f, &key);
+			rc = xdp_reanswer(ctx, &k, o, f, &key);
 			return rc < 0 ? XDP_DROP : rc;
 		}
 		if ((fl & ERB_FLOW_ANSWERED) && before(seq, f->c.pos) &&
@@ -2185,7 +2289,21 @@ int erb_xdp(struct xdp_md *ctx)
 		if (fl & ERB_FLOW_UNTRACKED)
 			stat_inc(ERB_STAT_PASS_UNTRACKED);
 		if (seq == f->c_nxt && !(fl & ERB_FLOW_UNTRACKED)) {
-			rc = try_answer(ctx, &k, &o, f, &key, s, g);
+			ac.ctx = ctx;
+			ac.k = &k;
+			ac.f = f;
+			ac.key = &key;
+			ac.rc = -1;
+			/*
+			 * In a bpf_loop callback: the verifier then continues
+			 * after it from one state, not from each of its exits.
+			 */
+			bpf_loop(1, get_step, &ac, 0);
+			if (ac.rc == -2) {
+				ac.rc = -1;
+				bpf_loop(1, set_step, &ac, 0);
+			}
+			rc = ac.rc;
 			if (rc >= 0)
 				return rc;
 			/* the frame is untouched: reload the pointers */
@@ -2209,28 +2327,15 @@ int erb_xdp(struct xdp_md *ctx)
 			f->c_nxt = seq;
 		}
 		if (after(seq + k.plen, f->c_nxt)) {
-			struct pctx c = { .f = f, .s = s, .g = g, .u = &s->cur };
-			__u32 fl_orig = f->flags;
-
-			__builtin_memset(&s->cur, 0, sizeof(s->cur));
-			s->cur.tracked = !(fl_orig & ERB_FLOW_UNTRACKED);
-			s->cur.pending = g->write_seq != g->applied_seq;
-			s->cur.fl = fl_orig;
-			s->cur.a1_off = -1;
-			s->cur.a2_off = -1;
-			__builtin_memcpy(&s->req_saved, &f->req, sizeof(f->req));
-
-			from = f->c_nxt - seq;
-			xdp_parse(ctx, &k, &c, from);
-			if (xdp_hold(&c)) {
-				/* as if never seen: the retransmission is parsed again */
-				__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
-				stat_inc(ERB_STAT_HOLD);
-				return XDP_DROP;
-			}
-			xdp_effects(&c, fl_orig);
-			if (c.u->cap && c.u->tracked && !c.u->err)
-				xdp_capture(ctx, &k, &key, &c);
+			ac.ctx = ctx;
+			ac.k = &k;
+			ac.f = f;
+			ac.key = &key;
+			ac.rc = -1;
+			ac.from = f->c_nxt - seq;
+			bpf_loop(1, parse_step, &ac, 0);
+			if (ac.rc >= 0)
+				return ac.rc;
 			f->c_nxt = seq + k.plen;
 			data = (void *)(long)ctx->data;
 			end = (void *)(long)ctx->data_end;
@@ -2252,9 +2357,9 @@ int erb_xdp(struct xdp_md *ctx)
 		(ERB_FLOW_C_FIN | ERB_FLOW_S_FIN) && !k.tcp->fin && !k.plen &&
 		bpf_ntohl(k.tcp->ack_seq) == f->s_nxt);
 	if (f->flags & ERB_FLOW_ANSWERED) {
-		if (o.sack_off && !k.odd && xdp_tcp_opts(ctx, &k, &o, s))
+		if (o->sack_off && !k.odd && xdp_tcp_opts(ctx, &k, o, s))
 			return XDP_PASS;
-		xdp_correct(ctx, &k, f, &o);
+		xdp_correct(ctx, &k, f, o);
 	}
 	if (k.tcp->rst)
 		flow_delete(&key, f, g);

@@ -212,6 +212,22 @@ cmd_up() {
 	log "up: $n host(s)"
 }
 
+# ERB I/O agents the role started on host $1 (erb-agent-supervise pid files):
+# TERM lets an agent finish its batch; they would outlive the namespace otherwise.
+stop_agents() {
+	local pf pid n
+	for pf in "$FLEET_DIR/r$1/run"/agent-*.pid; do
+		[ -f "$pf" ] || continue
+		pid=$(cat "$pf" 2>/dev/null) || continue
+		[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || continue
+		for n in $(seq 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		log "stopped the ERB agent of erb-r$1 (pid $pid)"
+	done
+}
+
 cmd_down() {
 	local kind val hosts=() nss=() mounts=() dirs=() i k
 	need_root
@@ -225,6 +241,7 @@ cmd_down() {
 		esac
 	done <"$MADE"
 	for i in "${hosts[@]}"; do
+		stop_agents "$i"
 		stop_redis "$i"
 	done
 	for k in "${nss[@]}"; do

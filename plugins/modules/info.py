@@ -28,6 +28,11 @@ options:
     description: Mount point of the BPF filesystem holding the pins.
     type: path
     default: /sys/fs/bpf
+  agent_stats:
+    description:
+      - Stats file of the I/O agent (its C(--stats-file)); with I(interface), reported as C(agent) of that
+        interface, with C(alive) telling whether its pid runs and C(age_s) how old the file is.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -94,7 +99,9 @@ interfaces:
       type: dict
 '''
 
+import json
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -104,7 +111,22 @@ from ansible_collections.erb.booster.plugins.module_utils import libbpf
 ARGUMENT_SPEC = dict(
     interface=dict(type='str'),
     bpffs_root=dict(type='path', default='/sys/fs/bpf'),
+    agent_stats=dict(type='path'),
 )
+
+
+def agent_stats(path):
+    """The agent's stats file (JSON, rewritten once a second), or why not."""
+    try:
+        with open(path) as f:
+            stats = json.load(f)
+        age = time.time() - os.stat(path).st_mtime
+    except (OSError, ValueError) as e:
+        return {'alive': False, 'error': '%s: %s' % (path, e)}
+    pid = stats.get('pid', 0)
+    alive = bool(pid) and os.path.exists('/proc/%d' % pid)
+    stats.update({'alive': alive, 'age_s': round(age, 1)})
+    return stats
 
 
 def run(params):
@@ -122,6 +144,8 @@ def run(params):
             out[name] = erb_loader.describe(target)
         except erb_loader.LoaderError as e:  # e.g. a pin that is not ERB's: report, go on
             out[name] = {'attached': False, 'pin_dir': target.pin_dir, 'error': str(e)}
+    if params['agent_stats'] and params['interface']:
+        out[params['interface']]['agent'] = agent_stats(params['agent_stats'])
     return {'changed': False, 'netns': netns, 'interfaces': out}
 
 
