@@ -1540,7 +1540,9 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	vl = e->vlen;
 	if (vl > cfg.max_value_len || vl > ERB_VAL_MAX)
 		return -1;
-	bpf_probe_read_kernel(s->rep + REP_HDR, ERB_VAL_MAX, e->val);
+	/* the value only (not all ERB_VAL_MAX bytes): this is the hit path */
+	if (vl)
+		bpf_probe_read_kernel(s->rep + REP_HDR, vl, e->val);
 	if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h)
 		return -1;
 	/* "$<vl>\r\n" right-aligned before the value */
@@ -1831,8 +1833,11 @@ static __always_inline void answered(struct erb_flow *f, struct erb_aux *a, stru
 				     __u32 rstart, __u32 rlen)
 {
 	__u32 fl = f->flags;
+	__u32 n = (rstart & 7) + (rlen & 2047) + 3;	/* + the zero pad the checksum reads */
 
-	bpf_probe_read_kernel(a->last_rep, ERB_REPLY_MAX, s->rep);
+	if (n > ERB_REPLY_MAX)
+		n = ERB_REPLY_MAX;
+	bpf_probe_read_kernel(a->last_rep, n, s->rep);
 	a->last_rep_off = rstart;
 	a->last_rep_len = rlen;
 	bpf_spin_lock(&f->lock);

@@ -336,7 +336,9 @@ def read_stats(fd):
 
 
 def count_flows(fd):
-    """(flows tracked, flows with ERB_FLOW_ANSWERED)."""
+    """(flows tracked, open flows with ERB_FLOW_ANSWERED). A closed flow
+    (both FINs acknowledged) lingers a minute for stray retransmissions, but
+    no live connection depends on it."""
     total = answered = 0
     flow = L.ErbFlow()
     for raw in B.map_keys(fd, ctypes.sizeof(L.ErbFlowKey)):
@@ -344,7 +346,7 @@ def count_flows(fd):
         if not B.map_lookup(fd, key, flow):
             continue
         total += 1
-        if flow.flags & L.ERB_FLOW_ANSWERED:
+        if flow.flags & L.ERB_FLOW_ANSWERED and not flow.flags & L.ERB_FLOW_CLOSED:
             answered += 1
     return total, answered
 
