@@ -13,6 +13,7 @@
   returns the output and the parsed PLAY RECAP.
 """
 
+
 import os
 import re
 import shutil
@@ -23,6 +24,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Other test directories have a conftest.py too, and they replace `conftest`
+# in sys.modules when the whole suite runs: test modules import these shared
+# helpers under this name instead.
+sys.modules.setdefault('erb_conftest', sys.modules[__name__])
 
 import pytest
 

@@ -901,7 +901,7 @@ static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c
 		return;
 	}
 	bl = bpf_map_lookup_elem(&erb_locks, &b);
-	if (!bl || __sync_val_compare_and_swap(bl, 0, 1) != 0) {
+	if (!bl || __sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
@@ -1321,7 +1321,7 @@ struct kctx {
 static long hold_step(__u32 i, void *arg)
 {
 	struct kctx *x = arg;
-	__u32 h, b, *lock;
+	__u32 h, b, *lock, token, old;
 
 	if (!x->s || !x->g)
 		return 1;
@@ -1330,7 +1330,14 @@ static long hold_step(__u32 i, void *arg)
 	lock = bpf_map_lookup_elem(&erb_locks, &b);
 	if (!lock)
 		return 1;
-	if (__sync_val_compare_and_swap(lock, 0, 1) != 0) {
+	/*
+	 * The lock holds the CPU's token: a key (or a key of the same bucket)
+	 * seen twice in this segment finds it already ours. XDP runs to the
+	 * end on its CPU, so no fast SET of this CPU can hold it meanwhile.
+	 */
+	token = bpf_get_smp_processor_id() + 1;
+	old = __sync_val_compare_and_swap(lock, 0, token);
+	if (old != 0 && old != token) {
 		x->s->cur.held = 1;	/* a fast SET holds it: retry later */
 		return 1;
 	}
@@ -1351,8 +1358,9 @@ static long unlock_step(__u32 i, void *arg)
 		return 1;
 	b = bucket_of(x->s->keyq[i & (KEYQ - 1)]);
 	lock = bpf_map_lookup_elem(&erb_locks, &b);
+	/* only ours: a bucket seen twice is released at its first key */
 	if (lock)
-		__sync_lock_test_and_set(lock, 0);
+		__sync_val_compare_and_swap(lock, bpf_get_smp_processor_id() + 1, 0);
 	return 0;
 }
 
@@ -1484,19 +1492,19 @@ static __always_inline void xdp_capture(struct xdp_md *ctx, struct pkt *k,
 }
 
 /*
- * Is the payload exactly "*2\r\n$3\r\nGET\r\n$<n>\r\n<key>\r\n"? Returns the key
- * length and sets *koff, else -1. s->buf holds the payload.
+ * "*<argc>\r\n$3\r\n<NAME>\r\n$<n>\r\n": the command NAME (3 letters, any case)
+ * with its first argument's length n. Returns n and sets *off to the first
+ * argument's bytes, else -1. Redis rejects "$01" (and closes the
+ * connection): so do we.
  */
-static __always_inline int parse_get(struct erb_scratch *s, __u32 plen, __u32 *koff)
+static __always_inline int parse_head(const char *b, char argc, char c0, char c1, char c2,
+				      __u32 *off)
 {
-	const char *b = s->buf;
 	__u32 n = 0, i;
 
-	if (plen < 19 || plen > WIN)
-		return -1;
-	if (b[0] != '*' || b[1] != '2' || b[2] != '\r' || b[3] != '\n' || b[4] != '$' ||
-	    b[5] != '3' || b[6] != '\r' || b[7] != '\n' || upper(b[8]) != 'G' ||
-	    upper(b[9]) != 'E' || upper(b[10]) != 'T' || b[11] != '\r' || b[12] != '\n' ||
+	if (b[0] != '*' || b[1] != argc || b[2] != '\r' || b[3] != '\n' || b[4] != '$' ||
+	    b[5] != '3' || b[6] != '\r' || b[7] != '\n' || upper(b[8]) != c0 ||
+	    upper(b[9]) != c1 || upper(b[10]) != c2 || b[11] != '\r' || b[12] != '\n' ||
 	    b[13] != '$')
 		return -1;
 	for (i = 14; i < 18; i++) {
@@ -1508,11 +1516,26 @@ static __always_inline int parse_get(struct erb_scratch *s, __u32 plen, __u32 *k
 			return -1;
 		n = n * 10 + (ch - '0');
 	}
-	/* Redis rejects "$01": so do we (it closes the connection) */
-	if (i == 14 || i == 18 || b[14] == '0' || b[i] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
+	if (i == 14 || i == 18 || b[14] == '0' || b[(i + 1) & WIN_MASK] != '\n')
 		return -1;
-	i += 2;
-	if (n == 0 || n > ERB_KEY_MAX || i + n + 2 != plen)
+	*off = i + 2;
+	return n;
+}
+
+/*
+ * Is the payload exactly "*2\r\n$3\r\nGET\r\n$<n>\r\n<key>\r\n"? Returns the key
+ * length and sets *koff, else -1. s->buf holds the payload.
+ */
+static __always_inline int parse_get(struct erb_scratch *s, __u32 plen, __u32 *koff)
+{
+	const char *b = s->buf;
+	__u32 i;
+	int n;
+
+	if (plen < 19 || plen > WIN)
+		return -1;
+	n = parse_head(b, '2', 'G', 'E', 'T', &i);
+	if (n <= 0 || n > ERB_KEY_MAX || i + n + 2 != plen)
 		return -1;
 	if (b[(i + n) & WIN_MASK] != '\r' || b[(i + n + 1) & WIN_MASK] != '\n')
 		return -1;
@@ -1776,28 +1799,14 @@ static __always_inline int parse_set(struct erb_scratch *s, __u32 plen, __u32 *k
 				     __u32 *voff, __u32 *vlen)
 {
 	const char *b = s->buf;
-	__u32 n = 0, m = 0, i, j;
+	__u32 m = 0, i, j;
+	int n;
 
-	if (plen < 29 || plen > WIN)
+	/* the shortest: "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n", 26 bytes */
+	if (plen < 26 || plen > WIN)
 		return -1;
-	if (b[0] != '*' || b[1] != '3' || b[2] != '\r' || b[3] != '\n' || b[4] != '$' ||
-	    b[5] != '3' || b[6] != '\r' || b[7] != '\n' || upper(b[8]) != 'S' ||
-	    upper(b[9]) != 'E' || upper(b[10]) != 'T' || b[11] != '\r' || b[12] != '\n' ||
-	    b[13] != '$')
-		return -1;
-	for (i = 14; i < 18; i++) {
-		char ch = b[i];
-
-		if (ch == '\r')
-			break;
-		if (ch < '0' || ch > '9')
-			return -1;
-		n = n * 10 + (ch - '0');
-	}
-	if (i == 14 || i == 18 || b[14] == '0' || b[(i + 1) & WIN_MASK] != '\n')
-		return -1;
-	i += 2;
-	if (n == 0 || n > ERB_KEY_MAX || i + n + 4 > plen)
+	n = parse_head(b, '3', 'S', 'E', 'T', &i);
+	if (n <= 0 || n > ERB_KEY_MAX || i + n + 4 > plen)
 		return -1;
 	*koff = i;
 	i += n;
@@ -1888,12 +1897,16 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	bl = bpf_map_lookup_elem(&erb_locks, &b);
 	if (!cnt || !bl)
 		return -1;
+	if (vlen > cfg.max_value_len) {
+		stat_inc(ERB_STAT_PASS_TOO_BIG);
+		return -1;
+	}
 	/* a write of this key passed to Redis and unanswered: it must go first */
-	if (READ_ONCE(*cnt) || g->overflow || vlen > cfg.max_value_len) {
+	if (READ_ONCE(*cnt) || g->overflow) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return -1;
 	}
-	if (__sync_val_compare_and_swap(bl, 0, 1) != 0) {
+	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return -1;
 	}
@@ -2256,11 +2269,8 @@ int erb_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 		/* mid-stream: never answer it, but see its writes */
 		f = flow_create(&key, s, ERB_FLOW_UNTRACKED | ERB_FLOW_EST, seq);
-		if (!f) {
-			cache_flush(g);
-			g->untracked_wr_ns = bpf_ktime_get_ns();
-			return XDP_PASS;
-		}
+		if (!f)
+			return xdp_unseen(0);	/* cannot parse it: hold or flush */
 		/* a segment that starts a command is a boundary; else resync */
 		if (bpf_xdp_load_bytes(ctx, k.poff, s->buf, 1) || s->buf[0] != '*')
 			f->req.resync = 1;

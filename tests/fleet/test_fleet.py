@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import FLEET_DIR, FLEET_SH, fleet_is_up, netns_exists, pid_alive, run
+from erb_conftest import FLEET_DIR, FLEET_SH, fleet_is_up, netns_exists, pid_alive, run
 
 pytestmark = [pytest.mark.fleet]
 

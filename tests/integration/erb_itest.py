@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (BPF_OBJECT, REDIS_PORT, REPO, ensure_collection_link, run, stop_pid,
+from erb_conftest import (BPF_OBJECT, REDIS_PORT, REPO, ensure_collection_link, run, stop_pid,
                       wait_for)
 
 BPFFS_ROOT = '/run/erb/bpffs'

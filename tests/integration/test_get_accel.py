@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import BPF_OBJECT, require_bpf_objects
+from erb_conftest import BPF_OBJECT, require_bpf_objects
 from erb_itest import (ErbAttachment, RespConn, bad_tcp_increments, commandstats, nstat, redis_from,
                        reference_redis, resp_encode, run_threads, stat_delta)
 

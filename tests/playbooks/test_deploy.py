@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from conftest import (BPF_OBJECT, REPO, bpf_programs, ensure_collection_link, require_bpf_objects,
+from erb_conftest import (BPF_OBJECT, REPO, bpf_programs, ensure_collection_link, require_bpf_objects,
                       run, venv_bin)
 
 
