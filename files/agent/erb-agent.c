@@ -1456,8 +1456,10 @@ static void count_verify(struct agent *a, enum verify_result v, struct inval_key
 }
 
 /*
- * Verify up to INVAL_ROUND queued keys: GET them (pipelined, db 0, the db the
- * cache serves) on the apply connection, compare with the cache entries.
+ * Verify up to INVAL_ROUND queued keys: GET and PTTL them (pipelined, db 0,
+ * the db the cache serves) on the apply connection, compare with the cache
+ * entries. A key with a TTL is never kept: Redis may expire it lazily, and
+ * the XDP hits that would have expired it never reach Redis.
  * Returns -1 when the connection broke.
  */
 static int verify_round(struct agent *a)
@@ -1480,14 +1482,15 @@ static int verify_round(struct agent *a)
 	if (select_db0(a))
 		rc = -1;
 	for (size_t i = 0; i < n && !rc; i++) {
-		const char *argv[] = { "GET", keys[i].key };
-		size_t lens[] = { 3, keys[i].len };
+		const char *get[] = { "GET", keys[i].key }, *pttl[] = { "PTTL", keys[i].key };
+		size_t lens[] = { 3, keys[i].len }, plens[] = { 4, keys[i].len };
 
-		if (redisAppendCommandArgv(a->apply, 2, argv, lens) != REDIS_OK)
+		if (redisAppendCommandArgv(a->apply, 2, get, lens) != REDIS_OK ||
+		    redisAppendCommandArgv(a->apply, 2, pttl, plens) != REDIS_OK)
 			rc = -1;
 	}
 	for (size_t i = 0; i < n && !rc; i++) {
-		redisReply *r;
+		redisReply *r, *t;
 		struct redis_value rv = { 0 };
 
 		if (redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
@@ -1495,12 +1498,20 @@ static int verify_round(struct agent *a)
 			rc = -1;
 			break;
 		}
-		if (r->type == REDIS_REPLY_STRING) {
+		if (redisGetReply(a->apply, (void **)&t) != REDIS_OK) {
+			log_warn("Redis PTTL (verify): %s", a->apply->errstr);
+			freeReplyObject(r);
+			rc = -1;
+			break;
+		}
+		/* keep only a string without TTL (PTTL -1) */
+		if (r->type == REDIS_REPLY_STRING && t->type == REDIS_REPLY_INTEGER && t->integer == -1) {
 			rv.string = true;
 			rv.buf = r->str;
 			rv.len = r->len;
 		}
 		count_verify(a, cache_verify(a, keys[i].key, keys[i].len, &rv), &keys[i]);
+		freeReplyObject(t);
 		freeReplyObject(r);
 	}
 	for (size_t i = 0; i < n; i++)

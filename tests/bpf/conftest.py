@@ -71,3 +71,24 @@ def stats(erb):
 @pytest.fixture
 def flow(erb):
     return erb.flow
+
+
+# SET fast path (ERB_CFG_SET_FAST) with an 8 KiB erb_events: 4 records of
+# struct erb_record fit, so a full ring is reachable.
+FAST_RING_BYTES = 8192
+
+
+@pytest.fixture
+def erb_fast_config(erb_config):
+    """Factory: erb_fast_config(**overrides) -> a reset Erb with set_fast_path on
+    (ring_bytes FAST_RING_BYTES unless overridden), erb_events consumed."""
+    def get(**overrides):
+        obj = erb_config(**dict(dict(set_fast_path=True, ring_bytes=FAST_RING_BYTES), **overrides))
+        obj.reset_fast()
+        return obj
+    return get
+
+
+@pytest.fixture
+def erb_fast(erb_fast_config):
+    return erb_fast_config()

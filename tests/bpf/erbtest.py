@@ -434,3 +434,226 @@ class Flow(object):
 
     def get(self, key):
         return self.send(resp(b'GET', key))
+
+
+# ------------------------------------------------------------------ SET fast path: erb_events ring, applied_seq
+#
+# Additions for the SET fast path tests (test_set_fast*.py, test_hold*.py).
+# struct erb_record (files/bpf/erb_record.h) is mirrored here; the records are
+# read straight from the BPF ring buffer's mmap, as the I/O agent does:
+#   offset 0, one page, read-write: consumer_pos (u64, first 8 bytes);
+#   offset one page, read-only: producer_pos page, then the data pages mapped
+#   twice (a record that wraps reads contiguously).
+# Each record: 8-byte header (u32 len | BUSY bit 31 | DISCARD bit 30, u32 pg_off),
+# then len bytes; the next record starts at round_up(8 + len, 8).
+
+import collections  # noqa: E402
+import mmap  # noqa: E402
+
+ERB_RECORD_VERSION = 1
+ERB_OP_SET = 1
+ERB_RECORD_HDR_SIZE = 24
+BPF_RINGBUF_BUSY_BIT = 1 << 31
+BPF_RINGBUF_DISCARD_BIT = 1 << 30
+BPF_RINGBUF_HDR_SZ = 8
+
+
+class ErbRecord(ctypes.Structure):
+    """struct erb_record (erb_record.h)."""
+    _fields_ = [
+        ('version', ctypes.c_uint16),
+        ('op', ctypes.c_uint8),
+        ('flags', ctypes.c_uint8),
+        ('klen', ctypes.c_uint16),
+        ('vlen', ctypes.c_uint16),
+        ('db', ctypes.c_uint32),
+        ('pad', ctypes.c_uint32),
+        ('seq', ctypes.c_uint64),
+        ('key', ctypes.c_uint8 * L.ERB_KEY_MAX),
+        ('val', ctypes.c_uint8 * L.ERB_VAL_MAX),
+    ]
+
+
+assert ErbRecord.key.offset == ERB_RECORD_HDR_SIZE
+
+# One ring sample as read: header fields, the record fields, exact key/value bytes.
+Sample = collections.namedtuple('Sample', 'pos length busy discarded version op flags klen vlen db pad seq key val')
+
+
+class Ring(object):
+    """Reader of a BPF_MAP_TYPE_RINGBUF map through its mmap (no libbpf)."""
+
+    def __init__(self, fd, size):
+        self.size = size
+        self.page = mmap.PAGESIZE
+        self.cons = mmap.mmap(fd, self.page, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                              offset=0)
+        self.prod = mmap.mmap(fd, self.page + 2 * size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ,
+                              offset=self.page)
+
+    def close(self):
+        self.cons.close()
+        self.prod.close()
+
+    @property
+    def consumer_pos(self):
+        return struct.unpack_from('=Q', self.cons, 0)[0]
+
+    @consumer_pos.setter
+    def consumer_pos(self, pos):
+        struct.pack_into('=Q', self.cons, 0, pos)
+
+    @property
+    def producer_pos(self):
+        return struct.unpack_from('=Q', self.prod, 0)[0]
+
+    def pending_bytes(self):
+        return self.producer_pos - self.consumer_pos
+
+    def _sample(self, pos):
+        off = self.page + (pos & (self.size - 1))
+        hdr_len, _pg_off = struct.unpack_from('=II', self.prod, off)
+        length = hdr_len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
+        data = bytes(self.prod[off + BPF_RINGBUF_HDR_SZ:off + BPF_RINGBUF_HDR_SZ + length])
+        fields = dict(version=None, op=None, flags=None, klen=None, vlen=None, db=None, pad=None, seq=None,
+                      key=None, val=None)
+        if length >= ERB_RECORD_HDR_SIZE:
+            (fields['version'], fields['op'], fields['flags'], fields['klen'], fields['vlen'], fields['db'],
+             fields['pad'], fields['seq']) = struct.unpack_from('=HBBHHIIQ', data, 0)
+            k0 = ErbRecord.key.offset
+            v0 = ErbRecord.val.offset
+            fields['key'] = data[k0:k0 + min(fields['klen'], L.ERB_KEY_MAX)]
+            fields['val'] = data[v0:v0 + min(fields['vlen'], L.ERB_VAL_MAX)]
+        return Sample(pos=pos, length=length, busy=bool(hdr_len & BPF_RINGBUF_BUSY_BIT),
+                      discarded=bool(hdr_len & BPF_RINGBUF_DISCARD_BIT), **fields), \
+            (BPF_RINGBUF_HDR_SZ + length + 7) & ~7
+
+    def peek(self):
+        """Every sample between the consumer and the producer (discarded ones included), not consumed."""
+        out = []
+        pos, end = self.consumer_pos, self.producer_pos
+        while pos < end:
+            s, step = self._sample(pos)
+            out.append(s)
+            if s.busy:
+                break
+            pos += step
+        return out
+
+    def consume(self):
+        """Committed records (discarded ones skipped) up to the first busy one; consumer_pos advanced."""
+        out = []
+        pos, end = self.consumer_pos, self.producer_pos
+        while pos < end:
+            s, step = self._sample(pos)
+            if s.busy:
+                break
+            if not s.discarded:
+                out.append(s)
+            pos += step
+        self.consumer_pos = pos
+        return out
+
+    def skip_all(self):
+        self.consumer_pos = self.producer_pos
+
+
+def _erb_map_fd(self, name):
+    """fd of any map of the object (also those erb_layout.MAPS does not list)."""
+    if name not in self.fds:
+        self.fds[name] = self.obj.find_map(name).fd
+    return self.fds[name]
+
+
+def _erb_ring(self):
+    """Ring reader of erb_events (created once per loaded object)."""
+    r = getattr(self, '_ring', None)
+    if r is None:
+        r = self._ring = Ring(self.map_fd('erb_events'), self.obj.find_map('erb_events').max_entries)
+    return r
+
+
+def _erb_records(self):
+    """Consume and return the committed erb_events records."""
+    return self.ring().consume()
+
+
+def _erb_set_applied(self, seq):
+    """Publish erb_global.applied_seq as the I/O agent does: one 64-bit store
+    through the BPF_F_MMAPABLE mmap (the other fields are left alone)."""
+    fd = self.map_fd('erb_global')
+    off = L.ErbGlobal.applied_seq.offset
+    length = (ctypes.sizeof(L.ErbGlobal) + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        struct.pack_into('=Q', mm, off, seq)
+    finally:
+        mm.close()
+
+
+def _erb_apply_all(self):
+    """applied_seq = write_seq (the agent caught up)."""
+    seq = self.glob().write_seq
+    self.set_applied(seq)
+    return seq
+
+
+def _erb_u32(self, name, idx):
+    v = ctypes.c_uint32()
+    B.map_lookup(self.map_fd(name), ctypes.c_uint32(idx), v)
+    return v.value
+
+
+def _erb_set_u32(self, name, idx, value):
+    B.map_update(self.map_fd(name), ctypes.c_uint32(idx), ctypes.c_uint32(value))
+
+
+def _erb_reset_fast(self):
+    """reset() plus what the SET fast path adds: erb_events consumed to the
+    producer, erb_locks and erb_wepoch zeroed."""
+    self.reset()
+    _zero_array(self.map_fd('erb_locks'), L.ERB_INFLIGHT_BUCKETS, 4)
+    _zero_array(self.map_fd('erb_wepoch'), L.ERB_INFLIGHT_BUCKETS, 4)
+    self.ring().skip_all()
+    assert self.ring().pending_bytes() == 0
+
+
+def _erb_cache_entries_raw(self):
+    """Like cache_entries(), with exact key/value bytes (NULs included: the
+    c_char fields of erb_layout.ErbEntry stop at the first NUL)."""
+    gen = self.glob().cache_gen
+    out = {}
+    e = L.ErbEntry()
+    koff, voff = L.ErbEntry.key.offset, L.ErbEntry.val.offset
+    for i in range(self.config['cache_entries']):
+        B.map_lookup(self.fds['erb_cache'], ctypes.c_uint32(i), e)
+        if e.state == L.ERB_ENTRY_VALID and e.gen == gen:
+            raw = ctypes.string_at(ctypes.addressof(e), ctypes.sizeof(e))
+            out[raw[koff:koff + e.klen]] = raw[voff:voff + e.vlen]
+    return out
+
+
+def _erb_cache_wseq(self):
+    """{key bytes: wseq} of the live entries."""
+    gen = self.glob().cache_gen
+    out = {}
+    e = L.ErbEntry()
+    koff = L.ErbEntry.key.offset
+    for i in range(self.config['cache_entries']):
+        B.map_lookup(self.fds['erb_cache'], ctypes.c_uint32(i), e)
+        if e.state == L.ERB_ENTRY_VALID and e.gen == gen:
+            raw = ctypes.string_at(ctypes.addressof(e), ctypes.sizeof(e))
+            out[raw[koff:koff + e.klen]] = e.wseq
+    return out
+
+
+Erb.cache_entries_raw = _erb_cache_entries_raw
+Erb.cache_wseq = _erb_cache_wseq
+Erb.map_fd = _erb_map_fd
+Erb.ring = _erb_ring
+Erb.records = _erb_records
+Erb.set_applied = _erb_set_applied
+Erb.apply_all = _erb_apply_all
+Erb.u32 = _erb_u32
+Erb.set_u32 = _erb_set_u32
+Erb.reset_fast = _erb_reset_fast

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import REPO, pid_alive, run, stop_pid, wait_for
+from conftest import REPO, pid_alive, run, wait_for
 from erb_itest import RespConn, _loader, resp_encode
 
 AGENT_DIR = REPO / 'files' / 'agent'
@@ -142,9 +142,15 @@ class AgentProc(object):
         self.proc.wait(timeout=10)
 
     def stop(self):
+        """SIGTERM (the agent finishes its batch), SIGKILL after 30 s; reaps it."""
         if self.alive():
-            stop_pid(self.pid, timeout=30)
-            self.proc.wait(timeout=10)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError('erb-agent ignored SIGTERM for 30 s; log:\n%s' % self.log_tail())
 
     def log_tail(self, n=40):
         try:
