@@ -56,6 +56,8 @@ const volatile struct erb_config cfg = {
 #define UNTRACKED_QUIET_NS	1000000000ULL
 #define HASH_CLIENT	0x6d3cd99eU	/* FNV-1a("CLIENT"), checked by a test */
 #define HASH_REPLY	0xd3d94fc7U	/* FNV-1a("REPLY") */
+#define HASH_HELLO	0x32543b0bU	/* FNV-1a("HELLO") */
+#define HASH_HGETALL	0x2004caf8U	/* FNV-1a("HGETALL") */
 #define READ_ONCE(x)	(*(volatile typeof(x) *)&(x))
 
 struct {
@@ -149,14 +151,19 @@ struct pcur {
 	/* current command: bulk starts of args 1 and 2 when in this window */
 	__s32 a1_off, a2_off;
 	__u32 a1_len, a2_len;
-	/* last complete plain SET of this segment */
-	__u32 cap;		/* 1 = captured */
+	/* last complete plain SET (or HGETALL) of this segment */
+	__u32 cap;		/* 1 = SET captured, 2 = HGETALL captured */
 	__u32 cap_idx, cap_koff, cap_klen, cap_voff, cap_vlen;
 	__u32 win_base;		/* payload offset of s->buf[0] */
 	__u32 flushed;		/* flushed for skipped bytes already */
 	__u32 nkeys;		/* queued in s->keyq */
 	__u32 keyq_full;
-	__u32 fill_due;		/* a write-through fill is due (egress) */
+	__u32 fill_due;		/* a fill is due (egress): 1 SET +OK, 2 HGETALL reply */
+	/* egress: the top-level reply being parsed, when it began in this skb */
+	__u32 rep_here;		/* it began in this invocation */
+	__u32 rep_start;	/* its payload offset */
+	__u32 rep_n;		/* element count of a top-level '*' */
+	__u32 fill_off, fill_len;	/* the HGETALL reply to store (fill_due 2) */
 	/* effects of the parsed commands, applied only if the segment passes */
 	__u32 pending;		/* fast-path writes not yet in Redis */
 	__u32 ncmds;		/* complete commands */
@@ -459,7 +466,8 @@ static __always_inline int key_pending(__u32 h, __u32 gen, __u64 applied)
  * The caller re-checks its preconditions afterwards and invalidates on a race.
  */
 static __always_inline int cache_store(struct erb_scratch *s, __u32 h, const char *key,
-				       __u32 klen, const char *val, __u32 vlen, __u32 gen)
+				       __u32 klen, const char *val, __u32 vlen, __u32 gen,
+				       __u32 type)
 {
 	struct erb_entry *target;
 	__u32 idx;
@@ -484,6 +492,7 @@ static __always_inline int cache_store(struct erb_scratch *s, __u32 h, const cha
 	target->hash = h;
 	target->klen = klen;
 	target->vlen = vlen;
+	target->type = type;
 	bpf_probe_read_kernel(target->key, ERB_KEY_MAX, key);
 	bpf_probe_read_kernel(target->val, ERB_VAL_MAX, val);
 	__sync_fetch_and_add(&target->ver, 1);
@@ -676,6 +685,19 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 		u->fl &= ~(ERB_FLOW_MULTI | ERB_FLOW_DB_NONZERO);
 		if (cfg.require_auth)
 			u->fl &= ~ERB_FLOW_AUTHED;
+	}
+	if (p->cmd_hash == HASH_HELLO)
+		u->fl |= ERB_FLOW_HELLO;	/* maybe RESP3 from now on */
+	if (p->cmd_hash == HASH_HGETALL && p->argc == 2 && u->a1_off >= 0 &&
+	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED |
+		       ERB_FLOW_HELLO)) &&
+	    u->a1_len <= cfg.max_key_len) {
+		u->cap = 2;
+		u->cap_idx = idx;
+		u->cap_koff = u->win_base + u->a1_off;
+		u->cap_klen = u->a1_len;
+		u->cap_voff = 0;
+		u->cap_vlen = 0;
 	}
 	if ((fl & ERB_CMD_SET) && p->argc == 3 && u->a1_off >= 0 && u->a2_off >= 0 &&
 	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED)) &&
@@ -875,15 +897,37 @@ static long req_step(__u32 unused, void *arg)
 
 /* ------------------------------------------------ reply parser (TC) */
 
-static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c)
+static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
+					  struct erb_flow_key *k, struct pctx *c)
 {
 	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, k);
 	struct erb_global *g = c->g;
-	__u32 gen, b, *ep, *bl;
+	__u32 gen, b, *ep, *bl, type, len;
 	int rc;
 
 	if (!a)
 		return;
+	type = c->u->fill_due == 2 ? ERB_TYPE_HASH : ERB_TYPE_STRING;
+	/* the reply must be the kind of the captured command */
+	if (a->fill_type != type) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	if (type == ERB_TYPE_HASH) {
+		/* Redis's exact reply bytes, all in this skb */
+		len = c->u->fill_len;
+		if (len == 0 || len > cfg.max_value_len || len > ERB_VAL_MAX) {
+			stat_inc(ERB_STAT_FILL_SKIPPED);
+			return;
+		}
+		len &= 2047;
+		if (len == 0 || len > ERB_VAL_MAX ||
+		    bpf_skb_load_bytes(skb, poff + c->u->fill_off, a->fill_val, len)) {
+			stat_inc(ERB_STAT_FILL_SKIPPED);
+			return;
+		}
+		a->fill_vlen = len;
+	}
 	b = a->fill_bucket & (ERB_INFLIGHT_BUCKETS - 1);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
 	if (!ep)
@@ -908,7 +952,7 @@ static __always_inline void fill_from_aux(struct erb_flow_key *k, struct pctx *c
 	/* never overwrite a fast-path write Redis does not have yet */
 	rc = key_pending(a->fill_hash, gen, g->applied_seq) ||
 	     cache_store(c->s, a->fill_hash, a->fill_key, a->fill_klen, a->fill_val,
-			 a->fill_vlen, gen);
+			 a->fill_vlen, gen, type);
 	__sync_lock_test_and_set(bl, 0);
 	if (rc) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
@@ -936,9 +980,21 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 	int ok = p->top_type == '+' && p->line_ok && p->line_len == 2;
 
 	if (f->fill_idx == idx + 1) {
+		struct pcur *u = r->pc.u;
+		__u32 len = u->win_base + u->pos - u->rep_start;
+
 		f->fill_idx = 0;
-		if (ok && !(f->flags & (ERB_FLOW_UNTRACKED | ERB_FLOW_MULTI)))
-			r->pc.u->fill_due = 1;	/* done after parsing, before releases */
+		if (f->flags & (ERB_FLOW_UNTRACKED | ERB_FLOW_MULTI)) {
+			/* no fill */
+		} else if (ok) {
+			u->fill_due = 1;	/* done after parsing, before releases */
+		} else if (p->top_type == '*' && u->rep_here && u->rep_n >= 2 &&
+			   !(f->flags & ERB_FLOW_HELLO) && len <= cfg.max_value_len) {
+			/* an HGETALL reply, whole in this skb */
+			u->fill_due = 2;
+			u->fill_off = u->rep_start;
+			u->fill_len = len;
+		}
 	}
 	if (f->auth_idx == idx + 1 &&
 	    (p->top_type == '+' || p->top_type == '%' || p->top_type == '*'))
@@ -998,6 +1054,9 @@ static long rep_step(__u32 unused, void *arg)
 			p->top_type = ch;
 			p->line_ok = 1;
 			p->line_len = 0;
+			r->pc.u->rep_here = 1;
+			r->pc.u->rep_start = r->pc.u->win_base + pos;
+			r->pc.u->rep_n = 0;
 		}
 		switch (ch) {
 		case '+': case '-': case ':': case '_': case '#': case ',': case '(':
@@ -1054,6 +1113,8 @@ static long rep_step(__u32 unused, void *arg)
 		case '*': case '~': case '%': {
 			__u32 n = p->type == '%' ? p->num * 2 : p->num;
 
+			if (p->depth == 0 && p->type == '*' && !p->neg)
+				r->pc.u->rep_n = n;
 			if (p->neg || n == 0) {
 				rep_elem_done(r, p);
 				return 0;
@@ -1480,8 +1541,9 @@ static __always_inline void xdp_capture(struct xdp_md *ctx, struct pkt *k,
 	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
 	/* another write of this bucket is in flight: Redis may run it after */
-	if (!cnt || !ep || *cnt != 1)
+	if (!cnt || !ep || *cnt != (c->u->cap == 2 ? 0 : 1))
 		return;
+	a->fill_type = c->u->cap == 2 ? ERB_TYPE_HASH : ERB_TYPE_STRING;
 	a->fill_hash = h;
 	a->fill_bucket = b;
 	a->fill_klen = kl;
@@ -1543,9 +1605,49 @@ static __always_inline int parse_get(struct erb_scratch *s, __u32 plen, __u32 *k
 	return n;
 }
 
-/* Look the key up; on a hit leave the reply payload in s->rep. */
+/*
+ * Is the payload exactly "*2\r\n$7\r\nHGETALL\r\n$<n>\r\n<key>\r\n" (name in
+ * any case)? Returns the key length and sets *koff, else -1.
+ */
+static __always_inline int parse_hgetall(struct erb_scratch *s, __u32 plen, __u32 *koff)
+{
+	const char *b = s->buf;
+	__u32 n = 0, i;
+
+	if (plen < 24 || plen > WIN)
+		return -1;
+	if (b[0] != '*' || b[1] != '2' || b[2] != '\r' || b[3] != '\n' || b[4] != '$' ||
+	    b[5] != '7' || b[6] != '\r' || b[7] != '\n' || upper(b[8]) != 'H' ||
+	    upper(b[9]) != 'G' || upper(b[10]) != 'E' || upper(b[11]) != 'T' ||
+	    upper(b[12]) != 'A' || upper(b[13]) != 'L' || upper(b[14]) != 'L' ||
+	    b[15] != '\r' || b[16] != '\n' || b[17] != '$')
+		return -1;
+	for (i = 18; i < 22; i++) {
+		char ch = b[i];
+
+		if (ch == '\r')
+			break;
+		if (ch < '0' || ch > '9')
+			return -1;
+		n = n * 10 + (ch - '0');
+	}
+	if (i == 18 || i == 22 || b[18] == '0' || b[(i + 1) & WIN_MASK] != '\n')
+		return -1;
+	i += 2;
+	if (n == 0 || n > ERB_KEY_MAX || i + n + 2 != plen)
+		return -1;
+	if (b[(i + n) & WIN_MASK] != '\r' || b[(i + n + 1) & WIN_MASK] != '\n')
+		return -1;
+	*koff = i;
+	return n;
+}
+
+/*
+ * Look the key up; on a hit of an entry of this type leave the reply payload
+ * in s->rep: "$<n>\r\n<value>\r\n" for a string, the stored bytes for a hash.
+ */
 static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
-				     __u32 gen, __u32 *rstart, __u32 *rlen)
+				     __u32 gen, __u32 type, __u32 *rstart, __u32 *rlen)
 {
 	struct erb_entry *e;
 	__u32 idx, v1, vl, hl, d;
@@ -1561,12 +1663,28 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	if (!e)
 		return -1;
 	vl = e->vlen;
-	if (vl > cfg.max_value_len || vl > ERB_VAL_MAX)
+	if (vl > cfg.max_value_len || vl > ERB_VAL_MAX || READ_ONCE(e->type) != type)
 		return -1;
+	if (type == ERB_TYPE_HASH) {
+		if (vl == 0)
+			return -1;
+		bpf_probe_read_kernel(s->rep, vl, e->val);
+		if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h ||
+		    e->type != type)
+			return -1;
+		/* zero pad read by the checksum */
+		s->rep[vl] = 0;
+		s->rep[vl + 1] = 0;
+		s->rep[vl + 2] = 0;
+		*rstart = 0;
+		*rlen = vl;
+		return 0;
+	}
 	/* the value only (not all ERB_VAL_MAX bytes): this is the hit path */
 	if (vl)
 		bpf_probe_read_kernel(s->rep + REP_HDR, vl, e->val);
-	if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h)
+	if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h ||
+	    e->type != type)
 		return -1;
 	/* "$<vl>\r\n" right-aligned before the value */
 	s->rep[6] = '\r';
@@ -1958,6 +2076,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	e->klen = klen;
 	e->vlen = vlen;
 	e->wseq = wseq;
+	e->type = ERB_TYPE_STRING;
 	bpf_probe_read_kernel(e->key, ERB_KEY_MAX, s->key);
 	bpf_probe_read_kernel(e->val, ERB_VAL_MAX, rec->val);
 	__sync_fetch_and_add(&e->ver, 1);
@@ -1974,7 +2093,7 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 {
 	__u32 koff, klen, h, rstart, rlen, seq, ack, fl = f->flags, voff = 0, vlen = 0;
 	struct erb_aux *a;
-	int n, rc, is_set = 0;
+	int n, rc, is_set = 0, is_hash = 0;
 
 	/* cheap reject before touching the payload */
 	if (k->plen < 19 || k->plen > WIN)
@@ -1983,6 +2102,10 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		return -1;
 	if (!want_set) {
 		n = parse_get(s, k->plen, &koff);
+		if (n < 0) {
+			n = parse_hgetall(s, k->plen, &koff);
+			is_hash = 1;
+		}
 		if (n < 0)
 			return (cfg.flags & ERB_CFG_SET_FAST) ? -2 : (stat_inc(ERB_STAT_PASS_NOT_SINGLE), -1);
 	} else {
@@ -2014,6 +2137,11 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		stat_inc(ERB_STAT_PASS_STATE);
 		return -1;
 	}
+	if (is_hash && (fl & ERB_FLOW_HELLO)) {
+		/* maybe RESP3: Redis would answer a map */
+		stat_inc(ERB_STAT_PASS_STATE);
+		return -1;
+	}
 	if (READ_ONCE(f->replies) != f->cmds) {
 		stat_inc(ERB_STAT_PASS_OUTSTANDING);
 		return -1;
@@ -2037,7 +2165,8 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		return -1;
 	if (is_set)
 		return do_set(ctx, k, o, f, a, s, g, klen, h, voff, vlen);
-	if (cache_get(s, klen, h, g->cache_gen, &rstart, &rlen)) {
+	if (cache_get(s, klen, h, g->cache_gen, is_hash ? ERB_TYPE_HASH : ERB_TYPE_STRING,
+		      &rstart, &rlen)) {
 		stat_inc(ERB_STAT_MISS);
 		return -1;
 	}
@@ -2413,6 +2542,7 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct rctx *r, __u32
 			return -1;
 		r->pc.u->pos = 0;
 		r->pc.u->end = n;
+		r->pc.u->win_base = from;
 		bpf_loop(MAX_STEPS, rep_step, r, 0);
 		from += r->pc.u->pos;
 	}
@@ -2520,7 +2650,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 		} else {
 			tc_parse(skb, &r, toff + thl, from, plen);
 			if (r.pc.u->fill_due)
-				fill_from_aux(&r.key, &r.pc);
+				fill_from_aux(skb, toff + thl, &r.key, &r.pc);
 			wr_release(f, f->replies, 0);
 			if (f->replies == f->cmds && !(f->flags & ERB_FLOW_MULTI))
 				wr_unblock(f, g);

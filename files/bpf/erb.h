@@ -49,7 +49,8 @@ enum erb_entry_state {
 struct erb_entry {
 	__u32 lock;		/* 0 free, 1 being written (cmpxchg) */
 	__u32 ver;		/* bumped before and after every change (odd = changing) */
-	__u32 state;		/* enum erb_entry_state */
+	__u16 state;		/* enum erb_entry_state */
+	__u16 type;		/* enum erb_entry_type: GET hits only 0, HGETALL only 1 */
 	__u32 hash;		/* FNV-1a 32 of the key */
 	__u32 gen;		/* cache generation; != erb_global.cache_gen => empty */
 	__u16 klen;
@@ -57,6 +58,12 @@ struct erb_entry {
 	__u64 wseq;		/* write sequence (SET fast path, later) */
 	char key[ERB_KEY_MAX];
 	char val[ERB_VAL_MAX];
+};
+
+/* What erb_entry.val holds. */
+enum erb_entry_type {
+	ERB_TYPE_STRING = 0,	/* a string value (GET, SET) */
+	ERB_TYPE_HASH = 1,	/* Redis's whole RESP2 reply to HGETALL key */
 };
 
 /* Flow key: the client->server 4-tuple as seen at ingress, network order. */
@@ -119,6 +126,7 @@ struct erb_parser {
 #define ERB_FLOW_WIN		(1U << 12)	/* s_win holds a scaled window */
 #define ERB_FLOW_CLOSED		(1U << 13)	/* both FINs acked: deleted by its timer */
 #define ERB_FLOW_C_WSCALE	(1U << 14)	/* the client's SYN offered window scaling */
+#define ERB_FLOW_HELLO		(1U << 15)	/* sent HELLO once: maybe RESP3, no HGETALL */
 
 struct erb_seqadj {
 	__u32 pos;		/* correction position (see erb.bpf.c) */
@@ -167,6 +175,7 @@ struct erb_aux {
 	char fill_key[ERB_KEY_MAX];
 	char fill_val[ERB_VAL_MAX];
 	char last_rep[ERB_REPLY_MAX];	/* payload of the last XDP reply, for retransmits */
+	__u32 fill_type;	/* enum erb_entry_type of the pending fill */
 };
 
 /* Global state (erb_global: ARRAY of 1). */

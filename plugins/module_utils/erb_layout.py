@@ -35,6 +35,10 @@ ERB_ENTRY_EMPTY = 0
 ERB_ENTRY_VALID = 1
 ERB_ENTRY_TOMB = 2
 
+# enum erb_entry_type
+ERB_TYPE_STRING = 0
+ERB_TYPE_HASH = 1
+
 # enum erb_pstate
 ERB_P_TYPE = 0
 ERB_P_NUM = 1
@@ -58,6 +62,7 @@ ERB_FLOW_ANSWERED = 1 << 11
 ERB_FLOW_WIN = 1 << 12
 ERB_FLOW_CLOSED = 1 << 13
 ERB_FLOW_C_WSCALE = 1 << 14
+ERB_FLOW_HELLO = 1 << 15
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
@@ -159,7 +164,8 @@ class ErbEntry(ctypes.Structure):
     _fields_ = [
         ('lock', u32),
         ('ver', u32),
-        ('state', u32),
+        ('state', u16),
+        ('type', u16),
         ('hash', u32),
         ('gen', u32),
         ('klen', u16),
@@ -271,6 +277,7 @@ class ErbAux(ctypes.Structure):
         ('fill_key', ctypes.c_char * ERB_KEY_MAX),
         ('fill_val', ctypes.c_char * ERB_VAL_MAX),
         ('last_rep', ctypes.c_char * ERB_REPLY_MAX),
+        ('fill_type', u32),
     ]
 
 

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import REPO, pid_alive, run, wait_for
+from erb_conftest import REPO, pid_alive, run, wait_for
 from erb_itest import RespConn, _loader, resp_encode
 
 AGENT_DIR = REPO / 'files' / 'agent'

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import BPF_OBJECT, pid_alive, require_bpf_objects, stop_pid, wait_for
+from erb_conftest import BPF_OBJECT, pid_alive, require_bpf_objects, stop_pid, wait_for
 from erb_itest import ErbAttachment, RespConn, commandstats, resp_encode, run_threads, stat_delta
 from erb_settest import (AgentProc, FleetRedis, Monitor, build_agent, percentile, seqs,
                          stop_role_agent, wait_applied)

@@ -1,0 +1,282 @@
+# -*- coding: utf-8 -*-
+"""HGETALL (YCSB reads) answered in XDP with Redis's exact reply bytes.
+
+Read-through fill: an HGETALL miss passed to Redis on a tracked RESP2 flow is
+captured; when TC egress sees its whole reply in one skb (a '*' array of at
+least 2 elements, at most max_value_len bytes), those bytes are stored as a
+type ERB_TYPE_HASH entry under the write-through cancellation rules. The next
+"HGETALL key" segment is answered with them. Writes of the key (HSET, HMSET,
+HDEL, DEL, EXPIRE...) invalidate it; GET never sees it; a flow that sent HELLO
+(maybe RESP3) never fills nor is answered."""
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from erbtest import (CIP, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
+                     bulk, resp, tcp_payload, ts_option)
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
+
+
+def hash_reply(fields):
+    """Redis's RESP2 reply to HGETALL of a hash with these (field, value) pairs."""
+    out = b'*%d\r\n' % (2 * len(fields))
+    for k, v in fields:
+        out += bulk(k) + bulk(v)
+    return out
+
+
+def ycsb_fields(n=10, size=100, seed=0):
+    return [(b'field%d' % i, bytes((i * 31 + j * 7 + seed) % 94 + 33 for j in range(size))) for i in range(n)]
+
+
+SMALL = [(b'f1', b'v1'), (b'f2', b'hello world'), (b'f3', b'a\r\nb$3\r\n*\x00')]
+
+
+def name(rc):
+    return XDP_NAMES.get(rc, rc)
+
+
+def check_answer(req, out, payload, server_seq):
+    q = Ether(req)
+    p = Ether(out)
+    has_ts = ts_option(req) is not None
+    thl = 32 if has_ts else 20
+    assert len(out) == 14 + 20 + thl + len(payload)
+    assert p.dst == q.src == CMAC and p.src == q.dst == SMAC
+    assert (p[IP].src, p[IP].dst) == (SIP, CIP)
+    assert p[IP].len == 20 + thl + len(payload)
+    t = p[TCP]
+    assert (t.sport, t.dport) == (q[TCP].dport, q[TCP].sport)
+    assert t.seq == server_seq
+    assert t.ack == (q[TCP].seq + len(tcp_payload(req))) & 0xffffffff
+    assert str(t.flags) == 'PA'
+    if has_ts:
+        tsval, tsecr = ts_option(req)
+        assert t.options == [('NOP', None), ('NOP', None), ('Timestamp', (tsecr, tsval))]
+    assert tcp_payload(out) == payload
+    assert_checksums(out)
+
+
+def entry_types(erb):
+    """Live entries: {key: (type, value bytes)}."""
+    gen = erb.glob().cache_gen
+    out = {}
+    import ctypes
+    from erbtest import B
+    e = L.ErbEntry()
+    for i in range(erb.config['cache_entries']):
+        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
+        if e.state == L.ERB_ENTRY_VALID and e.gen == gen:
+            key = ctypes.string_at(ctypes.addressof(e) + L.ErbEntry.key.offset, e.klen)
+            val = ctypes.string_at(ctypes.addressof(e) + L.ErbEntry.val.offset, e.vlen)
+            out[key] = (e.type, val)
+    return out
+
+
+def fill(f, key, fields, cmd=b"HGETALL"):
+    """HGETALL miss passed, its reply through TC: returns the reply bytes."""
+    rep = hash_reply(fields)
+    rc, _ = f.send(resp(cmd, key))
+    assert rc == XDP_PASS, 'HGETALL miss not passed: %s' % name(rc)
+    f.reply(rep)
+    return rep
+
+
+def assert_hit(erb, f, key, payload, name=b'HGETALL'):
+    server_seq = f.c_ack
+    rc, out = f.send(resp(name, key))
+    assert rc == XDP_TX, 'HGETALL %r not answered: %s %s' % (key, XDP_NAMES.get(rc, rc),
+                                                             {k: v for k, v in erb.stats().items() if v})
+    check_answer(f.last[2], out, payload, server_seq)
+
+
+def assert_miss(f, key):
+    rc, out = f.send(resp(b'HGETALL', key))
+    assert rc == XDP_PASS
+    f.reply(b'*0\r\n')
+
+
+@pytest.mark.parametrize('ts', [True, False], ids=['ts', 'no-ts'])
+@pytest.mark.parametrize('cmd', [b'HGETALL', b'hgetall', b'HgetAll'])
+def test_fill_then_hit_exact_bytes(erb, ts, cmd):
+    f = Flow(erb, ts=ts).handshake()
+    rep = fill(f, b'user:1', SMALL, cmd=cmd)
+    assert erb.stats()['fill'] == 1
+    assert entry_types(erb) == {b'user:1': (L.ERB_TYPE_HASH, rep)}
+    assert_hit(erb, f, b'user:1', rep, name=cmd)
+    assert_hit(erb, f, b'user:1', rep)
+    assert erb.stats()['hit'] == 2
+    # the flow still works: a passed command and its reply afterwards
+    f.command(resp(b'PING'), b'+PONG\r\n')
+    assert_hit(erb, f, b'user:1', rep)
+
+
+def test_ycsb_record(erb_config):
+    erb = erb_config(max_value_len=1400)
+    f = Flow(erb).handshake()
+    fields = ycsb_fields()
+    rep = fill(f, b'user6284781860667377211', fields)
+    assert 1200 < len(rep) <= 1400
+    assert_hit(erb, f, b'user6284781860667377211', rep)
+
+
+def test_too_big_and_empty_not_cached(erb):
+    f = Flow(erb).handshake()
+    fill(f, b'big', ycsb_fields())          # > max_value_len 1024
+    fill(f, b'empty', [])                   # *0
+    rc, _ = f.send(resp(b'HGETALL', b'nil'))
+    f.reply(b'-WRONGTYPE Operation against a key holding the wrong kind of value\r\n')
+    assert erb.stats()['fill'] == 0
+    assert entry_types(erb) == {}
+
+
+@pytest.mark.parametrize('write', [
+    [b'HSET', b'user:1', b'f1', b'x'],
+    [b'HMSET', b'user:1', b'f1', b'x', b'f9', b'y'],
+    [b'HDEL', b'user:1', b'f1'],
+    [b'DEL', b'user:1'],
+    [b'EXPIRE', b'user:1', b'100'],
+    [b'UNLINK', b'user:1'],
+], ids=lambda w: w[0].decode())
+def test_writes_invalidate(erb, write):
+    f = Flow(erb).handshake()
+    g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    rep = fill(f, b'user:1', SMALL)
+    assert_hit(erb, f, b'user:1', rep)
+    rc, _ = g.send(resp(*write))
+    assert rc == XDP_PASS
+    assert entry_types(erb) == {}
+    g.reply(b':1\r\n' if write[0] != b'HMSET' else b'+OK\r\n')
+    assert_miss(f, b'user:1')
+
+
+def test_get_never_sees_hash_and_hgetall_never_sees_string(erb):
+    f = Flow(erb).handshake()
+    fill(f, b'h', SMALL)
+    rc, _ = f.send(resp(b'GET', b'h'))
+    assert rc == XDP_PASS
+    f.reply(b'-WRONGTYPE Operation against a key holding the wrong kind of value\r\n')
+    f.set(b's', b'value')
+    assert entry_types(erb)[b's'] == (L.ERB_TYPE_STRING, b'value')
+    assert_miss(f, b's')
+    rc, out = f.get(b's')
+    assert rc == XDP_TX and tcp_payload(out) == bulk(b'value')
+
+
+def test_reply_split_over_two_segments_not_cached(erb):
+    f = Flow(erb).handshake()
+    rep = hash_reply(SMALL)
+    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS
+    f.reply(rep[:10])
+    f.reply(rep[10:])
+    assert erb.stats()['fill'] == 0
+    assert entry_types(erb) == {}
+    fill(f, b'k', SMALL)
+    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH, rep)}
+
+
+def test_pipelined_replies_in_one_skb(erb):
+    """GET miss and HGETALL in one segment, both replies in one skb: the
+    stored bytes are exactly the HGETALL reply."""
+    f = Flow(erb).handshake()
+    rep = hash_reply(SMALL)
+    rc, _ = f.send(resp(b'GET', b'x') + resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS
+    f.reply(b'$3\r\nabc\r\n' + rep + b'')
+    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH, rep)}
+    assert_hit(erb, f, b'k', rep)
+
+
+def test_reply_after_bytes_of_an_earlier_skb(erb):
+    """The previous reply ends in this skb, the HGETALL reply follows whole."""
+    f = Flow(erb).handshake()
+    rep = hash_reply(SMALL)
+    rc, _ = f.send(resp(b'GET', b'x') + resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS
+    f.reply(b'$10\r\n01234')
+    f.reply(b'56789\r\n' + rep)
+    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH, rep)}
+
+
+@pytest.mark.parametrize('hello', [[b'HELLO', b'3'], [b'HELLO', b'2'], [b'hello']], ids=['3', '2', 'bare'])
+def test_hello_flow_never_fills_nor_answered(erb, hello):
+    f = Flow(erb).handshake()
+    f.command(resp(*hello), b'%1\r\n+server\r\n+redis\r\n')
+    assert erb.flow(f).flags & L.ERB_FLOW_HELLO
+    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS
+    f.reply(b'%1\r\n$2\r\nf1\r\n$2\r\nv1\r\n')
+    assert erb.stats()['fill'] == 0
+    # filled by a RESP2 flow: still never answered on the HELLO flow
+    g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    rep = fill(g, b'k', SMALL)
+    assert erb.stats()['fill'] == 1
+    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS
+    f.reply(b'%1\r\n$2\r\nf1\r\n$2\r\nv1\r\n')
+    assert_hit(erb, g, b'k', rep)
+    # GET stays answerable on it (same bytes in RESP2 and RESP3)
+    f.set(b's', b'v')
+    rc, out = f.get(b's')
+    assert rc == XDP_TX
+
+
+def test_concurrent_write_cancels_fill(erb):
+    a = Flow(erb).handshake()
+    b = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    rc, _ = a.send(resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS
+    rc, _ = b.send(resp(b'HSET', b'k', b'f1', b'new'))
+    assert rc == XDP_PASS
+    b.reply(b':0\r\n')
+    a.reply(hash_reply(SMALL))
+    st = erb.stats()
+    assert (st['fill'], st['fill_skipped']) == (0, 1)
+    assert entry_types(erb) == {}
+
+
+def test_write_in_flight_at_capture_never_fills(erb):
+    a = Flow(erb).handshake()
+    b = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    b.send(resp(b'HSET', b'k', b'f1', b'new'))
+    assert erb.inflight(bucket_of(b'k')) == 1
+    a.send(resp(b'HGETALL', b'k'))
+    assert erb.flow(a).fill_idx == 0
+    b.reply(b':1\r\n')
+    a.reply(hash_reply(SMALL))
+    assert erb.stats()['fill'] == 0
+    assert entry_types(erb) == {}
+
+
+def test_write_after_hgetall_in_same_segment_never_fills(erb):
+    f = Flow(erb).handshake()
+    f.send(resp(b'HGETALL', b'k') + resp(b'HSET', b'k', b'f1', b'x'))
+    f.reply(hash_reply(SMALL) + b':1\r\n')
+    assert erb.stats()['fill'] == 0
+    assert entry_types(erb) == {}
+
+
+def test_not_filled_in_multi_or_db_nonzero(erb):
+    f = Flow(erb).handshake()
+    f.command(resp(b'MULTI'), b'+OK\r\n')
+    f.command(resp(b'HGETALL', b'k'), b'+QUEUED\r\n')
+    f.command(resp(b'EXEC'), b'*1\r\n' + hash_reply(SMALL))
+    g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    g.command(resp(b'SELECT', b'1'), b'+OK\r\n')
+    g.command(resp(b'HGETALL', b'k'), hash_reply(SMALL))
+    assert erb.stats()['fill'] == 0
+    assert entry_types(erb) == {}
+
+
+def test_hgetall_hit_with_set_fast_path(erb_fast):
+    f = Flow(erb_fast).handshake()
+    rep = fill(f, b'k', SMALL)
+    assert_hit(erb_fast, f, b'k', rep)
+    # a fast SET of the key replaces it with a string entry
+    rc, _ = f.send(resp(b'SET', b'k', b'v'))
+    assert rc == XDP_TX
+    assert entry_types(erb_fast)[b'k'] == (L.ERB_TYPE_STRING, b'v')
+    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    assert rc != XDP_TX
