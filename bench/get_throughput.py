@@ -154,8 +154,9 @@ def plot(result, path):
     fig.savefig(path, dpi=100)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def parse_args(doc):
+    """Options shared by the fleet benchmarks; refuses to run without root."""
+    ap = argparse.ArgumentParser(description=doc.split('\n')[0])
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--requests', type=int, default=100000)
     ap.add_argument('--clients', type=int, default=50)
@@ -164,6 +165,11 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit('run as root (network namespaces, BPF)')
+    return args
+
+
+def main():
+    args = parse_args(__doc__)
     if args.clients < 50:
         print('note: fewer than 50 clients', file=sys.stderr)
     global PLACEMENT

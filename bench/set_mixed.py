@@ -22,7 +22,6 @@ is the median of each side and their ratio.
 
 Writes bench/results/set_mixed.json and .png.
 """
-import argparse
 import csv
 import io
 import json
@@ -204,15 +203,7 @@ def plot(result, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--rounds', type=int, default=3)
-    ap.add_argument('--requests', type=int, default=100000)
-    ap.add_argument('--clients', type=int, default=50)
-    ap.add_argument('--keys', type=int, default=10000)
-    ap.add_argument('--value', type=int, default=100)
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit('run as root (network namespaces, BPF)')
+    args = gt.parse_args(__doc__)
     gt.PLACEMENT = gt.Placement()
     runs = []
     try:

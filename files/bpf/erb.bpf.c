@@ -462,6 +462,27 @@ static __always_inline int key_pending(__u32 h, __u32 gen, __u64 applied)
 }
 
 /*
+ * Write a live entry; the caller holds e->lock. ver is odd while it changes,
+ * so a reader that saw the old contents notices (cache_get re-checks it).
+ */
+static __always_inline void entry_write(struct erb_entry *e, __u32 h, const char *key, __u32 klen,
+					const char *val, __u32 vlen, __u32 gen, __u64 wseq,
+					__u32 type)
+{
+	__sync_fetch_and_add(&e->ver, 1);
+	e->state = ERB_ENTRY_VALID;
+	e->gen = gen;
+	e->hash = h;
+	e->klen = klen;
+	e->vlen = vlen;
+	e->wseq = wseq;
+	e->type = type;
+	bpf_probe_read_kernel(e->key, ERB_KEY_MAX, key);
+	bpf_probe_read_kernel(e->val, ERB_VAL_MAX, val);
+	__sync_fetch_and_add(&e->ver, 1);
+}
+
+/*
  * Store key/value (zero-padded key) under hash h. Returns 0 when stored.
  * The caller re-checks its preconditions afterwards and invalidates on a race.
  */
@@ -486,21 +507,18 @@ static __always_inline int cache_store(struct erb_scratch *s, __u32 h, const cha
 		return -1;
 	if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
 		return -1;
-	__sync_fetch_and_add(&target->ver, 1);
-	target->state = ERB_ENTRY_VALID;
-	target->gen = gen;
-	target->hash = h;
-	target->klen = klen;
-	target->vlen = vlen;
-	target->type = type;
-	bpf_probe_read_kernel(target->key, ERB_KEY_MAX, key);
-	bpf_probe_read_kernel(target->val, ERB_VAL_MAX, val);
-	__sync_fetch_and_add(&target->ver, 1);
+	entry_write(target, h, key, klen, val, vlen, gen, target->wseq, type);
 	__sync_lock_test_and_set(&target->lock, 0);
 	return 0;
 }
 
 /* --------------------------------------------------- outstanding writes */
+
+static __always_inline void wr_block(struct erb_flow *f, struct erb_global *g)
+{
+	if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW))
+		__sync_fetch_and_add(&g->overflow, 1);
+}
 
 static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 				       __u32 idx, __u32 bucket)
@@ -518,14 +536,7 @@ static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 		}
 	}
 	/* ring full: block every fill until this flow has no reply owed */
-	if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW))
-		__sync_fetch_and_add(&g->overflow, 1);
-}
-
-static __always_inline void wr_block(struct erb_flow *f, struct erb_global *g)
-{
-	if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW))
-		__sync_fetch_and_add(&g->overflow, 1);
+	wr_block(f, g);
 }
 
 /* Release the slots of writes Redis has answered (idx < replies), or all. */
@@ -2069,17 +2080,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	}
 	wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
 	rec->seq = wseq;
-	__sync_fetch_and_add(&e->ver, 1);
-	e->state = ERB_ENTRY_VALID;
-	e->gen = g->cache_gen;
-	e->hash = h;
-	e->klen = klen;
-	e->vlen = vlen;
-	e->wseq = wseq;
-	e->type = ERB_TYPE_STRING;
-	bpf_probe_read_kernel(e->key, ERB_KEY_MAX, s->key);
-	bpf_probe_read_kernel(e->val, ERB_VAL_MAX, rec->val);
-	__sync_fetch_and_add(&e->ver, 1);
+	entry_write(e, h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
 	bpf_ringbuf_submit(rec, 0);
 	unlock_ret(&e->lock, bl, 0);
 	answered(f, a, k, s, seq, ack, 0, 5);
@@ -2321,6 +2322,19 @@ static long set_step(__u32 i, void *arg)
 	return 1;
 }
 
+/* Helpers invalidate packet pointers: derive k's again (IPv4 without options). */
+static __always_inline int pkt_reload(struct xdp_md *ctx, struct pkt *k)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+
+	k->eth = data;
+	k->ip = (void *)(k->eth + 1);
+	k->tcp = (void *)(k->ip + 1);
+	if ((void *)(k->tcp + 1) > end || (void *)k->tcp + k->thl > end)
+		return -1;
+	return 0;
+}
+
 SEC("xdp")
 int erb_xdp(struct xdp_md *ctx)
 {
@@ -2404,12 +2418,7 @@ int erb_xdp(struct xdp_md *ctx)
 		if (bpf_xdp_load_bytes(ctx, k.poff, s->buf, 1) || s->buf[0] != '*')
 			f->req.resync = 1;
 		stat_inc(ERB_STAT_FLOW_ADOPTED);
-		data = (void *)(long)ctx->data;
-		end = (void *)(long)ctx->data_end;
-		k.eth = data;
-		k.ip = (void *)(k.eth + 1);
-		k.tcp = (void *)(k.ip + 1);
-		if ((void *)(k.tcp + 1) > end || (void *)k.tcp + k.thl > end)
+		if (pkt_reload(ctx, &k))
 			return XDP_PASS;
 	}
 
@@ -2451,12 +2460,7 @@ int erb_xdp(struct xdp_md *ctx)
 			if (rc >= 0)
 				return rc;
 			/* the frame is untouched: reload the pointers */
-			data = (void *)(long)ctx->data;
-			end = (void *)(long)ctx->data_end;
-			k.eth = data;
-			k.ip = (void *)(k.eth + 1);
-			k.tcp = (void *)(k.ip + 1);
-			if ((void *)(k.tcp + 1) > end || (void *)k.tcp + k.thl > end)
+			if (pkt_reload(ctx, &k))
 				return XDP_PASS;
 		}
 		if (after(seq, f->c_nxt)) {
@@ -2481,12 +2485,7 @@ int erb_xdp(struct xdp_md *ctx)
 			if (ac.rc >= 0)
 				return ac.rc;
 			f->c_nxt = seq + k.plen;
-			data = (void *)(long)ctx->data;
-			end = (void *)(long)ctx->data_end;
-			k.eth = data;
-			k.ip = (void *)(k.eth + 1);
-			k.tcp = (void *)(k.ip + 1);
-			if ((void *)(k.tcp + 1) > end || (void *)k.tcp + k.thl > end)
+			if (pkt_reload(ctx, &k))
 				return XDP_PASS;
 		}
 	}
@@ -2560,6 +2559,18 @@ static __always_inline void tc_rewrite(struct __sk_buff *skb, __u32 off, __u32 c
 	bpf_skb_store_bytes(skb, off, &n, 4, 0);
 }
 
+/* Walk the TCP options of a server segment into s->oc (window scale, SACK). */
+static __always_inline void tc_opts(struct __sk_buff *skb, struct erb_scratch *s, __u32 off,
+				    __u32 olen)
+{
+	struct erb_scratch *sp = s;
+
+	__builtin_memset(&s->oc, 0, sizeof(s->oc));
+	s->oc.len = olen;
+	if (olen >= 1 && olen <= 40 && !bpf_skb_load_bytes(skb, off, s->opt, olen))
+		bpf_loop(20, opt_step, &sp, 0);
+}
+
 SEC("tc")
 int erb_tc_egress(struct __sk_buff *skb)
 {
@@ -2615,14 +2626,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 			__u32 win = bpf_ntohs(t->window), shift = 0;
 
 			/* the SYN-ACK's window is not scaled (RFC 7323): scale it */
-			__builtin_memset(&s->oc, 0, sizeof(s->oc));
-			s->oc.len = olen;
-			if (olen >= 1 && olen <= 40 &&
-			    !bpf_skb_load_bytes(skb, toff + sizeof(*t), s->opt, olen)) {
-				struct erb_scratch *sp = s;
-
-				bpf_loop(20, opt_step, &sp, 0);
-			}
+			tc_opts(skb, s, toff + sizeof(*t), olen);
 			if (s->oc.wscale && (f->flags & ERB_FLOW_C_WSCALE))
 				shift = s->oc.wscale - 1;
 			if (shift > 14)
@@ -2673,13 +2677,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 		}
 		/* SACK blocks carry client sequence numbers */
 		if (olen >= 1 && olen <= 40) {
-			__builtin_memset(&s->oc, 0, sizeof(s->oc));
-			s->oc.len = olen;
-			if (!bpf_skb_load_bytes(skb, toff + sizeof(*t), s->opt, olen)) {
-				struct erb_scratch *sp = s;
-
-				bpf_loop(20, opt_step, &sp, 0);
-			}
+			tc_opts(skb, s, toff + sizeof(*t), olen);
 			for (__u32 j = 0; j < 8; j++) {
 				__u32 eo = s->oc.sack_off - sizeof(*t) + 2 + 4 * j, old, nv;
 

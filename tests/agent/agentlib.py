@@ -5,6 +5,7 @@ producer run with BPF_PROG_TEST_RUN, mmapped views of erb_global and
 erb_cache, a redis-server on a unix socket, and the agent process."""
 
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from erb_conftest import pid_alive, wait_for as _wait_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -40,23 +43,9 @@ G_CACHE_GEN, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 24, 32
 ENTRY_HDR = struct.Struct('<IIIIIHHQ')
 
 
-def wait_for(predicate, timeout=10.0, interval=0.02, what='condition'):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out after %.1f s waiting for %s' % (timeout, what))
-        time.sleep(interval)
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+# tests/conftest.py's helpers (imported under this name, see there); the agent's
+# tests poll faster than the fleet's.
+wait_for = functools.partial(_wait_for, interval=0.02)
 
 
 def fnv1a(data):
