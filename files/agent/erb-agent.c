@@ -472,6 +472,7 @@ struct agent {
 	/* Redis */
 	redisContext *apply, *sub;
 	bool connected_once;
+	bool kmod;			/* erb_io owned applied_seq at start */
 	int cur_db;			/* -1 unknown */
 	unsigned int databases;
 	struct inval_queue inval;
@@ -494,8 +495,19 @@ static uint64_t load_write_seq(struct agent *a)
 	return __atomic_load_n(&a->global->write_seq, __ATOMIC_ACQUIRE);
 }
 
+static bool kmod_io_path(struct agent *a)
+{
+	return __atomic_load_n(&a->global->ctl, __ATOMIC_ACQUIRE) & ERB_CTL_KMOD;
+}
+
+/*
+ * With erb_io as the I/O path (ERB_CTL_KMOD) the module's applied_seq is
+ * mirrored by the BPF side: this agent only invalidates and never publishes.
+ */
 static void publish_applied(struct agent *a, uint64_t seq)
 {
+	if (kmod_io_path(a))
+		return;
 	if (seq > load_applied(a))
 		__atomic_store_n(&a->global->applied_seq, seq, __ATOMIC_RELEASE);
 }
@@ -1824,6 +1836,12 @@ static int run(struct agent *a)
 	while (!stop_requested) {
 		unsigned int n;
 
+		if (kmod_io_path(a) != a->kmod) {
+			/* what the ring holds and what applied_seq means changed */
+			log_info("I/O path changed to %s: exiting so that a restart rebuilds applied_seq",
+				 a->kmod ? "the ring buffer" : "erb_io");
+			return EXIT_RUNTIME;
+		}
 		if (!a->apply && !session_ensure(a))
 			break;
 		n = ring_read_batch(a);
@@ -1929,10 +1947,12 @@ int main(int argc, char **argv)
 	}
 	if (a->opt.pidfile && write_pidfile(a->opt.pidfile))
 		return EXIT_RUNTIME;
-	if (recover_progress(a))
+	a->kmod = kmod_io_path(a);
+	if (!a->kmod && recover_progress(a))
 		return EXIT_RUNTIME;
-	log_info("started: pin dir %s, batch %u, ring %llu bytes", a->opt.pin_dir, a->opt.batch,
-		 (unsigned long long)a->ring.size);
+	log_info("started: pin dir %s, batch %u, ring %llu bytes, I/O path %s", a->opt.pin_dir,
+		 a->opt.batch, (unsigned long long)a->ring.size,
+		 a->kmod ? "erb_io (this agent only invalidates)" : "ring buffer");
 	rc = run(a);
 	publish_applied(a, a->trk.base);
 	write_stats(a);

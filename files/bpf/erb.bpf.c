@@ -32,6 +32,11 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* The loader sets cfg; other defaults build the verifier-test variants. */
+#ifndef ERB_DEFAULT_FLAGS
+#define ERB_DEFAULT_FLAGS	(ERB_CFG_ANSWER | ERB_CFG_FILL)
+#endif
+
 const volatile struct erb_config cfg = {
 	.layout_version = ERB_LAYOUT_VERSION,
 	.redis_port = 6379,
@@ -41,7 +46,7 @@ const volatile struct erb_config cfg = {
 	.cache_entries = 1024,
 	.hash_prime = 1021,
 	.require_auth = 0,
-	.flags = ERB_CFG_ANSWER | ERB_CFG_FILL,
+	.flags = ERB_DEFAULT_FLAGS,
 };
 
 #define FNV_OFFSET	2166136261U
@@ -103,6 +108,24 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } erb_events SEC(".maps");
+
+/*
+ * The erb_io kernel module's kfuncs (files/kmod/erb_io.c). Weak: the object
+ * loads without the module. The loader sets ERB_CFG_KMOD only when the
+ * module's BTF is present; every call sits behind that read-only flag, so
+ * without it the verifier drops the calls as dead code (Linux 6.1 rejects an
+ * unresolved kfunc call even when it is never reached at run time).
+ */
+extern int erb_kfifo_in(const struct erb_record *rec, __u32 rec__sz) __ksym __weak;
+extern __u64 erb_applied_seq(void) __ksym __weak;
+
+/* Where a fast SET's record is built for erb_kfifo_in() (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct erb_record);
+} erb_kmrec SEC(".maps");
 
 /*
  * Per key-hash bucket count of writes passed to Redis: a write-through fill
@@ -270,6 +293,53 @@ static __always_inline struct erb_global *global(void)
 
 	return bpf_map_lookup_elem(&erb_global, &zero);
 }
+
+/*
+ * With erb_io as the I/O path, the module tracks applied_seq; mirror it into
+ * erb_global for the hold rule, the TC side and user space. Only ever
+ * raised (a lost race leaves it lower: more holds, never fewer).
+ */
+static __always_inline void kmod_sync(struct erb_global *g)
+{
+	__u64 now = erb_applied_seq(), old = g->applied_seq;
+
+	if (now > old)
+		__sync_val_compare_and_swap(&g->applied_seq, old, now);
+}
+
+/*
+ * lo <= n <= hi (lo >= 1), tested so that Linux 6.1's verifier learns both
+ * bounds of n for a helper's size argument: it refines nothing from "n != 0"
+ * nor from the "(n - lo) <= (hi - lo)" clang merges two tests into, and it
+ * does not keep bounds of 32-bit values spilled to the stack. Each test is
+ * on n itself, signed for the lower one, with barriers against merging.
+ */
+#define len_in(n, lo, hi) ({						\
+	int __ok = 0;							\
+	barrier_var(n);							\
+	if ((n) <= (hi)) {						\
+		barrier_var(n);						\
+		if ((__s32)(n) >= (__s32)(lo))				\
+			__ok = 1;					\
+	}								\
+	__ok;								\
+})
+
+/*
+ * n, already checked to be in [lo, hi], bounded again right at a helper's
+ * size argument: Linux 6.1 may reload n from a stack slot that kept none of
+ * the checks. Does not change n.
+ */
+#define arg_len(n, lo, hi) ({						\
+	__u32 __n = (n);						\
+	barrier_var(__n);						\
+	if (__n > (hi))							\
+		__n = (hi);						\
+	barrier_var(__n);						\
+	if ((__s32)__n < (__s32)(lo))					\
+		__n = (lo);						\
+	__n;								\
+})
 
 static __always_inline __u32 upper(__u32 c)
 {
@@ -931,9 +1001,8 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 			stat_inc(ERB_STAT_FILL_SKIPPED);
 			return;
 		}
-		len &= 2047;
-		if (len == 0 || len > ERB_VAL_MAX ||
-		    bpf_skb_load_bytes(skb, poff + c->u->fill_off, a->fill_val, len)) {
+		if (!len_in(len, 1, ERB_VAL_MAX) ||
+		    bpf_skb_load_bytes(skb, poff + c->u->fill_off, a->fill_val, arg_len(len, 1, ERB_VAL_MAX))) {
 			stat_inc(ERB_STAT_FILL_SKIPPED);
 			return;
 		}
@@ -1295,10 +1364,7 @@ static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struc
 		o->tsecr = bpf_ntohl(*(__u32 *)(opt + 8));
 		return 0;
 	}
-	len &= 63;
-	if (len < 1 || len > 40)
-		return -1;
-	if (bpf_xdp_load_bytes(ctx, k->poff - len, s->opt, len))
+	if (!len_in(len, 1, 40) || bpf_xdp_load_bytes(ctx, k->poff - len, s->opt, arg_len(len, 1, 40)))
 		return -1;
 	__builtin_memset(&s->oc, 0, sizeof(s->oc));
 	s->oc.len = len;
@@ -1366,7 +1432,7 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *k, struct p
 		n = k->plen - base;
 		if (n > WIN)
 			n = WIN;
-		if (n == 0 || bpf_xdp_load_bytes(ctx, k->poff + base, c->s->buf, n))
+		if (!len_in(n, 1, WIN) || bpf_xdp_load_bytes(ctx, k->poff + base, c->s->buf, arg_len(n, 1, WIN)))
 			return -1;
 		c->u->pos = 0;
 		c->u->end = n;
@@ -1543,9 +1609,11 @@ static __always_inline void xdp_capture(struct xdp_md *ctx, struct pkt *k,
 	if (!a || kl == 0 || kl > ERB_KEY_MAX || vl > ERB_VAL_MAX)
 		return;
 	__builtin_memset(a->fill_key, 0, ERB_KEY_MAX);
-	if (bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_koff, a->fill_key, kl))
+	if (!len_in(kl, 1, ERB_KEY_MAX) ||
+	    bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_koff, a->fill_key, arg_len(kl, 1, ERB_KEY_MAX)))
 		return;
-	if (vl && bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_voff, a->fill_val, vl))
+	if (vl && (!len_in(vl, 1, ERB_VAL_MAX) ||
+		   bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_voff, a->fill_val, arg_len(vl, 1, ERB_VAL_MAX))))
 		return;
 	h = fnv_key(c->s, a->fill_key, kl);
 	b = bucket_of(h);
@@ -1677,13 +1745,16 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	if (vl > cfg.max_value_len || vl > ERB_VAL_MAX || READ_ONCE(e->type) != type)
 		return -1;
 	if (type == ERB_TYPE_HASH) {
-		if (vl == 0)
+		if (!len_in(vl, 1, ERB_VAL_MAX))
 			return -1;
-		bpf_probe_read_kernel(s->rep, vl, e->val);
+		barrier_var(vl);
+		bpf_probe_read_kernel(s->rep, vl & 2047, e->val);
 		if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h ||
 		    e->type != type)
 			return -1;
 		/* zero pad read by the checksum */
+		barrier_var(vl);
+		vl &= 2047;
 		s->rep[vl] = 0;
 		s->rep[vl + 1] = 0;
 		s->rep[vl + 2] = 0;
@@ -1692,8 +1763,11 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 		return 0;
 	}
 	/* the value only (not all ERB_VAL_MAX bytes): this is the hit path */
-	if (vl)
-		bpf_probe_read_kernel(s->rep + REP_HDR, vl, e->val);
+	if (len_in(vl, 1, ERB_VAL_MAX)) {
+		/* vl may come back from a stack slot without its bounds (6.1) */
+		barrier_var(vl);
+		bpf_probe_read_kernel(s->rep + REP_HDR, vl & 2047, e->val);
+	}
 	if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h ||
 	    e->type != type)
 		return -1;
@@ -1721,7 +1795,7 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	s->rep[(REP_HDR - hl - 1) & 7] = '$';
 	hl++;
 	d = REP_HDR + vl;
-	if (d + 5 > ERB_REPLY_MAX)
+	if (!len_in(d, REP_HDR, ERB_REPLY_MAX - 5))
 		return -1;
 	s->rep[d] = '\r';
 	s->rep[d + 1] = '\n';
@@ -1849,10 +1923,10 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 		opt[2] = bpf_htonl(h->tsecr);
 	}
 	rlen = h->rlen;
-	if (rlen == 0 || rlen > ERB_REPLY_MAX - 8)
+	if (!len_in(rlen, 1, ERB_REPLY_MAX - 8))
 		return XDP_DROP;
 	if (bpf_xdp_store_bytes(ctx, sizeof(struct ethhdr) + sizeof(struct iphdr) + h->thl,
-				(void *)(rep + (rstart & 7)), rlen))
+				(void *)(rep + (rstart & 7)), arg_len(rlen, 1, ERB_REPLY_MAX - 8)))
 		return XDP_DROP;
 
 	data = (void *)(long)ctx->data;
@@ -2046,7 +2120,13 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return unlock_ret(bl, 0, -1);
 	}
-	rec = bpf_ringbuf_reserve(&erb_events, sizeof(*rec), 0);
+	if (cfg.flags & ERB_CFG_KMOD) {
+		__u32 zero = 0;
+
+		rec = bpf_map_lookup_elem(&erb_kmrec, &zero);
+	} else {
+		rec = bpf_ringbuf_reserve(&erb_events, sizeof(*rec), 0);
+	}
 	if (!rec) {
 		stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
 		return unlock_ret(&e->lock, bl, -1);
@@ -2059,8 +2139,11 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	rec->db = 0;
 	rec->pad = 0;
 	bpf_probe_read_kernel(rec->key, ERB_KEY_MAX, s->key);
-	if (vlen && bpf_xdp_load_bytes(ctx, k->poff + (voff & 2047), rec->val, vlen)) {
-		bpf_ringbuf_discard(rec, 0);
+	if (vlen && (!len_in(vlen, 1, ERB_VAL_MAX) ||
+		     bpf_xdp_load_bytes(ctx, k->poff + (voff & 2047), rec->val,
+						 arg_len(vlen, 1, ERB_VAL_MAX)))) {
+		if (!(cfg.flags & ERB_CFG_KMOD))
+			bpf_ringbuf_discard(rec, 0);
 		return unlock_ret(&e->lock, bl, -1);
 	}
 	s->rep[0] = '+';
@@ -2073,15 +2156,38 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	s->rep[7] = 0;
 	seq = f->s_nxt;
 	ack = bpf_ntohl(k->tcp->seq) + k->plen;
-	rc = xdp_reply(ctx, k, o, s->rep, 0, 5, seq, ack, f->s_win);
-	if (rc != XDP_TX) {
-		bpf_ringbuf_discard(rec, 0);
-		return unlock_ret(&e->lock, bl, rc);
+	if (cfg.flags & ERB_CFG_KMOD) {
+		/*
+		 * No reservation in a kfifo: queue first, so that a full one
+		 * still leaves the request intact for Redis. A refused seq
+		 * counts as finished in the module (applied_seq moves past it).
+		 */
+		wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
+		rec->seq = wseq;
+		if (erb_kfifo_in(rec, sizeof(*rec))) {
+			stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
+			return unlock_ret(&e->lock, bl, -1);
+		}
+		entry_write(e, h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
+		rc = xdp_reply(ctx, k, o, s->rep, 0, 5, seq, ack, f->s_win);
+		/*
+		 * +OK is smaller than any SET, so this cannot fail; if it did,
+		 * the queued record stands and the client's retransmission is
+		 * answered again (the same SET applied twice, in order).
+		 */
+		if (rc != XDP_TX)
+			return unlock_ret(&e->lock, bl, XDP_DROP);
+	} else {
+		rc = xdp_reply(ctx, k, o, s->rep, 0, 5, seq, ack, f->s_win);
+		if (rc != XDP_TX) {
+			bpf_ringbuf_discard(rec, 0);
+			return unlock_ret(&e->lock, bl, rc);
+		}
+		wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
+		rec->seq = wseq;
+		entry_write(e, h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
+		bpf_ringbuf_submit(rec, 0);
 	}
-	wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
-	rec->seq = wseq;
-	entry_write(e, h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
-	bpf_ringbuf_submit(rec, 0);
 	unlock_ret(&e->lock, bl, 0);
 	answered(f, a, k, s, seq, ack, 0, 5);
 	stat_inc(ERB_STAT_SET_FAST);
@@ -2097,9 +2203,8 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	int n, rc, is_set = 0, is_hash = 0;
 
 	/* cheap reject before touching the payload */
-	if (k->plen < 19 || k->plen > WIN)
-		return -1;
-	if (bpf_xdp_load_bytes(ctx, k->poff, s->buf, k->plen))
+	n = k->plen;
+	if (!len_in(n, 19, WIN) || bpf_xdp_load_bytes(ctx, k->poff, s->buf, arg_len(n, 19, WIN)))
 		return -1;
 	if (!want_set) {
 		n = parse_get(s, k->plen, &koff);
@@ -2157,8 +2262,8 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		return -1;
 	}
 	__builtin_memset(s->key, 0, ERB_KEY_MAX);
-	if (klen == 0 || klen > ERB_KEY_MAX ||
-	    bpf_xdp_load_bytes(ctx, k->poff + (koff & 31), s->key, klen))
+	if (!len_in(klen, 1, ERB_KEY_MAX) ||
+	    bpf_xdp_load_bytes(ctx, k->poff + (koff & 31), s->key, arg_len(klen, 1, ERB_KEY_MAX)))
 		return -1;
 	h = fnv_key(s, s->key, klen);
 	a = bpf_map_lookup_elem(&erb_aux, key);
@@ -2378,6 +2483,8 @@ int erb_xdp(struct xdp_md *ctx)
 	g = global();
 	if (!s || !g)
 		return XDP_PASS;
+	if (cfg.flags & ERB_CFG_KMOD)
+		kmod_sync(g);
 	k.odd = 0;
 	o = &s->o;
 	if (xdp_tcp_opts(ctx, &k, o, s)) {
@@ -2537,7 +2644,7 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct rctx *r, __u32
 		n = plen - from;
 		if (n > WIN)
 			n = WIN;
-		if (n == 0 || bpf_skb_load_bytes(skb, poff + from, r->pc.s->buf, n))
+		if (!len_in(n, 1, WIN) || bpf_skb_load_bytes(skb, poff + from, r->pc.s->buf, arg_len(n, 1, WIN)))
 			return -1;
 		r->pc.u->pos = 0;
 		r->pc.u->end = n;
@@ -2567,7 +2674,7 @@ static __always_inline void tc_opts(struct __sk_buff *skb, struct erb_scratch *s
 
 	__builtin_memset(&s->oc, 0, sizeof(s->oc));
 	s->oc.len = olen;
-	if (olen >= 1 && olen <= 40 && !bpf_skb_load_bytes(skb, off, s->opt, olen))
+	if (len_in(olen, 1, 40) && !bpf_skb_load_bytes(skb, off, s->opt, arg_len(olen, 1, 40)))
 		bpf_loop(20, opt_step, &sp, 0);
 }
 

@@ -38,6 +38,7 @@ struct erb_config {
 #define ERB_CFG_ANSWER		(1U << 0)	/* answer hits in XDP (off: drain mode) */
 #define ERB_CFG_FILL		(1U << 1)	/* fill the cache write-through from SET +OK */
 #define ERB_CFG_SET_FAST	(1U << 2)	/* answer SET in XDP, write-behind (needs the I/O path) */
+#define ERB_CFG_KMOD		(1U << 3)	/* I/O path = erb_io's kfuncs (else the erb_events ring) */
 
 /* Cache entry (erb_cache: BPF_MAP_TYPE_ARRAY of cache_entries, BPF_F_MMAPABLE). */
 enum erb_entry_state {
@@ -180,6 +181,7 @@ struct erb_aux {
 
 /* Global state (erb_global: ARRAY of 1). */
 #define ERB_CTL_DRAIN		(1U << 0)	/* stop answering and filling (rollback) */
+#define ERB_CTL_KMOD		(1U << 1)	/* erb_io owns applied_seq: the agent must not publish it */
 
 struct erb_global {
 	__u32 cache_gen;	/* FLUSHALL/FLUSHDB/unknown write bump it */

@@ -22,6 +22,7 @@
 #include <linux/bpf.h>
 #include <linux/btf.h>
 #include <linux/completion.h>
+#include <linux/bitmap.h>
 #include <linux/btf_ids.h>
 #include <linux/dcache.h>
 #include <linux/fdtable.h>
@@ -117,6 +118,7 @@ enum erb_ctr {
 	ERB_C_LOST,		/* records given up on (also logged) */
 	ERB_C_APPLIED_SEQ,	/* seq of the last record delivered, in order */
 	ERB_C_QUEUED,		/* records in the kfifo now */
+	ERB_C_SEQ_WINDOW,	/* seqs too far past applied_seq to track */
 	ERB_C_MAX,
 };
 
@@ -138,6 +140,7 @@ static const char * const erb_ctr_names[ERB_C_MAX] = {
 	[ERB_C_LOST] = "lost",
 	[ERB_C_APPLIED_SEQ] = "applied_seq",
 	[ERB_C_QUEUED] = "queued",
+	[ERB_C_SEQ_WINDOW] = "seq_window",
 };
 
 /* The batch being delivered: records [done, n) are still owed to the sink. */
@@ -337,6 +340,101 @@ static bool erb_fd_is(pid_t pid, int fd, struct file *file)
 	return same;
 }
 
+/* ---- applied_seq ---- */
+
+/*
+ * applied_seq tracker. The BPF side takes a record's seq from a global
+ * counter and only then calls erb_kfifo_in(), so two CPUs may queue seqs
+ * out of order. The hold rule of the BPF side trusts applied_seq = S to mean
+ * "Redis has every write with seq <= S", so S only moves over a contiguous
+ * run of finished seqs: delivered by the sink, or refused by erb_kfifo_in()
+ * (the BPF side passed that command to Redis itself). Finished seqs above S
+ * are remembered in a circular bitmap of ERB_TRACK_WINDOW bits.
+ */
+#define ERB_TRACK_WINDOW	65536UL
+
+static struct {
+	spinlock_t lock;		/* any context: XDP softirq, kthread */
+	u64 base;			/* every seq <= base is finished */
+	unsigned long *bits;		/* finished seqs in (base, base + window] */
+	atomic64_t outstanding;		/* queued, not yet finished */
+	bool warned;
+} erb_trk = {
+	.lock = __SPIN_LOCK_UNLOCKED(erb_trk.lock),
+};
+
+static void erb_seq_done(u64 seq)
+{
+	unsigned long flags;
+	u64 base;
+
+	spin_lock_irqsave(&erb_trk.lock, flags);
+	base = erb_trk.base;
+	if (!erb_trk.bits || seq <= base) {
+		/* before seq_base: not ours to track */
+	} else if (seq - base > ERB_TRACK_WINDOW) {
+		/* applied_seq stays put: the BPF side keeps holding (safe) */
+		erb_inc(ERB_C_SEQ_WINDOW, 1);
+		if (!erb_trk.warned)
+			pr_err("seq %llu is %llu past applied_seq %llu: beyond the tracking window; was seq_base set to the BPF side's write_seq before attaching?\n",
+			       seq, seq - base, base);
+		erb_trk.warned = true;
+	} else {
+		__set_bit(seq % ERB_TRACK_WINDOW, erb_trk.bits);
+		while (test_bit((base + 1) % ERB_TRACK_WINDOW, erb_trk.bits)) {
+			__clear_bit((base + 1) % ERB_TRACK_WINDOW, erb_trk.bits);
+			base++;
+		}
+		erb_trk.base = base;
+		atomic64_set(&erb_ctr[ERB_C_APPLIED_SEQ], base);
+	}
+	spin_unlock_irqrestore(&erb_trk.lock, flags);
+}
+
+/*
+ * seq_base: the BPF side's write_seq when it starts queueing here (its loader
+ * writes it before attaching). Accepted only while nothing is queued or
+ * tracked, so applied_seq never jumps over a record in flight.
+ */
+static int erb_seq_base_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned long flags;
+	u64 v;
+	int err = kstrtou64(val, 0, &v);
+
+	if (err)
+		return err;
+	spin_lock_irqsave(&erb_trk.lock, flags);
+	if (atomic64_read(&erb_trk.outstanding) ||
+	    (erb_trk.bits && !bitmap_empty(erb_trk.bits, ERB_TRACK_WINDOW))) {
+		err = -EBUSY;
+	} else {
+		erb_trk.base = v;
+		erb_trk.warned = false;
+		atomic64_set(&erb_ctr[ERB_C_APPLIED_SEQ], v);
+	}
+	spin_unlock_irqrestore(&erb_trk.lock, flags);
+	return err;
+}
+
+static int erb_seq_base_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%lld\n", atomic64_read(&erb_ctr[ERB_C_APPLIED_SEQ]));
+}
+
+static const struct kernel_param_ops erb_seq_base_ops = {
+	.set = erb_seq_base_set,
+	.get = erb_seq_base_get,
+};
+module_param_cb(seq_base, &erb_seq_base_ops, NULL, 0644);
+MODULE_PARM_DESC(seq_base, "write: the BPF side's write_seq before it attaches (only while idle); read: applied_seq");
+
+static void erb_mark_delivered(const struct erb_record *rec)
+{
+	atomic64_dec(&erb_trk.outstanding);
+	erb_seq_done(rec->seq);
+}
+
 /* ---- kfuncs ---- */
 
 #ifndef __bpf_kfunc
@@ -369,8 +467,11 @@ __bpf_kfunc int erb_kfifo_in(const struct erb_record *rec, u32 rec__sz)
 	if (READ_ONCE(erb.closing) ||
 	    !kfifo_in_spinlocked(&erb.fifo, rec, 1, &erb.in_lock)) {
 		erb_inc(ERB_C_FULL, 1);
+		/* the caller passes this write to Redis: its seq is finished */
+		erb_seq_done(rec->seq);
 		return -ENOSPC;
 	}
+	atomic64_inc(&erb_trk.outstanding);
 	erb_inc(ERB_C_ENQUEUED, 1);
 	if (wq_has_sleeper(&erb.wq))
 		wake_up(&erb.wq);
@@ -482,11 +583,6 @@ static size_t erb_serialize(struct erb_batch *b, unsigned int from, long *db)
 	return len;
 }
 
-static void erb_mark_delivered(const struct erb_record *rec)
-{
-	if ((s64)rec->seq > atomic64_read(&erb_ctr[ERB_C_APPLIED_SEQ]))
-		atomic64_set(&erb_ctr[ERB_C_APPLIED_SEQ], rec->seq);
-}
 
 /* ---- apply sink: RESP to Redis over a kernel unix socket ---- */
 
@@ -787,6 +883,8 @@ static void erb_fill_batch(struct erb_batch *b)
 		if (!erb_record_ok(&b->recs[i])) {
 			erb_inc(ERB_C_BAD, 1);
 			erb_inc(ERB_C_LOST, 1);
+			/* never delivered: keeps applied_seq below it (holds) */
+			atomic64_dec(&erb_trk.outstanding);
 			pr_err_ratelimited("invalid record dropped: seq %llu version %u op %u klen %u vlen %u\n",
 					   b->recs[i].seq, b->recs[i].version,
 					   b->recs[i].op, b->recs[i].klen,
@@ -959,6 +1057,13 @@ static int erb_parse_params(void)
 
 static void erb_free_buffers(void)
 {
+	unsigned long flags, *bits;
+
+	spin_lock_irqsave(&erb_trk.lock, flags);
+	bits = erb_trk.bits;
+	erb_trk.bits = NULL;
+	spin_unlock_irqrestore(&erb_trk.lock, flags);
+	bitmap_free(bits);
 	kfree(erb.b.in);
 	kvfree(erb.b.nrep);
 	kvfree(erb.b.end);
@@ -978,8 +1083,9 @@ static int erb_alloc_buffers(void)
 	erb.b.end = kvcalloc(batch, sizeof(*erb.b.end), GFP_KERNEL);
 	erb.b.nrep = kvcalloc(batch, sizeof(*erb.b.nrep), GFP_KERNEL);
 	erb.b.in = kmalloc(ERB_RECV_SIZE, GFP_KERNEL);
+	erb_trk.bits = bitmap_zalloc(ERB_TRACK_WINDOW, GFP_KERNEL);
 	if (!erb.fifo_buf || !erb.b.recs || !erb.b.out || !erb.b.end ||
-	    !erb.b.nrep || !erb.b.in)
+	    !erb.b.nrep || !erb.b.in || !erb_trk.bits)
 		goto fail;
 	if (kfifo_init(&erb.fifo, erb.fifo_buf, bytes))
 		goto fail;

@@ -29,6 +29,7 @@ ERB_CMD_NAME_MAX = 24
 ERB_CFG_ANSWER = 1 << 0
 ERB_CFG_FILL = 1 << 1
 ERB_CFG_SET_FAST = 1 << 2
+ERB_CFG_KMOD = 1 << 3
 
 # enum erb_entry_state
 ERB_ENTRY_EMPTY = 0
@@ -66,6 +67,7 @@ ERB_FLOW_HELLO = 1 << 15
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
+ERB_CTL_KMOD = 1 << 1
 
 # struct erb_cmd_spec.flags
 ERB_CMD_WRITE = 1 << 0

@@ -56,11 +56,17 @@ FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_we
 
 DEFAULT_RING_BYTES = 4 << 20
 
+# The erb_io kernel module (files/kmod) as the I/O path of fast SETs.
+IO_PATHS = ('auto', 'ring', 'kmod')
+KMOD_BTF = 'kernel/btf/erb_io'                     # under sysfs: the module's kfuncs
+KMOD_SEQ_BASE = 'module/erb_io/parameters/seq_base'  # write: seed; read: applied_seq
+KMOD_HANDOVER_S = 10.0
+
 XDP_MODES = {'native': B.XDP_FLAGS_DRV_MODE, 'generic': B.XDP_FLAGS_SKB_MODE}
 
 # Config keys compared for idempotence, in meta['config'].
 CONFIG_KEYS = ('redis_port', 'cache_entries', 'max_key_len', 'max_value_len', 'max_flows',
-               'require_auth', 'answer', 'fill', 'xdp_mode', 'set_fast_path', 'ring_bytes')
+               'require_auth', 'answer', 'fill', 'xdp_mode', 'set_fast_path', 'ring_bytes', 'io_path')
 
 
 class LoaderError(Exception):
@@ -173,7 +179,8 @@ def hash_prime(cache_entries):
 def erb_config(cfg):
     """struct erb_config for the desired config dict."""
     flags = ((L.ERB_CFG_ANSWER if cfg['answer'] else 0) | (L.ERB_CFG_FILL if cfg['fill'] else 0) |
-             (L.ERB_CFG_SET_FAST if cfg.get('set_fast_path') else 0))
+             (L.ERB_CFG_SET_FAST if cfg.get('set_fast_path') else 0) |
+             (L.ERB_CFG_KMOD if cfg.get('io_path') == 'kmod' else 0))
     return L.ErbConfig(layout_version=L.ERB_LAYOUT_VERSION, redis_port=cfg['redis_port'],
                        max_key_len=cfg['max_key_len'], max_value_len=cfg['max_value_len'],
                        max_probes=L.ERB_MAX_PROBES, cache_entries=cfg['cache_entries'],
@@ -196,6 +203,8 @@ def validate_config(cfg):
     ring = cfg.get('ring_bytes', DEFAULT_RING_BYTES)
     if ring < 4096 or ring & (ring - 1):
         problems.append('ring_bytes must be a power of two of at least 4096 (a page)')
+    if cfg.get('io_path', 'ring') not in IO_PATHS[1:]:
+        problems.append('io_path must be ring or kmod once resolved (auto is resolved by resolve_io_path)')
     if cfg['xdp_mode'] not in XDP_MODES:
         problems.append('xdp_mode must be one of %s' % ', '.join(sorted(XDP_MODES)))
     if problems:
@@ -302,14 +311,19 @@ def read_global(fd):
 
 
 def set_drain(fd, drain):
-    """Set or clear ERB_CTL_DRAIN; returns True when ctl changed.
+    """Set or clear ERB_CTL_DRAIN; returns True when ctl changed."""
+    return set_ctl(fd, L.ERB_CTL_DRAIN, drain)
+
+
+def set_ctl(fd, bit, on):
+    """Set or clear one ERB_CTL_* bit; returns True when ctl changed.
 
     Only ctl is written, through the mmap of the BPF_F_MMAPABLE erb_global:
     the programs update the other fields atomically (write_seq, cache_gen) and
     the I/O agent publishes applied_seq, so a whole-value update could move
     them backwards. ctl has no other writer."""
     g = read_global(fd) or L.ErbGlobal()
-    ctl = (g.ctl | L.ERB_CTL_DRAIN) if drain else (g.ctl & ~L.ERB_CTL_DRAIN)
+    ctl = (g.ctl | bit) if on else (g.ctl & ~bit)
     if ctl == g.ctl:
         return False
     off = L.ErbGlobal.ctl.offset
@@ -438,6 +452,96 @@ def summary(meta):
     if not meta:
         return {}
     return {'object': meta.get('object'), 'config': meta.get('config')}
+
+
+# -- erb_io (kernel module I/O path) ------------------------------------------------
+
+def kmod_loaded(sysfs='/sys'):
+    """erb_io is loaded with its kfuncs (its BTF is what the object resolves them by)."""
+    return os.path.exists(os.path.join(sysfs, KMOD_BTF))
+
+
+def resolve_io_path(requested, sysfs='/sys'):
+    """auto -> kmod when erb_io is loaded, else ring; kmod without the module is an error."""
+    if requested not in IO_PATHS:
+        raise LoaderError('io_path must be one of %s, not %r' % (', '.join(IO_PATHS), requested))
+    if requested == 'auto':
+        return 'kmod' if kmod_loaded(sysfs) else 'ring'
+    if requested == 'kmod' and not kmod_loaded(sysfs):
+        raise LoaderError('io_path=kmod but the erb_io module is not loaded (no %s): load it first '
+                          '(erb.booster.kmod), or use io_path=auto to fall back to the ring buffer and its agent'
+                          % os.path.join(sysfs, KMOD_BTF))
+    return requested
+
+
+def kmod_applied_seq(sysfs='/sys'):
+    """erb_io's applied_seq (every seq <= it finished), None when the module is not loaded."""
+    try:
+        with open(os.path.join(sysfs, KMOD_SEQ_BASE)) as f:
+            return int(f.read().strip())
+    except (IOError, OSError, ValueError):
+        return None
+
+
+def _kmod_seed(seq, sysfs='/sys'):
+    try:
+        with open(os.path.join(sysfs, KMOD_SEQ_BASE), 'w') as f:
+            f.write('%d\n' % seq)
+    except (IOError, OSError) as e:
+        if e.errno == errno.EBUSY:
+            raise LoaderError('erb_io still has queued records of another deployment (its seq_base cannot '
+                              'move while records are in flight): wait for them to be applied, or detach the '
+                              'other ERB deployment; erb_io serves one deployment per kernel')
+        raise LoaderError('cannot set erb_io seq_base to %d: %s' % (seq, e))
+
+
+def _wait_applied(gfd, sysfs, source, timeout):
+    """Wait until every write_seq is applied by source ('ring': the agent; 'kmod': erb_io)."""
+    start = time.time()
+    while True:
+        g = read_global(gfd)
+        applied = g.applied_seq if source == 'ring' else kmod_applied_seq(sysfs)
+        if applied is not None and applied >= g.write_seq:
+            return g.write_seq
+        if time.time() - start >= timeout:
+            raise LoaderError('switching the I/O path: %d of the SETs answered in XDP are not applied to Redis '
+                              'after %.0f s (write_seq %d, applied %s by %s); is the %s running? Nothing was '
+                              'changed' % (g.write_seq - (applied or 0), timeout, g.write_seq, applied, source,
+                                           'erb-agent' if source == 'ring' else 'erb_io write kthread'))
+        time.sleep(0.05)
+
+
+def _io_handover(obj, state, cfg, undo, sysfs='/sys', timeout=KMOD_HANDOVER_S):
+    """Before the new programs attach: make the new I/O path continue erb_global's seqs.
+
+    erb_global.write_seq numbers every fast SET; applied_seq says which Redis has.
+    On the ring path the agent publishes applied_seq; on erb_io the module tracks it
+    (seeded through its seq_base parameter) and the programs mirror it. Switching
+    paths with writes in flight would let one path's progress vouch for the other's
+    records, so a switch first stops fast SETs (ERB_CTL_DRAIN, cleared again after
+    attach) and waits until the old path applied everything."""
+    new = cfg.get('io_path', 'ring')
+    meta = state['meta'] or {}
+    old = (meta.get('config') or {}).get('io_path', 'ring') if state['links']['xdp'] else None
+    gfd = obj.find_map('erb_global').fd
+    g = read_global(gfd) or L.ErbGlobal()
+    undo.push(set_ctl, gfd, L.ERB_CTL_KMOD, bool(g.ctl & L.ERB_CTL_KMOD))
+    if new == 'kmod':
+        applied = kmod_applied_seq(sysfs)
+        if applied is None:
+            raise LoaderError('io_path=kmod but erb_io is not loaded (no %s)' % os.path.join(sysfs, KMOD_SEQ_BASE))
+        if old != 'kmod' and applied != g.write_seq:
+            if g.applied_seq < g.write_seq:
+                set_drain(gfd, True)
+                _wait_applied(gfd, sysfs, 'ring', timeout)
+            _kmod_seed(read_global(gfd).write_seq, sysfs)
+        set_ctl(gfd, L.ERB_CTL_KMOD, True)
+        return
+    if old == 'kmod':
+        set_drain(gfd, True)
+        _wait_applied(gfd, sysfs, 'kmod', timeout)
+    # the agent sees the bit change and restarts: it rebuilds applied_seq from the ring
+    set_ctl(gfd, L.ERB_CTL_KMOD, False)
 
 
 # -- attach / upgrade -----------------------------------------------------------
@@ -762,6 +866,7 @@ def _deploy(target, desired, state, ifindex, meta):
         _make_pin_dir(target, undo)
         created = _pin_new_maps(obj, target, reused, undo, renames)
         meta_fd = _meta_fd(target, undo, renames, held)
+        _io_handover(obj, state, desired['config'], undo)
         links = _attach_links(obj, target, ifindex, desired['config']['xdp_mode'], state, undo, held)
         for tmp, final in renames:
             os.rename(tmp, final)
@@ -822,9 +927,12 @@ def drain(target, timeout, poll=0.2, progress=None):
     with B.fd_closing(ffd), B.fd_closing(gfd):
         while True:
             _, answered = count_flows(ffd)
-            # acknowledged SETs still in erb_events: the I/O path must apply them
+            # acknowledged SETs still in erb_events/erb_io: the I/O path must apply them
             g = read_global(gfd)
-            lag = (g.write_seq - g.applied_seq) if g else 0
+            applied = g.applied_seq if g else 0
+            if g and g.ctl & L.ERB_CTL_KMOD:
+                applied = max(applied, kmod_applied_seq() or 0)
+            lag = (g.write_seq - applied) if g else 0
             waited = time.time() - start
             if progress:
                 progress(answered, waited)

@@ -81,6 +81,17 @@ options:
         pile up and commands on those keys are held until the ring is applied.
     type: bool
     default: false
+  io_path:
+    description:
+      - Where the fast path's acknowledged SETs go. C(ring) is the C(erb_events) ring buffer drained
+        by the erb-agent; C(kmod) is the erb_io kernel module's kfifo through its kfuncs (load it with
+        M(erb.booster.kmod) first); C(auto) picks C(kmod) when erb_io is loaded, else C(ring).
+      - Resolved at attach (the result's C(io_path)); switching paths waits until the old path has
+        applied every acknowledged SET (at most 10 s) and fails without changing anything otherwise.
+      - erb_io tracks one deployment's write sequence: use C(kmod) on one interface per host.
+    type: str
+    choices: [auto, ring, kmod]
+    default: auto
   ring_bytes:
     description: Size of the C(erb_events) ring buffer of acknowledged SETs (a power of two, >= 4096).
     type: int
@@ -135,6 +146,11 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+io_path:
+  description: The I/O path of fast SETs the programs were loaded for (C(io_path=auto) resolved).
+  returned: when attached
+  type: str
+  sample: ring
 pin_dir:
   description: Directory of ERB's pins for the interface.
   returned: always
@@ -212,6 +228,7 @@ ARGUMENT_SPEC = dict(
     fill=dict(type='bool', default=True),
     set_fast_path=dict(type='bool', default=False),
     ring_bytes=dict(type='int', default=4194304),
+    io_path=dict(type='str', choices=list(erb_loader.IO_PATHS), default='auto'),
     xdp_mode=dict(type='str', choices=['native', 'generic'], default='native'),
     bpffs_root=dict(type='path', default='/sys/fs/bpf'),
     drain_timeout=dict(type='int', default=30),
@@ -220,6 +237,7 @@ ARGUMENT_SPEC = dict(
 
 def desired_state(params):
     cfg = dict((k, params[k]) for k in erb_loader.CONFIG_KEYS)
+    cfg['io_path'] = erb_loader.resolve_io_path(cfg['io_path'])
     erb_loader.validate_config(cfg)
     path = os.path.realpath(params['object'])
     return {'object': {'path': path, 'sha256': erb_loader.sha256_file(path)}, 'config': cfg}
@@ -234,7 +252,9 @@ def run(module):
         return erb_loader.detach(target, p['drain_timeout'], module.check_mode)
     desired = desired_state(p)
     erb_loader.ifindex_of(p['interface'])
-    return erb_loader.attach(target, desired, module.check_mode)
+    result = erb_loader.attach(target, desired, module.check_mode)
+    result['io_path'] = desired['config']['io_path']
+    return result
 
 
 def main():

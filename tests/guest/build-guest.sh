@@ -10,7 +10,10 @@
 #   guest-<key>/   busybox initramfs: erb_io.ko, the kfunc test XDP object,
 #                  erb_guest_runner, redis-server + redis-cli with their libs,
 #                  and /init running tests/guest/guest-test.sh
-# Prints KEY=VALUE lines (KERNEL, INITRD, KO, BPF_OBJ, KREL) and writes them
+#   sys-<key>/     initramfs that boots into this machine's own userland over
+#                  9p (tests/guest/sys-init.sh), for the Ansible + XDP tests
+# Prints KEY=VALUE lines (KERNEL, INITRD, KO, BPF_OBJ, KREL, KDIR, SYS_INITRD,
+# RESOLVE_BTFIDS) and writes them
 # to $ERB_GUEST_CACHE/current.env. Exits non-zero on any failure.
 set -euo pipefail
 
@@ -20,7 +23,7 @@ NICE=(nice -n 10)
 PKGS=(linux-image-amd64 linux-headers-amd64 linux-source-6.1 dwarves
 	qemu-system-x86 busybox-static redis-server redis-tools clang
 	libbpf-dev libelf-dev zlib1g-dev gcc make bc flex bison cpio
-	xz-utils zstd binutils)
+	xz-utils zstd binutils kmod)
 
 log() { echo "build-guest: $*" >&2; }
 
@@ -158,6 +161,36 @@ EOF
 	cp "$R/erb/erb_kfunc_test.bpf.o" "$GUEST/"
 fi
 
+# ---- the system guest: Debian's userland of this machine over 9p ----
+# A tiny initramfs with the virtio/9p/overlay modules of the guest kernel; its
+# /init (tests/guest/sys-init.sh) mounts this machine's / read-only through
+# 9p, puts a tmpfs overlay on top and switch_roots into it, so the guest runs
+# the real Python, Ansible (the repository's venv), redis and toolchain of
+# this machine on Debian's kernel, and writes only to its own memory.
+SKEY=$(echo "$KREL $(pkgver "linux-image-$KREL") $(pkgver busybox-static) \
+	$(hash_files "$ROOT"/tests/guest/sys-init.sh "$ROOT"/tests/guest/build-guest.sh)" |
+	sha256sum | cut -c1-16)
+SYS=$CACHE/sys-$SKEY
+if [ ! -e "$SYS/initrd.img" ]; then
+	log "building the system guest initramfs in $SYS"
+	rm -rf "$SYS"
+	R=$SYS/root
+	mkdir -p "$R"/{bin,proc,sys,dev,mods,host,up,newroot}
+	cp /bin/busybox "$R/bin/busybox"
+	for m in virtio_pci 9pnet_virtio 9p overlay; do
+		modprobe -S "$KREL" --show-depends "$m"
+	done | awk '$1 == "insmod" && !seen[$2]++ {print $2}' > "$SYS/mods.txt"
+	[ -s "$SYS/mods.txt" ] || { log "cannot resolve the 9p modules of $KREL"; exit 1; }
+	while read -r ko; do
+		cp "$ko" "$R/mods/"
+		basename "$ko" >> "$R/mods/order"
+	done < "$SYS/mods.txt"
+	cp "$ROOT/tests/guest/sys-init.sh" "$R/init"
+	chmod +x "$R/init"
+	(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$SYS/initrd.img.tmp"
+	mv "$SYS/initrd.img.tmp" "$SYS/initrd.img"
+fi
+
 cat > "$CACHE/current.env" <<EOF
 KREL=$KREL
 KERNEL=$VMLINUZ
@@ -165,5 +198,7 @@ INITRD=$GUEST/initrd.img
 KO=$KMOD/erb_io.ko
 KDIR=$KDIR
 BPF_OBJ=$GUEST/erb_kfunc_test.bpf.o
+SYS_INITRD=$SYS/initrd.img
+RESOLVE_BTFIDS=$KDIR/tools/bpf/resolve_btfids/resolve_btfids
 EOF
 cat "$CACHE/current.env"
