@@ -12,6 +12,8 @@ ERB_APT_PACKAGES=(
 	clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool make gcc
 	# the I/O agent (files/agent): hiredis
 	libhiredis-dev pkg-config
+	# erb.booster.kmod's dkms method (tests/modules/test_kmod_module.py builds with it)
+	dkms
 	# Redis: redis-server, redis-cli, redis-benchmark
 	redis-server redis-tools
 	# namespaces, veth, offloads, mountpoint
