@@ -62,6 +62,15 @@ class TestDeployRollback:
         for host, counts in deployed.recap.items():
             assert counts['failed'] == 0 and counts['unreachable'] == 0, (host, counts)
 
+    def test_io_path_falls_back_to_the_ring_and_says_so(self, fleet, deployed):
+        # this kernel has no module support (no /proc/modules): erb_kmod=auto must not fail,
+        # and it must say why fast SETs go through the ring buffer and the agent
+        assert not os.path.exists('/proc/modules')
+        assert deployed.rc == 0, deployed.output[-6000:]
+        lines = [ln for ln in deployed.output.splitlines() if 'I/O path: ring' in ln]
+        assert len(lines) == len(fleet.hosts), deployed.output[-6000:]
+        assert all('cannot load modules (no /proc/modules)' in ln for ln in lines), lines
+
     def test_xdp_and_tcx_attached_on_every_host(self, fleet, deployed):
         assert deployed.rc == 0, deployed.output[-6000:]
         for h in fleet.hosts:
