@@ -42,6 +42,8 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.erb.booster.plugins.module_utils.erb_files import atomic_copy, atomic_write, copy_stream
+
 MODULE_NAME = 'erb_io'
 REQUIRED_SOURCES = ('erb_io.c', 'Kbuild', 'Makefile', 'dkms.conf', 'erb.h', 'erb_record.h')
 # What counts as source (hashed and copied); build products in src are ignored.
@@ -113,49 +115,6 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b''):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write(path, content, mode=0o644):
-    d = os.path.dirname(path)
-    if not os.path.isdir(d):
-        os.makedirs(d, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=d)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(content if isinstance(content, bytes) else content.encode('utf-8'))
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_copy(src, dest, mode=0o644):
-    d = os.path.dirname(dest)
-    if not os.path.isdir(d):
-        os.makedirs(d, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(dest) + '.', dir=d)
-    os.close(fd)
-    try:
-        copy_stream(src, tmp)
-        os.chmod(tmp, mode)
-        os.rename(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def copy_stream(src, dest):
-    """Copy by reading (works for sysfs files such as /sys/kernel/btf/vmlinux)."""
-    with open(src, 'rb') as fi, open(dest, 'wb') as fo:
-        for chunk in iter(lambda: fi.read(1 << 20), b''):
-            fo.write(chunk)
 
 
 def remove_path(path):

@@ -26,7 +26,8 @@ import errno
 import json
 import os
 import re
-import tempfile
+
+from ansible_collections.erb.booster.plugins.module_utils.erb_files import atomic_write
 
 DEFAULT_STATE_DIR = '/var/lib/erb'
 DEFAULT_UDEV_RULES_DIR = '/etc/udev/rules.d'
@@ -346,30 +347,6 @@ def rss_restore_args(table, rings):
 # --------------------------------------------------------------------------
 # State file
 # --------------------------------------------------------------------------
-
-def atomic_write(path, content, mode=0o644):
-    """Write ``content`` to ``path`` through a temp file + fsync + rename."""
-    d = os.path.dirname(path) or '.'
-    if not os.path.isdir(d):
-        os.makedirs(d, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), dir=d)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
 
 def _safe(s):
     return re.sub(r'[^A-Za-z0-9_.@:+-]', '_', s)
