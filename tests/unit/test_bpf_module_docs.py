@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
-"""DOCUMENTATION of erb.booster.bpf and erb.booster.info agrees with each
-module's ARGUMENT_SPEC (what ansible-test validate-modules checks, offline)."""
+"""DOCUMENTATION of erb.booster.bpf, erb.booster.info and erb.booster.kmod agrees with
+each module's ARGUMENT_SPEC (what ansible-test validate-modules checks, offline)."""
 
 import os
 import sys
@@ -14,10 +14,10 @@ from collection_path import ensure_collection_path  # noqa: E402
 
 ensure_collection_path()
 
-from ansible_collections.erb.booster.plugins.modules import bpf, info  # noqa: E402
+from ansible_collections.erb.booster.plugins.modules import bpf, info, kmod  # noqa: E402
 
 
-@pytest.mark.parametrize('module', [bpf, info], ids=['bpf', 'info'])
+@pytest.mark.parametrize('module', [bpf, info, kmod], ids=['bpf', 'info', 'kmod'])
 def test_doc_matches_argument_spec(module):
     doc = yaml.safe_load(module.DOCUMENTATION)
     yaml.safe_load(module.EXAMPLES)
