@@ -296,13 +296,17 @@ static __always_inline struct erb_global *global(void)
 
 /*
  * With erb_io as the I/O path, the module tracks applied_seq; mirror it into
- * erb_global for the hold rule, the TC side and user space. Only ever
- * raised (a lost race leaves it lower: more holds, never fewer).
+ * erb_global for the hold rule, the TC side and user space, while writes
+ * are pending (erb_io never gets ahead of write_seq). Only ever raised (a
+ * lost race leaves it lower: more holds, never fewer).
  */
 static __always_inline void kmod_sync(struct erb_global *g)
 {
-	__u64 now = erb_applied_seq(), old = g->applied_seq;
+	__u64 old = g->applied_seq, now;
 
+	if (old == g->write_seq)
+		return;
+	now = erb_applied_seq();
 	if (now > old)
 		__sync_val_compare_and_swap(&g->applied_seq, old, now);
 }
@@ -1747,14 +1751,12 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	if (type == ERB_TYPE_HASH) {
 		if (!len_in(vl, 1, ERB_VAL_MAX))
 			return -1;
-		barrier_var(vl);
-		bpf_probe_read_kernel(s->rep, vl & 2047, e->val);
+		bpf_probe_read_kernel(s->rep, arg_len(vl, 1, ERB_VAL_MAX), e->val);
 		if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h ||
 		    e->type != type)
 			return -1;
 		/* zero pad read by the checksum */
-		barrier_var(vl);
-		vl &= 2047;
+		vl = arg_len(vl, 1, ERB_VAL_MAX);
 		s->rep[vl] = 0;
 		s->rep[vl + 1] = 0;
 		s->rep[vl + 2] = 0;
@@ -1763,11 +1765,8 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 		return 0;
 	}
 	/* the value only (not all ERB_VAL_MAX bytes): this is the hit path */
-	if (len_in(vl, 1, ERB_VAL_MAX)) {
-		/* vl may come back from a stack slot without its bounds (6.1) */
-		barrier_var(vl);
-		bpf_probe_read_kernel(s->rep + REP_HDR, vl & 2047, e->val);
-	}
+	if (len_in(vl, 1, ERB_VAL_MAX))
+		bpf_probe_read_kernel(s->rep + REP_HDR, arg_len(vl, 1, ERB_VAL_MAX), e->val);
 	if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h ||
 	    e->type != type)
 		return -1;
