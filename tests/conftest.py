@@ -99,6 +99,28 @@ def netns_exists(ns):
     return Path('/run/netns', ns).exists()
 
 
+def key_values(text):
+    """{KEY: VALUE} of the KEY=VALUE lines of text (tests/guest/build-guest.sh's output)."""
+    return dict(line.split('=', 1) for line in text.splitlines() if '=' in line)
+
+
+def qemu_guest(kernel, initrd, append, mem_mb, timeout, extra=()):
+    """Boot kernel + initrd in QEMU/TCG (this machine's KVM is unusable), 2 vCPUs, serial
+    console, niced; the guest powers itself off. Returns (console text, {name: value} of its
+    "ERB-V name value" lines, seconds)."""
+    qemu = shutil.which('qemu-system-x86_64')
+    assert qemu, 'qemu-system-x86_64 missing (tests/guest/build-guest.sh installs qemu-system-x86)'
+    cmd = ['nice', '-n', '10', qemu, '-accel', 'tcg,thread=multi', '-cpu', 'max',
+           '-m', str(mem_mb), '-smp', '2', '-nographic', '-no-reboot',
+           '-kernel', kernel, '-initrd', initrd] + list(extra) + ['-append', append]
+    t0 = time.monotonic()
+    run = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    console = run.stdout.decode('utf-8', 'replace')
+    values = dict((m.group(1), m.group(2))
+                  for m in re.finditer(r'^ERB-V (\S+) ?(.*?)\r?$', console, re.M))
+    return console, values, time.monotonic() - t0
+
+
 def wait_for(predicate, timeout=10.0, interval=0.05, what='condition'):
     deadline = time.monotonic() + timeout
     while True:

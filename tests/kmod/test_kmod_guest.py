@@ -9,12 +9,13 @@ assert on. Nothing here skips: a missing QEMU, package or build fails.
 """
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from erb_conftest import key_values, qemu_guest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "tests" / "guest" / "build-guest.sh"
@@ -25,10 +26,6 @@ STAGE_BUDGET_S = 600
 BOOT_TIMEOUT_S = 420
 
 
-def _env(text):
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
 @pytest.fixture(scope="module")
 def guest():
     t0 = time.monotonic()
@@ -36,22 +33,11 @@ def guest():
                            timeout=STAGE_BUDGET_S)
     build_s = time.monotonic() - t0
     assert build.returncode == 0, f"build-guest.sh failed:\n{build.stderr[-4000:]}"
-    env = _env(build.stdout)
-    qemu = shutil.which("qemu-system-x86_64")
-    assert qemu, "qemu-system-x86_64 missing (build-guest.sh installs qemu-system-x86)"
-    cmd = ["nice", "-n", "10", qemu, "-accel", "tcg,thread=multi", "-cpu", "max",
-           "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
-           "-kernel", env["KERNEL"], "-initrd", env["INITRD"],
-           "-append", "console=ttyS0 panic=-1 quiet loglevel=3"]
-    t1 = time.monotonic()
-    run = subprocess.run(cmd, capture_output=True, timeout=BOOT_TIMEOUT_S,
-                         stdin=subprocess.DEVNULL)
-    guest_s = time.monotonic() - t1
-    console = run.stdout.decode("utf-8", "replace")
+    env = key_values(build.stdout)
+    console, values, guest_s = qemu_guest(env["KERNEL"], env["INITRD"],
+                                          "console=ttyS0 panic=-1 quiet loglevel=3", 1024,
+                                          BOOT_TIMEOUT_S)
     (CACHE / "last-console.log").write_text(console)
-    values = {}
-    for m in re.finditer(r"^ERB-V (\S+) ?(.*?)\r?$", console, re.M):
-        values[m.group(1)] = m.group(2)
     assert values.get("guest_done") == "1", f"guest did not finish:\n{console[-4000:]}"
     values["_build_s"] = build_s
     values["_guest_s"] = guest_s

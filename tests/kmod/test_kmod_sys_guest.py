@@ -14,7 +14,6 @@ outputs in a shared directory. Nothing here skips: a missing package or a failed
 fails.
 """
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,16 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from erb_conftest import key_values, qemu_guest
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "tests" / "guest" / "build-guest.sh"
 SCRIPT = ROOT / "tests" / "guest" / "sys-test.sh"
 pytestmark = pytest.mark.slow
 
 BOOT_TIMEOUT_S = 540
-
-
-def _env(text):
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _ansible_result(text):
@@ -48,29 +45,20 @@ def sysguest(tmp_path_factory):
     t0 = time.monotonic()
     build = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, f"build-guest.sh failed:\n{build.stderr[-4000:]}"
-    env = _env(build.stdout)
+    env = key_values(build.stdout)
     (out / "v").mkdir()
     make = subprocess.run(["make", "-s", "-C", str(ROOT / "files" / "bpf"), "all", "variants",
                            "VARIANT_DIR=%s" % (out / "v")], capture_output=True, text=True)
     assert make.returncode == 0, make.stderr
     shutil.copy(ROOT / "files" / "bpf" / "erb.bpf.o", out / "v" / "erb.bpf.o")
     build_s = time.monotonic() - t0
-    qemu = shutil.which("qemu-system-x86_64")
-    assert qemu, "qemu-system-x86_64 missing (build-guest.sh installs qemu-system-x86)"
-    cmd = ["nice", "-n", "10", qemu, "-accel", "tcg,thread=multi", "-cpu", "max",
-           "-m", "3072", "-smp", "2", "-nographic", "-no-reboot",
-           "-kernel", env["KERNEL"], "-initrd", env["SYS_INITRD"],
-           "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-           "-virtfs", "local,path=%s,mount_tag=erbout,security_model=none,multidevs=remap" % out,
-           "-append", "console=ttyS0 panic=-1 quiet loglevel=3 erb.run=%s erb.arg=%s" % (SCRIPT, ROOT)]
-    t1 = time.monotonic()
-    run = subprocess.run(cmd, capture_output=True, timeout=BOOT_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    guest_s = time.monotonic() - t1
-    console = run.stdout.decode("utf-8", "replace")
+    console, values, guest_s = qemu_guest(
+        env["KERNEL"], env["SYS_INITRD"],
+        "console=ttyS0 panic=-1 quiet loglevel=3 erb.run=%s erb.arg=%s" % (SCRIPT, ROOT), 3072,
+        BOOT_TIMEOUT_S,
+        extra=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+               "-virtfs", "local,path=%s,mount_tag=erbout,security_model=none,multidevs=remap" % out])
     (out / "console.log").write_text(console)
-    values = {}
-    for m in re.finditer(r"^ERB-V (\S+) ?(.*?)\r?$", console, re.M):
-        values[m.group(1)] = m.group(2)
     assert values.get("sys_rc") == "0", f"guest script did not finish:\n{console[-4000:]}"
     values["_out"] = out
     values["_console"] = console
