@@ -495,19 +495,29 @@ def _kmod_seed(seq, sysfs='/sys'):
         raise LoaderError('cannot set erb_io seq_base to %d: %s' % (seq, e))
 
 
-def _wait_applied(gfd, sysfs, source, timeout):
-    """Wait until every write_seq is applied by source ('ring': the agent; 'kmod': erb_io)."""
+def applied_seq_of(g, sysfs='/sys'):
+    """How far the I/O path in use has applied: erb_global's applied_seq, or under
+    ERB_CTL_KMOD erb_io's own (the programs mirror it only as packets arrive)."""
+    if g.ctl & L.ERB_CTL_KMOD:
+        return max(g.applied_seq, kmod_applied_seq(sysfs) or 0)
+    return g.applied_seq
+
+
+def _wait_applied(gfd, sysfs, timeout):
+    """Wait until the I/O path in use applied every write_seq."""
     start = time.time()
     while True:
         g = read_global(gfd)
-        applied = g.applied_seq if source == 'ring' else kmod_applied_seq(sysfs)
-        if applied is not None and applied >= g.write_seq:
+        applied = applied_seq_of(g, sysfs)
+        if applied >= g.write_seq:
             return g.write_seq
         if time.time() - start >= timeout:
+            kmod = g.ctl & L.ERB_CTL_KMOD
             raise LoaderError('switching the I/O path: %d of the SETs answered in XDP are not applied to Redis '
-                              'after %.0f s (write_seq %d, applied %s by %s); is the %s running? Nothing was '
-                              'changed' % (g.write_seq - (applied or 0), timeout, g.write_seq, applied, source,
-                                           'erb-agent' if source == 'ring' else 'erb_io write kthread'))
+                              'after %.0f s (write_seq %d, applied %d by %s); is the %s running? Nothing was '
+                              'changed' % (g.write_seq - applied, timeout, g.write_seq, applied,
+                                           'erb_io' if kmod else 'the ring buffer',
+                                           'erb_io write kthread' if kmod else 'erb-agent'))
         time.sleep(0.05)
 
 
@@ -531,15 +541,15 @@ def _io_handover(obj, state, cfg, undo, sysfs='/sys', timeout=KMOD_HANDOVER_S):
         if applied is None:
             raise LoaderError('io_path=kmod but erb_io is not loaded (no %s)' % os.path.join(sysfs, KMOD_SEQ_BASE))
         if old != 'kmod' and applied != g.write_seq:
-            if g.applied_seq < g.write_seq:
+            if applied_seq_of(g, sysfs) < g.write_seq:
                 set_drain(gfd, True)
-                _wait_applied(gfd, sysfs, 'ring', timeout)
+                _wait_applied(gfd, sysfs, timeout)
             _kmod_seed(read_global(gfd).write_seq, sysfs)
         set_ctl(gfd, L.ERB_CTL_KMOD, True)
         return
     if old == 'kmod':
         set_drain(gfd, True)
-        _wait_applied(gfd, sysfs, 'kmod', timeout)
+        _wait_applied(gfd, sysfs, timeout)
     # the agent sees the bit change and restarts: it rebuilds applied_seq from the ring
     set_ctl(gfd, L.ERB_CTL_KMOD, False)
 
@@ -929,10 +939,7 @@ def drain(target, timeout, poll=0.2, progress=None):
             _, answered = count_flows(ffd)
             # acknowledged SETs still in erb_events/erb_io: the I/O path must apply them
             g = read_global(gfd)
-            applied = g.applied_seq if g else 0
-            if g and g.ctl & L.ERB_CTL_KMOD:
-                applied = max(applied, kmod_applied_seq() or 0)
-            lag = (g.write_seq - applied) if g else 0
+            lag = (g.write_seq - applied_seq_of(g)) if g else 0
             waited = time.time() - start
             if progress:
                 progress(answered, waited)
