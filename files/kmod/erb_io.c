@@ -19,10 +19,10 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/bitmap.h>
 #include <linux/bpf.h>
 #include <linux/btf.h>
 #include <linux/completion.h>
-#include <linux/bitmap.h>
 #include <linux/btf_ids.h>
 #include <linux/dcache.h>
 #include <linux/fdtable.h>
@@ -464,14 +464,16 @@ __bpf_kfunc int erb_kfifo_in(const struct erb_record *rec, u32 rec__sz)
 		erb_inc(ERB_C_BAD, 1);
 		return -EINVAL;
 	}
+	/* counted before it can be dequeued: seq_base never sees it missing */
+	atomic64_inc(&erb_trk.outstanding);
 	if (READ_ONCE(erb.closing) ||
 	    !kfifo_in_spinlocked(&erb.fifo, rec, 1, &erb.in_lock)) {
+		atomic64_dec(&erb_trk.outstanding);
 		erb_inc(ERB_C_FULL, 1);
 		/* the caller passes this write to Redis: its seq is finished */
 		erb_seq_done(rec->seq);
 		return -ENOSPC;
 	}
-	atomic64_inc(&erb_trk.outstanding);
 	erb_inc(ERB_C_ENQUEUED, 1);
 	if (wq_has_sleeper(&erb.wq))
 		wake_up(&erb.wq);
