@@ -44,6 +44,12 @@ pkgver() { dpkg-query -W -f='${Version}' "$1"; }
 
 hash_files() { cat "$@" | sha256sum | cut -c1-16; }
 
+# pack_initrd ROOTDIR IMAGE: a gzipped newc cpio of ROOTDIR, written atomically
+pack_initrd() {
+	(cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2.tmp"
+	mv "$2.tmp" "$2"
+}
+
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
 flock 9
@@ -156,8 +162,7 @@ echo "ERB-V guest_done 1"
 poweroff -f
 EOF
 	chmod +x "$R/init"
-	(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$GUEST/initrd.img.tmp"
-	mv "$GUEST/initrd.img.tmp" "$GUEST/initrd.img"
+	pack_initrd "$R" "$GUEST/initrd.img"
 	cp "$R/erb/erb_kfunc_test.bpf.o" "$GUEST/"
 fi
 
@@ -187,8 +192,7 @@ if [ ! -e "$SYS/initrd.img" ]; then
 	done < "$SYS/mods.txt"
 	cp "$ROOT/tests/guest/sys-init.sh" "$R/init"
 	chmod +x "$R/init"
-	(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$SYS/initrd.img.tmp"
-	mv "$SYS/initrd.img.tmp" "$SYS/initrd.img"
+	pack_initrd "$R" "$SYS/initrd.img"
 fi
 
 cat > "$CACHE/current.env" <<EOF
