@@ -99,6 +99,18 @@ def netns_exists(ns):
     return Path('/run/netns', ns).exists()
 
 
+def tree_snapshot(d):
+    """{path: (mode, size, mtime_ns, link target)} of everything below d: equal snapshots
+    mean nothing there was created, removed, rewritten or relinked."""
+    out = {}
+    for base, dirs, files in os.walk(d):
+        for n in dirs + files:
+            p = os.path.join(base, n)
+            st = os.lstat(p)
+            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns, os.readlink(p) if os.path.islink(p) else None)
+    return out
+
+
 def key_values(text):
     """{KEY: VALUE} of the KEY=VALUE lines of text (tests/guest/build-guest.sh's output)."""
     return dict(line.split('=', 1) for line in text.splitlines() if '=' in line)

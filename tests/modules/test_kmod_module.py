@@ -24,7 +24,7 @@ import sys
 import pytest
 import yaml
 
-from erb_conftest import REPO, ansible_env, ensure_collection_link, run, venv_bin
+from erb_conftest import REPO, ansible_env, ensure_collection_link, run, tree_snapshot, venv_bin
 
 sys.path.insert(0, os.path.join(str(REPO), 'tests', 'loader'))
 from collection_path import ensure_collection_path  # noqa: E402
@@ -163,23 +163,13 @@ def fake_root(base, krel):
     return root
 
 
-def tree_state(d):
-    out = {}
-    for base, dirs, files in os.walk(d):
-        for n in dirs + files:
-            p = os.path.join(base, n)
-            st = os.lstat(p)
-            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    return out
-
-
 def host_state(k):
     """What must not change on this machine: the headers package, its kbuild dir, /lib/modules/<krel>,
     /etc/modprobe.d, the system DKMS tree."""
     state = {}
     for d in (k['headers'], os.path.realpath(os.path.join(k['headers'], 'scripts')),
               '/lib/modules/%s' % k['krel'], '/etc/modprobe.d', '/var/lib/dkms'):
-        state[d] = tree_state(d) if os.path.isdir(d) else None
+        state[d] = tree_snapshot(d) if os.path.isdir(d) else None
     return state
 
 

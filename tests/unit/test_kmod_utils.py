@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from erb_conftest import tree_snapshot
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'loader'))
 from collection_path import ensure_collection_path  # noqa: E402
@@ -486,19 +488,9 @@ def test_ko_info(tmp_path):
 
 # --------------------------------------------------------------------------- private kbuild tree
 
-def snapshot(d):
-    out = {}
-    for base, dirs, files in os.walk(d):
-        for n in dirs + files:
-            p = os.path.join(base, n)
-            st = os.lstat(p)
-            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns, os.readlink(p) if os.path.islink(p) else None)
-    return out
-
-
 def test_private_kbuild_tree_layout(host, tmp_path):
     write(host.p('usr/lib/linux-kbuild-6.1/tools/bpf/bpftool-stub'), '')
-    before = snapshot(host.root)
+    before = tree_snapshot(host.root)
     vm = str(tmp_path / 'vmlinux.btf')
     write(vm, RAW_BTF + b'base btf')
     dest = os.path.join(host.work, KREL, 'kbuild')
@@ -527,7 +519,7 @@ def test_private_kbuild_tree_layout(host, tmp_path):
     with open(rb) as f, open(host.rbtf) as g:
         assert f.read() == g.read()
     # nothing the headers package owns was touched
-    assert snapshot(host.root) == before
+    assert tree_snapshot(host.root) == before
     # prepared again (new BTF): replaced as a whole, no leftovers
     write(vm, RAW_BTF + b'other')
     K.prepare_kbuild_tree(host.p('lib/modules/%s/build' % KREL), dest, vm, host.rbtf)
@@ -678,13 +670,13 @@ def test_in_use_refuses_and_touches_nothing(host):
     install_fake_build(host)
     k = FakeKernel(host)
     k.load('SRC1', {'kfifo_size': '1024'}, refcnt=2)
-    before = snapshot(host.root)
+    before = tree_snapshot(host.root)
     for check in (True, False):
         with pytest.raises(K.KmodError) as e:
             present(host, k, check=check, params={'kfifo_size': 2048})
         assert str(e.value) == ("erb_io is in use (refcnt 2): detach ERB's BPF programs first "
                                 "(erb.booster.bpf state=absent)")
-    assert k.calls == [] and snapshot(host.root) == before and not os.path.exists(host.work)
+    assert k.calls == [] and tree_snapshot(host.root) == before and not os.path.exists(host.work)
 
 
 def test_rmmod_busy_is_reported_as_in_use(host):
@@ -719,12 +711,12 @@ def test_loaded_without_module_btf_fails(host):
 def test_check_mode_writes_nothing(host):
     install_fake_build(host)
     k = FakeKernel(host)
-    before = snapshot(host.root)
+    before = tree_snapshot(host.root)
     r = present(host, k, check=True, params={'sink': 'apply'})
     assert r['changed'] and r['would_load'] and not r['would_build'] and r['would_write_conf']
     assert not r['would_unload'] and r['would_set_params'] == {}
     assert r['diff']['before']['loaded'] is False and r['diff']['after']['loaded'] is True
-    assert k.calls == [] and snapshot(host.root) == before and not os.path.exists(host.work)
+    assert k.calls == [] and tree_snapshot(host.root) == before and not os.path.exists(host.work)
     # nothing installed yet: a build would run
     os.unlink(host.p('lib/modules/%s/updates/erb/erb_io.ko.erb-hash' % KREL))
     r = present(host, k, check=True)
