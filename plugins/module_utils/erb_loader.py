@@ -10,6 +10,12 @@ link_xdp, link_tc, map_<name> for each state map and meta (an ARRAY map of
 Attach: pin, then attach, unpin on failure.  Upgrade: bpf_link_update on the
 pinned links (atomic, never detach-then-attach).  Detach: drain, then remove
 exactly our links and pins.
+
+TC egress uses a tcx link where the kernel has them (Linux >= 6.6).  Older
+kernels get a direct-action cls_bpf filter on a clsact qdisc at ERB's fixed
+pref/handle (TC_PRIORITY/TC_HANDLE): it cannot be pinned, so it is found by
+querying that slot and owned when it runs erb_tc_egress; an upgrade replaces
+its program in place (BPF_TC_F_REPLACE, atomic).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -27,6 +33,7 @@ import sys
 import os
 import socket
 import struct
+import subprocess
 import time
 
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
@@ -62,11 +69,17 @@ KMOD_BTF = 'kernel/btf/erb_io'                     # under sysfs: the module's k
 KMOD_SEQ_BASE = 'module/erb_io/parameters/seq_base'  # write: seed; read: applied_seq
 KMOD_HANDOVER_S = 10.0
 
+# How the TC egress program is attached: tcx link, or cls_bpf on clsact.
+TC_ATTACH = ('auto', 'tcx', 'clsact')
+TC_HANDLE = 0xeb
+TC_PRIORITY = 0xeb
+
 XDP_MODES = {'native': B.XDP_FLAGS_DRV_MODE, 'generic': B.XDP_FLAGS_SKB_MODE}
 
 # Config keys compared for idempotence, in meta['config'].
 CONFIG_KEYS = ('redis_port', 'cache_entries', 'max_key_len', 'max_value_len', 'max_flows',
-               'require_auth', 'answer', 'fill', 'xdp_mode', 'set_fast_path', 'ring_bytes', 'io_path')
+               'require_auth', 'answer', 'fill', 'xdp_mode', 'set_fast_path', 'ring_bytes', 'io_path',
+               'tc_attach')
 
 
 class LoaderError(Exception):
@@ -205,6 +218,8 @@ def validate_config(cfg):
         problems.append('ring_bytes must be a power of two of at least 4096 (a page)')
     if cfg.get('io_path', 'ring') not in IO_PATHS[1:]:
         problems.append('io_path must be ring or kmod once resolved (auto is resolved by resolve_io_path)')
+    if cfg.get('tc_attach', 'auto') not in TC_ATTACH:
+        problems.append('tc_attach must be one of %s' % ', '.join(TC_ATTACH))
     if cfg['xdp_mode'] not in XDP_MODES:
         problems.append('xdp_mode must be one of %s' % ', '.join(sorted(XDP_MODES)))
     if problems:
@@ -276,11 +291,35 @@ def link_state(path, expect_type, expect_prog):
     return {'id': info.id, 'prog_id': info.prog_id, 'prog_name': name, 'ifindex': info.ifindex}
 
 
-def links_state(pin_dir):
-    return {
-        'xdp': link_state(os.path.join(pin_dir, LINK_XDP), B.BPF_LINK_TYPE_XDP, L.XDP_PROG),
-        'tc': link_state(os.path.join(pin_dir, LINK_TC), B.BPF_LINK_TYPE_TCX, L.TC_PROG),
-    }
+def clsact_state(ifindex, ifname):
+    """ERB's cls_bpf egress filter on ifindex: None when the slot is empty;
+    raises LoaderError when another program holds it."""
+    prog_id = B.tc_query(ifindex, TC_HANDLE, TC_PRIORITY)
+    if not prog_id:
+        return None
+    try:
+        name = B.prog_name_by_id(prog_id)
+    except B.BpfError:
+        name = ''
+    if name != L.TC_PROG:
+        raise LoaderError('the tc egress filter pref %d handle 0x%x on %s runs program "%s" (id %d), not ERB\'s %s: '
+                          'refusing to touch it (see "tc filter show dev %s egress")'
+                          % (TC_PRIORITY, TC_HANDLE, ifname, name, prog_id, L.TC_PROG, ifname))
+    return {'id': None, 'prog_id': prog_id, 'prog_name': name, 'ifindex': ifindex, 'attach': 'clsact'}
+
+
+def links_state(target):
+    """ERB's XDP link and TC egress attachment on target (tcx link or clsact filter)."""
+    tc = link_state(target.path(LINK_TC), B.BPF_LINK_TYPE_TCX, L.TC_PROG)
+    if tc:
+        tc['attach'] = 'tcx'
+    else:
+        try:
+            ifindex = socket.if_nametoindex(target.ifname)
+        except OSError:
+            ifindex = None
+        tc = clsact_state(ifindex, target.ifname) if ifindex else None
+    return {'xdp': link_state(target.path(LINK_XDP), B.BPF_LINK_TYPE_XDP, L.XDP_PROG), 'tc': tc}
 
 
 def map_compatible(info, m):
@@ -437,11 +476,11 @@ def locked(target):
 
 def current_state(target):
     """What is deployed on target now (ownership-checked)."""
-    if not target.exists():
-        return {'meta': None, 'links': {'xdp': None, 'tc': None}, 'ctl': None, 'missing_maps': list(STATE_MAPS)}
+    if not target.exists():  # a clsact filter is not under the pin dir: look anyway
+        return {'meta': None, 'links': links_state(target), 'ctl': None, 'missing_maps': list(STATE_MAPS)}
     return {
         'meta': read_meta(target.pin_dir),
-        'links': links_state(target.pin_dir),
+        'links': links_state(target),
         'ctl': _global_ctl(target),
         'missing_maps': [n for n in STATE_MAPS if not _exists(target.map_pin(n))],
     }
@@ -610,6 +649,15 @@ def _check_mode_change(target, state, desired):
                           'with xdp_mode=%s' % (old, new, target.ifname, new))
 
 
+def _check_tc_change(target, state, desired):
+    cur = state['links']['tc']
+    want = desired['config'].get('tc_attach', 'auto')
+    if cur and want != 'auto' and cur['attach'] != want:
+        raise LoaderError('tc_attach %s -> %s on %s cannot be changed atomically (both would rewrite the same '
+                          'segments): run with state=detached first, then attach with tc_attach=%s'
+                          % (cur['attach'], want, target.ifname, want))
+
+
 def _check_layout_version(state):
     meta = state['meta']
     if meta and meta.get('layout_version', L.ERB_LAYOUT_VERSION) != L.ERB_LAYOUT_VERSION:
@@ -766,17 +814,40 @@ def _foreign_xdp(target, ifindex):
                           % (target.ifname, _xdp_desc(ifindex), target.ifname))
 
 
-def _create_link(kind, prog_fd, target, ifindex, mode):
+def _create_link(kind, prog_fd, target, ifindex, cfg):
+    """A new XDP or tcx link; None when TC is to go on clsact instead
+    (tc_attach=clsact, or auto on a kernel without tcx)."""
     if kind == 'xdp':
         try:
-            return B.link_create_xdp(prog_fd, ifindex, XDP_MODES[mode])
+            return B.link_create_xdp(prog_fd, ifindex, XDP_MODES[cfg['xdp_mode']])
         except B.BpfError as e:
-            raise _xdp_refusal(target, ifindex, mode, e)
+            raise _xdp_refusal(target, ifindex, cfg['xdp_mode'], e)
+    how = cfg.get('tc_attach', 'auto')
+    if how == 'clsact':
+        return None
     try:
         return B.link_create_tcx(prog_fd, ifindex, B.BPF_TCX_EGRESS)
     except B.BpfError as e:
-        hint = ' (tcx links need Linux >= 6.6)' if e.errno == errno.EINVAL else ''
+        if how == 'auto' and e.errno == errno.EINVAL:  # no tcx before Linux 6.6
+            return None
+        hint = ' (tcx links need Linux >= 6.6; tc_attach=clsact works on older kernels)' \
+            if e.errno == errno.EINVAL else ''
         raise LoaderError('attaching tcx egress to %s failed: %s%s' % (target.ifname, e, hint), err=e.errno)
+
+
+def _attach_clsact(prog_fd, target, ifindex, undo):
+    """cls_bpf egress filter at ERB's slot; returns whether the clsact qdisc
+    was created for it (detach then removes the qdisc when it is empty)."""
+    try:
+        created = B.tc_hook_create(ifindex)
+        if created:
+            undo.push(B.tc_hook_destroy, ifindex)
+        B.tc_attach(ifindex, prog_fd, TC_HANDLE, TC_PRIORITY)
+    except B.BpfError as e:
+        raise LoaderError('attaching the tc egress filter (clsact, pref %d handle 0x%x) to %s failed: %s'
+                          % (TC_PRIORITY, TC_HANDLE, target.ifname, e), err=e.errno)
+    undo.push(B.tc_detach, ifindex, TC_HANDLE, TC_PRIORITY)
+    return created
 
 
 def _detach_and_close(fd):
@@ -789,14 +860,21 @@ def _detach_and_close(fd):
 LINKS = (('tc', LINK_TC, L.TC_PROG), ('xdp', LINK_XDP, L.XDP_PROG))  # attach order: egress first
 
 
-def _attach_links(obj, target, ifindex, mode, state, undo, held):
+def _attach_links(obj, target, ifindex, cfg, state, undo, held):
     """Update pinned links atomically, or create and pin missing ones.
-    Returns {kind: 'updated'|'created'}."""
+    Returns {kind: 'updated'|'created'} and, for TC, how it is attached."""
     done = {}
     for kind, pin_name, prog in LINKS:
         pin = target.path(pin_name)
         prog_fd = obj.program_fd(prog)
         cur = state['links'][kind]
+        if cur and cur.get('attach') == 'clsact':
+            old_fd = B.prog_fd_by_id(cur['prog_id'])
+            held.append(old_fd)
+            B.tc_attach(ifindex, prog_fd, TC_HANDLE, TC_PRIORITY, replace=True)
+            undo.push(B.tc_attach, ifindex, old_fd, TC_HANDLE, TC_PRIORITY, True)
+            done.update(tc='updated', tc_attach='clsact')
+            continue
         if cur and cur['ifindex'] == ifindex:
             link_fd = B.obj_get(pin)
             held.append(link_fd)
@@ -805,12 +883,20 @@ def _attach_links(obj, target, ifindex, mode, state, undo, held):
             B.link_update(link_fd, prog_fd, old_fd)
             undo.push(B.link_update, link_fd, old_fd, prog_fd)
             done[kind] = 'updated'
+            if kind == 'tc':
+                done['tc_attach'] = 'tcx'
             continue
         if cur:  # defunct: its interface went away
             os.unlink(pin)
         elif kind == 'xdp':
             _foreign_xdp(target, ifindex)
-        link_fd = _create_link(kind, prog_fd, target, ifindex, mode)
+        link_fd = _create_link(kind, prog_fd, target, ifindex, cfg)
+        if link_fd is None:
+            done.update(tc='created', tc_attach='clsact',
+                        clsact_created=_attach_clsact(prog_fd, target, ifindex, undo))
+            continue
+        if kind == 'tc':
+            done['tc_attach'] = 'tcx'
         undo.push(_detach_and_close, link_fd)
         B.obj_pin(link_fd, pin)
         undo.push(os.unlink, pin)
@@ -852,11 +938,12 @@ def _attach(target, desired, check_mode, now):
         result.update(_ids(target))
         return result
     _check_mode_change(target, state, desired)
+    _check_tc_change(target, state, desired)
     _check_layout_version(state)
     if check_mode:
         return result
     meta = _new_meta(target, desired, state, now or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
-    meta_bytes(meta)
+    meta_bytes(dict(meta, tc={'attach': 'clsact', 'clsact_created': False}))  # its longest form
     result.update(_deploy(target, desired, state, ifindex, meta))
     result.update(_ids(target))
     return result
@@ -877,7 +964,11 @@ def _deploy(target, desired, state, ifindex, meta):
         created = _pin_new_maps(obj, target, reused, undo, renames)
         meta_fd = _meta_fd(target, undo, renames, held)
         _io_handover(obj, state, desired['config'], undo)
-        links = _attach_links(obj, target, ifindex, desired['config']['xdp_mode'], state, undo, held)
+        links = _attach_links(obj, target, ifindex, desired['config'], state, undo, held)
+        tc_attach = links.pop('tc_attach')
+        old_tc = (state['meta'] or {}).get('tc') or {}
+        meta['tc'] = {'attach': tc_attach,
+                      'clsact_created': links.pop('clsact_created', old_tc.get('clsact_created', False))}
         for tmp, final in renames:
             os.rename(tmp, final)
         undo.actions = []
@@ -912,10 +1003,11 @@ def _clear_drain(target):
 
 
 def _ids(target):
-    links = links_state(target.pin_dir) if target.exists() else {'xdp': None, 'tc': None}
+    links = links_state(target)
     return {
         'link_ids': dict((k, v['id'] if v else None) for k, v in links.items()),
         'prog_ids': dict((k, v['prog_id'] if v else None) for k, v in links.items()),
+        'tc_attach': links['tc']['attach'] if links['tc'] else None,
     }
 
 
@@ -964,6 +1056,36 @@ def _remove_link(pin):
     return True
 
 
+def _clsact_has_filters(ifname):
+    """Whether any filter is left on ifname's clsact qdisc (either direction);
+    True when that cannot be told (no tc), so the qdisc is then kept."""
+    for point in ('ingress', 'egress'):
+        try:
+            out = subprocess.run(['tc', '-j', 'filter', 'show', 'dev', ifname, point], capture_output=True,
+                                 text=True, timeout=10)
+            if out.returncode != 0 or json.loads(out.stdout or '[]'):
+                return True
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return True
+    return False
+
+
+def _remove_clsact(target, tc, meta):
+    """Remove ERB's cls_bpf filter, and the clsact qdisc when ERB added it and
+    nothing else uses it.  Returns the names of what went."""
+    removed = []
+    try:
+        B.tc_detach(tc['ifindex'], TC_HANDLE, TC_PRIORITY)
+        removed.append('tc_filter')
+    except B.BpfError as e:
+        if e.errno not in (errno.ENOENT, errno.ENODEV):
+            raise
+    if ((meta or {}).get('tc') or {}).get('clsact_created') and not _clsact_has_filters(target.ifname):
+        B.tc_hook_destroy(tc['ifindex'])
+        removed.append('clsact_qdisc')
+    return removed
+
+
 def our_pins():
     names = [LINK_XDP, LINK_TC, META] + ['map_' + n for n in STATE_MAPS]
     return names + [n + PIN_TMP_SUFFIX for n in names]
@@ -977,10 +1099,15 @@ def detach(target, drain_timeout=30, check_mode=False, progress=None):
 
 def _detach(target, drain_timeout, check_mode, progress):
     result = {'changed': False, 'pin_dir': target.pin_dir, 'netns': target.netns, 'removed': []}
+    state = current_state(target)  # raises when a pinned link is not ERB's
+    tc = state['links']['tc']
     if not target.exists():
         result['diff'] = {'before': {}, 'after': {}}
+        if tc and tc['attach'] == 'clsact':  # left by an attach that died before pinning anything
+            result['changed'] = True
+            if not check_mode:
+                result['removed'] = _remove_clsact(target, tc, None)
         return result
-    state = current_state(target)  # raises when a pinned link is not ERB's
     result['diff'] = {'before': summary(state['meta']), 'after': {}}
     result['changed'] = True
     if check_mode:
@@ -989,6 +1116,8 @@ def _detach(target, drain_timeout, check_mode, progress):
     for _kind, name, _prog in reversed(LINKS):  # XDP first: stop ingress before egress
         if _remove_link(target.path(name)):
             result['removed'].append(name)
+    if tc and tc['attach'] == 'clsact':
+        result['removed'] += _remove_clsact(target, tc, state['meta'])
     for name in our_pins():
         path = target.path(name)
         if name not in (LINK_XDP, LINK_TC) and _exists(path):

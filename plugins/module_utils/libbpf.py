@@ -64,6 +64,11 @@ XDP_ATTACH_MODE_NAMES = {
 }
 
 BPF_F_REPLACE = 1 << 2
+
+# libbpf enum bpf_tc_attach_point, enum bpf_tc_flags
+BPF_TC_INGRESS = 1 << 0
+BPF_TC_EGRESS = 1 << 1
+BPF_TC_F_REPLACE = 1 << 0
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
@@ -206,6 +211,28 @@ class _XdpQueryOpts(ctypes.Structure):
     ]
 
 
+class TcHook(ctypes.Structure):
+    """libbpf struct bpf_tc_hook."""
+    _fields_ = [
+        ('sz', ctypes.c_size_t),
+        ('ifindex', ctypes.c_int),
+        ('attach_point', ctypes.c_int),
+        ('parent', ctypes.c_uint32),
+    ]
+
+
+class TcOpts(ctypes.Structure):
+    """libbpf struct bpf_tc_opts."""
+    _fields_ = [
+        ('sz', ctypes.c_size_t),
+        ('prog_fd', ctypes.c_int),
+        ('flags', ctypes.c_uint32),
+        ('prog_id', ctypes.c_uint32),
+        ('handle', ctypes.c_uint32),
+        ('priority', ctypes.c_uint32),
+    ]
+
+
 class _BtfType(ctypes.Structure):
     _fields_ = [
         ('name_off', ctypes.c_uint32),
@@ -298,6 +325,11 @@ class _Lib(object):
             ('bpf_map_delete_elem', ci, [ci, vp]),
             ('bpf_map_get_next_key', ci, [ci, vp, vp]),
             ('bpf_xdp_query', ci, [ci, ci, ctypes.POINTER(_XdpQueryOpts)]),
+            ('bpf_tc_hook_create', ci, [ctypes.POINTER(TcHook)]),
+            ('bpf_tc_hook_destroy', ci, [ctypes.POINTER(TcHook)]),
+            ('bpf_tc_attach', ci, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+            ('bpf_tc_detach', ci, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+            ('bpf_tc_query', ci, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
         ]
         for name, restype, argtypes in protos:
             self._proto(name, restype, argtypes)
@@ -460,6 +492,59 @@ def xdp_query(ifindex):
         'hw_prog_id': opts.hw_prog_id,
         'mode': XDP_ATTACH_MODE_NAMES.get(opts.attach_mode, str(opts.attach_mode)),
     }
+
+
+# -- classic tc (clsact + cls_bpf), for kernels without tcx ---------------------
+
+def _tc_hook(ifindex, point):
+    return TcHook(sz=ctypes.sizeof(TcHook), ifindex=ifindex, attach_point=point)
+
+
+def _tc_opts(handle, priority, prog_fd=0, flags=0):
+    return TcOpts(sz=ctypes.sizeof(TcOpts), prog_fd=prog_fd, flags=flags, handle=handle, priority=priority)
+
+
+def tc_hook_create(ifindex):
+    """Add a clsact qdisc; returns False when one was already there."""
+    ret = lib().bpf.bpf_tc_hook_create(ctypes.byref(_tc_hook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS)))
+    if ret == -errno_mod.EEXIST:
+        lib().take_log()
+        return False
+    _check(ret, 'add clsact qdisc to ifindex %d' % ifindex)
+    return True
+
+
+def tc_hook_destroy(ifindex):
+    """Delete the clsact qdisc (and every filter on it)."""
+    _check(lib().bpf.bpf_tc_hook_destroy(ctypes.byref(_tc_hook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS))),
+           'delete clsact qdisc of ifindex %d' % ifindex)
+
+
+def tc_attach(ifindex, prog_fd, handle, priority, replace=False, point=BPF_TC_EGRESS):
+    """Attach a direct-action cls_bpf filter at handle/priority; with
+    replace, swap the program of that filter in place (atomic)."""
+    opts = _tc_opts(handle, priority, prog_fd, BPF_TC_F_REPLACE if replace else 0)
+    _check(lib().bpf.bpf_tc_attach(ctypes.byref(_tc_hook(ifindex, point)), ctypes.byref(opts)),
+           'attach tc filter %x:%x to ifindex %d' % (priority, handle, ifindex))
+    return opts.prog_id
+
+
+def tc_detach(ifindex, handle, priority, point=BPF_TC_EGRESS):
+    _check(lib().bpf.bpf_tc_detach(ctypes.byref(_tc_hook(ifindex, point)),
+                                   ctypes.byref(_tc_opts(handle, priority))),
+           'detach tc filter %x:%x from ifindex %d' % (priority, handle, ifindex))
+
+
+def tc_query(ifindex, handle, priority, point=BPF_TC_EGRESS):
+    """Program id of the cls_bpf filter at handle/priority; None when there
+    is no such filter (or no clsact qdisc)."""
+    opts = _tc_opts(handle, priority)
+    ret = lib().bpf.bpf_tc_query(ctypes.byref(_tc_hook(ifindex, point)), ctypes.byref(opts))
+    if ret in (-errno_mod.ENOENT, -errno_mod.EINVAL):
+        lib().take_log()
+        return None
+    _check(ret, 'query tc filter %x:%x of ifindex %d' % (priority, handle, ifindex))
+    return opts.prog_id
 
 
 # -- maps ---------------------------------------------------------------------

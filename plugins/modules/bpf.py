@@ -92,6 +92,18 @@ options:
     type: str
     choices: [auto, ring, kmod]
     default: auto
+  tc_attach:
+    description:
+      - How the TC egress program is attached. C(tcx) is a pinned tcx link (Linux >= 6.6);
+        C(clsact) is a direct-action cls_bpf filter on a clsact qdisc at pref 235 handle 0xeb, for
+        older kernels (the clsact qdisc is added when missing and removed at detach when ERB added it
+        and no other filter is left on it); C(auto) uses tcx and falls back to clsact where the
+        kernel has no tcx.
+      - Either way an upgrade swaps the program atomically. Moving a deployment between tcx and
+        clsact is refused; detach first.
+    type: str
+    choices: [auto, tcx, clsact]
+    default: auto
   ring_bytes:
     description: Size of the C(erb_events) ring buffer of acknowledged SETs (a power of two, >= 4096).
     type: int
@@ -146,6 +158,11 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+tc_attach:
+  description: How the TC egress program is attached (C(tcx) or C(clsact)); null when it is not.
+  returned: when state is attached
+  type: str
+  sample: tcx
 io_path:
   description: The I/O path of fast SETs the programs were loaded for (C(io_path=auto) resolved).
   returned: when attached
@@ -167,7 +184,8 @@ prog_ids:
   type: dict
   sample: {"xdp": 812, "tc": 813}
 link_ids:
-  description: Ids of the pinned links; unchanged by an upgrade.
+  description: Ids of the pinned links; unchanged by an upgrade. C(tc) is null with C(tc_attach=clsact)
+    (a cls_bpf filter is not a link; C(prog_ids) still names its program).
   returned: when state is attached
   type: dict
   sample: {"xdp": 41, "tc": 42}
@@ -229,6 +247,7 @@ ARGUMENT_SPEC = dict(
     set_fast_path=dict(type='bool', default=False),
     ring_bytes=dict(type='int', default=4194304),
     io_path=dict(type='str', choices=list(erb_loader.IO_PATHS), default='auto'),
+    tc_attach=dict(type='str', choices=list(erb_loader.TC_ATTACH), default='auto'),
     xdp_mode=dict(type='str', choices=['native', 'generic'], default='native'),
     bpffs_root=dict(type='path', default='/sys/fs/bpf'),
     drain_timeout=dict(type='int', default=30),

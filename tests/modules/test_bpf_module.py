@@ -257,6 +257,123 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     assert det2['changed'] is False
 
 
+def tc_filters(net, point='egress'):
+    """Filters on net.a's clsact hook as `tc -j filter show` lists them (the
+    ones carrying options: one entry per filter)."""
+    out = sh('ip', 'netns', 'exec', net.ns, 'tc', '-j', 'filter', 'show', 'dev', net.a, point).stdout
+    return [f for f in json.loads(out or '[]') if 'options' in f]
+
+
+def has_clsact(net):
+    out = sh('ip', 'netns', 'exec', net.ns, 'tc', '-j', 'qdisc', 'show', 'dev', net.a).stdout
+    return any(q.get('kind') == 'clsact' for q in json.loads(out or '[]'))
+
+
+def test_clsact_attach_update_detach(net, pins, objects):
+    """tc_attach=clsact: ERB's filter sits at pref 235 handle 0xeb; an upgrade
+    swaps its program in place; detach removes filter and the qdisc it added."""
+    res = bpf(net, pins, objects['v0'], tc_attach='clsact')
+    assert_ok(res)
+    assert res['changed'] is True and res['tc_attach'] == 'clsact'
+    assert res['link_ids']['tc'] is None and res['link_ids']['xdp']
+    assert res['links'] == {'tc': 'created', 'xdp': 'created'}
+    assert 'link_tc' not in os.listdir(pin_dir(net, pins))
+    (f,) = tc_filters(net)
+    assert (f['kind'], f['pref'], f['options']['handle']) == ('bpf', 235, '0xeb')
+    assert f['options']['direct-action'] is True
+    assert f['options']['prog']['id'] == res['prog_ids']['tc']
+    meta = info(net, pins)['interfaces'][net.a]['meta']
+    assert meta['tc'] == {'attach': 'clsact', 'clsact_created': True}
+
+    again = bpf(net, pins, objects['v0'], tc_attach='clsact')
+    assert_ok(again)
+    assert again['changed'] is False and again['prog_ids'] == res['prog_ids']
+    assert again['tc_attach'] == 'clsact'
+
+    # auto keeps a clsact deployment where it is; the program is swapped in place
+    upd = bpf(net, pins, objects['v1'])
+    assert_ok(upd)
+    assert upd['links'] == {'tc': 'updated', 'xdp': 'updated'} and upd['tc_attach'] == 'clsact'
+    assert upd['prog_ids']['tc'] != res['prog_ids']['tc']
+    (f,) = tc_filters(net)
+    assert (f['pref'], f['options']['handle'], f['options']['prog']['id']) == (235, '0xeb', upd['prog_ids']['tc'])
+    assert upd['link_ids']['xdp'] == res['link_ids']['xdp']
+    assert info(net, pins)['interfaces'][net.a]['meta']['tc']['clsact_created'] is True
+
+    moved = bpf(net, pins, objects['v1'], tc_attach='tcx')
+    assert moved.get('failed') and 'clsact -> tcx' in moved['msg'] and 'state=detached' in moved['msg']
+    (f,) = tc_filters(net)
+    assert f['options']['prog']['id'] == upd['prog_ids']['tc']
+
+    det = bpf(net, pins, objects['v1'], state='detached')
+    assert_ok(det)
+    assert {'tc_filter', 'clsact_qdisc', 'link_xdp'} <= set(det['removed'])
+    assert tc_filters(net) == [] and not has_clsact(net)
+    assert not os.path.exists(pin_dir(net, pins)) and net.xdp_prog_id(net.a) == 0
+
+
+def test_clsact_filter_without_pins_is_adopted_or_removed(net, pins, objects):
+    """A clsact filter is not under the pin directory: an attach that died
+    after adding it, or a wiped bpffs, leaves it running. Attach adopts it
+    (in-place replace), detach removes it."""
+    res = bpf(net, pins, objects['v0'], tc_attach='clsact')
+    assert_ok(res)
+    shutil.rmtree(os.path.join(pins, 'erb'))
+    (f,) = tc_filters(net)
+    assert f['options']['prog']['id'] == res['prog_ids']['tc']
+    again = bpf(net, pins, objects['v0'])
+    assert_ok(again)
+    assert again['links'] == {'tc': 'updated', 'xdp': 'created'} and again['tc_attach'] == 'clsact'
+    assert len(tc_filters(net)) == 1
+    shutil.rmtree(os.path.join(pins, 'erb'))
+    det = bpf(net, pins, objects['v0'], state='detached')
+    assert_ok(det)
+    assert det['changed'] is True and det['removed'] == ['tc_filter']
+    assert tc_filters(net) == []
+
+
+FOREIGN_TC = r"""
+import sys
+from ansible_collections.erb.booster.plugins.module_utils import libbpf as B
+obj = B.BpfObject(sys.argv[1]); obj.load()
+ifindex, pref, point = int(sys.argv[2]), int(sys.argv[3]), getattr(B, sys.argv[4])
+B.tc_hook_create(ifindex)
+B.tc_attach(ifindex, obj.program_fd('foreign_tc'), pref, pref, point=point)
+"""
+
+
+def foreign_tc(net, objects, pref, point='BPF_TC_EGRESS'):
+    """Someone else's cls_bpf filter (foreign_tc) at pref/handle `pref`."""
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    subprocess.run(['ip', 'netns', 'exec', net.ns, sys.executable, '-c', FOREIGN_TC, objects['foreign'],
+                    str(net.ifindex(net.a)), str(pref), point], check=True, env=env)
+
+
+def test_clsact_shared_with_other_filters(net, pins, objects):
+    """An operator's clsact qdisc and filters stay as they were; a foreign
+    filter in ERB's own slot is refused, not replaced."""
+    foreign_tc(net, objects, 10)
+    foreign_tc(net, objects, 10, 'BPF_TC_INGRESS')
+    res = bpf(net, pins, objects['v0'], tc_attach='clsact')
+    assert_ok(res)
+    assert sorted(f['pref'] for f in tc_filters(net)) == [10, 235]
+    assert info(net, pins)['interfaces'][net.a]['meta']['tc']['clsact_created'] is False
+    det = bpf(net, pins, objects['v0'], state='detached')
+    assert_ok(det)
+    assert 'tc_filter' in det['removed'] and 'clsact_qdisc' not in det['removed']
+    assert [f['pref'] for f in tc_filters(net)] == [10] and has_clsact(net)
+    assert [f['pref'] for f in tc_filters(net, 'ingress')] == [10]
+
+    # someone else's BPF filter in ERB's slot: refused, untouched
+    foreign_tc(net, objects, 0xeb)
+    theirs = tc_filters(net)
+    res = bpf(net, pins, objects['v0'], tc_attach='clsact')
+    assert res.get('failed') and 'pref 235 handle 0xeb' in res['msg'] and 'not ERB' in res['msg']
+    assert 'foreign_tc' in res['msg']
+    assert tc_filters(net) == theirs
+    assert not os.path.exists(os.path.join(pins, 'erb', net.ns))
+
+
 def test_info_reports_counters_and_state(net, pins, objects):
     assert_ok(bpf(net, pins, objects['v0']))
     net.send_udp('10.201.0.1', 3)
