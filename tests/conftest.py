@@ -126,8 +126,12 @@ def qemu_guest(kernel, initrd, append, mem_mb, timeout, extra=()):
            '-m', str(mem_mb), '-smp', '2', '-nographic', '-no-reboot',
            '-kernel', kernel, '-initrd', initrd] + list(extra) + ['-append', append]
     t0 = time.monotonic()
-    run = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    console = run.stdout.decode('utf-8', 'replace')
+    try:
+        run = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        out = run.stdout
+    except subprocess.TimeoutExpired as e:  # killed: keep what it printed, for the failure message
+        out = (e.stdout or b'') + b'\nERB-V qemu_timeout %d\n' % timeout
+    console = out.decode('utf-8', 'replace')
     values = dict((m.group(1), m.group(2))
                   for m in re.finditer(r'^ERB-V (\S+) ?(.*?)\r?$', console, re.M))
     return console, values, time.monotonic() - t0

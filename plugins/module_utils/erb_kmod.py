@@ -61,7 +61,8 @@ LOCKDOWN = '/sys/kernel/security/lockdown'
 SIG_ENFORCE = '/sys/module/module/parameters/sig_enforce'
 MODULES_DISABLED = '/proc/sys/kernel/modules_disabled'
 RING_BUFFER_HINT = 'use the ring-buffer I/O path (the role does this when erb_kmod_enabled is auto)'
-IN_USE_HINT = "detach ERB's BPF programs first (erb.booster.bpf state=absent)"
+IN_USE_HINT = "detach ERB's BPF programs first (erb.booster.bpf state=detached)"
+IN_USE_WAIT_S = 5.0  # a detached program's reference goes a moment later (RCU)
 SIGN_HINT = ('enroll a key with mokutil (mokutil --import CERT.der, confirm at the next boot) and pass '
              'sign_key/sign_cert, or disable Secure Boot')
 MODULE_SIG_MAGIC = b'~Module signature appended~\n'
@@ -865,6 +866,17 @@ def is_in_use(loaded):
     return bool(loaded and ((loaded.get('refcnt') or 0) > 0 or loaded.get('holders')))
 
 
+def settled(cfg, loaded):
+    """loaded, re-read for up to IN_USE_WAIT_S while only references (no
+    holder modules) keep erb_io in use: BPF programs detached just before
+    drop theirs after an RCU grace period."""
+    deadline = time.time() + IN_USE_WAIT_S
+    while is_in_use(loaded) and not loaded.get('holders') and time.time() < deadline:
+        time.sleep(0.2)
+        loaded = read_loaded(cfg) or loaded
+    return loaded
+
+
 # --------------------------------------------------------------------------
 # the run: plan and apply
 # --------------------------------------------------------------------------
@@ -1001,7 +1013,9 @@ class KmodRun(object):
             self.decide_reload(plan, keep is not None,
                                keep and plan['installed_info']['modinfo'].get('srcversion'))
         if plan['unload'] and is_in_use(loaded):
-            raise KmodError(in_use_message(loaded))
+            loaded = settled(c, loaded)
+            if is_in_use(loaded):
+                raise KmodError(in_use_message(loaded))
         return plan
 
     def decide_reload(self, plan, installed, srcversion):
@@ -1287,7 +1301,7 @@ class KmodRun(object):
 
     def unload(self, loaded, why):
         c = self.cfg
-        loaded = read_loaded(c) or loaded
+        loaded = settled(c, read_loaded(c) or loaded)
         if is_in_use(loaded):
             raise KmodError(in_use_message(loaded) + self.partial_note())
         if (read_text(c.p(MODULES_DISABLED)) or '').strip() == '1':
@@ -1365,7 +1379,7 @@ class KmodRun(object):
 
     def absent(self, check_mode=False):
         c, r = self.cfg, self.result
-        loaded = read_loaded(c) if c.running else None
+        loaded = settled(c, read_loaded(c)) if c.running else None
         if loaded is not None and is_in_use(loaded):
             raise KmodError(in_use_message(loaded))
         if loaded is not None and (read_text(c.p(MODULES_DISABLED)) or '').strip() == '1':

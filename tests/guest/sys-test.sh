@@ -6,6 +6,9 @@
 #   $1: the repository (read-only, as on the host)
 # /erb-out/v holds erb.bpf.o and its verifier-test variants (files/bpf
 # `make variants`), built on the host.
+# ERB itself runs on a one-host fleet (inventory/local/fleet.sh up 1) with erb_io
+# as its I/O path, apply and then aof_direct; tests/guest/sys_xdp.py drives the
+# client side from erb-c1.
 REPO=$1
 OUT=/erb-out
 . /var/cache/erb-guest/current.env
@@ -14,6 +17,7 @@ cd "$REPO" || exit 1
 v() { echo "ERB-V $1 $2"; }
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
+stage() { v "at_$1" "$(cut -d' ' -f1 /proc/uptime)"; }  # guest uptime, for the timings
 
 # bpftool prog loadall OBJ: does Linux 6.1's verifier accept every program?
 verify() {
@@ -35,6 +39,25 @@ kmod() {
 	v "kmod_${tag}_s" "$(since "$t0")"
 }
 
+# erb.booster.bpf as a module process in erb-r1, as Ansible runs it there
+# (the module, not the ansible CLI: that costs ~10 s a run under TCG)
+COLL=/tmp/erb-coll
+mkdir -p $COLL/ansible_collections/erb && ln -sfn "$REPO" $COLL/ansible_collections/erb/booster
+bpfmod() {
+	local tag=$1 args=$2 t0
+	t0=$(now)
+	echo "{\"ANSIBLE_MODULE_ARGS\": $args}" >"/tmp/bpf-$tag.json"
+	ip netns exec erb-r1 env PYTHONPATH=$COLL LANG=C .venv/bin/python plugins/modules/bpf.py \
+		"/tmp/bpf-$tag.json" >"$OUT/bpf-$tag.json" 2>"$OUT/bpf-$tag.err"
+	v "bpf_${tag}_rc" $?
+	v "bpf_${tag}_s" "$(since "$t0")"
+}
+ATTACH="{\"interface\": \"erbs1\", \"bpffs_root\": \"/run/erb/bpffs\", \"object\": \"$OUT/v/erb.bpf.o\", \"set_fast_path\": true, \"io_path\": \"auto\"}"
+DETACH="{\"interface\": \"erbs1\", \"bpffs_root\": \"/run/erb/bpffs\", \"state\": \"detached\"}"
+client() { ip netns exec erb-c1 .venv/bin/python tests/guest/sys_xdp.py "$@"; }
+FLEET=/run/erb/fleet/r1
+SOCK=$FLEET/redis.sock
+
 v kernel "$(uname -r)"
 v modules_before "$(grep -c . /proc/modules)"
 
@@ -43,18 +66,18 @@ verify nomod_ring "$OUT/v/erb.bpf.o"
 verify nomod_set "$OUT/v/erb-set.bpf.o"
 verify nomod_kmod "$OUT/v/erb-kmod.bpf.o"
 
-# 2. Redis for the apply sink
-mkdir -p /run/erb-guest
-redis-server --port 0 --unixsocket /run/erb-guest/redis.sock --dir /run/erb-guest \
-	--appendonly yes --appendfsync everysec --save '' --daemonize yes \
-	--logfile /run/erb-guest/redis.log
-for _ in $(seq 50); do redis-cli -s /run/erb-guest/redis.sock ping >/dev/null 2>&1 && break; sleep 0.1; done
+stage fleet
+# 2. the one-host fleet: Redis in erb-r1 (appendonly, everysec), its client in
+#    erb-c1
+inventory/local/fleet.sh up 1 >"$OUT/fleet-up.log" 2>&1
+v fleet_up_rc $?
 
 SRC=/var/tmp/erb_io-src
 mkdir -p "$SRC"
 cp files/kmod/* files/bpf/erb.h files/bpf/erb_record.h "$SRC/"
-ARGS="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"apply\", \"redis_sock\": \"/run/erb-guest/redis.sock\"}}"
+ARGS="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"apply\", \"redis_sock\": \"$SOCK\"}}"
 
+stage kmod
 # 3. build + install + load, then the same again (nothing to do)
 kmod present "$ARGS"
 [ -e /sys/kernel/btf/erb_io ] && v btf_after_load 1 || v btf_after_load 0
@@ -64,16 +87,50 @@ verify mod_kmod "$OUT/v/erb-kmod.bpf.o"
 verify mod_set "$OUT/v/erb-set.bpf.o"
 kmod again "$ARGS"
 
-# 4. a changed parameter reloads it
-ARGS2="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"apply\", \"redis_sock\": \"/run/erb-guest/redis.sock\", \"batch\": 32}}"
+stage apply
+# 4. ERB with erb_io's apply sink: SETs answered by XDP reach Redis over the
+#    module's unix-socket connection; erb_io cannot go while programs use it.
+#    Redis alone is measured just before (after a warm-up run)
+client bench warmup 4000
+client bench plain1
+bpfmod attach_apply "$ATTACH"
+client sets apply 300 apply
+client bench erb_apply
+rmmod erb_io 2>"$OUT/rmmod-attached.err"
+v rmmod_attached_rc $?
+bpfmod detach_apply "$DETACH"
+
+stage reload
+# 5. a changed parameter reloads it: the aof_direct sink (Redis's AOF, found
+#    through its pid), batches of 32
+REDIS_PID=$(cat $FLEET/redis.pid)
+ARGS2="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"aof_direct\", \"redis_pid\": $REDIS_PID, \"batch\": 32}}"
 kmod params "$ARGS2"
 v batch_param "$(cat /sys/module/erb_io/parameters/batch 2>/dev/null)"
+v sink_param_aof "$(cat /sys/module/erb_io/parameters/sink 2>/dev/null)"
 
-# 5. unload + remove
+stage aof
+# 6. ERB with aof_direct: SETs answered by XDP land in the AOF and come back
+#    when Redis restarts. Redis alone is measured just before
+client bench plain2
+bpfmod attach_aof "$ATTACH"
+client sets aof 300 aof
+client bench erb_aof
+bpfmod detach_aof "$DETACH"
+v aof_fsyncs "$(cat /sys/module/erb_io/stats/fsyncs)"
+ip netns exec erb-r1 redis-cli -s $SOCK shutdown >/dev/null 2>&1
+inventory/local/fleet.sh up 1 >"$OUT/fleet-restart.log" 2>&1
+v fleet_restart_rc $?
+client check aof
+
+stage absent
+# 7. unload + remove
 kmod absent "{\"src\": \"$SRC\", \"state\": \"absent\"}"
 [ -e /sys/module/erb_io ] && v loaded_after_absent 1 || v loaded_after_absent 0
 v ko_after_absent "$(find /lib/modules/"$(uname -r)" -name 'erb_io.ko*' | wc -l)"
 
-redis-cli -s /run/erb-guest/redis.sock shutdown nosave >/dev/null 2>&1
+inventory/local/fleet.sh down >"$OUT/fleet-down.log" 2>&1
+v fleet_down_rc $?
+stage end
 v kernel_warnings "$(dmesg | grep -c -E 'BUG:|WARNING:|Oops|Call Trace')"
 dmesg | grep erb_io | sed 's/^/ERB-LOG /'

@@ -8,6 +8,7 @@ The real builds against Debian's 6.1 headers are in tests/modules/test_kmod_modu
 import hashlib
 import json
 import os
+import threading
 import shutil
 import stat
 import subprocess
@@ -154,7 +155,8 @@ class FakeHost(object):
 
 
 @pytest.fixture
-def host(tmp_path):
+def host(tmp_path, monkeypatch):
+    monkeypatch.setattr(K, 'IN_USE_WAIT_S', 0.4)  # an in-use erb_io is re-read this long
     return FakeHost(tmp_path)
 
 
@@ -465,7 +467,7 @@ def test_read_loaded(host):
     assert got['params'] == {'sink': 'apply', 'redis_pid': '0'} and got['writable'] == ['redis_pid']
     assert K.is_in_use(got)
     assert K.in_use_message(got) == ("erb_io is in use (refcnt 2): detach ERB's BPF programs first "
-                                     "(erb.booster.bpf state=absent)")
+                                     "(erb.booster.bpf state=detached)")
 
 
 # --------------------------------------------------------------------------- ELF checks
@@ -675,8 +677,24 @@ def test_in_use_refuses_and_touches_nothing(host):
         with pytest.raises(K.KmodError) as e:
             present(host, k, check=check, params={'kfifo_size': 2048})
         assert str(e.value) == ("erb_io is in use (refcnt 2): detach ERB's BPF programs first "
-                                "(erb.booster.bpf state=absent)")
+                                "(erb.booster.bpf state=detached)")
     assert k.calls == [] and tree_snapshot(host.root) == before and not os.path.exists(host.work)
+
+
+def test_reference_dropped_a_moment_later_is_waited_for(host):
+    """A BPF program detached just before the run drops its reference on
+    erb_io after an RCU grace period: the reload waits for it."""
+    install_fake_build(host)
+    k = FakeKernel(host)
+    k.load('SRC1', {'kfifo_size': '1024'}, refcnt=1)
+    refcnt = host.p('sys/module/erb_io/refcnt')
+    timer = threading.Timer(0.15, write, (refcnt, '0\n'))
+    timer.start()
+    try:
+        r = present(host, k, params={'kfifo_size': 2048})
+    finally:
+        timer.join()
+    assert r['changed'] and k.tools() == ['rmmod', 'modprobe']
 
 
 def test_rmmod_busy_is_reported_as_in_use(host):

@@ -1,0 +1,170 @@
+# -*- coding: utf-8 -*-
+"""ERB on the system guest's one-host fleet (Debian's 6.1 kernel, erb_io loaded),
+run by tests/guest/sys-test.sh inside the client namespace erb-c1.
+
+    sys_xdp.py sets TAG N SINK   N SETs over TCP to the Redis host, each checked
+                                 (+OK, then GET), then waited for until erb_io has
+                                 delivered them: SINK=apply -> Redis has every value
+                                 (read over its unix socket); SINK=aof -> every
+                                 value is in Redis's AOF file.
+    sys_xdp.py check TAG         after a Redis restart: how many of TAG's values
+                                 Redis has (they came back from the AOF).
+    sys_xdp.py bench TAG [N]     redis-benchmark SET (N requests, default 20000)
+                                 against the Redis host.
+
+Prints "ERB-V name value" lines (tests/kmod/test_kmod_sys_guest.py reads them)
+and leaves details in /erb-out/xdp-TAG.json.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'loader'))
+from collection_path import ensure_collection_path  # noqa: E402
+
+ensure_collection_path()
+
+import redis  # noqa: E402
+
+from ansible_collections.erb.booster.plugins.module_utils import erb_loader  # noqa: E402
+from ansible_collections.erb.booster.plugins.module_utils import libbpf  # noqa: E402
+
+HOST = '10.250.1.1'
+FLEET = '/run/erb/fleet/r1'
+SOCK = FLEET + '/redis.sock'
+PIN_DIR = '/run/erb/bpffs/erb/erb-r1/erbs1'
+KSTATS = '/sys/module/erb_io/stats'
+OUT = '/erb-out'
+DELIVERY_TIMEOUT_S = 120
+BENCH = ['-t', 'set', '-c', '20', '-r', '100000', '-d', '32', '--csv']
+BENCH_N = 20000
+
+
+def v(name, value):
+    print('ERB-V %s %s' % (name, value), flush=True)
+
+
+def erb_stats():
+    fd = erb_loader.open_pinned(os.path.join(PIN_DIR, 'map_erb_stats'))
+    if fd is None:
+        return {}
+    with libbpf.fd_closing(fd):
+        return erb_loader.read_stats(fd)
+
+
+def kstats():
+    if not os.path.isdir(KSTATS):
+        return {}
+    out = {}
+    for name in os.listdir(KSTATS):
+        with open(os.path.join(KSTATS, name)) as f:
+            out[name] = int(f.read().strip() or 0)
+    return out
+
+
+def delta(before, after):
+    return dict((k, after[k] - before.get(k, 0)) for k in after)
+
+
+def aof_text(local):
+    """Every AOF file of the fleet's Redis (Redis 7 keeps them in its appenddirname)."""
+    d = os.path.join(local.config_get('dir')['dir'], local.config_get('appenddirname')['appenddirname'])
+    text = b''
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        if name.endswith('.aof'):
+            with open(os.path.join(d, name), 'rb') as f:
+                text += f.read()
+    return text
+
+
+def aof_has(text, key, value):
+    k, val = key.encode(), value.encode()
+    return (b'$%d\r\n%s\r\n$%d\r\n%s\r\n' % (len(k), k, len(val), val)) in text
+
+
+def cmd_sets(tag, n, sink):
+    values = dict(('%s:%d' % (tag, i), 'v%d-%s' % (i, os.urandom(6).hex())) for i in range(n))
+    with open(os.path.join(OUT, 'xdp-%s-values.json' % tag), 'w') as f:
+        json.dump(values, f)
+    s0, k0 = erb_stats(), kstats()
+    r = redis.Redis(host=HOST, port=6379, socket_timeout=10)
+    wrong = 0
+    t0 = time.monotonic()
+    for key, value in values.items():
+        if r.set(key, value) is not True or r.get(key) != value.encode():
+            wrong += 1
+    write_s = time.monotonic() - t0
+    local = redis.Redis(unix_socket_path=SOCK, socket_timeout=10)
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+    while True:
+        if sink == 'apply':
+            got = local.mget(list(values))
+            delivered = sum(1 for key, g in zip(values, got) if g == values[key].encode())
+        else:
+            text = aof_text(local)
+            delivered = sum(1 for key, value in values.items() if aof_has(text, key, value))
+        if delivered == n or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    deliver_s = time.monotonic() - t0
+    d, kd = delta(s0, erb_stats()), delta(k0, kstats())
+    dbsize = local.dbsize()
+    result = {'n': n, 'sink': sink, 'wrong_replies': wrong, 'delivered': delivered, 'write_s': write_s,
+              'deliver_s': deliver_s, 'erb_stats': d, 'erb_io_stats': kd, 'dbsize': dbsize}
+    with open(os.path.join(OUT, 'xdp-%s.json' % tag), 'w') as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    v('%s_wrong' % tag, wrong)
+    v('%s_delivered' % tag, delivered)
+    v('%s_dbsize' % tag, dbsize)
+    v('%s_set_fast' % tag, d.get('set_fast', 0))
+    v('%s_set_pass' % tag, d.get('set_pass_queue_full', 0) + d.get('set_pass_busy', 0))
+    v('%s_enqueued' % tag, kd.get('enqueued', 0))
+    v('%s_applied' % tag, kd.get('applied', 0))
+    v('%s_aof_records' % tag, kd.get('aof_records', 0))
+    v('%s_lost' % tag, kd.get('lost', 0))
+    v('%s_deliver_s' % tag, '%.2f' % deliver_s)
+
+
+def cmd_check(tag):
+    with open(os.path.join(OUT, 'xdp-%s-values.json' % tag)) as f:
+        values = json.load(f)
+    local = redis.Redis(unix_socket_path=SOCK, socket_timeout=10)
+    got = local.mget(list(values))
+    v('%s_after_restart' % tag, sum(1 for key, g in zip(values, got) if g == values[key].encode()))
+    v('%s_dbsize_after_restart' % tag, local.dbsize())
+
+
+def cmd_bench(tag, n=BENCH_N):
+    s0, k0 = erb_stats(), kstats()
+    p = subprocess.run(['redis-benchmark', '-h', HOST, '-n', str(n)] + BENCH, capture_output=True, text=True,
+                       timeout=600)
+    m = re.search(r'^"SET","([0-9.]+)"', p.stdout, re.M)
+    if p.returncode != 0 or not m:
+        v('bench_%s_error' % tag, json.dumps(p.stdout[-300:] + p.stderr[-300:]))
+        return
+    d, kd = delta(s0, erb_stats()), delta(k0, kstats())
+    v('bench_%s_rps' % tag, m.group(1))
+    v('bench_%s_set_fast' % tag, d.get('set_fast', 0))
+    v('bench_%s_enqueued' % tag, kd.get('enqueued', 0))
+    with open(os.path.join(OUT, 'xdp-bench-%s.csv' % tag), 'w') as f:
+        f.write(p.stdout)
+
+
+def main(argv):
+    if argv[:1] == ['sets'] and len(argv) == 4 and argv[3] in ('apply', 'aof'):
+        cmd_sets(argv[1], int(argv[2]), argv[3])
+    elif argv[:1] == ['check'] and len(argv) == 2:
+        cmd_check(argv[1])
+    elif argv[:1] == ['bench'] and len(argv) in (2, 3):
+        cmd_bench(argv[1], *[int(n) for n in argv[2:]])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
