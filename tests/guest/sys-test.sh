@@ -94,27 +94,34 @@ stage apply
 client bench warmup 4000
 client bench plain1
 bpfmod attach_apply "$ATTACH"
-client sets apply 300 apply
+client sets apply 300
+client delivered apply apply
 client bench erb_apply
 rmmod erb_io 2>"$OUT/rmmod-attached.err"
 v rmmod_attached_rc $?
 bpfmod detach_apply "$DETACH"
 
 stage reload
-# 5. a changed parameter reloads it: the aof_direct sink (Redis's AOF, found
-#    through its pid), batches of 32
+# 5. changed parameters reload it: the aof_direct sink (Redis's AOF, found
+#    through Redis's pid), a kfifo of 64, batches of 32. The pid given is 1,
+#    not Redis: erb_io finds no AOF until it is corrected at run time (step 6)
 REDIS_PID=$(cat $FLEET/redis.pid)
-ARGS2="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"aof_direct\", \"redis_pid\": $REDIS_PID, \"batch\": 32}}"
+ARGS2="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"aof_direct\", \"redis_pid\": 1, \"kfifo_size\": 64, \"batch\": 32}}"
 kmod params "$ARGS2"
 v batch_param "$(cat /sys/module/erb_io/parameters/batch 2>/dev/null)"
 v sink_param_aof "$(cat /sys/module/erb_io/parameters/sink 2>/dev/null)"
 
 stage aof
-# 6. ERB with aof_direct: SETs answered by XDP land in the AOF and come back
-#    when Redis restarts. Redis alone is measured just before
+# 6. ERB with aof_direct. While erb_io cannot reach the AOF its records wait
+#    and the kfifo fills: further SETs go to Redis. Once redis_pid is right
+#    every SET is in the AOF (from erb_io or from Redis) and comes back when
+#    Redis restarts. Redis alone is measured just before the benchmark
 client bench plain2
 bpfmod attach_aof "$ATTACH"
-client sets aof 300 aof
+client sets aof 300
+v aof_sink_errors "$(cat /sys/module/erb_io/stats/sink_errors)"
+echo "$REDIS_PID" >/sys/module/erb_io/parameters/redis_pid
+client delivered aof aof
 client bench erb_aof
 bpfmod detach_aof "$DETACH"
 v aof_fsyncs "$(cat /sys/module/erb_io/stats/fsyncs)"

@@ -2,18 +2,18 @@
 """ERB on the system guest's one-host fleet (Debian's 6.1 kernel, erb_io loaded),
 run by tests/guest/sys-test.sh inside the client namespace erb-c1.
 
-    sys_xdp.py sets TAG N SINK   N SETs over TCP to the Redis host, each checked
-                                 (+OK, then GET), then waited for until erb_io has
-                                 delivered them: SINK=apply -> Redis has every value
-                                 (read over its unix socket); SINK=aof -> every
-                                 value is in Redis's AOF file.
+    sys_xdp.py sets TAG N        N SETs of fresh keys over TCP to the Redis host,
+                                 each checked (+OK, then GET).
+    sys_xdp.py delivered TAG SINK  waits until those are delivered: SINK=apply ->
+                                 Redis has every value (read over its unix socket);
+                                 SINK=aof -> every value is in Redis's AOF file.
     sys_xdp.py check TAG         after a Redis restart: how many of TAG's values
                                  Redis has (they came back from the AOF).
     sys_xdp.py bench TAG [N]     redis-benchmark SET (N requests, default 20000)
                                  against the Redis host.
 
 Prints "ERB-V name value" lines (tests/kmod/test_kmod_sys_guest.py reads them)
-and leaves details in /erb-out/xdp-TAG.json.
+and leaves details in /erb-out/xdp-TAG-*.json.
 """
 
 import json
@@ -87,18 +87,38 @@ def aof_has(text, key, value):
     return (b'$%d\r\n%s\r\n$%d\r\n%s\r\n' % (len(k), k, len(val), val)) in text
 
 
-def cmd_sets(tag, n, sink):
+def _save(tag, name, obj):
+    with open(os.path.join(OUT, 'xdp-%s-%s.json' % (tag, name)), 'w') as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+
+
+def _load(tag, name):
+    with open(os.path.join(OUT, 'xdp-%s-%s.json' % (tag, name))) as f:
+        return json.load(f)
+
+
+def cmd_sets(tag, n):
+    """n SETs of fresh keys over TCP, each answered +OK and read back by GET."""
     values = dict(('%s:%d' % (tag, i), 'v%d-%s' % (i, os.urandom(6).hex())) for i in range(n))
-    with open(os.path.join(OUT, 'xdp-%s-values.json' % tag), 'w') as f:
-        json.dump(values, f)
     s0, k0 = erb_stats(), kstats()
+    _save(tag, 'values', values)
+    _save(tag, 'before', {'erb_stats': s0, 'erb_io_stats': k0, 't0': time.time()})
     r = redis.Redis(host=HOST, port=6379, socket_timeout=10)
     wrong = 0
-    t0 = time.monotonic()
     for key, value in values.items():
         if r.set(key, value) is not True or r.get(key) != value.encode():
             wrong += 1
-    write_s = time.monotonic() - t0
+    d = delta(s0, erb_stats())
+    v('%s_wrong' % tag, wrong)
+    v('%s_set_fast' % tag, d.get('set_fast', 0))
+    v('%s_set_pass_full' % tag, d.get('set_pass_queue_full', 0))
+    v('%s_queued' % tag, kstats().get('queued', 0))
+
+
+def cmd_delivered(tag, sink):
+    """Wait until every value of `sets TAG` is in Redis (apply) or in its AOF
+    file (aof), at most DELIVERY_TIMEOUT_S; report what erb_io did meanwhile."""
+    values, before = _load(tag, 'values'), _load(tag, 'before')
     local = redis.Redis(unix_socket_path=SOCK, socket_timeout=10)
     deadline = time.monotonic() + DELIVERY_TIMEOUT_S
     while True:
@@ -108,47 +128,45 @@ def cmd_sets(tag, n, sink):
         else:
             text = aof_text(local)
             delivered = sum(1 for key, value in values.items() if aof_has(text, key, value))
-        if delivered == n or time.monotonic() > deadline:
+        if delivered == len(values) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    deliver_s = time.monotonic() - t0
-    d, kd = delta(s0, erb_stats()), delta(k0, kstats())
-    dbsize = local.dbsize()
-    result = {'n': n, 'sink': sink, 'wrong_replies': wrong, 'delivered': delivered, 'write_s': write_s,
-              'deliver_s': deliver_s, 'erb_stats': d, 'erb_io_stats': kd, 'dbsize': dbsize}
-    with open(os.path.join(OUT, 'xdp-%s.json' % tag), 'w') as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-    v('%s_wrong' % tag, wrong)
+    result = {'n': len(values), 'sink': sink, 'delivered': delivered, 'deliver_s': time.time() - before['t0'],
+              'erb_stats': delta(before['erb_stats'], erb_stats()),
+              'erb_io_stats': delta(before['erb_io_stats'], kstats()), 'dbsize': local.dbsize()}
+    _save(tag, 'result', result)
     v('%s_delivered' % tag, delivered)
-    v('%s_dbsize' % tag, dbsize)
-    v('%s_set_fast' % tag, d.get('set_fast', 0))
-    v('%s_set_pass' % tag, d.get('set_pass_queue_full', 0) + d.get('set_pass_busy', 0))
-    v('%s_enqueued' % tag, kd.get('enqueued', 0))
-    v('%s_applied' % tag, kd.get('applied', 0))
-    v('%s_aof_records' % tag, kd.get('aof_records', 0))
-    v('%s_lost' % tag, kd.get('lost', 0))
-    v('%s_deliver_s' % tag, '%.2f' % deliver_s)
+    v('%s_deliver_s' % tag, '%.2f' % result['deliver_s'])
 
 
 def cmd_check(tag):
-    with open(os.path.join(OUT, 'xdp-%s-values.json' % tag)) as f:
-        values = json.load(f)
+    values = _load(tag, 'values')
     local = redis.Redis(unix_socket_path=SOCK, socket_timeout=10)
     got = local.mget(list(values))
     v('%s_after_restart' % tag, sum(1 for key, g in zip(values, got) if g == values[key].encode()))
     v('%s_dbsize_after_restart' % tag, local.dbsize())
 
 
+def busy_jiffies():
+    """Non-idle CPU time of the whole machine (all CPUs), in USER_HZ ticks."""
+    with open('/proc/stat') as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    return sum(cpu) - cpu[3] - cpu[4]  # minus idle and iowait
+
+
 def cmd_bench(tag, n=BENCH_N):
-    s0, k0 = erb_stats(), kstats()
+    s0, k0, c0 = erb_stats(), kstats(), busy_jiffies()
     p = subprocess.run(['redis-benchmark', '-h', HOST, '-n', str(n)] + BENCH, capture_output=True, text=True,
                        timeout=600)
     m = re.search(r'^"SET","([0-9.]+)"', p.stdout, re.M)
     if p.returncode != 0 or not m:
         v('bench_%s_error' % tag, json.dumps(p.stdout[-300:] + p.stderr[-300:]))
         return
+    busy = busy_jiffies() - c0
     d, kd = delta(s0, erb_stats()), delta(k0, kstats())
     v('bench_%s_rps' % tag, m.group(1))
+    v('bench_%s_p50_ms' % tag, p.stdout.strip().splitlines()[-1].split(',')[4].strip('"'))
+    v('bench_%s_cpu_us_per_req' % tag, '%.1f' % (busy * 1e6 / os.sysconf('SC_CLK_TCK') / n))
     v('bench_%s_set_fast' % tag, d.get('set_fast', 0))
     v('bench_%s_enqueued' % tag, kd.get('enqueued', 0))
     with open(os.path.join(OUT, 'xdp-bench-%s.csv' % tag), 'w') as f:
@@ -156,8 +174,10 @@ def cmd_bench(tag, n=BENCH_N):
 
 
 def main(argv):
-    if argv[:1] == ['sets'] and len(argv) == 4 and argv[3] in ('apply', 'aof'):
-        cmd_sets(argv[1], int(argv[2]), argv[3])
+    if argv[:1] == ['sets'] and len(argv) == 3:
+        cmd_sets(argv[1], int(argv[2]))
+    elif argv[:1] == ['delivered'] and len(argv) == 3 and argv[2] in ('apply', 'aof'):
+        cmd_delivered(argv[1], argv[2])
     elif argv[:1] == ['check'] and len(argv) == 2:
         cmd_check(argv[1])
     elif argv[:1] == ['bench'] and len(argv) in (2, 3):

@@ -143,7 +143,7 @@ def bpf_run(g, tag):
 
 
 def sets_result(g, tag):
-    return json.loads((g["_out"] / f"xdp-{tag}.json").read_text())
+    return json.loads((g["_out"] / f"xdp-{tag}-result.json").read_text())
 
 
 def test_fleet_runs_in_the_guest(sysguest):
@@ -164,7 +164,7 @@ def test_erb_attaches_on_61_with_erb_io_and_clsact(sysguest, tag):
 
 def test_xdp_sets_reach_redis_through_the_apply_sink(sysguest):
     g, r = sysguest, sets_result(sysguest, "apply")
-    assert r["wrong_replies"] == 0  # every SET answered +OK and read back by GET
+    assert g["apply_wrong"] == "0"  # every SET answered +OK and read back by GET
     assert r["delivered"] == SETS, r  # Redis has every value (read over its unix socket)
     fast, kio = r["erb_stats"]["set_fast"], r["erb_io_stats"]
     assert fast >= SETS * 9 // 10, r  # answered by XDP, not by Redis
@@ -178,13 +178,25 @@ def test_erb_io_in_use_by_erb_cannot_be_removed(sysguest):
     assert "in use" in (sysguest["_out"] / "rmmod-attached.err").read_text()
 
 
+def test_full_kfifo_passes_sets_to_redis_and_nothing_is_lost(sysguest):
+    """aof_direct with redis_pid=1: erb_io finds no AOF, its records wait (retried),
+    the 64-record kfifo fills and the SETs after that are left to Redis."""
+    g, r = sysguest, sets_result(sysguest, "aof")
+    assert g["aof_wrong"] == "0"  # answered right either way
+    fast, full = int(g["aof_set_fast"]), int(g["aof_set_pass_full"])
+    assert fast > 0 and full > 0 and fast + full == SETS, g
+    assert fast <= 64 + 32  # the kfifo and the one batch the writer holds
+    assert int(g["aof_sink_errors"]) > 0  # the writer kept retrying
+    kio = r["erb_io_stats"]
+    assert kio["enqueued"] == fast and kio["full"] == full and kio["lost"] == 0, r
+
+
 def test_xdp_sets_land_in_the_aof_and_survive_a_restart(sysguest):
     g, r = sysguest, sets_result(sysguest, "aof")
-    assert r["wrong_replies"] == 0
-    assert r["delivered"] == SETS, r  # every value is in the AOF file
-    fast, kio = r["erb_stats"]["set_fast"], r["erb_io_stats"]
-    assert fast >= SETS * 9 // 10, r
-    assert kio["enqueued"] == fast and kio["aof_records"] >= fast and kio["lost"] == 0, r
+    assert r["delivered"] == SETS, r  # every value is in the AOF file (erb_io's or Redis's own)
+    kio = r["erb_io_stats"]
+    assert kio["aof_records"] >= int(g["aof_set_fast"]) and kio["aof_opens"] >= 1, r
+    assert int(g["bench_erb_aof_set_fast"]) > 0 and int(g["bench_erb_aof_enqueued"]) > 0
     assert int(g["aof_fsyncs"]) > 0
     assert g["fleet_restart_rc"] == "0"
     assert g["aof_after_restart"] == str(SETS)  # Redis loaded them back from its AOF
@@ -196,9 +208,14 @@ def test_guest_throughput_against_redis_alone(sysguest):
     g = sysguest
     for tag in ("plain1", "erb_apply", "plain2", "erb_aof"):
         assert f"bench_{tag}_rps" in g, g.get(f"bench_{tag}_error")
-    rps = dict((t, float(g[f"bench_{t}_rps"])) for t in ("plain1", "erb_apply", "plain2", "erb_aof"))
-    print("guest redis-benchmark SET rps: %s; apply x%.2f, aof_direct x%.2f" % (
-        rps, rps["erb_apply"] / rps["plain1"], rps["erb_aof"] / rps["plain2"]))
+    runs = ("plain1", "erb_apply", "plain2", "erb_aof")
+    rps = dict((t, float(g[f"bench_{t}_rps"])) for t in runs)
+    cpu = dict((t, float(g[f"bench_{t}_cpu_us_per_req"])) for t in runs)
+    print("guest redis-benchmark SET: rps %s, CPU us/request (all CPUs) %s, p50 ms %s; "
+          "rps apply x%.2f, aof_direct x%.2f; CPU/request apply x%.2f, aof_direct x%.2f" % (
+              rps, cpu, dict((t, g[f"bench_{t}_p50_ms"]) for t in runs),
+              rps["erb_apply"] / rps["plain1"], rps["erb_aof"] / rps["plain2"],
+              cpu["erb_apply"] / cpu["plain1"], cpu["erb_aof"] / cpu["plain2"]))
 
 
 def test_kmod_absent_unloads_and_removes(sysguest):
