@@ -6,7 +6,7 @@
 #   $1: the repository (read-only, as on the host)
 # /erb-out/v holds erb.bpf.o and its verifier-test variants (files/bpf
 # `make variants`), built on the host.
-# ERB itself runs on a one-host fleet (inventory/local/fleet.sh up 1) with erb_io
+# ERB itself runs on a fleet host (inventory/local/fleet.sh up 2) with erb_io
 # as its I/O path, apply and then aof_direct; tests/guest/sys_xdp.py drives the
 # client side from erb-c1.
 REPO=$1
@@ -55,6 +55,15 @@ bpfmod() {
 ATTACH="{\"interface\": \"erbs1\", \"bpffs_root\": \"/run/erb/bpffs\", \"object\": \"$OUT/v/erb.bpf.o\", \"set_fast_path\": true, \"io_path\": \"auto\"}"
 DETACH="{\"interface\": \"erbs1\", \"bpffs_root\": \"/run/erb/bpffs\", \"state\": \"detached\"}"
 client() { ip netns exec erb-c1 .venv/bin/python tests/guest/sys_xdp.py "$@"; }
+# redis-benchmark SET against ERB on erb-r1 and Redis alone on erb-r2, in
+# alternating rounds (TCG timing is noisy: one run each would be a coin toss)
+benchpair() {
+	local i
+	for i in 1 2; do
+		client bench "$1_erb$i"
+		ERB_HOST=2 ip netns exec erb-c2 .venv/bin/python tests/guest/sys_xdp.py bench "$1_plain$i"
+	done
+}
 FLEET=/run/erb/fleet/r1
 SOCK=$FLEET/redis.sock
 
@@ -67,9 +76,9 @@ verify nomod_set "$OUT/v/erb-set.bpf.o"
 verify nomod_kmod "$OUT/v/erb-kmod.bpf.o"
 
 stage fleet
-# 2. the one-host fleet: Redis in erb-r1 (appendonly, everysec), its client in
-#    erb-c1
-inventory/local/fleet.sh up 1 >"$OUT/fleet-up.log" 2>&1
+# 2. a two-host fleet: Redis in erb-r<i> (appendonly, everysec), its client in
+#    erb-c<i>. ERB goes on erb-r1; erb-r2 is Redis alone, for the benchmarks
+inventory/local/fleet.sh up 2 >"$OUT/fleet-up.log" 2>&1
 v fleet_up_rc $?
 
 SRC=/var/tmp/erb_io-src
@@ -89,14 +98,12 @@ kmod again "$ARGS"
 
 stage apply
 # 4. ERB with erb_io's apply sink: SETs answered by XDP reach Redis over the
-#    module's unix-socket connection; erb_io cannot go while programs use it.
-#    Redis alone is measured just before (after a warm-up run)
-client bench warmup 4000
-client bench plain1
+#    module's unix-socket connection; erb_io cannot go while programs use it
 bpfmod attach_apply "$ATTACH"
 client sets apply 300
 client delivered apply apply
-client bench erb_apply
+client bench warmup 2000
+benchpair apply
 rmmod erb_io 2>"$OUT/rmmod-attached.err"
 v rmmod_attached_rc $?
 bpfmod detach_apply "$DETACH"
@@ -115,18 +122,17 @@ stage aof
 # 6. ERB with aof_direct. While erb_io cannot reach the AOF its records wait
 #    and the kfifo fills: further SETs go to Redis. Once redis_pid is right
 #    every SET is in the AOF (from erb_io or from Redis) and comes back when
-#    Redis restarts. Redis alone is measured just before the benchmark
-client bench plain2
+#    Redis restarts
 bpfmod attach_aof "$ATTACH"
 client sets aof 300
 v aof_sink_errors "$(cat /sys/module/erb_io/stats/sink_errors)"
 echo "$REDIS_PID" >/sys/module/erb_io/parameters/redis_pid
 client delivered aof aof
-client bench erb_aof
+benchpair aof
 bpfmod detach_aof "$DETACH"
 v aof_fsyncs "$(cat /sys/module/erb_io/stats/fsyncs)"
 ip netns exec erb-r1 redis-cli -s $SOCK shutdown >/dev/null 2>&1
-inventory/local/fleet.sh up 1 >"$OUT/fleet-restart.log" 2>&1
+inventory/local/fleet.sh up 2 >"$OUT/fleet-restart.log" 2>&1
 v fleet_restart_rc $?
 client check aof
 
