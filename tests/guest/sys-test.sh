@@ -110,13 +110,15 @@ bpfmod detach_apply "$DETACH"
 
 stage reload
 # 5. changed parameters reload it: the aof_direct sink (Redis's AOF, found
-#    through Redis's pid), a kfifo of 64, batches of 32. The pid given is 1,
-#    not Redis: erb_io finds no AOF until it is corrected at run time (step 6)
+#    through Redis's pid), batches of 32. The pid given is 1, not Redis:
+#    erb_io finds no AOF until it is corrected at run time (step 6)
 REDIS_PID=$(cat $FLEET/redis.pid)
-ARGS2="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"aof_direct\", \"redis_pid\": 1, \"kfifo_size\": 64, \"batch\": 32}}"
+AOF_SETS=1100  # more than erb_io's kfifo (1024) and one batch hold
+ARGS2="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"aof_direct\", \"redis_pid\": 1, \"batch\": 32}}"
 kmod params "$ARGS2"
 v batch_param "$(cat /sys/module/erb_io/parameters/batch 2>/dev/null)"
 v sink_param_aof "$(cat /sys/module/erb_io/parameters/sink 2>/dev/null)"
+v kfifo_param_aof "$(cat /sys/module/erb_io/parameters/kfifo_size 2>/dev/null)"
 
 stage aof
 # 6. ERB with aof_direct. While erb_io cannot reach the AOF its records wait
@@ -124,7 +126,7 @@ stage aof
 #    every SET is in the AOF (from erb_io or from Redis) and comes back when
 #    Redis restarts
 bpfmod attach_aof "$ATTACH"
-client sets aof 300
+client sets aof $AOF_SETS
 v aof_sink_errors "$(cat /sys/module/erb_io/stats/sink_errors)"
 echo "$REDIS_PID" >/sys/module/erb_io/parameters/redis_pid
 client delivered aof aof
