@@ -2065,6 +2065,7 @@ static __always_inline void answered(struct erb_flow *f, struct erb_aux *a, stru
 	f->last_rep_len = rlen;
 	f->c_nxt = ack;
 	f->s_nxt = seq + rlen;
+	f->s_tsval = s->h.thl == 32 ? s->h.tsval : 0;
 	if (!(fl & ERB_FLOW_ANSWERED))
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_ANSWERED);
 }
@@ -2689,7 +2690,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 	struct iphdr *ip;
 	struct tcphdr *t;
 	struct rctx r = {};
-	__u32 thl, tot, plen, seq, ack, cseq, toff, csum_off, flags, olen;
+	__u32 thl, tot, plen, seq, ack, cseq, toff, csum_off, flags, olen, resend;
 
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
@@ -2744,6 +2745,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	cseq = map_sseq(&sadj, seq);
+	resend = plen && !after(cseq + plen, f->s_nxt);	/* all bytes the client has */
 	f->s_win = t->window;
 	if (!(f->flags & ERB_FLOW_WIN))
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_WIN);
@@ -2771,6 +2773,21 @@ int erb_tc_egress(struct __sk_buff *skb)
 	if (flags & 0x01)
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_S_FIN);
 
+	/*
+	 * Redis resending bytes the client already has (the ACK for them rode
+	 * on a request we answered) may reach the client before our answer in
+	 * flight. It is accepted (it ends at the client's rcv_nxt), its ACK
+	 * covers that answered request and its TSval becomes the client's
+	 * ts_recent: a newer one than our answer's makes PAWS drop the answer,
+	 * a reply lost for good. It gets the TSval of our last answer instead.
+	 */
+	if (resend && f->s_tsval && (f->flags & ERB_FLOW_ANSWERED) && olen >= 10 && olen <= 40) {
+		tc_opts(skb, s, toff + sizeof(*t), olen);
+		if (s->oc.ts_off && !s->oc.bad && after(s->oc.tsval, f->s_tsval)) {
+			tc_rewrite(skb, toff + (s->oc.ts_off & 63) + 2, csum_off, s->oc.tsval, f->s_tsval);
+			stat_inc(ERB_STAT_TS_CLAMPED);
+		}
+	}
 	if (f->flags & ERB_FLOW_ANSWERED) {
 		__u32 v = map_sseq(&sadj, seq);
 

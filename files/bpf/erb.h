@@ -147,7 +147,7 @@ struct erb_flow {
 	__u32 c_nxt;		/* next expected client seq (client view) */
 	__u32 s_nxt;		/* next server seq (client view) */
 	__u32 s_win;		/* last window the server advertised (raw) */
-	__u32 s_tsval;		/* last TSval the server sent */
+	__u32 s_tsval;		/* TSval of our last answer (0: none, or no timestamps) */
 	struct erb_seqadj c;	/* client stream: bytes removed by XDP answers */
 	struct erb_seqadj s;	/* server stream: bytes inserted by XDP answers */
 	__u32 cmds;		/* commands passed to Redis */
@@ -256,6 +256,7 @@ enum erb_stat {
 	ERB_STAT_SET_PASS_QUEUE_FULL,	/* ring/kfifo full: SET passed to Redis */
 	ERB_STAT_SET_PASS_BUSY,		/* key busy (lock, in-flight write, no slot) */
 	ERB_STAT_HOLD,			/* segment dropped until pending writes apply */
+	ERB_STAT_TS_CLAMPED,		/* Redis resend given our last answer's TSval (PAWS) */
 	ERB_STAT_MAX,
 };
 

@@ -137,6 +137,7 @@ STAT_NAMES = (
     'set_pass_queue_full',
     'set_pass_busy',
     'hold',
+    'ts_clamped',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

@@ -7,7 +7,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from erbtest import (CIP, CMAC, SIP, SMAC, TC_ACT_OK, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums,
-                     bulk, resp, tcp_payload, ts_option)
+                     M32, bulk, resp, tcp_payload, ts_option)
 
 VALUE_SIZES = [0, 1, 9, 10, 99, 100, 999, 1000, 1024]
 
@@ -98,6 +98,32 @@ def test_hit_with_sack_and_ts_options_layout(erb):
     rc, out = erb.xdp(req)
     assert rc == XDP_TX
     check_reply(f, req, out, b'hello', f.c_ack)
+
+
+def test_resend_before_an_answer_in_flight_gets_the_answers_tsval(erb):
+    """Redis resends its last reply (the ACK for it rode on a request we answered).
+    Mapped, the resend ends at the client's rcv_nxt, so the client accepts it before
+    our answer in flight arrives, and its ACK covers the answered request: a newer
+    TSval there would make PAWS drop our answer, a reply lost for good. TC egress
+    gives such a resend our last answer's TSval; new bytes keep Redis's own."""
+    f = Flow(erb).handshake()
+    f.set(b'k', b'hello')
+    last_reply_seq = (f.s_seq - 5) & M32          # Redis's '+OK' of that SET, server view
+    rc, answer = f.get(b'k')
+    assert rc == XDP_TX
+    answer_tsval = ts_option(answer)[0]
+    f.s_tsval += 40                                # Redis's clock moved on: RTO later
+    rc, out = f.erb.tc(f.server_frame(b'+OK\r\n', seq=last_reply_seq))
+    assert rc == TC_ACT_OK
+    assert ts_option(out)[0] == answer_tsval
+    assert_checksums(out)
+    assert erb.stats()['ts_clamped'] == 1
+    # Redis's next new bytes (a passed command's reply) keep their TSval
+    rc, out = f.send(resp('PING'))
+    assert rc == XDP_PASS
+    rc, out = f.reply(b'+PONG\r\n')
+    assert ts_option(out)[0] == f.s_tsval
+    assert erb.stats()['ts_clamped'] == 1
 
 
 def test_miss_passes_byte_identical(erb):

@@ -178,6 +178,7 @@ def cmd_bench(tag, n=BENCH_N):
     v('bench_%s_p50_ms' % tag, p.stdout.strip().splitlines()[-1].split(',')[4].strip('"'))
     v('bench_%s_cpu_us_per_req' % tag, '%.1f' % (busy * 1e6 / os.sysconf('SC_CLK_TCK') / n))
     v('bench_%s_set_fast' % tag, d.get('set_fast', 0))
+    v('bench_%s_set_pass_full' % tag, d.get('set_pass_queue_full', 0))
     v('bench_%s_enqueued' % tag, kd.get('enqueued', 0))
     with open(os.path.join(OUT, 'xdp-bench-%s.csv' % tag), 'w') as f:
         f.write(p.stdout)
