@@ -863,7 +863,7 @@ LINKS = (('tc', LINK_TC, L.TC_PROG), ('xdp', LINK_XDP, L.XDP_PROG))  # attach or
 def _attach_links(obj, target, ifindex, cfg, state, undo, held):
     """Update pinned links atomically, or create and pin missing ones.
     Returns {kind: 'updated'|'created'} and, for TC, how it is attached."""
-    done = {}
+    done = {'tc_attach': 'tcx'}
     for kind, pin_name, prog in LINKS:
         pin = target.path(pin_name)
         prog_fd = obj.program_fd(prog)
@@ -883,8 +883,6 @@ def _attach_links(obj, target, ifindex, cfg, state, undo, held):
             B.link_update(link_fd, prog_fd, old_fd)
             undo.push(B.link_update, link_fd, old_fd, prog_fd)
             done[kind] = 'updated'
-            if kind == 'tc':
-                done['tc_attach'] = 'tcx'
             continue
         if cur:  # defunct: its interface went away
             os.unlink(pin)
@@ -895,8 +893,6 @@ def _attach_links(obj, target, ifindex, cfg, state, undo, held):
             done.update(tc='created', tc_attach='clsact',
                         clsact_created=_attach_clsact(prog_fd, target, ifindex, undo))
             continue
-        if kind == 'tc':
-            done['tc_attach'] = 'tcx'
         undo.push(_detach_and_close, link_fd)
         B.obj_pin(link_fd, pin)
         undo.push(os.unlink, pin)

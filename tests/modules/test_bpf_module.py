@@ -145,6 +145,16 @@ def run_module(name, ns, args, check_mode=False, diff=False):
         raise AssertionError('module %s printed no JSON (rc %d): %s %s' % (name, p.returncode, p.stdout, p.stderr))
 
 
+SCRIPT_ENV = dict(os.environ, PYTHONPATH=COLLECTIONS)
+
+
+def run_script(code, *args, ns=None):
+    """A Python snippet with the collection importable, in network namespace ns
+    when given; fails the test when it fails."""
+    cmd = [sys.executable, '-c', code] + [str(a) for a in args]
+    subprocess.run((['ip', 'netns', 'exec', ns] if ns else []) + cmd, check=True, env=SCRIPT_ENV)
+
+
 def bpf(net, pins, obj, **kw):
     args = dict(interface=net.a, object=obj, bpffs_root=pins, cache_entries=1024, max_flows=256)
     args.update(kw)
@@ -344,9 +354,7 @@ B.tc_attach(ifindex, obj.program_fd('foreign_tc'), pref, pref, point=point)
 
 def foreign_tc(net, objects, pref, point='BPF_TC_EGRESS'):
     """Someone else's cls_bpf filter (foreign_tc) at pref/handle `pref`."""
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    subprocess.run(['ip', 'netns', 'exec', net.ns, sys.executable, '-c', FOREIGN_TC, objects['foreign'],
-                    str(net.ifindex(net.a)), str(pref), point], check=True, env=env)
+    run_script(FOREIGN_TC, objects['foreign'], net.ifindex(net.a), pref, point, ns=net.ns)
 
 
 def test_clsact_shared_with_other_filters(net, pins, objects):
@@ -393,9 +401,7 @@ def test_info_reports_counters_and_state(net, pins, objects):
     assert i['meta']['object']['sha256']
     # Cache fill is read through the mmap of erb_cache: VALID entries of the
     # current generation count, others do not.
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    subprocess.run([sys.executable, '-c', PUT_ENTRIES, os.path.join(pin_dir(net, pins), 'map_erb_cache')],
-                   check=True, env=env)
+    run_script(PUT_ENTRIES, os.path.join(pin_dir(net, pins), 'map_erb_cache'))
     assert info(net, pins)['interfaces'][net.a]['cache']['valid'] == 2
     assert_ok(bpf(net, pins, objects['v0'], state='detached'))
 
@@ -432,9 +438,7 @@ sys.exit(1 if attach(int(sys.argv[2]), obj.program_fd('foreign_xdp'), B.XDP_FLAG
 
 def test_foreign_xdp_program_is_refused_and_left_alone(net, pins, objects):
     # Attached the classic way (netlink, as `ip link set xdp` does), not by a link.
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    subprocess.run(['ip', 'netns', 'exec', net.ns, sys.executable, '-c', FOREIGN_NETLINK, objects['foreign'],
-                    str(net.ifindex(net.a))], check=True, env=env)
+    run_script(FOREIGN_NETLINK, objects['foreign'], net.ifindex(net.a), ns=net.ns)
     foreign_id = net.xdp_prog_id(net.a)
     assert foreign_id
     res = bpf(net, pins, objects['v0'])
@@ -461,9 +465,7 @@ def test_foreign_link_in_pin_dir_is_not_removed(net, pins, objects):
     d = pin_dir(net, pins)
     assert_ok(bpf(net, pins, objects['v0'], state='detached'))
     os.makedirs(d)
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    subprocess.run(['ip', 'netns', 'exec', net.ns, sys.executable, '-c', FOREIGN_LINK, objects['foreign'],
-                    str(net.ifindex(net.a)), os.path.join(d, 'link_xdp')], check=True, env=env)
+    run_script(FOREIGN_LINK, objects['foreign'], net.ifindex(net.a), os.path.join(d, 'link_xdp'), ns=net.ns)
     foreign_id = net.xdp_prog_id(net.a)
     res = bpf(net, pins, objects['v0'], state='detached')
     assert res.get('failed') and 'not ERB' in res['msg']
@@ -536,8 +538,7 @@ B.map_update(fd, key, L.ErbFlow(flags=L.ERB_FLOW_ANSWERED | L.ERB_FLOW_EST))
 def test_detach_drains_then_times_out(net, pins, objects):
     assert_ok(bpf(net, pins, objects['v0']))
     d = pin_dir(net, pins)
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    subprocess.run([sys.executable, '-c', ADD_ANSWERED_FLOW, os.path.join(d, 'map_erb_flows')], check=True, env=env)
+    run_script(ADD_ANSWERED_FLOW, os.path.join(d, 'map_erb_flows'))
     assert info(net, pins)['interfaces'][net.a]['flows']['answered'] == 1
     t0 = time.time()
     res = bpf(net, pins, objects['v0'], state='detached', drain_timeout=1)
@@ -560,9 +561,8 @@ B.map_delete(fd, L.ErbFlowKey(saddr=1, daddr=2, sport=3, dport=4))
 def test_detach_waits_for_corrected_flows(net, pins, objects):
     assert_ok(bpf(net, pins, objects['v0']))
     flows = os.path.join(pin_dir(net, pins), 'map_erb_flows')
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    subprocess.run([sys.executable, '-c', ADD_ANSWERED_FLOW, flows], check=True, env=env)
-    closer = subprocess.Popen([sys.executable, '-c', DEL_FLOWS_LATER, flows, '1.5'], env=env)
+    run_script(ADD_ANSWERED_FLOW, flows)
+    closer = subprocess.Popen([sys.executable, '-c', DEL_FLOWS_LATER, flows, '1.5'], env=SCRIPT_ENV)
     try:
         t0 = time.time()
         res = bpf(net, pins, objects['v0'], state='detached', drain_timeout=30)
