@@ -54,14 +54,15 @@ bpfmod() {
 }
 ATTACH="{\"interface\": \"erbs1\", \"bpffs_root\": \"/run/erb/bpffs\", \"object\": \"$OUT/v/erb.bpf.o\", \"set_fast_path\": true, \"io_path\": \"auto\"}"
 DETACH="{\"interface\": \"erbs1\", \"bpffs_root\": \"/run/erb/bpffs\", \"state\": \"detached\"}"
-client() { ip netns exec erb-c1 .venv/bin/python tests/guest/sys_xdp.py "$@"; }
+# the driver in client namespace erb-c$ERB_HOST (default 1), against erb-r$ERB_HOST
+client() { ip netns exec "erb-c${ERB_HOST:-1}" .venv/bin/python tests/guest/sys_xdp.py "$@"; }
 # redis-benchmark SET against ERB on erb-r1 and Redis alone on erb-r2, in
 # alternating rounds (TCG timing is noisy: one run each would be a coin toss)
 benchpair() {
 	local i
 	for i in 1 2; do
 		client bench "$1_erb$i"
-		ERB_HOST=2 ip netns exec erb-c2 .venv/bin/python tests/guest/sys_xdp.py bench "$1_plain$i"
+		ERB_HOST=2 client bench "$1_plain$i"
 	done
 }
 FLEET=/run/erb/fleet/r1

@@ -93,6 +93,12 @@ def aof_has(text, key, value):
     return (b'$%d\r\n%s\r\n$%d\r\n%s\r\n' % (len(k), k, len(val), val)) in text
 
 
+def in_redis(local, values):
+    """How many of values (key -> value) Redis holds, read over its unix socket."""
+    got = local.mget(list(values))
+    return sum(1 for key, g in zip(values, got) if g == values[key].encode())
+
+
 def _save(tag, name, obj):
     with open(os.path.join(OUT, 'xdp-%s-%s.json' % (tag, name)), 'w') as f:
         json.dump(obj, f, indent=1, sort_keys=True)
@@ -129,8 +135,7 @@ def cmd_delivered(tag, sink):
     deadline = time.monotonic() + DELIVERY_TIMEOUT_S
     while True:
         if sink == 'apply':
-            got = local.mget(list(values))
-            delivered = sum(1 for key, g in zip(values, got) if g == values[key].encode())
+            delivered = in_redis(local, values)
         else:
             text = aof_text(local)
             delivered = sum(1 for key, value in values.items() if aof_has(text, key, value))
@@ -148,8 +153,7 @@ def cmd_delivered(tag, sink):
 def cmd_check(tag):
     values = _load(tag, 'values')
     local = redis.Redis(unix_socket_path=SOCK, socket_timeout=10)
-    got = local.mget(list(values))
-    v('%s_after_restart' % tag, sum(1 for key, g in zip(values, got) if g == values[key].encode()))
+    v('%s_after_restart' % tag, in_redis(local, values))
     v('%s_dbsize_after_restart' % tag, local.dbsize())
 
 
