@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * ERB data path: the KV cache: FNV-1a, double-hash probing, entries, invalidation, pending writes.
+ * Part of the one translation unit erb.bpf.c (the verifier sees one object);
+ * included there in order, after the maps and the load-time cfg.
+ */
+#ifndef ERB_CACHE_H
+#define ERB_CACHE_H
+
+/* ---------------------------------------------------------------- cache */
+
+static __always_inline __u32 slot_of(__u32 h, __u32 i)
+{
+	__u32 n = cfg.cache_entries;
+	__u32 prime = cfg.hash_prime;
+	__u64 step;
+
+	if (n == 0)
+		return 0;
+	step = 1 + (prime ? h % prime : 0);
+	return (__u32)(((__u64)h + i * step) % n);
+}
+
+static __always_inline __u32 bucket_of(__u32 h)
+{
+	return h & (ERB_INFLIGHT_BUCKETS - 1);
+}
+
+static __always_inline int entry_live(struct erb_entry *e, __u32 gen)
+{
+	return e->state == ERB_ENTRY_VALID && e->gen == gen;
+}
+
+static __always_inline int entry_end(struct erb_entry *e, __u32 gen)
+{
+	/* an entry of an older generation is as good as never used */
+	return e->state == ERB_ENTRY_EMPTY || e->gen != gen;
+}
+
+static __always_inline int key_equal(const char *a, const char *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < ERB_KEY_MAX / 8; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+/* Remove every live entry whose key hashes to h (conservative: by hash). */
+static __always_inline int cache_invalidate(__u32 h, __u32 gen)
+{
+	int n = 0;
+
+	for (__u32 i = 0; i < ERB_MAX_PROBES; i++) {
+		__u32 idx = slot_of(h, i);
+		struct erb_entry *e;
+
+		if (i >= cfg.max_probes)
+			break;
+		e = bpf_map_lookup_elem(&erb_cache, &idx);
+		if (!e || entry_end(e, gen))
+			break;
+		if (e->state == ERB_ENTRY_VALID && e->hash == h) {
+			__sync_fetch_and_add(&e->ver, 1);
+			e->state = ERB_ENTRY_TOMB;
+			__sync_fetch_and_add(&e->ver, 1);
+			n++;
+		}
+	}
+	if (n)
+		stat_inc(ERB_STAT_INVALIDATE);
+	return n;
+}
+
+struct fctx {
+	struct erb_scratch *s;
+	const char *buf;	/* ERB_KEY_MAX bytes, in a map value */
+};
+
+static long fnv_step(__u32 i, void *arg)
+{
+	struct fctx *x = arg;
+
+	if (!x->s || !x->buf)
+		return 1;
+	x->s->fnv = (x->s->fnv ^ (__u8)x->buf[i & (ERB_KEY_MAX - 1)]) * FNV_PRIME;
+	return 0;
+}
+
+/* FNV-1a of buf[0..len), len <= ERB_KEY_MAX. */
+static __always_inline __u32 fnv_key(struct erb_scratch *s, const char *buf, __u32 len)
+{
+	struct fctx x = { .s = s, .buf = buf };
+
+	s->fnv = FNV_OFFSET;
+	if (len > ERB_KEY_MAX)
+		len = ERB_KEY_MAX;
+	bpf_loop(len, fnv_step, &x, 0);
+	return s->fnv;
+}
+
+static __always_inline void cache_flush(struct erb_global *g)
+{
+	__sync_fetch_and_add(&g->cache_gen, 1);
+	stat_inc(ERB_STAT_FLUSH);
+}
+
+struct prctx {
+	struct erb_scratch *s;
+	const char *key;	/* zero-padded, ERB_KEY_MAX bytes, in a map value */
+	__u32 h, klen, gen;
+};
+
+/* One probe: stop at the key (pr.hit) or the end of the chain. */
+static long probe_step(__u32 i, void *arg)
+{
+	struct prctx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct erb_entry *e;
+	__u32 idx, ver;
+
+	if (!s || !x->key)
+		return 1;
+	idx = slot_of(x->h, i);
+	e = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!e)
+		return 1;
+	if (entry_end(e, x->gen)) {
+		if (s->pr.free < 0)
+			s->pr.free = idx;
+		return 1;
+	}
+	if (!entry_live(e, x->gen)) {
+		if (s->pr.free < 0)
+			s->pr.free = idx;
+		return 0;
+	}
+	ver = READ_ONCE(e->ver);
+	if (e->hash != x->h || e->klen != x->klen || !key_equal(e->key, x->key))
+		return 0;
+	s->pr.hit = idx;
+	s->pr.ver = ver;
+	return 1;
+}
+
+static __always_inline void cache_probe(struct erb_scratch *s, const char *key, __u32 klen,
+					__u32 h, __u32 gen)
+{
+	struct prctx x = { .s = s, .key = key, .h = h, .klen = klen, .gen = gen };
+	__u32 n = cfg.max_probes;
+
+	s->pr.hit = -1;
+	s->pr.free = -1;
+	if (n > ERB_MAX_PROBES)
+		n = ERB_MAX_PROBES;
+	bpf_loop(n, probe_step, &x, 0);
+}
+
+/* Is an acknowledged fast-path write of this key hash still not in Redis? */
+struct hctx {
+	__u32 h, gen;
+	__u64 applied;
+	__u32 pending;
+};
+
+static long pending_step(__u32 i, void *arg)
+{
+	struct hctx *x = arg;
+	struct erb_entry *e;
+	__u32 idx = slot_of(x->h, i);
+
+	e = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!e || entry_end(e, x->gen))
+		return 1;
+	if (e->state == ERB_ENTRY_VALID && e->hash == x->h && e->wseq > x->applied) {
+		x->pending = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int key_pending(__u32 h, __u32 gen, __u64 applied)
+{
+	struct hctx x = { .h = h, .gen = gen, .applied = applied };
+	__u32 n = cfg.max_probes;
+
+	if (n > ERB_MAX_PROBES)
+		n = ERB_MAX_PROBES;
+	bpf_loop(n, pending_step, &x, 0);
+	return x.pending;
+}
+
+/*
+ * Write a live entry; the caller holds e->lock. ver is odd while it changes,
+ * so a reader that saw the old contents notices (cache_get re-checks it).
+ */
+static __always_inline void entry_write(struct erb_entry *e, __u32 h, const char *key, __u32 klen,
+					const char *val, __u32 vlen, __u32 gen, __u64 wseq,
+					__u32 type)
+{
+	__sync_fetch_and_add(&e->ver, 1);
+	e->state = ERB_ENTRY_VALID;
+	e->gen = gen;
+	e->hash = h;
+	e->klen = klen;
+	e->vlen = vlen;
+	e->wseq = wseq;
+	e->type = type;
+	bpf_probe_read_kernel(e->key, ERB_KEY_MAX, key);
+	bpf_probe_read_kernel(e->val, ERB_VAL_MAX, val);
+	__sync_fetch_and_add(&e->ver, 1);
+}
+
+/*
+ * Store key/value (zero-padded key) under hash h. Returns 0 when stored.
+ * The caller re-checks its preconditions afterwards and invalidates on a race.
+ */
+static __always_inline int cache_store(struct erb_scratch *s, __u32 h, const char *key,
+				       __u32 klen, const char *val, __u32 vlen, __u32 gen,
+				       __u32 type)
+{
+	struct erb_entry *target;
+	__u32 idx;
+
+	cache_probe(s, key, klen, h, gen);
+	if (s->pr.hit >= 0)
+		idx = s->pr.hit;
+	else if (s->pr.free >= 0)
+		idx = s->pr.free;
+	else {
+		stat_inc(ERB_STAT_CACHE_FULL);
+		return -1;
+	}
+	target = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!target)
+		return -1;
+	if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
+		return -1;
+	entry_write(target, h, key, klen, val, vlen, gen, target->wseq, type);
+	__sync_lock_test_and_set(&target->lock, 0);
+	return 0;
+}
+
+#endif /* ERB_CACHE_H */

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * ERB data path: the flow table: outstanding writes per flow, flow release, close and delete.
+ * Part of the one translation unit erb.bpf.c (the verifier sees one object);
+ * included there in order, after the maps and the load-time cfg.
+ */
+#ifndef ERB_FLOW_H
+#define ERB_FLOW_H
+
+/* --------------------------------------------------- outstanding writes */
+
+static __always_inline void wr_block(struct erb_flow *f, struct erb_global *g)
+{
+	if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW))
+		__sync_fetch_and_add(&g->overflow, 1);
+}
+
+static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
+				       __u32 idx, __u32 bucket)
+{
+	__u32 *cnt = bpf_map_lookup_elem(&erb_inflight, &bucket);
+
+	if (!cnt)
+		return;
+	for (int i = 0; i < ERB_WR_RING; i++) {
+		if (f->wr[i].bucket == SLOT_FREE) {
+			f->wr[i].idx = idx;
+			f->wr[i].bucket = bucket;
+			__sync_fetch_and_add(cnt, 1);
+			return;
+		}
+	}
+	/* ring full: block every fill until this flow has no reply owed */
+	wr_block(f, g);
+}
+
+/* Release the slots of writes Redis has answered (idx < replies), or all. */
+static __always_inline void wr_release(struct erb_flow *f, __u32 replies, int all)
+{
+	for (int i = 0; i < ERB_WR_RING; i++) {
+		__u32 b = f->wr[i].bucket;
+		__u32 *cnt;
+
+		if (b == SLOT_FREE || (!all && !before(f->wr[i].idx, replies)))
+			continue;
+		f->wr[i].bucket = SLOT_FREE;
+		cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+		if (cnt)
+			__sync_fetch_and_sub(cnt, 1);
+	}
+}
+
+static __always_inline void wr_unblock(struct erb_flow *f, struct erb_global *g)
+{
+	if (__sync_fetch_and_and(&f->flags, ~ERB_FLOW_WR_OVERFLOW) & ERB_FLOW_WR_OVERFLOW)
+		__sync_fetch_and_sub(&g->overflow, 1);
+}
+
+static __always_inline void flow_release(struct erb_flow *f, struct erb_global *g)
+{
+	wr_release(f, 0, 1);
+	wr_unblock(f, g);
+}
+
+static __always_inline void flow_delete(struct erb_flow_key *k, struct erb_flow *f,
+					struct erb_global *g)
+{
+	flow_release(f, g);
+	bpf_map_delete_elem(&erb_aux, k);
+	bpf_map_delete_elem(&erb_flows, k);
+	stat_inc(ERB_STAT_FLOW_END);
+}
+
+#define FLOW_LINGER_NS	(60ULL * 1000000000ULL)	/* > 2 MSL of Linux (TIME_WAIT) */
+
+static int flow_gc(void *map, struct erb_flow_key *key, struct erb_flow *f)
+{
+	/* a SYN may have reused the tuple meanwhile: then it is not ours */
+	if (f->flags & ERB_FLOW_CLOSED) {
+		bpf_map_delete_elem(map, key);
+		stat_inc(ERB_STAT_FLOW_END);
+	}
+	return 0;
+}
+
+/*
+ * Both FINs are acknowledged. Keep correcting what still comes (a lost last
+ * ACK makes the server resend its FIN) and let a timer delete the flow.
+ */
+static __always_inline void flow_close(struct erb_flow_key *k, struct erb_flow *f,
+				       struct erb_global *g)
+{
+	if (f->flags & ERB_FLOW_CLOSED)
+		return;
+	flow_release(f, g);
+	bpf_map_delete_elem(&erb_aux, k);
+	__sync_fetch_and_or(&f->flags, ERB_FLOW_CLOSED);
+	bpf_timer_init(&f->timer, &erb_flows, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&f->timer, flow_gc);
+	if (bpf_timer_start(&f->timer, FLOW_LINGER_NS, 0))
+		flow_delete(k, f, g);
+}
+
+#endif /* ERB_FLOW_H */

@@ -1,0 +1,269 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * ERB data path: the RESP reply parser (TC egress): reply counting, AUTH/HELLO outcomes, fills.
+ * Part of the one translation unit erb.bpf.c (the verifier sees one object);
+ * included there in order, after the maps and the load-time cfg.
+ */
+#ifndef ERB_REP_H
+#define ERB_REP_H
+
+/* ------------------------------------------------ reply parser (TC) */
+
+static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
+					  struct erb_flow_key *k, struct pctx *c)
+{
+	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, k);
+	struct erb_global *g = c->g;
+	__u32 gen, b, *ep, *bl, type, len;
+	int rc;
+
+	if (!a)
+		return;
+	type = c->u->fill_due == 2 ? ERB_TYPE_HASH : ERB_TYPE_STRING;
+	/* the reply must be the kind of the captured command */
+	if (a->fill_type != type) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	if (type == ERB_TYPE_HASH) {
+		/* Redis's exact reply bytes, all in this skb */
+		len = c->u->fill_len;
+		if (len == 0 || len > cfg.max_value_len || len > ERB_VAL_MAX) {
+			stat_inc(ERB_STAT_FILL_SKIPPED);
+			return;
+		}
+		if (!len_in(len, 1, ERB_VAL_MAX) ||
+		    bpf_skb_load_bytes(skb, poff + c->u->fill_off, a->fill_val, arg_len(len, 1, ERB_VAL_MAX))) {
+			stat_inc(ERB_STAT_FILL_SKIPPED);
+			return;
+		}
+		a->fill_vlen = len;
+	}
+	b = a->fill_bucket & (ERB_INFLIGHT_BUCKETS - 1);
+	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
+	if (!ep)
+		return;
+	gen = g->cache_gen;
+	/*
+	 * Writes of the bucket in flight when the SET arrived were refused at
+	 * capture; any that arrived since moved the epoch: Redis may have run
+	 * them before or after this SET, whatever order the replies came in.
+	 */
+	if (!(cfg.flags & ERB_CFG_FILL) || (g->ctl & ERB_CTL_DRAIN) || g->overflow ||
+	    *ep != a->fill_epoch || gen != a->fill_gen ||
+	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	bl = bpf_map_lookup_elem(&erb_locks, &b);
+	if (!bl || __sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	/* never overwrite a fast-path write Redis does not have yet */
+	rc = key_pending(a->fill_hash, gen, g->applied_seq) ||
+	     cache_store(c->s, a->fill_hash, a->fill_key, a->fill_klen, a->fill_val,
+			 a->fill_vlen, gen, type);
+	__sync_lock_test_and_set(bl, 0);
+	if (rc) {
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	/* a write that raced the store must see no stale entry afterwards */
+	if (g->overflow || *ep != a->fill_epoch || g->cache_gen != gen ||
+	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+		cache_invalidate(a->fill_hash, gen);
+		stat_inc(ERB_STAT_FILL_SKIPPED);
+		return;
+	}
+	stat_inc(ERB_STAT_FILL);
+}
+
+struct rctx {
+	struct pctx pc;
+	struct erb_flow_key key;
+};
+
+static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
+{
+	struct erb_flow *f = r->pc.f;
+	__u32 idx = f->replies;
+	int ok = p->top_type == '+' && p->line_ok && p->line_len == 2;
+
+	if (f->fill_idx == idx + 1) {
+		struct pcur *u = r->pc.u;
+		__u32 len = u->win_base + u->pos - u->rep_start;
+
+		f->fill_idx = 0;
+		if (f->flags & (ERB_FLOW_UNTRACKED | ERB_FLOW_MULTI)) {
+			/* no fill */
+		} else if (ok) {
+			u->fill_due = 1;	/* done after parsing, before releases */
+		} else if (p->top_type == '*' && u->rep_here && u->rep_n >= 2 &&
+			   !(f->flags & ERB_FLOW_HELLO) && len <= cfg.max_value_len) {
+			/* an HGETALL reply, whole in this skb */
+			u->fill_due = 2;
+			u->fill_off = u->rep_start;
+			u->fill_len = len;
+		}
+	}
+	if (f->auth_idx == idx + 1 &&
+	    (p->top_type == '+' || p->top_type == '%' || p->top_type == '*'))
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_AUTHED);
+	f->replies = idx + 1;
+	stat_inc(ERB_STAT_REPLIES);
+}
+
+static __always_inline void rep_elem_done(struct rctx *r, struct erb_parser *p)
+{
+	p->state = ERB_P_TYPE;
+	for (int i = 0; i < ERB_DEPTH_MAX + 1; i++) {
+		__u32 d = p->depth;
+
+		if (d == 0) {
+			rep_done(r, p);
+			return;
+		}
+		d = (d - 1) & (ERB_DEPTH_MAX - 1);
+		if (p->left[d] > 1) {
+			p->left[d]--;
+			return;
+		}
+		p->left[d] = 0;
+		p->depth = d;
+	}
+}
+
+static __always_inline void rep_error(struct rctx *r, struct erb_parser *p)
+{
+	stat_inc(ERB_STAT_PARSE_ERROR);
+	__sync_fetch_and_or(&r->pc.f->flags, ERB_FLOW_UNTRACKED);
+	r->pc.u->err = 1;
+}
+
+static long rep_step(__u32 unused, void *arg)
+{
+	struct rctx *r = arg;
+	struct erb_flow *f = r->pc.f;
+	struct erb_scratch *s = r->pc.s;
+	struct erb_parser *p;
+	__u32 pos = r->pc.u->pos;
+	__u8 ch;
+
+	if (!f || !s || r->pc.u->err || pos >= r->pc.u->end || r->pc.u->end > WIN)
+		return 1;
+	p = &f->rep;
+	ch = s->buf[pos & WIN_MASK];
+	r->pc.u->pos = pos + 1;
+
+	switch (p->state) {
+	case ERB_P_TYPE:
+		p->type = ch;
+		p->num = 0;
+		p->neg = 0;
+		if (p->depth == 0) {
+			p->top_type = ch;
+			p->line_ok = 1;
+			p->line_len = 0;
+			r->pc.u->rep_here = 1;
+			r->pc.u->rep_start = r->pc.u->win_base + pos;
+			r->pc.u->rep_n = 0;
+		}
+		switch (ch) {
+		case '+': case '-': case ':': case '_': case '#': case ',': case '(':
+			p->state = ERB_P_LINE;
+			return 0;
+		case '$': case '=': case '!': case '*': case '~': case '%':
+			p->state = ERB_P_NUM;
+			return 0;
+		default:	/* '>' push, '|' attribute, garbage: give up */
+			rep_error(r, p);
+			return 1;
+		}
+	case ERB_P_LINE:
+		if (ch == '\r') {
+			p->state = ERB_P_LF;
+			return 0;
+		}
+		if (p->depth == 0) {
+			if (!((p->line_len == 0 && ch == 'O') || (p->line_len == 1 && ch == 'K')))
+				p->line_ok = 0;
+			p->line_len++;
+		}
+		return 0;
+	case ERB_P_NUM:
+		if (ch >= '0' && ch <= '9') {
+			if (p->num > (1U << 28)) {
+				rep_error(r, p);
+				return 1;
+			}
+			p->num = p->num * 10 + (ch - '0');
+		} else if (ch == '-' && p->num == 0) {
+			p->neg = 1;
+		} else if (ch == '\r') {
+			p->state = ERB_P_LF;
+		} else {
+			rep_error(r, p);
+			return 1;
+		}
+		return 0;
+	case ERB_P_LF:
+		if (ch != '\n') {
+			rep_error(r, p);
+			return 1;
+		}
+		switch (p->type) {
+		case '$': case '=': case '!':
+			if (p->neg) {
+				rep_elem_done(r, p);
+			} else {
+				p->bulk_left = p->num + 2;
+				p->state = ERB_P_BULK;
+			}
+			return 0;
+		case '*': case '~': case '%': {
+			__u32 n = p->type == '%' ? p->num * 2 : p->num;
+
+			if (p->depth == 0 && p->type == '*' && !p->neg)
+				r->pc.u->rep_n = n;
+			if (p->neg || n == 0) {
+				rep_elem_done(r, p);
+				return 0;
+			}
+			if (p->depth >= ERB_DEPTH_MAX) {
+				rep_error(r, p);
+				return 1;
+			}
+			p->left[p->depth & (ERB_DEPTH_MAX - 1)] = n;
+			p->depth++;
+			p->state = ERB_P_TYPE;
+			return 0;
+		}
+		default:
+			rep_elem_done(r, p);
+			return 0;
+		}
+	case ERB_P_BULK:
+		if (p->bulk_left > 2) {
+			__u32 n = p->bulk_left - 2, room = r->pc.u->end - pos;
+
+			if (n > room)
+				n = room;
+			p->bulk_left -= n;
+			r->pc.u->pos = pos + n;
+			return 0;
+		}
+		if (p->bulk_left == 2 ? ch != '\r' : ch != '\n') {
+			rep_error(r, p);
+			return 1;
+		}
+		if (--p->bulk_left == 0)
+			rep_elem_done(r, p);
+		return 0;
+	default:
+		rep_error(r, p);
+		return 1;
+	}
+}
+
+#endif /* ERB_REP_H */

@@ -1,0 +1,310 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * ERB data path: the RESP request parser (XDP ingress): commands, keys, flow state effects.
+ * Part of the one translation unit erb.bpf.c (the verifier sees one object);
+ * included there in order, after the maps and the load-time cfg.
+ */
+#ifndef ERB_REQ_H
+#define ERB_REQ_H
+
+/* ------------------------------------------------- request parser (XDP) */
+
+/*
+ * A key written by a passed command. The parser only queues it; xdp_keys()
+ * takes the outstanding-write slot and invalidates before the frame is passed.
+ */
+static __always_inline void req_key(struct pctx *c, struct erb_parser *p, __u32 write)
+{
+	__u32 n = c->u->nkeys;
+
+	if (n >= KEYQ) {
+		c->u->keyq_full = 1;
+		return;
+	}
+	c->s->keyq[n & (KEYQ - 1)] = p->arg_hash;
+	c->s->keyq_idx[n & (KEYQ - 1)] = c->f->cmds + c->u->ncmds;
+	c->s->keyq_w[n & (KEYQ - 1)] = write;
+	c->u->nkeys = n + 1;
+}
+
+static __always_inline void req_arg_end(struct pctx *c, struct erb_parser *p)
+{
+	__u32 i = p->argi;
+
+	if (i == 0) {
+		struct erb_cmd_spec *spec;
+		__u32 h = p->arg_uhash;
+
+		p->cmd_hash = h;
+		spec = p->arg_len <= ERB_CMD_NAME_MAX ?
+		       bpf_map_lookup_elem(&erb_cmds, &h) : 0;
+		if (spec) {
+			p->cmd_flags = spec->flags;
+			p->first_key = spec->first_key;
+			p->last_key = spec->last_key;
+			p->key_step = spec->step ? spec->step : 1;
+		} else {
+			p->cmd_flags = ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN;
+			p->first_key = 0;
+			p->last_key = 0;
+			p->key_step = 1;
+		}
+		if (p->last_key < 0)
+			p->last_key += (__s32)p->argc;
+		return;
+	}
+	if (i == 1 && p->cmd_hash == HASH_CLIENT && p->arg_uhash == HASH_REPLY)
+		p->cmd_flags |= ERB_CMD_UNTRACK;
+	if (!(p->cmd_flags & ERB_CMD_KEYS_UNKNOWN) &&
+	    p->first_key > 0 && (__s32)i >= p->first_key && (__s32)i <= p->last_key &&
+	    ((i - p->first_key) % p->key_step) == 0) {
+		if (p->cmd_flags & ERB_CMD_WRITE)
+			req_key(c, p, 1);
+		else if (c->u->pending)
+			req_key(c, p, 0);	/* reads too must wait for pending writes */
+	}
+}
+
+static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
+{
+	struct pcur *u = c->u;
+	__u32 fl = p->cmd_flags;
+	__u32 idx = c->f->cmds + u->ncmds;
+
+	if (fl & (ERB_CMD_FLUSH | ERB_CMD_KEYS_UNKNOWN))
+		u->flush = 1;
+	if (fl & ERB_CMD_MULTI) {
+		u->fl |= ERB_FLOW_MULTI;
+		/* queued writes run at EXEC: no fill may race them */
+		u->block = 1;
+	}
+	if (fl & ERB_CMD_EXEC)
+		u->fl &= ~ERB_FLOW_MULTI;
+	if (fl & ERB_CMD_SUBSCRIBE)
+		u->fl |= ERB_FLOW_SUBSCRIBED | ERB_FLOW_UNTRACKED;
+	if (fl & ERB_CMD_UNTRACK)
+		u->fl |= ERB_FLOW_UNTRACKED;
+	if (fl & ERB_CMD_SELECT) {
+		/* only "SELECT 0" itself says db 0; anything else may not be */
+		if (p->argc == 2 && p->num_ok && p->num_arg == 0 && p->num_len == 1)
+			u->fl &= ~ERB_FLOW_DB_NONZERO;
+		else
+			u->fl |= ERB_FLOW_DB_NONZERO;
+	}
+	if (fl & ERB_CMD_AUTH)
+		u->auth_idx = idx + 1;
+	if (fl & ERB_CMD_RESET) {
+		u->fl &= ~(ERB_FLOW_MULTI | ERB_FLOW_DB_NONZERO);
+		if (cfg.require_auth)
+			u->fl &= ~ERB_FLOW_AUTHED;
+	}
+	if (p->cmd_hash == HASH_HELLO)
+		u->fl |= ERB_FLOW_HELLO;	/* maybe RESP3 from now on */
+	if (p->cmd_hash == HASH_HGETALL && p->argc == 2 && u->a1_off >= 0 &&
+	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED |
+		       ERB_FLOW_HELLO)) &&
+	    u->a1_len <= cfg.max_key_len) {
+		u->cap = 2;
+		u->cap_idx = idx;
+		u->cap_koff = u->win_base + u->a1_off;
+		u->cap_klen = u->a1_len;
+		u->cap_voff = 0;
+		u->cap_vlen = 0;
+	}
+	if ((fl & ERB_CMD_SET) && p->argc == 3 && u->a1_off >= 0 && u->a2_off >= 0 &&
+	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED)) &&
+	    u->a1_len <= cfg.max_key_len && u->a2_len <= cfg.max_value_len) {
+		u->cap = 1;
+		u->cap_idx = idx;
+		u->cap_koff = u->win_base + u->a1_off;
+		u->cap_klen = u->a1_len;
+		u->cap_voff = u->win_base + u->a2_off;
+		u->cap_vlen = u->a2_len;
+	}
+	u->ncmds++;
+}
+
+static __always_inline void req_error(struct pctx *c, struct erb_parser *p)
+{
+	/* Redis will reject this stream too; we lost the command boundary. */
+	c->u->fl |= ERB_FLOW_UNTRACKED;
+	c->u->flush = 1;
+	p->state = ERB_P_TYPE;
+	p->argc = 0;
+	p->resync = 1;
+	c->u->err = 1;
+}
+
+static __always_inline void req_bulk_begin(struct pctx *c, struct erb_parser *p)
+{
+	p->arg_hash = FNV_OFFSET;
+	p->arg_uhash = FNV_OFFSET;
+	p->arg_len = 0;
+	if (p->argi == 1) {
+		p->num_arg = 0;
+		p->num_ok = 1;
+		p->num_len = 0;
+		if (p->num + 2 <= c->u->end - c->u->pos) {
+			c->u->a1_off = c->u->pos;
+			c->u->a1_len = p->num;
+		}
+	} else if (p->argi == 2 && p->num + 2 <= c->u->end - c->u->pos) {
+		c->u->a2_off = c->u->pos;
+		c->u->a2_len = p->num;
+	}
+	p->bulk_left = p->num + 2;
+	p->state = ERB_P_BULK;
+}
+
+/* Does this arg need its bytes looked at (name, keys, SELECT's index)? */
+static __always_inline int req_arg_inspect(struct pctx *c, struct erb_parser *p)
+{
+	if (p->argi <= 1)
+		return 1;
+	return ((p->cmd_flags & ERB_CMD_WRITE) || c->u->pending) && p->first_key > 0 &&
+	       (__s32)p->argi >= p->first_key && (__s32)p->argi <= p->last_key;
+}
+
+static long req_step(__u32 unused, void *arg)
+{
+	struct pctx *c = arg;
+	struct erb_flow *f = c->f;
+	struct erb_scratch *s = c->s;
+	struct erb_parser *p;
+	__u32 pos = c->u->pos;
+	__u8 ch;
+
+	if (!f || !s || pos >= c->u->end || c->u->end > WIN)
+		return 1;
+	p = &f->req;
+	ch = s->buf[pos & WIN_MASK];
+
+	switch (p->state) {
+	case ERB_P_TYPE:
+		if (p->argc == 0) {
+			if (ch == '*') {
+				p->resync = 0;
+				p->type = '*';
+				p->state = ERB_P_NUM;
+				p->num = 0;
+				p->neg = 0;
+				c->u->a1_off = -1;
+				c->u->a2_off = -1;
+			} else if (p->resync) {
+				/* skip until a command starts; unknown bytes may write */
+				c->u->flush = 1;
+			} else if (ch == '\r' || ch == '\n' || ch == ' ') {
+				/* Redis ignores empty inline lines */
+			} else {
+				/* inline command: keys unknown, count it at its LF */
+				p->type = 'i';
+				p->state = ERB_P_LINE;
+			}
+		} else if (ch == '$') {
+			p->type = '$';
+			p->state = ERB_P_NUM;
+			p->num = 0;
+			p->neg = 0;
+		} else {
+			req_error(c, p);
+		}
+		c->u->pos = pos + 1;
+		return 0;
+	case ERB_P_NUM:
+		if (ch >= '0' && ch <= '9') {
+			if (p->num > (1U << 28))
+				req_error(c, p);
+			else
+				p->num = p->num * 10 + (ch - '0');
+		} else if (ch == '-' && p->num == 0) {
+			p->neg = 1;
+		} else if (ch == '\r') {
+			p->state = ERB_P_LF;
+		} else {
+			req_error(c, p);
+		}
+		c->u->pos = pos + 1;
+		return 0;
+	case ERB_P_LINE:
+		if (ch == '\n') {
+			p->cmd_flags = ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN;
+			p->argc = 0;
+			req_cmd_end(c, p);
+			p->state = ERB_P_TYPE;
+		}
+		c->u->pos = pos + 1;
+		return 0;
+	case ERB_P_LF:
+		c->u->pos = pos + 1;
+		if (ch != '\n') {
+			req_error(c, p);
+			return 0;
+		}
+		if (p->type == '*') {
+			p->state = ERB_P_TYPE;
+			if (p->neg || p->num == 0)
+				return 0;	/* Redis skips empty multibulk */
+			p->argc = p->num;
+			p->argi = 0;
+			p->cmd_flags = 0;
+			p->first_key = 0;
+			p->last_key = 0;
+			return 0;
+		}
+		if (p->neg || p->num > 512 * 1024 * 1024) {
+			req_error(c, p);
+			return 0;
+		}
+		req_bulk_begin(c, p);
+		return 0;
+	case ERB_P_BULK:
+		if (p->bulk_left > 2 && req_arg_inspect(c, p)) {
+			/* one byte at a time: hashes and numbers */
+			p->arg_hash = (p->arg_hash ^ ch) * FNV_PRIME;
+			p->arg_uhash = (p->arg_uhash ^ upper(ch)) * FNV_PRIME;
+			if (p->argi == 1) {
+				if (ch >= '0' && ch <= '9' && p->num_arg < 100000)
+					p->num_arg = p->num_arg * 10 + (ch - '0');
+				else
+					p->num_ok = 0;
+				p->num_len++;
+			}
+			p->arg_len++;
+			p->bulk_left--;
+			c->u->pos = pos + 1;
+			return 0;
+		}
+		if (p->bulk_left > 2) {
+			__u32 n = p->bulk_left - 2, room = c->u->end - pos;
+
+			if (n > room)
+				n = room;
+			p->bulk_left -= n;
+			c->u->pos = pos + n;
+			return 0;
+		}
+		/* the CRLF that ends the bulk */
+		if (p->bulk_left == 2 ? ch != '\r' : ch != '\n') {
+			req_error(c, p);
+			c->u->pos = pos + 1;
+			return 0;
+		}
+		p->bulk_left--;
+		c->u->pos = pos + 1;
+		if (p->bulk_left)
+			return 0;
+		req_arg_end(c, p);
+		p->argi++;
+		p->state = ERB_P_TYPE;
+		if (p->argi >= p->argc) {
+			req_cmd_end(c, p);
+			p->argc = 0;
+		}
+		return 0;
+	default:
+		req_error(c, p);
+		return 1;
+	}
+}
+
+#endif /* ERB_REQ_H */
