@@ -64,6 +64,7 @@ const volatile struct erb_config cfg = {
 #define HASH_HELLO	0x32543b0bU	/* FNV-1a("HELLO") */
 #define HASH_HGETALL	0x2004caf8U	/* FNV-1a("HGETALL") */
 #define READ_ONCE(x)	(*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
 
 #include "erb_maps.h"
 #include "erb_cache.h"
@@ -121,6 +122,8 @@ static long opt_step(__u32 unused, void *arg)
 		s->oc.sack_n = (olen - 2) / 8;
 	} else if (kind == 3 && olen == 3) {
 		s->oc.wscale = s->opt[i + 2] + 1;
+	} else if (kind == 2 && olen == 4) {
+		s->oc.mss = (__u32)s->opt[i + 2] << 8 | s->opt[i + 3];
 	}
 	s->oc.i = i + olen;
 	return 0;
@@ -138,6 +141,7 @@ static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struc
 	o->sack_off = 0;
 	o->sack_n = 0;
 	o->wscale = 0;
+	o->mss = 0;
 	if (len == 0)
 		return 0;
 	/* the common case: NOP NOP TS */
@@ -161,6 +165,7 @@ static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struc
 	o->sack_off = s->oc.sack_off;
 	o->sack_n = s->oc.sack_n;
 	o->wscale = s->oc.wscale;
+	o->mss = s->oc.mss;
 	return 0;
 }
 
@@ -372,6 +377,8 @@ static __always_inline void xdp_effects(struct pctx *c, __u32 fl_orig)
 		cache_flush(c->g);
 	if (set)
 		__sync_fetch_and_or(&f->flags, set);
+	if (set & ERB_FLOW_UNTRACKED)
+		flow_unmatched(f, c->g);
 	if (clr)
 		__sync_fetch_and_and(&f->flags, ~clr);
 	if (u->auth_idx)
@@ -885,7 +892,8 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		return -1;
 	}
 	/* a write of this key passed to Redis and unanswered: it must go first */
-	if (READ_ONCE(*cnt) || g->overflow) {
+	if (READ_ONCE(*cnt) || g->overflow ||
+	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return -1;
 	}
@@ -974,6 +982,26 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	return XDP_TX;
 }
 
+/*
+ * The reply fits one segment the client takes: within the MSS its SYN offered
+ * (a path with a smaller MTU, e.g. an overlay, shows there) and within the
+ * receive window of this very request (a zero window takes nothing).
+ */
+static __always_inline int client_takes(struct erb_flow *f, struct pkt *k, struct tcp_opts *o,
+					__u32 rlen)
+{
+	__u32 mss = f->c_mss ? f->c_mss : 536, shift = f->c_wshift ? f->c_wshift - 1 : 0;
+
+	if (shift > 14)
+		shift = 14;
+	if (rlen + (o->ts_off ? 12 : 0) > mss ||
+	    ((__u64)bpf_ntohs(k->tcp->window) << shift) < rlen) {
+		stat_inc(ERB_STAT_PASS_CLIENT_LIMIT);
+		return 0;
+	}
+	return 1;
+}
+
 static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 				      struct erb_flow *f, struct erb_flow_key *key,
 				      struct erb_scratch *s, struct erb_global *g, int want_set)
@@ -1049,13 +1077,18 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	a = bpf_map_lookup_elem(&erb_aux, key);
 	if (!a)
 		return -1;
-	if (is_set)
+	if (is_set) {
+		if (!client_takes(f, k, o, 5))
+			return -1;
 		return do_set(ctx, k, o, f, a, s, g, klen, h, voff, vlen);
+	}
 	if (cache_get(s, klen, h, g->cache_gen, is_hash ? ERB_TYPE_HASH : ERB_TYPE_STRING,
 		      &rstart, &rlen)) {
 		stat_inc(ERB_STAT_MISS);
 		return -1;
 	}
+	if (!client_takes(f, k, o, rlen))
+		return -1;
 	seq = f->s_nxt;
 	ack = bpf_ntohl(k->tcp->seq) + k->plen;
 	rc = xdp_reply(ctx, k, o, s->rep, rstart, rlen, seq, ack, f->s_win);
@@ -1069,69 +1102,153 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 }
 
 /*
- * Redis bytes we cannot parse (IP options, fragments, IPv6) may carry writes:
- * empty the cache, and hold them while fast-path writes are pending (their
- * keys are unknown). A tracked flow loses its command boundary: untrack it.
+ * Client bytes we do not parse (IP options, fragments, VLAN tags, IPv6, data
+ * in a SYN, bytes an untracked flow skipped) may carry writes: hold them while
+ * fast-path writes are pending (their keys are unknown), else empty the cache
+ * and pass them. A tracked flow loses its command boundary: it is given up.
+ * Returns 1 to hold (drop, TCP retransmits).
  */
-static __always_inline int xdp_unseen(struct erb_flow_key *key)
+static __always_inline int unseen_hold(struct erb_flow *f, struct erb_global *g)
 {
-	struct erb_global *g = global();
-	struct erb_flow *f;
-
-	if (!g)
-		return XDP_PASS;
 	if (g->write_seq != g->applied_seq) {
 		stat_inc(ERB_STAT_HOLD);
-		return XDP_DROP;
+		return 1;
 	}
-	f = key ? bpf_map_lookup_elem(&erb_flows, key) : 0;
-	if (f) {
-		__sync_fetch_and_or(&f->flags, ERB_FLOW_UNTRACKED);
-		f->req.resync = 1;
-		f->req.state = ERB_P_TYPE;
-		f->req.argc = 0;
-	}
+	if (f)
+		flow_untrack(f, g);
 	cache_flush(g);
 	g->untracked_wr_ns = bpf_ktime_get_ns();
 	stat_inc(ERB_STAT_PASS_UNTRACKED);
-	return XDP_PASS;
+	stat_inc(ERB_STAT_UNSEEN_PASSED);
+	return 0;
 }
 
-static __always_inline int xdp_odd_ip(struct xdp_md *ctx, struct iphdr *ip)
+static __always_inline int xdp_unseen(struct erb_flow_key *key)
+{
+	struct erb_global *g = global();
+
+	if (!g)
+		return XDP_PASS;
+	return unseen_hold(key ? bpf_map_lookup_elem(&erb_flows, key) : 0, g) ? XDP_DROP : XDP_PASS;
+}
+
+/*
+ * IPv4 with options, a fragment, or behind VLAN tags (ip at l3 from the
+ * frame start): never answered, seen for writes; a flow with corrections
+ * gets its seq/ack/SACK corrected here too.
+ */
+static __always_inline int xdp_odd_ip(struct xdp_md *ctx, struct iphdr *ip, __u32 l3)
 {
 	void *end = (void *)(long)ctx->data_end;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
 	struct erb_flow_key key;
+	struct erb_flow *f;
 	struct tcphdr *t;
+	struct pkt k;
 	__u32 ihl = ip->ihl * 4, tot = bpf_ntohs(ip->tot_len);
 
-	if (ip->frag_off & bpf_htons(0x1fff))
-		return xdp_unseen(0);	/* a later fragment: port unknown */
+	if (!s || !g)
+		return XDP_PASS;
+	if (ip->frag_off & bpf_htons(0x1fff))	/* a later fragment: port unknown */
+		return unseen_hold(0, g) ? XDP_DROP : XDP_PASS;
 	if (ihl < sizeof(*ip) || ihl > 60)
 		return XDP_PASS;
 	t = (void *)ip + (ihl & 0x3c);
 	if ((void *)(t + 1) > end || t->dest != bpf_htons(cfg.redis_port))
 		return XDP_PASS;
-	if (tot <= ihl + t->doff * 4 && !(ip->frag_off & bpf_htons(0x2000)))
-		return XDP_PASS;	/* no payload */
 	key.saddr = ip->saddr;
 	key.daddr = ip->daddr;
 	key.sport = t->source;
 	key.dport = t->dest;
-	return xdp_unseen(&key);
+	f = bpf_map_lookup_elem(&erb_flows, &key);
+	if ((tot > ihl + t->doff * 4 || (ip->frag_off & bpf_htons(0x2000))) && unseen_hold(f, g))
+		return XDP_DROP;
+	if (!f || !(f->flags & ERB_FLOW_ANSWERED))
+		return XDP_PASS;
+	/* answered before: the server's view needs the corrections */
+	k.eth = (void *)(long)ctx->data;
+	k.ip = ip;
+	k.tcp = t;
+	k.thl = t->doff * 4;
+	k.plen = 0;
+	k.odd = 1;
+	if (k.thl < sizeof(*t) || k.thl > 60 || (void *)t + k.thl > end)
+		return XDP_PASS;
+	k.poff = (l3 & 0x1f) + (ihl & 0x3c) + k.thl;
+	if (xdp_tcp_opts(ctx, &k, &s->o, s))
+		s->o.sack_off = 0;
+	if ((void *)(k.tcp + 1) > (void *)(long)ctx->data_end)
+		return XDP_PASS;
+	xdp_correct(ctx, &k, f, &s->o);
+	return XDP_PASS;
 }
 
-static __always_inline int xdp_ipv6(struct xdp_md *ctx)
+/* IPv6 (at l3): the extension headers are followed to find TCP. */
+static __always_inline int xdp_ipv6(struct xdp_md *ctx, __u32 l3)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	__u8 *ip6 = data + sizeof(struct ethhdr);
-	struct tcphdr *t = (void *)(ip6 + 40);
+	struct erb_global *g = global();
+	__u8 *ip6 = data + (l3 & 0x1f), *e;
+	__u32 off = 40, plen, nh;
+	struct tcphdr *t;
 
-	/* fixed header, next header TCP; extension headers are not followed */
-	if ((void *)(t + 1) > end || ip6[6] != IPPROTO_TCP || t->dest != bpf_htons(cfg.redis_port))
+	if (!g || (void *)(ip6 + 40) > end)
 		return XDP_PASS;
-	if (((ip6[4] << 8) | ip6[5]) <= t->doff * 4)
+	nh = ip6[6];
+	plen = (ip6[4] << 8) | ip6[5];
+	for (int i = 0; i < 6 && nh != IPPROTO_TCP; i++) {
+		e = ip6 + (off & 0x3fff);
+		if ((void *)(e + 8) > end)
+			return XDP_PASS;
+		if (nh == 0 || nh == 43 || nh == 60) {		/* hop-by-hop, routing, dest */
+			nh = e[0];
+			off += (e[1] + 1) * 8;
+		} else if (nh == 44) {				/* fragment */
+			if (((e[2] << 8 | e[3]) & 0xfff8) && e[0] == IPPROTO_TCP)
+				/* a later TCP fragment: port unknown */
+				return unseen_hold(0, g) ? XDP_DROP : XDP_PASS;
+			nh = e[0];
+			off += 8;
+		} else if (nh == 51) {				/* AH */
+			nh = e[0];
+			off += (e[1] + 2) * 4;
+		} else {
+			return XDP_PASS;	/* ESP, no next header, not TCP */
+		}
+	}
+	t = (void *)(ip6 + (off & 0x3fff));
+	if (nh != IPPROTO_TCP || (void *)(t + 1) > end || t->dest != bpf_htons(cfg.redis_port))
 		return XDP_PASS;
-	return xdp_unseen(0);
+	if (plen <= off - 40 + t->doff * 4)
+		return XDP_PASS;	/* no payload */
+	return unseen_hold(0, g) ? XDP_DROP : XDP_PASS;
+}
+
+/* 802.1Q / 802.1ad (one or two tags): replies are built untagged, so never answered. */
+static __always_inline int xdp_vlan(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	__u8 *b = data;
+	__u32 l3 = sizeof(struct ethhdr) + 4;
+	__u16 proto;
+	struct iphdr *ip;
+
+	if ((void *)(b + 26) > end)
+		return XDP_PASS;
+	proto = *(__u16 *)(b + 16);
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		proto = *(__u16 *)(b + 20);
+		l3 += 4;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return xdp_ipv6(ctx, l3);
+	if (proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	ip = data + l3;
+	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
+		return XDP_PASS;
+	return xdp_odd_ip(ctx, ip, l3);
 }
 
 struct actx {
@@ -1238,14 +1355,16 @@ int erb_xdp(struct xdp_md *ctx)
 	if ((void *)(k.eth + 1) > end)
 		return XDP_PASS;
 	if (k.eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return xdp_ipv6(ctx);
+		return xdp_ipv6(ctx, sizeof(struct ethhdr));
+	if (k.eth->h_proto == bpf_htons(ETH_P_8021Q) || k.eth->h_proto == bpf_htons(ETH_P_8021AD))
+		return xdp_vlan(ctx);
 	if (k.eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
 	k.ip = (void *)(k.eth + 1);
 	if ((void *)(k.ip + 1) > end || k.ip->protocol != IPPROTO_TCP)
 		return XDP_PASS;
 	if (k.ip->ihl != 5 || (k.ip->frag_off & bpf_htons(0x3fff)))
-		return xdp_odd_ip(ctx, k.ip);
+		return xdp_odd_ip(ctx, k.ip, sizeof(struct ethhdr));
 	k.tcp = (void *)(k.ip + 1);
 	if ((void *)(k.tcp + 1) > end || k.tcp->dest != bpf_htons(cfg.redis_port))
 		return XDP_PASS;
@@ -1286,10 +1405,23 @@ int erb_xdp(struct xdp_md *ctx)
 		f = flow_create(&key, s, ERB_FLOW_SYN |
 				(cfg.require_auth ? 0 : ERB_FLOW_AUTHED) |
 				(o->ts_off ? ERB_FLOW_TS : 0) |
-				(o->wscale ? ERB_FLOW_C_WSCALE : 0), seq + 1);
-		if (f)
+				(o->wscale ? ERB_FLOW_C_WSCALE : 0) |
+				(k.plen ? ERB_FLOW_UNTRACKED : 0), seq + 1);
+		if (f) {
 			stat_inc(ERB_STAT_FLOW_NEW);
-		return XDP_PASS;
+			f->c_mss = o->mss;
+			f->c_wshift = o->wscale;
+		}
+		if (!k.plen)
+			return XDP_PASS;
+		/*
+		 * TCP Fast Open: data in the SYN, which Redis's stack may take or
+		 * not (then the client sends it again): never answered, and the
+		 * bytes count as unparsed wherever they come.
+		 */
+		if (f)
+			flow_gap(f, seq + 1, seq + 1 + k.plen);
+		return unseen_hold(f, g) ? XDP_DROP : XDP_PASS;
 	}
 
 	f = bpf_map_lookup_elem(&erb_flows, &key);
@@ -1309,25 +1441,56 @@ int erb_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 	}
 
+	if (k.tcp->ack) {
+		__u32 a = bpf_ntohl(k.tcp->ack_seq);
+
+		/* how far the client has our bytes: an answer it lacks keeps its request unacked */
+		if (after(a, f->c_ack) && !after(a, READ_ONCE(f->s_nxt)))
+			f->c_ack = a;
+		/*
+		 * A duplicate ACK at the start of our last answer while Redis has
+		 * sent bytes after it: the client lost the answer. Resend it now,
+		 * as the kernel's fast retransmit would, instead of the ACK.
+		 */
+		if (!k.plen && (f->flags & ERB_FLOW_ANSWERED) && a == f->last_rep_seq &&
+		    !(k.tcp->syn | k.tcp->fin | k.tcp->rst) &&
+		    after(READ_ONCE(f->s_nxt), f->last_rep_seq + f->last_rep_len)) {
+			rc = xdp_reanswer(ctx, &k, o, f, &key);
+			if (rc >= 0) {
+				if (rc == XDP_TX)
+					stat_inc(ERB_STAT_ANSWER_RESENT);
+				return rc;
+			}
+			if (pkt_reload(ctx, &k))
+				return XDP_PASS;
+		}
+	}
+
 	if (k.plen) {
 		__u32 fl = f->flags;
 
-		/* the last answered request again: the client lost our reply */
-		if ((fl & ERB_FLOW_ANSWERED) && seq == f->last_req_seq &&
-		    k.plen == f->last_req_len) {
+		/*
+		 * Bytes of the last answered request again: a retransmission
+		 * (alone, or collapsed with the bytes around it) or a duplicate.
+		 * Redis must never see them: answer again from the copy (its ACK
+		 * covers the request, so the client sends what follows anew).
+		 */
+		if ((fl & ERB_FLOW_ANSWERED) && before(seq, f->last_req_seq + f->last_req_len) &&
+		    after(seq + k.plen, f->last_req_seq)) {
+			if (seq != f->last_req_seq || k.plen != f->last_req_len)
+				stat_inc(ERB_STAT_DROP_OVERLAP);
 			rc = xdp_reanswer(ctx, &k, o, f, &key);
 			return rc < 0 ? XDP_DROP : rc;
 		}
-		if ((fl & ERB_FLOW_ANSWERED) && before(seq, f->c.pos) &&
-		    after(seq + k.plen, f->last_req_seq)) {
-			/* overlaps answered bytes: Redis must never see them */
-			stat_inc(ERB_STAT_DROP_OVERLAP);
-			return XDP_DROP;
-		}
 		if (seq != f->c_nxt && !(fl & ERB_FLOW_UNTRACKED))
 			stat_inc(ERB_STAT_PASS_OUT_OF_ORDER);
-		if (fl & ERB_FLOW_UNTRACKED)
+		if (fl & ERB_FLOW_UNTRACKED) {
 			stat_inc(ERB_STAT_PASS_UNTRACKED);
+			/* bytes this flow passed unparsed before: keys unknown */
+			if (f->gap_lo != f->gap_hi && before(seq, f->gap_hi) &&
+			    after(seq + k.plen, f->gap_lo) && unseen_hold(f, g))
+				return XDP_DROP;
+		}
 		if (seq == f->c_nxt && !(fl & ERB_FLOW_UNTRACKED)) {
 			ac.ctx = ctx;
 			ac.k = &k;
@@ -1351,11 +1514,17 @@ int erb_xdp(struct xdp_md *ctx)
 				return XDP_PASS;
 		}
 		if (after(seq, f->c_nxt)) {
+			/*
+			 * A gap: bytes before this segment are missing. Passing it
+			 * lets Linux's own loss recovery (SACK) work, but the
+			 * command boundary is lost: the flow is given up, parsed
+			 * for writes from here on, the gap marked unparsed.
+			 */
 			if (!(f->flags & ERB_FLOW_UNTRACKED)) {
-				/* hold: TCP retransmits, we parse in order */
-				stat_inc(ERB_STAT_DROP_OUT_OF_ORDER);
-				return XDP_DROP;
+				flow_untrack(f, g);
+				stat_inc(ERB_STAT_PASS_OOO);
 			}
+			flow_gap(f, f->c_nxt, seq);
 			f->req.resync = 1;
 			f->req.state = ERB_P_TYPE;
 			f->req.argc = 0;
@@ -1470,7 +1639,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 	struct iphdr *ip;
 	struct tcphdr *t;
 	struct rctx r = {};
-	__u32 thl, tot, plen, seq, ack, cseq, toff, csum_off, flags, olen, resend;
+	__u32 thl, tot, plen, seq, ack, cseq, toff, csum_off, flags, olen, resend, s_nxt;
 
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
@@ -1493,6 +1662,8 @@ int erb_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	thl = t->doff * 4;
 	tot = bpf_ntohs(ip->tot_len);
+	if (tot == 0 && skb->len > sizeof(*eth))
+		tot = skb->len - sizeof(*eth);	/* BIG TCP: a GSO packet over 64 KiB */
 	if (thl < sizeof(*t) || thl > 60 || tot < sizeof(*ip) + thl)
 		return TC_ACT_OK;
 	plen = tot - sizeof(*ip) - thl;
@@ -1520,24 +1691,37 @@ int erb_tc_egress(struct __sk_buff *skb)
 				shift = 14;
 			f->s_win = bpf_htons(win >> shift);
 			f->s_nxt = seq + 1;
+			f->c_ack = seq + 1;
+			if (!s->oc.wscale)
+				f->c_wshift = 0;	/* the client's windows are not scaled either */
 			__sync_fetch_and_or(&f->flags, ERB_FLOW_EST | ERB_FLOW_WIN);
 		}
 		return TC_ACT_OK;
 	}
 	cseq = map_sseq(&sadj, seq);
-	resend = plen && !after(cseq + plen, f->s_nxt);	/* all bytes the client has */
+	s_nxt = f->s_nxt;
+	resend = plen && !after(cseq + plen, s_nxt);	/* all bytes the client has */
 	f->s_win = t->window;
 	if (!(f->flags & ERB_FLOW_WIN))
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_WIN);
-	if (plen && !(f->flags & ERB_FLOW_UNTRACKED) && after(cseq + plen, f->s_nxt)) {
-		__u32 from = before(cseq, f->s_nxt) ? f->s_nxt - cseq : 0;
+	/*
+	 * s_nxt moves before the replies in these bytes are counted: XDP reads
+	 * replies, then s_nxt, so once it sees a reply counted it also sees
+	 * the sequence space that reply takes, and never answers into it.
+	 */
+	if (after(cseq + plen + !!(flags & 0x01), s_nxt)) {
+		WRITE_ONCE(f->s_nxt, cseq + plen + !!(flags & 0x01));
+		barrier();
+	}
+	if (plen && !(f->flags & ERB_FLOW_UNTRACKED) && after(cseq + plen, s_nxt)) {
+		__u32 from = before(cseq, s_nxt) ? s_nxt - cseq : 0;
 
 		r.pc.f = f;
 		r.pc.s = s;
 		r.pc.g = g;
 		r.pc.u = &s->cur;
 		__builtin_memset(&s->cur, 0, sizeof(s->cur));
-		if (after(cseq, f->s_nxt)) {
+		if (after(cseq, s_nxt)) {
 			rep_error(&r, &f->rep);	/* a gap in our own output */
 		} else {
 			tc_parse(skb, &r, toff + thl, from, plen);
@@ -1548,8 +1732,6 @@ int erb_tc_egress(struct __sk_buff *skb)
 				wr_unblock(f, g);
 		}
 	}
-	if (after(cseq + plen + !!(flags & 0x01), f->s_nxt))
-		f->s_nxt = cseq + plen + !!(flags & 0x01);
 	if (flags & 0x01)
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_S_FIN);
 
@@ -1575,6 +1757,16 @@ int erb_tc_egress(struct __sk_buff *skb)
 			tc_rewrite(skb, toff + 4, csum_off, seq, v);
 		if (flags & 0x10) {
 			v = map_sack(&cadj, ack);
+			/*
+			 * Never acknowledge an answered request before the client
+			 * has our answer: its own retransmission of the request is
+			 * what brings a lost answer back (answered again).
+			 */
+			if (before(READ_ONCE(f->c_ack), f->last_rep_seq + f->last_rep_len) &&
+			    after(v, f->last_req_seq)) {
+				v = f->last_req_seq;
+				stat_inc(ERB_STAT_ACK_HELD);
+			}
 			if (v != ack)
 				tc_rewrite(skb, toff + 8, csum_off, ack, v);
 		}

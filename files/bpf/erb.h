@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	1
+#define ERB_LAYOUT_VERSION	2
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -158,6 +158,11 @@ struct erb_flow {
 	__u32 last_req_len;
 	__u32 last_rep_seq;	/* its reply (client view) */
 	__u32 last_rep_len;
+	__u32 c_ack;		/* highest ACK the client sent (client view) */
+	__u32 c_mss;		/* MSS the client's SYN offered (0: none seen) */
+	__u32 c_wshift;		/* the client's window scale + 1 (0: none) */
+	__u32 c_win;		/* last window the client advertised (raw) */
+	__u32 gap_lo, gap_hi;	/* untracked: client bytes passed unparsed */
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */
@@ -257,6 +262,12 @@ enum erb_stat {
 	ERB_STAT_SET_PASS_BUSY,		/* key busy (lock, in-flight write, no slot) */
 	ERB_STAT_HOLD,			/* segment dropped until pending writes apply */
 	ERB_STAT_TS_CLAMPED,		/* Redis resend given our last answer's TSval (PAWS) */
+	ERB_STAT_ANSWER_RESENT,		/* answer resent: a dup ACK or a segment over answered bytes */
+	ERB_STAT_ACK_HELD,		/* Redis ACK kept below an answer the client lacks */
+	ERB_STAT_FLOW_GIVEN_UP,		/* tracked flow untracked (reordering, unparsable bytes) */
+	ERB_STAT_PASS_OOO,		/* out-of-order segment passed (flow given up) */
+	ERB_STAT_PASS_CLIENT_LIMIT,	/* reply over the client's MSS or receive window */
+	ERB_STAT_UNSEEN_PASSED,		/* bytes we cannot parse passed, cache emptied */
 	ERB_STAT_MAX,
 };
 

@@ -62,6 +62,42 @@ static __always_inline void flow_release(struct erb_flow *f, struct erb_global *
 	wr_unblock(f, g);
 }
 
+/*
+ * The flow's replies can no longer be matched to its commands: its write
+ * slots become the untracked-write fence (fills and fast SETs wait it out),
+ * so no slot and no overflow count stays behind for every other client.
+ */
+static __always_inline void flow_unmatched(struct erb_flow *f, struct erb_global *g)
+{
+	flow_release(f, g);
+	g->untracked_wr_ns = bpf_ktime_get_ns();
+}
+
+/* Give up a tracked flow: never answer it again, parse it for writes only. */
+static __always_inline void flow_untrack(struct erb_flow *f, struct erb_global *g)
+{
+	if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_UNTRACKED) & ERB_FLOW_UNTRACKED))
+		stat_inc(ERB_STAT_FLOW_GIVEN_UP);
+	f->req.resync = 1;
+	f->req.state = ERB_P_TYPE;
+	f->req.argc = 0;
+	flow_unmatched(f, g);
+}
+
+/* Client bytes [lo, hi) of an untracked flow passed without being parsed. */
+static __always_inline void flow_gap(struct erb_flow *f, __u32 lo, __u32 hi)
+{
+	if (f->gap_lo == f->gap_hi) {
+		f->gap_lo = lo;
+		f->gap_hi = hi;
+		return;
+	}
+	if (before(lo, f->gap_lo))
+		f->gap_lo = lo;
+	if (after(hi, f->gap_hi))
+		f->gap_hi = hi;
+}
+
 static __always_inline void flow_delete(struct erb_flow_key *k, struct erb_flow *f,
 					struct erb_global *g)
 {

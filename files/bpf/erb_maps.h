@@ -154,6 +154,7 @@ struct tcp_opts {
 	__u32 sack_off;		/* offset of the SACK option, 0 none */
 	__u32 sack_n;		/* blocks */
 	__u32 wscale;		/* window scale option + 1, 0 none */
+	__u32 mss;		/* MSS option, 0 none */
 };
 
 /* Header fields of a request its reply needs (xdp_reply). */
@@ -180,6 +181,7 @@ struct erb_scratch {
 	struct {
 		__u32 i, len, ts_off, tsval, tsecr, sack_off, sack_n, bad;
 		__u32 wscale;		/* window scale option + 1, 0 none */
+		__u32 mss;		/* MSS option, 0 none */
 	} oc;				/* option parser cursor */
 	struct {
 		__s32 hit, free;	/* slot indexes, -1 none */

@@ -137,7 +137,8 @@ static __always_inline void rep_elem_done(struct rctx *r, struct erb_parser *p)
 static __always_inline void rep_error(struct rctx *r, struct erb_parser *p)
 {
 	stat_inc(ERB_STAT_PARSE_ERROR);
-	__sync_fetch_and_or(&r->pc.f->flags, ERB_FLOW_UNTRACKED);
+	if (!(__sync_fetch_and_or(&r->pc.f->flags, ERB_FLOW_UNTRACKED) & ERB_FLOW_UNTRACKED))
+		flow_unmatched(r->pc.f, r->pc.g);
 	r->pc.u->err = 1;
 }
 

@@ -30,10 +30,20 @@ static __always_inline __u16 csum_fold(__u64 s)
 	return (__u16)~s;
 }
 
-/* client seq -> server view */
+/*
+ * client seq -> server view. A seq inside the last answered request (bytes the
+ * server never saw) is only ever a zero-length segment there: a window probe
+ * at snd_una - 1. It maps to the server's rcv_nxt - 1, a probe again.
+ */
 static __always_inline __u32 map_cseq(struct erb_seqadj *c, __u32 seq)
 {
-	return seq - (before(seq, c->pos) ? c->off_before : c->off_after);
+	__u32 gone = c->off_after - c->off_before;
+
+	if (!before(seq, c->pos))
+		return seq - c->off_after;
+	if (gone && !before(seq, c->pos - gone))
+		return c->pos - c->off_after - 1;
+	return seq - c->off_before;
 }
 
 /* client ack (of server bytes, client view) -> server view */

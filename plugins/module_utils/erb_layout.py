@@ -14,7 +14,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 1
+ERB_LAYOUT_VERSION = 2
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -138,6 +138,12 @@ STAT_NAMES = (
     'set_pass_busy',
     'hold',
     'ts_clamped',
+    'answer_resent',
+    'ack_held',
+    'flow_given_up',
+    'pass_ooo',
+    'pass_client_limit',
+    'unseen_passed',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -261,6 +267,12 @@ class ErbFlow(ctypes.Structure):
         ('last_req_len', u32),
         ('last_rep_seq', u32),
         ('last_rep_len', u32),
+        ('c_ack', u32),
+        ('c_mss', u32),
+        ('c_wshift', u32),
+        ('c_win', u32),
+        ('gap_lo', u32),
+        ('gap_hi', u32),
         ('wr', ErbWr * ERB_WR_RING),
         ('req', ErbParser),
         ('rep', ErbParser),

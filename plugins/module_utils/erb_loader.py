@@ -404,6 +404,19 @@ def count_flows(fd):
     return total, answered
 
 
+# What TCP faults did to the answered flows, for an operator: answers sent
+# again (the client's retransmission, a duplicate ACK, a collapsed segment),
+# Redis ACKs held below an answer the client lacked, flows given up (a gap, bytes
+# ERB cannot parse), segments held for pending writes.
+RECOVERY_STATS = ('retransmit_answer', 'answer_resent', 'drop_overlap', 'ack_held', 'ts_clamped',
+                  'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold')
+
+
+def recovery(stats):
+    """The RECOVERY_STATS of a read_stats() result."""
+    return dict((k, stats.get(k, 0)) for k in RECOVERY_STATS)
+
+
 def cache_fill(fd, cache_gen):
     """Entries VALID and of the current generation, read through a read-only
     mmap of the BPF_F_MMAPABLE erb_cache array."""
@@ -1033,8 +1046,17 @@ def drain(target, timeout, poll=0.2, progress=None):
                 progress(answered, waited)
             if (answered == 0 and lag == 0) or waited >= timeout:
                 return {'drained': answered == 0 and lag == 0, 'flows_remaining': answered,
-                        'writes_pending': lag, 'waited': round(waited, 3)}
+                        'writes_pending': lag, 'waited': round(waited, 3),
+                        'recovery': _pinned_recovery(target)}
             time.sleep(min(poll, max(timeout - waited, 0.01)))
+
+
+def _pinned_recovery(target):
+    fd = open_pinned(target.map_pin('erb_stats'))
+    if fd is None:
+        return {}
+    with B.fd_closing(fd):
+        return recovery(read_stats(fd))
 
 
 def _remove_link(pin):

@@ -209,10 +209,14 @@ maps_created:
   type: list
   elements: str
 drain:
-  description: Drain outcome, C(drained) false when I(drain_timeout) passed with corrected flows left.
+  description:
+    - Drain outcome, C(drained) false when I(drain_timeout) passed with corrected flows left.
+    - C(recovery) sums what TCP faults made ERB do over the deployment's life (answers sent again,
+      Redis ACKs held below a lost answer, flows given up after a gap), from C(erb_stats).
   returned: when state is detached and something was removed
   type: dict
-  sample: {"drained": true, "flows_remaining": 0, "waited": 0.0}
+  sample: {"drained": true, "flows_remaining": 0, "writes_pending": 0, "waited": 0.0,
+           "recovery": {"retransmit_answer": 2, "answer_resent": 1, "ack_held": 3, "flow_given_up": 0}}
 removed:
   description: Pins removed.
   returned: when state is detached

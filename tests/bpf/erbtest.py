@@ -364,11 +364,12 @@ class Flow(object):
 
     # -- actions -------------------------------------------------------
 
-    def handshake(self, synack_window=None):
-        """SYN (XDP), SYN-ACK (TC; window synack_window, default s_win; wscale 7), ACK (XDP)."""
-        opts = [('MSS', 1460), ('SAckOK', b''), ('WScale', 7)]
+    def handshake(self, synack_window=None, mss=1460):
+        """SYN (XDP; the client offers mss), SYN-ACK (TC; window synack_window, default s_win;
+        wscale 7), ACK (XDP)."""
+        opts = [('MSS', mss), ('SAckOK', b''), ('WScale', 7)]
         if self.ts:
-            opts = [('MSS', 1460), ('SAckOK', b''), ('Timestamp', (self.c_tsval, 0)), ('NOP', None),
+            opts = [('MSS', mss), ('SAckOK', b''), ('Timestamp', (self.c_tsval, 0)), ('NOP', None),
                     ('WScale', 7)]
         syn = self.client_frame(flags='S', options=opts)
         rc, out = self.erb.xdp(syn)

@@ -27,8 +27,11 @@ def nonzero(st):
 
 
 def flow_bytes(erb, f):
+    """The flow's state, but for c_ack: the ACK a held segment carries is what the
+    client has, whatever happens to its payload."""
     fl = erb.flow(f)
     assert fl is not None
+    fl.c_ack = 0
     return ctypes.string_at(ctypes.addressof(fl), ctypes.sizeof(fl))
 
 

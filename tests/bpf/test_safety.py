@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 """"When XDP may answer": every rule that forbids an answer leaves the GET
-frame untouched (XDP_PASS, or XDP_DROP for a gap on a tracked flow) and counts
-the reason. Each test first shows the same GET would be a hit, so a pass here
+frame untouched (XDP_PASS) and counts the reason (a gap before the segment:
+test_faults.py). Each test first shows the same GET would be a hit, so a pass here
 can only come from the rule under test."""
 
 import pytest
@@ -82,19 +82,6 @@ def test_unacked_server_data(erb):
     old_ack = f.c_ack
     f.reply(b'+PONG\r\n')               # on its way to the client
     assert_passed(f, 'pass_unacked', ack=old_ack)
-
-
-def test_out_of_order_segment_is_held(erb):
-    f = filled(erb)
-    frame = f.client_frame(GET_K, seq=f.c_seq + 20)
-    before = erb.stats()
-    rc, out = erb.xdp(frame)
-    assert rc == XDP_DROP, XDP_NAMES.get(rc, rc)
-    st = erb.stats()
-    assert st['drop_out_of_order'] == before['drop_out_of_order'] + 1
-    assert st['hit'] == 0
-    # the in-order segment is still answered
-    assert_hit(f)
 
 
 def test_old_segment_is_not_answered(erb):
