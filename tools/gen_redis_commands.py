@@ -43,12 +43,21 @@ SPECIAL = {
     'RESET': ('RESET',),
     # CLIENT: no flag. erb.bpf.c untracks a flow only on CLIENT REPLY (its
     # replies stop matching commands); CLIENT SETINFO etc. are harmless.
+    # one reply per channel, and replies even when not subscribed: counting breaks
+    'UNSUBSCRIBE': ('UNTRACK',),
+    'PUNSUBSCRIBE': ('UNTRACK',),
+    'SUNSUBSCRIBE': ('UNTRACK',),
+    # EXEC after WATCH must see every write acknowledged before it
+    'WATCH': ('WATCH',),
     'SYNC': ('UNTRACK',),
     'PSYNC': ('UNTRACK',),
     'REPLCONF': ('UNTRACK',),
 }
 FLAG_ORDER = ('WRITE', 'KEYS_UNKNOWN', 'FLUSH', 'GET', 'SET', 'MULTI', 'EXEC',
-              'SUBSCRIBE', 'SELECT', 'AUTH', 'RESET', 'UNTRACK')
+              'SUBSCRIBE', 'SELECT', 'AUTH', 'RESET', 'UNTRACK', 'KEYSPACE', 'WATCH')
+# Keyless commands that read the keyspace as a whole (beyond the @keyspace
+# category): what they show changes with every write.
+KEYSPACE_READS = ('INFO', 'DEBUG', 'MEMORY', 'LASTSAVE')
 
 
 class RespError(Exception):
@@ -137,15 +146,34 @@ def has_write(entry):
     return any(has_write(s) for s in subs)
 
 
+def subcommands(entry):
+    return entry[9] if len(entry) > 9 and entry[9] else []
+
+
+def has_keys(entry):
+    """Key positions (legacy or key specs) on the command or any subcommand."""
+    if int(entry[3]) > 0 or 'movablekeys' in entry[2] or (len(entry) > 8 and entry[8]):
+        return True
+    return any(has_keys(s) for s in subcommands(entry))
+
+
 def erb_flags(entry):
+    """ERB_CMD_* names. A container (OBJECT, MEMORY, XINFO, ...) whose
+    subcommands take keys has them where its own legacy positions do not say:
+    KEYS_UNKNOWN (a read then waits for pending writes; a write empties the
+    cache). A keyless command of @keyspace (KEYS, SCAN, DBSIZE, RANDOMKEY) or
+    of KEYSPACE_READS reads the keyspace as a whole: KEYSPACE."""
     name = entry[0].upper()
     flags = set()
     write = has_write(entry)
-    container = len(entry) > 9 and bool(entry[9])
+    container = bool(subcommands(entry))
     if write:
         flags.add('WRITE')
-    if 'movablekeys' in entry[2] or (container and write):
+    if 'movablekeys' in entry[2] or (container and (write or has_keys(entry))):
         flags.add('KEYS_UNKNOWN')
+    categories = entry[6] if len(entry) > 6 else []
+    if not has_keys(entry) and not write and ('@keyspace' in categories or name in KEYSPACE_READS):
+        flags.add('KEYSPACE')
     if name in SCRIPTS:
         flags.update(('WRITE', 'KEYS_UNKNOWN'))
     flags.update(SPECIAL.get(name, ()))

@@ -63,6 +63,8 @@ const volatile struct erb_config cfg = {
 #define HASH_REPLY	0xd3d94fc7U	/* FNV-1a("REPLY") */
 #define HASH_HELLO	0x32543b0bU	/* FNV-1a("HELLO") */
 #define HASH_HGETALL	0x2004caf8U	/* FNV-1a("HGETALL") */
+#define HASH_TRACKING	0xfb4df9fcU	/* FNV-1a("TRACKING") */
+#define HASH_CACHING	0x3f76dfbeU	/* FNV-1a("CACHING") */
 #define READ_ONCE(x)	(*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
 
@@ -269,7 +271,7 @@ static long hold_step(__u32 i, void *arg)
 		return 1;
 	}
 	x->s->cur.nlocked = i + 1;
-	if (key_pending(h, x->g->cache_gen, x->applied)) {
+	if (x->s->cur.pending && key_pending(h, x->g->cache_gen, x->applied)) {
 		x->s->cur.held = 1;
 		return 1;
 	}
@@ -337,10 +339,15 @@ static __always_inline int xdp_hold(struct pctx *c)
 	__u32 n = keyq_len(u);
 
 	x.applied = c->g->applied_seq;
-	if (!u->pending || !n)
-		return u->pending && (u->flush || u->keyq_full);
-	if (u->flush || u->keyq_full)
+	if (u->pending && (u->flush || u->keyq_full || u->wait))
 		return 1;
+	if (!n)
+		return 0;
+	/*
+	 * Lock the buckets even with nothing pending: key_step() counts the
+	 * writes (erb_inflight) under the lock, and a fast SET checks that
+	 * count under the same lock, so one of the two always sees the other.
+	 */
 	u->nlocked = 0;
 	u->held = 0;
 	bpf_loop(n, hold_step, &x, 0);
@@ -891,15 +898,18 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		stat_inc(ERB_STAT_PASS_TOO_BIG);
 		return -1;
 	}
-	/* a write of this key passed to Redis and unanswered: it must go first */
-	if (READ_ONCE(*cnt) || g->overflow ||
-	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
-		stat_inc(ERB_STAT_SET_PASS_BUSY);
-		return -1;
-	}
 	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return -1;
+	}
+	/*
+	 * A write of this key passed to Redis and unanswered must go first.
+	 * Checked under the bucket lock, under which passed writes are counted.
+	 */
+	if (READ_ONCE(*cnt) || g->overflow ||
+	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+		stat_inc(ERB_STAT_SET_PASS_BUSY);
+		return unlock_ret(bl, 0, -1);
 	}
 	cache_probe(s, s->key, klen, h, g->cache_gen);
 	idx = s->pr.hit >= 0 ? s->pr.hit : s->pr.free;
@@ -1110,10 +1120,16 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
  */
 static __always_inline int unseen_hold(struct erb_flow *f, struct erb_global *g)
 {
-	if (g->write_seq != g->applied_seq) {
+	__u64 bound = f && f->hold_wseq ? f->hold_wseq : g->write_seq;
+
+	if (g->applied_seq < bound) {
+		if (f && !f->hold_wseq)
+			f->hold_wseq = bound;
 		stat_inc(ERB_STAT_HOLD);
 		return 1;
 	}
+	if (f)
+		f->hold_wseq = 0;
 	if (f)
 		flow_untrack(f, g);
 	cache_flush(g);
@@ -1269,6 +1285,7 @@ static long parse_step(__u32 i, void *arg)
 	struct erb_flow *f = a->f;
 	struct pctx c;
 	__u32 fl_orig;
+	__u64 bound;
 
 	if (!a->ctx || !a->k || !f || !a->key || !s || !g)
 		return 1;
@@ -1279,7 +1296,12 @@ static long parse_step(__u32 i, void *arg)
 	fl_orig = f->flags;
 	__builtin_memset(&s->cur, 0, sizeof(s->cur));
 	s->cur.tracked = !(fl_orig & ERB_FLOW_UNTRACKED);
-	s->cur.pending = g->write_seq != g->applied_seq;
+	/*
+	 * Bounded: a held segment waits only for the writes acknowledged
+	 * before it first arrived, never for later ones (no starvation).
+	 */
+	bound = f->hold_wseq ? f->hold_wseq : g->write_seq;
+	s->cur.pending = g->applied_seq < bound;
 	s->cur.fl = fl_orig;
 	s->cur.a1_off = -1;
 	s->cur.a2_off = -1;
@@ -1289,10 +1311,13 @@ static long parse_step(__u32 i, void *arg)
 	if (xdp_hold(&c)) {
 		/* as if never seen: the retransmission is parsed again */
 		__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
+		if (!f->hold_wseq)
+			f->hold_wseq = bound;
 		stat_inc(ERB_STAT_HOLD);
 		a->rc = XDP_DROP;
 		return 1;
 	}
+	f->hold_wseq = 0;
 	xdp_effects(&c, fl_orig);
 	if (c.u->cap && c.u->tracked && !c.u->err)
 		xdp_capture(a->ctx, a->k, a->key, &c);

@@ -128,6 +128,7 @@ struct erb_parser {
 #define ERB_FLOW_CLOSED		(1U << 13)	/* both FINs acked: deleted by its timer */
 #define ERB_FLOW_C_WSCALE	(1U << 14)	/* the client's SYN offered window scaling */
 #define ERB_FLOW_HELLO		(1U << 15)	/* sent HELLO once: maybe RESP3, no HGETALL */
+#define ERB_FLOW_WATCH		(1U << 16)	/* WATCH issued: EXEC waits for pending writes */
 
 struct erb_seqadj {
 	__u32 pos;		/* correction position (see erb.bpf.c) */
@@ -163,6 +164,7 @@ struct erb_flow {
 	__u32 c_wshift;		/* the client's window scale + 1 (0: none) */
 	__u32 c_win;		/* last window the client advertised (raw) */
 	__u32 gap_lo, gap_hi;	/* untracked: client bytes passed unparsed */
+	__u64 hold_wseq;	/* write_seq when the segment was first held (0: none) */
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */
@@ -215,6 +217,8 @@ struct erb_global {
 #define ERB_CMD_AUTH		(1U << 9)	/* AUTH, HELLO (may carry AUTH) */
 #define ERB_CMD_RESET		(1U << 10)
 #define ERB_CMD_UNTRACK		(1U << 11)	/* CLIENT (REPLY OFF/SKIP), SYNC, PSYNC... */
+#define ERB_CMD_KEYSPACE	(1U << 12)	/* reads the keyspace as a whole: KEYS, SCAN, DBSIZE */
+#define ERB_CMD_WATCH		(1U << 13)	/* WATCH: a later EXEC waits for pending writes */
 
 struct erb_cmd_spec {
 	__u32 flags;		/* ERB_CMD_* */
@@ -268,6 +272,7 @@ enum erb_stat {
 	ERB_STAT_PASS_OOO,		/* out-of-order segment passed (flow given up) */
 	ERB_STAT_PASS_CLIENT_LIMIT,	/* reply over the client's MSS or receive window */
 	ERB_STAT_UNSEEN_PASSED,		/* bytes we cannot parse passed, cache emptied */
+	ERB_STAT_REPLY_UNMATCHED,	/* a reply with no command owed: flow untracked */
 	ERB_STAT_MAX,
 };
 

@@ -48,9 +48,15 @@ static __always_inline int key_equal(const char *a, const char *b)
 	return 1;
 }
 
-/* Remove every live entry whose key hashes to h (conservative: by hash). */
+/*
+ * Remove every live entry whose key hashes to h (conservative: by hash). An
+ * entry whose fast-path write Redis does not have yet stays: its key is held
+ * until it is applied (no write of it can pass meanwhile).
+ */
 static __always_inline int cache_invalidate(__u32 h, __u32 gen)
 {
+	struct erb_global *g = global();
+	__u64 applied = g ? g->applied_seq : 0;
 	int n = 0;
 
 	for (__u32 i = 0; i < ERB_MAX_PROBES; i++) {
@@ -62,7 +68,7 @@ static __always_inline int cache_invalidate(__u32 h, __u32 gen)
 		e = bpf_map_lookup_elem(&erb_cache, &idx);
 		if (!e || entry_end(e, gen))
 			break;
-		if (e->state == ERB_ENTRY_VALID && e->hash == h) {
+		if (e->state == ERB_ENTRY_VALID && e->hash == h && e->wseq <= applied) {
 			__sync_fetch_and_add(&e->ver, 1);
 			e->state = ERB_ENTRY_TOMB;
 			__sync_fetch_and_add(&e->ver, 1);
@@ -111,6 +117,7 @@ struct prctx {
 	struct erb_scratch *s;
 	const char *key;	/* zero-padded, ERB_KEY_MAX bytes, in a map value */
 	__u32 h, klen, gen;
+	__u64 applied;
 };
 
 /* One probe: stop at the key (pr.hit) or the end of the chain. */
@@ -127,6 +134,8 @@ static long probe_step(__u32 i, void *arg)
 	e = bpf_map_lookup_elem(&erb_cache, &idx);
 	if (!e)
 		return 1;
+	if (e->state == ERB_ENTRY_VALID && e->gen != x->gen && e->wseq > x->applied)
+		return 0;	/* flushed, but Redis does not have its write yet: keep it */
 	if (entry_end(e, x->gen)) {
 		if (s->pr.free < 0)
 			s->pr.free = idx;
@@ -149,8 +158,10 @@ static __always_inline void cache_probe(struct erb_scratch *s, const char *key, 
 					__u32 h, __u32 gen)
 {
 	struct prctx x = { .s = s, .key = key, .h = h, .klen = klen, .gen = gen };
+	struct erb_global *g = global();
 	__u32 n = cfg.max_probes;
 
+	x.applied = g ? g->applied_seq : 0;
 	s->pr.hit = -1;
 	s->pr.free = -1;
 	if (n > ERB_MAX_PROBES)
@@ -172,8 +183,9 @@ static long pending_step(__u32 i, void *arg)
 	__u32 idx = slot_of(x->h, i);
 
 	e = bpf_map_lookup_elem(&erb_cache, &idx);
-	if (!e || entry_end(e, x->gen))
+	if (!e || e->state == ERB_ENTRY_EMPTY)
 		return 1;
+	/* of any generation: emptying the cache does not put a write in Redis */
 	if (e->state == ERB_ENTRY_VALID && e->hash == x->h && e->wseq > x->applied) {
 		x->pending = 1;
 		return 1;

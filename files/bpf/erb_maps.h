@@ -76,6 +76,7 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);	/* the agent bumps epochs atomically */
 	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
 	__type(key, __u32);
 	__type(value, __u32);
@@ -136,6 +137,7 @@ struct pcur {
 	__u32 auth_idx;		/* +1 of the last AUTH/HELLO, 0 none */
 	__u32 block;		/* block fills until nothing is owed */
 	__u32 flush;		/* empty the cache (unknown keys, FLUSH*, errors) */
+	__u32 wait;		/* reads unknown keys or the whole keyspace: wait for pending writes */
 	__u32 nlocked;		/* bucket locks taken by the hold check */
 	__u32 held;		/* the hold check refused the segment */
 };

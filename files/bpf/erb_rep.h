@@ -90,6 +90,18 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 	__u32 idx = f->replies;
 	int ok = p->top_type == '+' && p->line_ok && p->line_len == 2;
 
+	/*
+	 * More replies than commands (a command that answers several times,
+	 * an input we counted wrong): counting can no longer tell when Redis
+	 * owes nothing, so the flow is never answered again.
+	 */
+	if (idx == READ_ONCE(f->cmds)) {
+		stat_inc(ERB_STAT_REPLY_UNMATCHED);
+		if (!(__sync_fetch_and_or(&f->flags, ERB_FLOW_UNTRACKED) & ERB_FLOW_UNTRACKED))
+			flow_unmatched(f, r->pc.g);
+		r->pc.u->err = 1;
+		return;
+	}
 	if (f->fill_idx == idx + 1) {
 		struct pcur *u = r->pc.u;
 		__u32 len = u->win_base + u->pos - u->rep_start;

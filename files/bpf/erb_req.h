@@ -53,7 +53,13 @@ static __always_inline void req_arg_end(struct pctx *c, struct erb_parser *p)
 			p->last_key += (__s32)p->argc;
 		return;
 	}
-	if (i == 1 && p->cmd_hash == HASH_CLIENT && p->arg_uhash == HASH_REPLY)
+	/*
+	 * CLIENT REPLY: replies stop matching commands. CLIENT TRACKING and
+	 * CLIENT CACHING: Redis must see this connection's reads to send it
+	 * invalidations, so it is never answered again.
+	 */
+	if (i == 1 && p->cmd_hash == HASH_CLIENT &&
+	    (p->arg_uhash == HASH_REPLY || p->arg_uhash == HASH_TRACKING || p->arg_uhash == HASH_CACHING))
 		p->cmd_flags |= ERB_CMD_UNTRACK;
 	if (!(p->cmd_flags & ERB_CMD_KEYS_UNKNOWN) &&
 	    p->first_key > 0 && (__s32)i >= p->first_key && (__s32)i <= p->last_key &&
@@ -71,8 +77,18 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 	__u32 fl = p->cmd_flags;
 	__u32 idx = c->f->cmds + u->ncmds;
 
-	if (fl & (ERB_CMD_FLUSH | ERB_CMD_KEYS_UNKNOWN))
+	/* a write of unknown keys empties the cache; a read of them waits */
+	if ((fl & ERB_CMD_FLUSH) || ((fl & ERB_CMD_KEYS_UNKNOWN) && (fl & ERB_CMD_WRITE)))
 		u->flush = 1;
+	if (fl & (ERB_CMD_KEYS_UNKNOWN | ERB_CMD_KEYSPACE))
+		u->wait = 1;
+	if (fl & ERB_CMD_WATCH)
+		u->fl |= ERB_FLOW_WATCH;
+	/* EXEC after WATCH: Redis must know of every write acknowledged before it */
+	if ((fl & ERB_CMD_EXEC) && (u->fl & ERB_FLOW_WATCH)) {
+		u->wait = 1;
+		u->fl &= ~ERB_FLOW_WATCH;
+	}
 	if (fl & ERB_CMD_MULTI) {
 		u->fl |= ERB_FLOW_MULTI;
 		/* queued writes run at EXEC: no fill may race them */
@@ -94,7 +110,7 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 	if (fl & ERB_CMD_AUTH)
 		u->auth_idx = idx + 1;
 	if (fl & ERB_CMD_RESET) {
-		u->fl &= ~(ERB_FLOW_MULTI | ERB_FLOW_DB_NONZERO);
+		u->fl &= ~(ERB_FLOW_MULTI | ERB_FLOW_DB_NONZERO | ERB_FLOW_WATCH);
 		if (cfg.require_auth)
 			u->fl &= ~ERB_FLOW_AUTHED;
 	}
@@ -122,6 +138,35 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 		u->cap_vlen = u->a2_len;
 	}
 	u->ncmds++;
+}
+
+/*
+ * An inline command (a line, as telnet and health checks send): known by its
+ * name; its arguments are not parsed, so a command that takes keys has
+ * unknown keys (a read waits for pending writes, a write empties the cache).
+ */
+static __always_inline void req_inline_end(struct pctx *c, struct erb_parser *p)
+{
+	struct erb_cmd_spec *spec = 0;
+	__u32 h = p->arg_uhash, fl;
+
+	if (p->arg_len <= ERB_CMD_NAME_MAX)
+		spec = bpf_map_lookup_elem(&erb_cmds, &h);
+	if (spec) {
+		fl = spec->flags;
+		if (spec->first_key > 0)
+			fl |= ERB_CMD_KEYS_UNKNOWN;
+	} else {
+		fl = ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN;
+	}
+	if (h == HASH_CLIENT)
+		fl |= ERB_CMD_UNTRACK;	/* CLIENT REPLY/TRACKING/CACHING unseen */
+	p->cmd_flags = fl;
+	p->cmd_hash = h;
+	p->argc = 0;
+	c->u->a1_off = -1;
+	c->u->a2_off = -1;
+	req_cmd_end(c, p);
 }
 
 static __always_inline void req_error(struct pctx *c, struct erb_parser *p)
@@ -193,12 +238,15 @@ static long req_step(__u32 unused, void *arg)
 			} else if (p->resync) {
 				/* skip until a command starts; unknown bytes may write */
 				c->u->flush = 1;
-			} else if (ch == '\r' || ch == '\n' || ch == ' ') {
-				/* Redis ignores empty inline lines */
+			} else if (ch == '\r' || ch == '\n' || ch == ' ' || ch == '\t') {
+				/* Redis ignores empty inline lines and leading blanks */
 			} else {
-				/* inline command: keys unknown, count it at its LF */
+				/* inline command: its name hashed, counted at its LF */
 				p->type = 'i';
 				p->state = ERB_P_LINE;
+				p->argi = 0;
+				p->arg_uhash = (FNV_OFFSET ^ upper(ch)) * FNV_PRIME;
+				p->arg_len = 1;
 			}
 		} else if (ch == '$') {
 			p->type = '$';
@@ -227,10 +275,15 @@ static long req_step(__u32 unused, void *arg)
 		return 0;
 	case ERB_P_LINE:
 		if (ch == '\n') {
-			p->cmd_flags = ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN;
-			p->argc = 0;
-			req_cmd_end(c, p);
+			req_inline_end(c, p);
 			p->state = ERB_P_TYPE;
+		} else if (p->argi == 0) {
+			if (ch == ' ' || ch == '\t' || ch == '\r')
+				p->argi = 1;	/* the name ends */
+			else if (p->arg_len <= ERB_CMD_NAME_MAX) {
+				p->arg_uhash = (p->arg_uhash ^ upper(ch)) * FNV_PRIME;
+				p->arg_len++;
+			}
 		}
 		c->u->pos = pos + 1;
 		return 0;

@@ -64,6 +64,7 @@ ERB_FLOW_WIN = 1 << 12
 ERB_FLOW_CLOSED = 1 << 13
 ERB_FLOW_C_WSCALE = 1 << 14
 ERB_FLOW_HELLO = 1 << 15
+ERB_FLOW_WATCH = 1 << 16
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
@@ -82,6 +83,8 @@ ERB_CMD_SELECT = 1 << 8
 ERB_CMD_AUTH = 1 << 9
 ERB_CMD_RESET = 1 << 10
 ERB_CMD_UNTRACK = 1 << 11
+ERB_CMD_KEYSPACE = 1 << 12
+ERB_CMD_WATCH = 1 << 13
 
 # Symbolic names used by redis_commands.py ("WRITE" -> ERB_CMD_WRITE).
 CMD_FLAGS = {
@@ -97,6 +100,8 @@ CMD_FLAGS = {
     'AUTH': ERB_CMD_AUTH,
     'RESET': ERB_CMD_RESET,
     'UNTRACK': ERB_CMD_UNTRACK,
+    'KEYSPACE': ERB_CMD_KEYSPACE,
+    'WATCH': ERB_CMD_WATCH,
 }
 
 # enum erb_stat, in order: index i of erb_stats is STAT_NAMES[i]
@@ -144,6 +149,7 @@ STAT_NAMES = (
     'pass_ooo',
     'pass_client_limit',
     'unseen_passed',
+    'reply_unmatched',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -273,6 +279,7 @@ class ErbFlow(ctypes.Structure):
         ('c_win', u32),
         ('gap_lo', u32),
         ('gap_hi', u32),
+        ('hold_wseq', u64),
         ('wr', ErbWr * ERB_WR_RING),
         ('req', ErbParser),
         ('rep', ErbParser),

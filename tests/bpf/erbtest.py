@@ -592,6 +592,17 @@ def _erb_set_applied(self, seq):
         mm.close()
 
 
+def _erb_set_cache_gen(self, gen):
+    """erb_global.cache_gen = gen (an emptied cache), through the mmap."""
+    fd = self.map_fd('erb_global')
+    length = (ctypes.sizeof(L.ErbGlobal) + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        struct.pack_into('=I', mm, L.ErbGlobal.cache_gen.offset, gen)
+    finally:
+        mm.close()
+
+
 def _erb_apply_all(self):
     """applied_seq = write_seq (the agent caught up)."""
     seq = self.glob().write_seq
@@ -654,6 +665,7 @@ Erb.map_fd = _erb_map_fd
 Erb.ring = _erb_ring
 Erb.records = _erb_records
 Erb.set_applied = _erb_set_applied
+Erb.set_cache_gen = _erb_set_cache_gen
 Erb.apply_all = _erb_apply_all
 Erb.u32 = _erb_u32
 Erb.set_u32 = _erb_set_u32

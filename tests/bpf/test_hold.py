@@ -27,11 +27,13 @@ def nonzero(st):
 
 
 def flow_bytes(erb, f):
-    """The flow's state, but for c_ack: the ACK a held segment carries is what the
-    client has, whatever happens to its payload."""
+    """The flow's state, but for c_ack (the ACK a held segment carries is what the
+    client has, whatever happens to its payload) and hold_wseq (the bound a held
+    segment waits for)."""
     fl = erb.flow(f)
     assert fl is not None
     fl.c_ack = 0
+    fl.hold_wseq = 0
     return ctypes.string_at(ctypes.addressof(fl), ctypes.sizeof(fl))
 
 
@@ -186,7 +188,8 @@ NOT_HELD = {
     'GET-other-in-MULTI': ([(resp('MULTI'), OK)], resp('GET', 'other'), b'+QUEUED\r\n'),
     'SET-other-EX': ([], resp('SET', 'other', 'v', 'EX', '10'), OK),
     'PING': ([], resp('PING'), b'+PONG\r\n'),
-    'INFO': ([], resp('INFO', 'server'), b'$2\r\n#\n\r\n'),
+    'inline-PING': ([], b'PING\r\n', b'+PONG\r\n'),
+    'inline-PING-leading-blanks': ([], b'  \tping\r\n', b'+PONG\r\n'),
 }
 
 
@@ -215,6 +218,17 @@ UNKNOWN_KEYS = {
     'EVAL': (resp('EVAL', 'return 1', '0'), b':1\r\n'),
     'FCALL': (resp('FCALL', 'f', '0'), b'-ERR Function not found\r\n'),
     'inline': (b'STRLEN other\r\n', b':0\r\n'),
+    # the keyspace as a whole: they show every write Redis has
+    'KEYS': (resp('KEYS', 'key*'), b'*0\r\n'),
+    'inline-KEYS': (b'KEYS *\r\n', b'*0\r\n'),
+    'SCAN': (resp('SCAN', '0'), b'*2\r\n$1\r\n0\r\n*0\r\n'),
+    'DBSIZE': (resp('DBSIZE'), b':0\r\n'),
+    'RANDOMKEY': (resp('RANDOMKEY'), b'$-1\r\n'),
+    'INFO': (resp('INFO', 'keyspace'), b'$12\r\n# Keyspace\r\n\r\n'),
+    # keys in a container's subcommand
+    'OBJECT-ENCODING': (resp('OBJECT', 'ENCODING', K), b'$-1\r\n'),
+    'MEMORY-USAGE': (resp('MEMORY', 'USAGE', K), b'$-1\r\n'),
+    'XINFO-STREAM': (resp('XINFO', 'STREAM', K), b'-ERR no such key\r\n'),
 }
 
 
@@ -421,14 +435,17 @@ def test_bucket_locked_by_another_cpu_with_a_duplicate_key(erb_fast):
 
 
 def test_fast_set_busy_when_bucket_locked_by_another_cpu(erb_fast):
+    """Another CPU's fast SET holds the bucket: this SET is not answered, and not
+    passed either (a passed write takes the bucket lock to count itself): held."""
     erb = erb_fast
     f = Flow(erb).handshake()
     erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
     before = erb.stats()
     frame = f.client_frame(resp(b'SET', K, b'value'))
-    assert erb.xdp(frame) == (XDP_PASS, frame)
+    assert erb.xdp(frame) == (XDP_DROP, frame)
     st = erb.stats()
     assert st['set_pass_busy'] == before['set_pass_busy'] + 1 and st['set_fast'] == 0
+    assert st['hold'] == before['hold'] + 1
     assert erb.glob().write_seq == 0 and erb.ring().peek() == []
     assert erb.u32('erb_locks', bucket_of(K)) == FOREIGN
 

@@ -118,6 +118,8 @@ def test_bpf_subcommand_hashes_match():
     src = open(os.path.join(os.path.dirname(__file__), '..', '..', 'files', 'bpf', 'erb.bpf.c')).read()
     assert '#define HASH_CLIENT\t0x%08xU' % rc.fnv1a32(b'CLIENT') in src
     assert '#define HASH_REPLY\t0x%08xU' % rc.fnv1a32(b'REPLY') in src
+    assert '#define HASH_TRACKING\t0x%08xU' % rc.fnv1a32(b'TRACKING') in src
+    assert '#define HASH_CACHING\t0x%08xU' % rc.fnv1a32(b'CACHING') in src
 
 
 @pytest.mark.parametrize('name', ['GET', 'MGET', 'STRLEN', 'HGETALL', 'EXISTS', 'TTL', 'PING', 'INFO'])
@@ -148,3 +150,30 @@ def test_committed_table_matches_real_redis():
         fresh = runpy.run_path(out)
     assert fresh['REDIS_VERSION'] == rc.REDIS_VERSION
     assert fresh['COMMANDS'] == C
+
+
+@pytest.mark.parametrize('name', ['OBJECT', 'MEMORY', 'XINFO'])
+def test_containers_with_keyed_subcommands_have_unknown_keys(name):
+    # OBJECT ENCODING k, MEMORY USAGE k, XINFO STREAM k: keys only the subcommand shows
+    assert flags(name) & erb_layout.ERB_CMD_KEYS_UNKNOWN
+
+
+@pytest.mark.parametrize('name', ['KEYS', 'SCAN', 'DBSIZE', 'RANDOMKEY', 'INFO'])
+def test_keyspace_wide_reads_are_marked(name):
+    assert flags(name) & erb_layout.ERB_CMD_KEYSPACE
+    assert not flags(name) & erb_layout.ERB_CMD_WRITE
+
+
+@pytest.mark.parametrize('name', ['UNSUBSCRIBE', 'PUNSUBSCRIBE', 'SUNSUBSCRIBE'])
+def test_unsubscribe_family_untracks(name):
+    # one reply per channel, and replies even on a connection not subscribed
+    assert flags(name) & erb_layout.ERB_CMD_UNTRACK
+
+
+def test_watch_is_marked():
+    assert flags('WATCH') & erb_layout.ERB_CMD_WATCH
+
+
+@pytest.mark.parametrize('name', ['GET', 'PING', 'ECHO', 'EXISTS', 'TTL'])
+def test_plain_commands_are_not_keyspace_reads(name):
+    assert not flags(name) & erb_layout.ERB_CMD_KEYSPACE

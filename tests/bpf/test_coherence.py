@@ -1,0 +1,165 @@
+# -*- coding: utf-8 -*-
+"""Every command sees every acknowledged write (issue "Coherence IV", data plane):
+bounded holds, WATCH/EXEC, pending entries that no flush or invalidation may hide,
+the fast SET ordered against a passed write of its bucket, reply counting that
+cannot drift (commands that answer several times, replies nobody asked for), and
+client-side caching connections never answered in XDP."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from erbtest import XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
+from test_hold import FOREIGN, OK, fast_set, other_flow, pending_write, send_held
+
+K = b'key:1'
+
+
+def name(rc):
+    return XDP_NAMES.get(rc, rc)
+
+
+# ---------------------------------------------------------------- the hold rule
+
+def test_hold_waits_only_for_writes_acknowledged_before(erb_fast):
+    """KEYS held behind write 1 is not held behind write 2, acknowledged after it
+    first arrived: steady SET load cannot starve it."""
+    erb = erb_fast
+    a = pending_write(erb)
+    b = other_flow(erb)
+    frame = send_held(erb, b, resp('KEYS', '*'))
+    fast_set(erb, a, b'key:2', b'later')
+    assert erb.glob().write_seq == 2
+    erb.set_applied(1)
+    rc, _ = erb.xdp(frame)
+    assert rc == XDP_PASS, 'KEYS still held behind a write acknowledged after it arrived: %s' % name(rc)
+
+
+def test_exec_after_watch_waits_for_pending_writes(erb_fast):
+    erb = erb_fast
+    b = other_flow(erb)
+    b.command(resp('WATCH', 'x'), OK)
+    # another client's SET of x is acknowledged in XDP after the WATCH: Redis must
+    # have it before EXEC, or EXEC runs although x changed
+    a = Flow(erb, cport=40001).handshake()
+    fast_set(erb, a, b'x', b'other')
+    b.command(resp('MULTI'), OK)
+    b.command(resp('PING'), b'+QUEUED\r\n')
+    frame = send_held(erb, b, resp('EXEC'))
+    erb.apply_all()
+    rc, _ = erb.xdp(frame)
+    assert rc == XDP_PASS
+
+
+def test_exec_without_watch_is_not_held(erb_fast):
+    erb = erb_fast
+    pending_write(erb)
+    b = other_flow(erb)
+    b.command(resp('MULTI'), OK)
+    b.command(resp('PING'), b'+QUEUED\r\n')
+    rc, _ = b.send(resp('EXEC'))
+    assert rc == XDP_PASS
+
+
+def test_pending_entry_hidden_by_a_flush_still_holds_its_key(erb_fast):
+    erb = erb_fast
+    pending_write(erb)
+    # the cache is emptied (a generation bump: the agent on a Redis restart, FLUSHALL...)
+    g = erb.glob()
+    erb.set_cache_gen(g.cache_gen + 1)
+    b = other_flow(erb)
+    send_held(erb, b, resp('GET', K))
+
+
+def test_passed_write_never_slips_past_a_fast_set_holding_its_bucket(erb_fast):
+    """The fast SET checks the bucket's passed-write count under the bucket lock;
+    a passed write counts itself under the same lock: if it cannot take it, it is
+    held, never counted after the SET looked."""
+    erb = erb_fast
+    b = other_flow(erb)
+    erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
+    send_held(erb, b, resp('DEL', K))
+    erb.set_u32('erb_locks', bucket_of(K), 0)
+    rc, _ = b.send(resp('DEL', K))
+    assert rc == XDP_PASS
+    assert erb.inflight(bucket_of(K)) == 1
+
+
+# ------------------------------------------------------------- reply counting
+
+def test_unsubscribe_with_channels_is_never_answered_after(erb):
+    f = Flow(erb).handshake()
+    f.set(b'k', b'v')
+    f.command(resp('UNSUBSCRIBE', 'a', 'b'), b'*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n')
+    # Redis still owes the reply for channel b
+    rc, _ = f.get(b'k')
+    assert rc == XDP_PASS, 'GET answered while Redis owes UNSUBSCRIBE b: %s' % name(rc)
+
+
+def test_more_replies_than_commands_untrack_the_flow(erb):
+    f = Flow(erb).handshake()
+    f.set(b'k', b'v')
+    f.command(resp('PING'), b'+PONG\r\n+PONG\r\n')     # one reply too many
+    assert erb.stats()['reply_unmatched'] == 1
+    rc, _ = f.send(resp('GET', 'x'))     # passed; its reply is still owed
+    assert rc == XDP_PASS
+    rc, _ = f.get(b'k')
+    assert rc == XDP_PASS, 'GET answered while Redis owes GET x: %s' % name(rc)
+
+
+@pytest.mark.parametrize('cmd', [resp('CLIENT', 'TRACKING', 'on'), resp('client', 'caching', 'yes'),
+                                 b'CLIENT TRACKING ON\r\n'])
+def test_client_side_caching_connection_never_answered(erb, cmd):
+    f = Flow(erb).handshake()
+    f.set(b'k', b'v')
+    f.command(cmd, OK)
+    rc, _ = f.get(b'k')
+    assert rc == XDP_PASS, 'a CLIENT TRACKING connection was answered in XDP'
+    assert erb.flow(f).flags & L.ERB_FLOW_UNTRACKED
+
+
+# ---------------------------------------------------------------------- fuzz
+
+# (request bytes, replies Redis sends for it) -- the ones counting has to get right
+PIECES = [
+    (resp('PING'), [b'+PONG\r\n']),
+    (b'PING\r\n', [b'+PONG\r\n']),
+    (b'  ping\r\n', [b'+PONG\r\n']),
+    (b'\r\n', []),
+    (b'   \r\n', []),
+    (resp('ECHO', 'x'), [b'$1\r\nx\r\n']),
+    (resp('UNSUBSCRIBE', 'a', 'b', 'c'), [b'*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n'] * 3),
+    (resp('PUNSUBSCRIBE', 'p'), [b'*3\r\n$12\r\npunsubscribe\r\n$1\r\np\r\n:0\r\n']),
+    (resp('UNSUBSCRIBE'), [b'*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n']),
+    (resp('GET', 'miss'), [b'$-1\r\n']),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(PIECES) - 1), st.integers(1, 3), st.booleans(),
+                          st.integers(0, 6)),
+                min_size=1, max_size=12))
+def test_fuzz_no_answer_while_redis_owes_a_reply(erb, plan):
+    """Random mixes of commands that answer zero, one or several times, pipelined or
+    not, with GET hits in between: XDP answers only when Redis owes nothing."""
+    erb.reset()
+    f = Flow(erb).handshake()
+    f.set(b'k', b'v')
+    owed = []
+    for idx, batch, get, deliver in plan:
+        payload = b''.join(PIECES[idx][0] for _ in range(batch))
+        replies = [r for _ in range(batch) for r in PIECES[idx][1]]
+        rc, _ = f.send(payload)
+        assert rc == XDP_PASS, name(rc)
+        owed += replies
+        if get:
+            rc, out = f.get(b'k')
+            if rc == XDP_TX:
+                assert not owed, 'answered GET k while Redis owes %d replies' % len(owed)
+                assert tcp_payload(out) == bulk(b'v')
+            else:
+                owed.append(b'$1\r\nv\r\n')
+        # Redis sends some of what it owes
+        n = min(deliver, len(owed))
+        if n:
+            f.reply(b''.join(owed[:n]))
+            owed = owed[n:]
