@@ -58,6 +58,7 @@ const volatile struct erb_config cfg = {
 #define REP_HDR		8		/* room for "$1400\r\n" before the value */
 #define SLOT_FREE	0xffffffffU
 #define KEYQ		64
+#define LOCK_SPINS	512		/* tries at a bucket lock another CPU holds */
 #define UNTRACKED_QUIET_NS	1000000000ULL
 #define HASH_CLIENT	0x6d3cd99eU	/* FNV-1a("CLIENT"), checked by a test */
 #define HASH_REPLY	0xd3d94fc7U	/* FNV-1a("REPLY") */
@@ -246,6 +247,23 @@ struct kctx {
 	__u64 applied;
 };
 
+struct lctx {
+	__u32 *lock;
+	__u32 token;
+	__u32 old;
+};
+
+/* One attempt at a bucket lock; stops once it is ours. */
+static long lock_try(__u32 i, void *arg)
+{
+	struct lctx *l = arg;
+
+	if (!l->lock)
+		return 1;
+	l->old = __sync_val_compare_and_swap(l->lock, 0, l->token);
+	return l->old == 0 || l->old == l->token;
+}
+
 /* Pass 1: lock every key's bucket, fail if a fast-path write is pending. */
 static long hold_step(__u32 i, void *arg)
 {
@@ -267,8 +285,18 @@ static long hold_step(__u32 i, void *arg)
 	token = bpf_get_smp_processor_id() + 1;
 	old = __sync_val_compare_and_swap(lock, 0, token);
 	if (old != 0 && old != token) {
-		x->s->cur.held = 1;	/* a fast SET holds it: retry later */
-		return 1;
+		/*
+		 * Another CPU's fast SET (or passed write) holds it for a few
+		 * hundred nanoseconds: wait a little rather than cost the client
+		 * an RTO; then check what its SET left pending.
+		 */
+		struct lctx l = { .lock = lock, .token = token, .old = old };
+
+		bpf_loop(LOCK_SPINS, lock_try, &l, 0);
+		if (l.old != 0 && l.old != token) {
+			x->s->cur.held = 1;	/* still held: retry later */
+			return 1;
+		}
 	}
 	x->s->cur.nlocked = i + 1;
 	if (x->s->cur.pending && key_pending(h, x->g->cache_gen, x->applied)) {
