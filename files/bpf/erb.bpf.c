@@ -341,8 +341,8 @@ static long key_step(__u32 i, void *arg)
 	if (x->tracked) {
 		wr_acquire(f, g, x->s->keyq_idx[i & (KEYQ - 1)], b);
 	} else {
-		/* replies of this flow cannot be matched: fence fills a while */
-		g->untracked_wr_ns = bpf_ktime_get_ns();
+		/* replies of this flow cannot be matched: fence the bucket a while */
+		bucket_fence(b);
 		stat_inc(ERB_STAT_UNTRACKED_WRITE);
 	}
 	cache_invalidate(h, g->cache_gen);
@@ -934,8 +934,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	 * A write of this key passed to Redis and unanswered must go first.
 	 * Checked under the bucket lock, under which passed writes are counted.
 	 */
-	if (READ_ONCE(*cnt) || g->overflow ||
-	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+	if (READ_ONCE(*cnt) || g->overflow || fenced(g, b)) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return unlock_ret(bl, 0, -1);
 	}

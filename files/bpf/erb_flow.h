@@ -34,6 +34,24 @@ static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 	wr_block(f, g);
 }
 
+/* A write of bucket b whose end cannot be seen: fence its fills and fast SETs. */
+static __always_inline void bucket_fence(__u32 b)
+{
+	__u64 *t = bpf_map_lookup_elem(&erb_ufence, &b);
+
+	if (t)
+		*t = bpf_ktime_get_ns();
+}
+
+/* Is bucket b (or every bucket) inside an untracked write's quiet time? */
+static __always_inline int fenced(struct erb_global *g, __u32 b)
+{
+	__u64 now = bpf_ktime_get_ns(), *t = bpf_map_lookup_elem(&erb_ufence, &b);
+
+	return now - g->untracked_wr_ns < UNTRACKED_QUIET_NS ||
+	       (t && now - *t < UNTRACKED_QUIET_NS);
+}
+
 /* Release the slots of writes Redis has answered (idx < replies), or all. */
 static __always_inline void wr_release(struct erb_flow *f, __u32 replies, int all)
 {
@@ -69,8 +87,13 @@ static __always_inline void flow_release(struct erb_flow *f, struct erb_global *
  */
 static __always_inline void flow_unmatched(struct erb_flow *f, struct erb_global *g)
 {
+	for (int i = 0; i < ERB_WR_RING; i++)
+		if (f->wr[i].bucket != SLOT_FREE)
+			bucket_fence(f->wr[i].bucket & (ERB_INFLIGHT_BUCKETS - 1));
+	/* a blocked flow (MULTI, unknown keys): its writes may touch any bucket */
+	if (f->flags & ERB_FLOW_WR_OVERFLOW)
+		g->untracked_wr_ns = bpf_ktime_get_ns();
 	flow_release(f, g);
-	g->untracked_wr_ns = bpf_ktime_get_ns();
 }
 
 /* Give up a tracked flow: never answer it again, parse it for writes only. */

@@ -82,6 +82,19 @@ struct {
 	__type(value, __u32);
 } erb_wepoch SEC(".maps");
 
+/*
+ * Per key-hash bucket: when a write of a flow whose replies cannot be matched
+ * (untracked) last passed. Fills and fast SETs of the bucket wait
+ * UNTRACKED_QUIET_NS after it (erb_global.untracked_wr_ns: the same, for writes
+ * of unknown keys, for every bucket).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u64);
+} erb_ufence SEC(".maps");
+
 /* Per key-hash bucket try-locks: a fast SET vs a passed command on the key. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -50,8 +50,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	 * them before or after this SET, whatever order the replies came in.
 	 */
 	if (!(cfg.flags & ERB_CFG_FILL) || (g->ctl & ERB_CTL_DRAIN) || g->overflow ||
-	    *ep != a->fill_epoch || gen != a->fill_gen ||
-	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+	    *ep != a->fill_epoch || gen != a->fill_gen || fenced(g, b)) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
@@ -70,8 +69,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		return;
 	}
 	/* a write that raced the store must see no stale entry afterwards */
-	if (g->overflow || *ep != a->fill_epoch || g->cache_gen != gen ||
-	    bpf_ktime_get_ns() - g->untracked_wr_ns < UNTRACKED_QUIET_NS) {
+	if (g->overflow || *ep != a->fill_epoch || g->cache_gen != gen || fenced(g, b)) {
 		cache_invalidate(a->fill_hash, gen);
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;

@@ -352,6 +352,7 @@ MAPS = {
     'erb_flows': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbFlow)),
     'erb_aux': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbAux)),
     'erb_inflight': (BPF_MAP_TYPE_ARRAY, 4, 4),
+    'erb_ufence': (BPF_MAP_TYPE_ARRAY, 4, 8),
     'erb_global': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbGlobal)),
     'erb_cmds': (BPF_MAP_TYPE_HASH, 4, ctypes.sizeof(ErbCmdSpec)),
     'erb_stats': (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8),

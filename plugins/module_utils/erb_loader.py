@@ -56,10 +56,10 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some dri
 # others are recreated when incompatible (a cache, a table, counters).
 # erb_events holds acknowledged SETs not yet in Redis and erb_locks guards
 # them: both are flow state too (an upgrade must never drop either).
-STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_events',
+STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events',
               'erb_locks', 'erb_cache', 'erb_cmds', 'erb_stats')
-FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_events',
-                   'erb_locks')
+FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence',
+                   'erb_events', 'erb_locks')
 
 DEFAULT_RING_BYTES = 4 << 20
 

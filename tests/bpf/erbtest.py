@@ -138,6 +138,7 @@ class Erb(object):
             assert not list(B.map_keys(fd, ksize)), '%s not empty after reset' % name
         _zero_array(self.fds['erb_cache'], self.config['cache_entries'], ctypes.sizeof(L.ErbEntry))
         _zero_array(self.fds['erb_inflight'], L.ERB_INFLIGHT_BUCKETS, 4)
+        _zero_array(self.fds['erb_ufence'], L.ERB_INFLIGHT_BUCKETS, 8)
         _zero_array(self.fds['erb_global'], 1, ctypes.sizeof(L.ErbGlobal))
         _zero_array(self.fds['erb_stats'], L.ERB_STAT_MAX, 8 * self.ncpu)
         assert not any(self.stats().values())

@@ -163,3 +163,23 @@ def test_fuzz_no_answer_while_redis_owes_a_reply(erb, plan):
         if n:
             f.reply(b''.join(owed[:n]))
             owed = owed[n:]
+
+
+# -------------------------------------------------- untracked writers
+
+def test_untracked_write_fences_only_its_bucket(erb_fast):
+    """A connection whose replies cannot be matched (opened before ERB attached)
+    writes x: fast SETs and fills of x's bucket wait a while, every other key's
+    go on. One such writer must not turn the fast path off for everyone."""
+    erb = erb_fast
+    assert bucket_of(b'x') != bucket_of(b'y')
+    u = Flow(erb, cport=40100)          # no handshake seen: adopted, untracked
+    rc, _ = u.send(resp('DEL', 'x'))
+    assert rc == XDP_PASS
+    assert erb.stats()['untracked_write'] == 1
+    b = other_flow(erb)
+    fast_set(erb, b, b'y', b'1')
+    before = erb.stats()['set_pass_busy']
+    rc, _ = b.send(resp('SET', 'x', '1'))
+    assert rc == XDP_PASS, 'a fast SET of x right after an untracked write of x: %s' % name(rc)
+    assert erb.stats()['set_pass_busy'] == before + 1
