@@ -10,31 +10,31 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 ---
 module: bpf
-short_description: Load and attach the ERB XDP and tcx programs to an interface
+short_description: Load and attach the ERB XDP and TC egress programs to an interface
 description:
   - Loads C(erb.bpf.o) with libbpf (C(libbpf.so.1) through ctypes), writes its load-time configuration,
-    fills the Redis command table and attaches C(erb_xdp) (XDP) and C(erb_tc_egress) (tcx egress) to an
+    fills the Redis command table and attaches C(erb_xdp) (XDP) and C(erb_tc_egress) (TC egress) to an
     interface of the current network namespace with pinned C(bpf_link)s under
     C(<bpffs_root>/erb/<netns>/<interface>/).
   - State maps pinned there are reused across upgrades when their definition is unchanged, so live
-    flows keep their sequence corrections. A flow-state map that would change (for example I(max_flows))
+    flows keep their sequence corrections. A flow-state map that would change (for example O(max_flows))
     is refused with a message saying to detach first.
   - A changed object (by SHA-256) or configuration replaces the programs atomically with C(BPF_LINK_UPDATE)
     on the pinned links; the links, and so the attachment, are never removed on the way. The previous
     object and configuration are recorded in the C(meta) map for rollback.
-  - I(state=detached) first stops answering (drain), waits up to I(drain_timeout) seconds for flows with
-    sequence corrections to end, then removes exactly ERB's links and pins. Links and pins it does not own
-    are never touched.
+  - O(state=detached) first stops answering (drain), waits up to O(drain_timeout) seconds for flows with
+    sequence corrections to end and for acknowledged SETs to be applied, then removes exactly ERB's links
+    and pins. Links and pins it does not own are never touched.
 version_added: "0.1.0"
 author:
-  - ERB contributors
+  - ERB developers (!UNKNOWN)
 options:
   interface:
     description: Network interface in the current network namespace.
     type: str
     required: true
   state:
-    description: Whether ERB is attached to I(interface).
+    description: Whether ERB is attached to O(interface).
     type: str
     choices: [attached, detached]
     default: attached
@@ -47,27 +47,27 @@ options:
     type: int
     default: 6379
   cache_entries:
-    description: Number of cache slots (max_entries of C(erb_cache)); at least 2.
+    description: Number of cache slots (C(max_entries) of C(erb_cache)); at least V(2).
     type: int
     default: 65536
   max_key_len:
-    description: Longest key cached, at most C(ERB_KEY_MAX) (256).
+    description: Longest key cached, at most C(ERB_KEY_MAX) (V(256)).
     type: int
     default: 128
   max_value_len:
-    description: Longest value cached, at most C(ERB_VAL_MAX) (1400).
+    description: Longest value cached, at most C(ERB_VAL_MAX) (V(1400)).
     type: int
     default: 1024
   max_flows:
-    description: Flows tracked (max_entries of C(erb_flows) and C(erb_aux)). Changing it needs a detach.
+    description: Flows tracked (C(max_entries) of C(erb_flows) and C(erb_aux)). Changing it needs a detach.
     type: int
     default: 16384
   require_auth:
-    description: Redis requires AUTH (requirepass or ACL users); flows start unauthenticated.
+    description: Redis requires AUTH (C(requirepass) or ACL users); flows start unauthenticated.
     type: bool
     default: false
   answer:
-    description: Answer cache hits in XDP. C(false) loads ERB in pass-through (drain) mode.
+    description: Answer cache hits in XDP. V(false) loads ERB in pass-through (drain) mode.
     type: bool
     default: true
   fill:
@@ -76,41 +76,41 @@ options:
     default: true
   set_fast_path:
     description:
-      - Answer plain C(SET key value) in XDP, write-behind through the C(erb_events) ring buffer.
-      - Needs the I/O path draining the ring (the agent or the erb_io module); without it writes
-        pile up and commands on those keys are held until the ring is applied.
+      - Answer plain C(SET key value) in XDP, write-behind through the I/O path (O(io_path)).
+      - Needs the I/O path running (the erb-agent draining the C(erb_events) ring, or the erb_io kernel
+        module); without it writes pile up and commands on those keys are held until they are applied.
     type: bool
     default: false
   io_path:
     description:
-      - Where the fast path's acknowledged SETs go. C(ring) is the C(erb_events) ring buffer drained
-        by the erb-agent; C(kmod) is the erb_io kernel module's kfifo through its kfuncs (load it with
-        M(erb.booster.kmod) first); C(auto) picks C(kmod) when erb_io is loaded, else C(ring).
-      - Resolved at attach (the result's C(io_path)); switching paths waits until the old path has
-        applied every acknowledged SET (at most 10 s) and fails without changing anything otherwise.
-      - erb_io tracks one deployment's write sequence: use C(kmod) on one interface per host.
+      - Where the fast path's acknowledged SETs go. V(ring) is the C(erb_events) ring buffer drained
+        by the erb-agent; V(kmod) is the erb_io kernel module's kfifo through its kfuncs (load it with
+        M(erb.booster.kmod) first); V(auto) picks V(kmod) when erb_io is loaded, else V(ring).
+      - Resolved at attach (the result's RV(io_path)); switching paths waits until the old path has
+        applied every acknowledged SET (at most 10 seconds) and fails without changing anything otherwise.
+      - The erb_io module tracks the write sequence of one deployment, so use V(kmod) on one interface per host.
     type: str
     choices: [auto, ring, kmod]
     default: auto
   tc_attach:
     description:
-      - How the TC egress program is attached. C(tcx) is a pinned tcx link (Linux >= 6.6);
-        C(clsact) is a direct-action cls_bpf filter on a clsact qdisc at pref 235 handle 0xeb, for
-        older kernels (the clsact qdisc is added when missing and removed at detach when ERB added it
-        and no other filter is left on it); C(auto) uses tcx and falls back to clsact where the
+      - How the TC egress program is attached. V(tcx) is a pinned tcx link (Linux 6.6 or later);
+        V(clsact) is a direct-action C(cls_bpf) filter on a C(clsact) qdisc at pref 235 handle C(0xeb), for
+        older kernels (the C(clsact) qdisc is added when missing and removed at detach when ERB added it
+        and no other filter is left on it); V(auto) uses V(tcx) and falls back to V(clsact) where the
         kernel has no tcx.
-      - Either way an upgrade swaps the program atomically. Moving a deployment between tcx and
-        clsact is refused; detach first.
+      - Either way an upgrade swaps the program atomically. Moving a deployment between V(tcx) and
+        V(clsact) is refused; detach first.
     type: str
     choices: [auto, tcx, clsact]
     default: auto
   ring_bytes:
-    description: Size of the C(erb_events) ring buffer of acknowledged SETs (a power of two, >= 4096).
+    description: Size of the C(erb_events) ring buffer of acknowledged SETs (a power of two, at least V(4096)).
     type: int
     default: 4194304
   xdp_mode:
     description:
-      - C(native) runs in the driver; C(generic) (skb mode) works on any interface, slower.
+      - V(native) runs in the driver; V(generic) (skb mode) works on any interface, slower.
       - The mode cannot be changed atomically; change it with a detach first.
     type: str
     choices: [native, generic]
@@ -120,7 +120,7 @@ options:
     type: path
     default: /sys/fs/bpf
   drain_timeout:
-    description: Seconds I(state=detached) waits for flows with sequence corrections to end before detaching.
+    description: Seconds O(state=detached) waits for flows with sequence corrections to end before detaching.
     type: int
     default: 30
 attributes:
@@ -130,12 +130,17 @@ attributes:
   diff_mode:
     support: full
     description: Shows the object and configuration before and after.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux 6.6 or later for tcx links, any Linux with BPF links for O(tc_attach=clsact).
 notes:
-  - Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for bpffs) and Linux >= 6.6 for tcx links.
-  - C(ip netns exec) remounts /sys and hides /sys/fs/bpf; inside such namespaces use a bind mount of the
-    BPF filesystem elsewhere as I(bpffs_root).
+  - Needs root (C(CAP_BPF), C(CAP_NET_ADMIN), C(CAP_SYS_ADMIN) for the BPF filesystem).
+  - C(ip netns exec) remounts C(/sys) and hides C(/sys/fs/bpf); inside such namespaces use a bind mount of the
+    BPF filesystem elsewhere as O(bpffs_root).
 seealso:
-  - module: erb.booster.info
+  - module: erb.booster.bpf_info
+  - module: erb.booster.kmod
 '''
 
 EXAMPLES = r'''
@@ -159,13 +164,13 @@ EXAMPLES = r'''
 
 RETURN = r'''
 tc_attach:
-  description: How the TC egress program is attached (C(tcx) or C(clsact)); null when it is not.
-  returned: when state is attached
+  description: How the TC egress program is attached (V(tcx) or V(clsact)); V(null) when it is not.
+  returned: when O(state=attached)
   type: str
   sample: tcx
 io_path:
-  description: The I/O path of fast SETs the programs were loaded for (C(io_path=auto) resolved).
-  returned: when attached
+  description: The I/O path of fast SETs the programs were loaded for (O(io_path=auto) resolved).
+  returned: when O(state=attached)
   type: str
   sample: ring
 pin_dir:
@@ -174,58 +179,107 @@ pin_dir:
   type: str
   sample: /sys/fs/bpf/erb/host/eth0
 netns:
-  description: Name of the network namespace (its /run/netns name, C(host), or C(netns-<inode>)).
+  description: Name of the network namespace (its C(/run/netns) name, V(host), or C(netns-<inode>)).
   returned: always
   type: str
   sample: host
+layout_version:
+  description: Version of the shared BPF layout (C(ERB_LAYOUT_VERSION) of C(erb.h)) this module was built for.
+  returned: success
+  type: int
+  sample: 1
 prog_ids:
-  description: Program ids behind the pinned links (C(null) when absent).
-  returned: when state is attached
+  description: Program ids behind the pinned links (V(null) when absent).
+  returned: when O(state=attached)
   type: dict
   sample: {"xdp": 812, "tc": 813}
 link_ids:
-  description: Ids of the pinned links; unchanged by an upgrade. C(tc) is null with C(tc_attach=clsact)
-    (a cls_bpf filter is not a link; C(prog_ids) still names its program).
-  returned: when state is attached
+  description: Ids of the pinned links; unchanged by an upgrade. RV(link_ids.tc) is V(null) with
+    O(tc_attach=clsact) (a C(cls_bpf) filter is not a link; RV(prog_ids) still names its program).
+  returned: when O(state=attached)
   type: dict
   sample: {"xdp": 41, "tc": 42}
+  contains:
+    xdp:
+      description: Id of the XDP link.
+      type: int
+    tc:
+      description: Id of the tcx link.
+      type: int
 reasons:
   description: Why the module acted (empty when nothing changed).
-  returned: when state is attached
+  returned: when O(state=attached)
   type: list
   elements: str
+  sample: ["not attached"]
 links:
-  description: What happened to each link, C(created) or C(updated).
-  returned: when state is attached and something changed (not in check mode)
+  description: What happened to each link, V(created) or V(updated).
+  returned: when O(state=attached) and something changed (not in check mode)
   type: dict
+  sample: {"xdp": "created", "tc": "created"}
 maps_reused:
   description: Pinned state maps reused by the new programs.
-  returned: when state is attached and something changed (not in check mode)
+  returned: when O(state=attached) and something changed (not in check mode)
   type: list
   elements: str
+  sample: ["erb_flows", "erb_aux"]
 maps_created:
   description: State maps created (and pinned) by this run.
-  returned: when state is attached and something changed (not in check mode)
+  returned: when O(state=attached) and something changed (not in check mode)
   type: list
   elements: str
+  sample: ["erb_cache"]
 drain:
-  description:
-    - Drain outcome, C(drained) false when I(drain_timeout) passed with corrected flows left.
-    - C(recovery) sums what TCP faults made ERB do over the deployment's life (answers sent again,
-      Redis ACKs held below a lost answer, flows given up after a gap), from C(erb_stats).
-  returned: when state is detached and something was removed
+  description: Outcome of the drain before the detach.
+  returned: when O(state=detached) and something was removed
   type: dict
   sample: {"drained": true, "flows_remaining": 0, "writes_pending": 0, "waited": 0.0,
            "recovery": {"retransmit_answer": 2, "answer_resent": 1, "ack_held": 3, "flow_given_up": 0}}
+  contains:
+    drained:
+      description: No flow carried sequence corrections and no acknowledged SET was pending; V(false) when
+        O(drain_timeout) passed first.
+      type: bool
+    flows_remaining:
+      description: Flows still carrying sequence corrections.
+      type: int
+    writes_pending:
+      description: Acknowledged SETs not yet applied to Redis by the I/O path.
+      type: int
+      returned: when the programs' state maps were still pinned
+    waited:
+      description: Seconds waited.
+      type: float
+    recovery:
+      description: What TCP faults made ERB do over the deployment's life, from C(erb_stats) (answers sent
+        again, Redis ACKs held below a lost answer, flows given up after a gap, ...); empty without a pinned
+        C(erb_stats).
+      type: dict
+      returned: when the programs' state maps were still pinned
 removed:
-  description: Pins removed.
-  returned: when state is detached
+  description: Pins (and, with O(tc_attach=clsact), C(tc_filter) and C(clsact_qdisc)) removed.
+  returned: when O(state=detached)
+  type: list
+  elements: str
+  sample: ["link_xdp", "link_tc", "meta", "map_erb_cache"]
+left_behind:
+  description: Files in the pin directory that ERB does not own, left in place (the directory is then kept).
+  returned: when O(state=detached) and such files exist
   type: list
   elements: str
 diff:
   description: Object and configuration before and after.
-  returned: always
+  returned: in diff mode
   type: dict
+errno:
+  description: The C(errno) of the failed system call or libbpf function.
+  returned: on failure
+  type: int
+libbpf_log:
+  description: The verifier's and libbpf's log when loading failed.
+  returned: on failure
+  type: list
+  elements: str
 '''
 
 import os
@@ -242,7 +296,7 @@ ARGUMENT_SPEC = dict(
     object=dict(type='path', default='/usr/lib/erb/erb.bpf.o'),
     redis_port=dict(type='int', default=6379),
     cache_entries=dict(type='int', default=65536),
-    max_key_len=dict(type='int', default=128),
+    max_key_len=dict(type='int', default=128, no_log=False),
     max_value_len=dict(type='int', default=1024),
     max_flows=dict(type='int', default=16384),
     require_auth=dict(type='bool', default=False),

@@ -39,14 +39,6 @@ options:
     type: str
     choices: [present, restored]
     default: present
-  state_dir:
-    description: Directory of the state file (C(<state_dir>/tune/cpu_governor-host.json)).
-    type: path
-    default: /var/lib/erb
-  sysfs_root:
-    description: Where sysfs is mounted.
-    type: path
-    default: /sys
 notes:
   - A governor not in C(scaling_available_governors) always fails, listing the available ones (with
     intel_pstate in active mode they are only C(performance) and C(powersave)).
@@ -59,10 +51,13 @@ attributes:
     support: full
     description: Returns the changed governors before and after, per CPU.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux only.
 author:
-  - ERB developers
+  - ERB developers (!UNKNOWN)
+extends_documentation_fragment:
+  - erb.booster.tune
 '''
 
 EXAMPLES = r'''
@@ -84,28 +79,83 @@ EXAMPLES = r'''
 RETURN = r'''
 supported:
   description: Whether every requested CPU has cpufreq.
-  returned: state=present
+  returned: when O(state=present)
   type: bool
   sample: false
 unsupported_cpus:
   description: Requested CPUs without cpufreq, as a CPU list.
-  returned: state=present
+  returned: when O(state=present)
   type: str
   sample: 0-1
 governors:
   description: Governor of each supported CPU after the run.
-  returned: state=present
+  returned: when O(state=present)
   type: dict
   sample: {"cpu0": "performance", "cpu1": "performance"}
 available_governors:
   description: The governors CPU-by-CPU offered (of the first supported CPU).
-  returned: state=present and supported
+  returned: when O(state=present) and the CPUs have cpufreq
   type: list
   elements: str
 state_file:
   description: Path of the state file.
   returned: always
   type: str
+applied:
+  description: Settings written by this run (C(cpu<N>)).
+  returned: when O(state=present), not in check mode
+  type: list
+  elements: str
+rolled_back:
+  description: Settings written before a failing one and put back.
+  returned: when a setting failed with O(state=present)
+  type: list
+  elements: str
+rollback_failed:
+  description: Settings that could not be put back after a failure (their previous values stay in RV(state_file)).
+  returned: when a setting failed with O(state=present)
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why it could not be put back.
+      type: str
+failed_setting:
+  description: The setting whose write failed.
+  returned: when a setting failed with O(state=present)
+  type: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why writing it failed.
+      type: str
+restored:
+  description: Settings written back from the state file.
+  returned: when O(state=restored)
+  type: list
+  elements: str
+not_restored:
+  description: Saved settings that no longer exist on the host (interface or queue gone), left alone.
+  returned: when O(state=restored) and a state file exists
+  type: list
+  elements: str
+restore_failed:
+  description: Settings whose restore failed; they stay in RV(state_file).
+  returned: when O(state=restored) failed
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why restoring it failed.
+      type: str
 '''
 
 import os

@@ -50,27 +50,6 @@ options:
     type: str
     choices: [ignore, warn, stop]
     default: ignore
-  persist:
-    description: Install (V(true)) or remove (V(false)) the udev rule, helper script and config file that
-      re-apply the affinity by IRQ name.
-    type: bool
-    default: false
-  udev_rules_dir:
-    description: Directory of the udev rule C(99-erb-irq-affinity-<name>.rules).
-    type: path
-    default: /etc/udev/rules.d
-  helper_path:
-    description: Path of the helper script the rule runs (shared with M(erb.booster.xps_rps)).
-    type: path
-    default: /usr/local/sbin/erb-tune-apply
-  persist_dir:
-    description: Directory of the config file C(irq_affinity-<name>.conf) the helper reads.
-    type: path
-    default: /etc/erb/tune
-  ifup_hook_dir:
-    description: Also install a hook C(erb-irq-affinity-<name>) there (e.g. C(/etc/network/if-up.d)); useful
-      for drivers that request their IRQs when the link goes up (ixgbe, i40e, ice).
-    type: path
   state:
     description:
       - V(present) pins the IRQs.
@@ -79,18 +58,6 @@ options:
     type: str
     choices: [present, restored]
     default: present
-  state_dir:
-    description: Directory of the state file (C(<state_dir>/tune/irq_affinity-<name>.json)).
-    type: path
-    default: /var/lib/erb
-  sysfs_root:
-    description: Where sysfs is mounted (interface, C(msi_irqs), online CPUs).
-    type: path
-    default: /sys
-  procfs_root:
-    description: Where procfs is mounted (C(interrupts), C(irq/), irqbalance detection).
-    type: path
-    default: /proc
 notes:
   - Virtual devices (veth, bridges) have no IRQs; the module fails and says so.
 attributes:
@@ -101,10 +68,15 @@ attributes:
     support: full
     description: Returns the changed IRQ affinities before and after, by IRQ name.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux only.
 author:
-  - ERB developers
+  - ERB developers (!UNKNOWN)
+extends_documentation_fragment:
+  - erb.booster.tune
+  - erb.booster.tune.procfs
+  - erb.booster.tune.persist
 '''
 
 EXAMPLES = r'''
@@ -132,18 +104,78 @@ EXAMPLES = r'''
 RETURN = r'''
 irqs:
   description: The queue IRQs found, with queue number, IRQ number and CPU list after the run.
-  returned: success and state=present
+  returned: when O(state=present)
   type: list
   elements: dict
   sample: [{"name": "mlx5_comp0@pci:0000:3b:00.0", "irq": 98, "queue": 0, "cpus": "0"}]
 irqbalance_running:
   description: Whether an irqbalance process was found.
-  returned: state=present
+  returned: when O(state=present)
   type: bool
+persist_files:
+  description: Persistence files managed for this interface (udev rule, config file, helper, ifup hook).
+  returned: when O(persist=true)
+  type: list
+  elements: str
 state_file:
   description: Path of the state file.
   returned: always
   type: str
+applied:
+  description: Settings written by this run (IRQ names, and C(service:irqbalance) when it was stopped).
+  returned: when O(state=present), not in check mode
+  type: list
+  elements: str
+rolled_back:
+  description: Settings written before a failing one and put back.
+  returned: when a setting failed with O(state=present)
+  type: list
+  elements: str
+rollback_failed:
+  description: Settings that could not be put back after a failure (their previous values stay in RV(state_file)).
+  returned: when a setting failed with O(state=present)
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why it could not be put back.
+      type: str
+failed_setting:
+  description: The setting whose write failed.
+  returned: when a setting failed with O(state=present)
+  type: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why writing it failed.
+      type: str
+restored:
+  description: Settings written back from the state file.
+  returned: when O(state=restored)
+  type: list
+  elements: str
+not_restored:
+  description: Saved settings that no longer exist on the host (interface or queue gone), left alone.
+  returned: when O(state=restored) and a state file exists
+  type: list
+  elements: str
+restore_failed:
+  description: Settings whose restore failed; they stay in RV(state_file).
+  returned: when O(state=restored) failed
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why restoring it failed.
+      type: str
 '''
 
 import os

@@ -36,8 +36,8 @@ description:
     O(params); parameters the module lets change at run time (C(redis_pid), C(drain_ms)) are written to sysfs
     without a reload; any other difference unloads and loads it."
   - Unloading refuses while erb_io is in use (a BPF program calling its kfuncs holds a reference); detach ERB's
-    BPF programs first with M(erb.booster.bpf) O(state=absent). C(rmmod) waits while erb_io drains its queue
-    (at most its C(drain_ms)).
+    BPF programs first with M(erb.booster.bpf) O(erb.booster.bpf#module:state=detached). C(rmmod) waits while
+    erb_io drains its queue (at most its C(drain_ms)).
   - O(params) are also written to C(/etc/modprobe.d/erb_io.conf) (C(options erb_io ...)), so any later
     C(modprobe erb_io), at boot too, uses them; the file is removed when O(params) is empty and by
     O(state=absent).
@@ -140,10 +140,11 @@ attributes:
     description: Returns the installed source hash, whether erb_io is loaded, its requested parameters as
       loaded and the content of C(/etc/modprobe.d/erb_io.conf), before and after.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux with loadable module support.
 author:
-  - ERB developers
+  - ERB developers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''

@@ -46,14 +46,6 @@ options:
     type: str
     choices: [present, restored]
     default: present
-  state_dir:
-    description: Directory of the state file (C(<state_dir>/tune/nic_channels-<name>.json)).
-    type: path
-    default: /var/lib/erb
-  sysfs_root:
-    description: Where sysfs is mounted (used to check that the interface exists).
-    type: path
-    default: /sys
 requirements:
   - ethtool
 notes:
@@ -68,10 +60,13 @@ attributes:
     support: full
     description: Returns the changed counts before and after.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux only.
 author:
-  - ERB developers
+  - ERB developers (!UNKNOWN)
+extends_documentation_fragment:
+  - erb.booster.tune
 '''
 
 EXAMPLES = r'''
@@ -94,7 +89,7 @@ EXAMPLES = r'''
 
 RETURN = r'''
 channels:
-  description: Current channel counts after the run (null where the driver has none).
+  description: Current channel counts after the run (V(null) where the driver has none).
   returned: success
   type: dict
   sample: {"combined": 8, "rx": null, "tx": null, "other": null}
@@ -104,7 +99,7 @@ maximum:
   type: dict
   sample: {"combined": 63, "rx": null, "tx": null, "other": null}
 driver:
-  description: Driver name reported by ethtool -i.
+  description: Driver name reported by C(ethtool -i).
   returned: success
   type: str
   sample: mlx5_core
@@ -114,8 +109,8 @@ state_file:
   type: str
   sample: /var/lib/erb/tune/nic_channels-ens1f0np0.json
 restored:
-  description: Counts written back (state=restored).
-  returned: when state=restored
+  description: Counts written back.
+  returned: when O(state=restored)
   type: list
   elements: str
 '''

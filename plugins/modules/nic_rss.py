@@ -47,14 +47,6 @@ options:
     type: str
     choices: [present, restored]
     default: present
-  state_dir:
-    description: Directory of the state file (C(<state_dir>/tune/nic_rss-<name>.json)).
-    type: path
-    default: /var/lib/erb
-  sysfs_root:
-    description: Where sysfs is mounted (used to check that the interface exists).
-    type: path
-    default: /sys
 requirements:
   - ethtool
 notes:
@@ -69,10 +61,13 @@ attributes:
     support: full
     description: Returns the table before and after.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux only.
 author:
-  - ERB developers
+  - ERB developers (!UNKNOWN)
+extends_documentation_fragment:
+  - erb.booster.tune
 '''
 
 EXAMPLES = r'''
@@ -100,12 +95,12 @@ table:
   elements: int
   sample: [0, 1, 2, 3, 0, 1, 2, 3]
 rx_rings:
-  description: RX ring count reported by ethtool -x.
+  description: RX ring count reported by C(ethtool -x).
   returned: success
   type: int
   sample: 4
 command:
-  description: The ethtool -X arguments used (or that would be used in check mode).
+  description: The C(ethtool -X) arguments used (or that would be used in check mode).
   returned: changed
   type: list
   elements: str
@@ -114,6 +109,11 @@ state_file:
   description: Path of the state file.
   returned: always
   type: str
+restored:
+  description: What was written back from the state file (V(table)), empty when nothing was needed.
+  returned: when O(state=restored)
+  type: list
+  elements: str
 '''
 
 import json

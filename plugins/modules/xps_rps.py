@@ -36,27 +36,6 @@ options:
       - XPS CPUs of the TX queues, same notation as O(rps_cpus). A typical setting is one CPU per queue,
         the CPU that handles the queue's IRQ, for example V(["0", "1", "2", "3"]).
     type: raw
-  persist:
-    description: Install (V(true)) or remove (V(false)) the udev rule, helper script and config file that
-      re-apply these masks when the interface or its queues appear again.
-    type: bool
-    default: false
-  udev_rules_dir:
-    description: Directory of the udev rule C(99-erb-xps-rps-<name>.rules).
-    type: path
-    default: /etc/udev/rules.d
-  helper_path:
-    description: Path of the helper script the rule runs (shared with M(erb.booster.irq_affinity)).
-    type: path
-    default: /usr/local/sbin/erb-tune-apply
-  persist_dir:
-    description: Directory of the config file C(xps_rps-<name>.conf) the helper reads.
-    type: path
-    default: /etc/erb/tune
-  ifup_hook_dir:
-    description: Also install a hook C(erb-xps-rps-<name>) in this directory, run with C(IFACE) set, e.g.
-      C(/etc/network/if-up.d) (ifupdown) or C(/etc/networkd-dispatcher/routable.d). Not installed when unset.
-    type: path
   state:
     description:
       - V(present) sets the masks.
@@ -65,14 +44,6 @@ options:
     type: str
     choices: [present, restored]
     default: present
-  state_dir:
-    description: Directory of the state file (C(<state_dir>/tune/xps_rps-<name>.json)).
-    type: path
-    default: /var/lib/erb
-  sysfs_root:
-    description: Where sysfs is mounted.
-    type: path
-    default: /sys
 notes:
   - The kernel hides XPS on single-queue devices (reading C(xps_cpus) fails with ENOENT); the module fails
     and says so.
@@ -85,10 +56,14 @@ attributes:
     support: full
     description: Returns the changed masks (hex, as sysfs shows them) before and after.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux only.
 author:
-  - ERB developers
+  - ERB developers (!UNKNOWN)
+extends_documentation_fragment:
+  - erb.booster.tune
+  - erb.booster.tune.persist
 '''
 
 EXAMPLES = r'''
@@ -116,20 +91,70 @@ masks:
   returned: success
   type: dict
   sample: {"rx-0/rps_cpus": "0", "tx-0/xps_cpus": "1", "tx-1/xps_cpus": "2"}
-applied:
-  description: Queue attributes written.
-  returned: changed
-  type: list
-  elements: str
 persist_files:
   description: Persistence files managed for this interface.
-  returned: when persist is true
+  returned: when O(persist=true)
   type: list
   elements: str
 state_file:
   description: Path of the state file.
   returned: always
   type: str
+applied:
+  description: Settings written by this run (C(rx-<N>/rps_cpus), C(tx-<N>/xps_cpus)).
+  returned: when O(state=present), not in check mode
+  type: list
+  elements: str
+rolled_back:
+  description: Settings written before a failing one and put back.
+  returned: when a setting failed with O(state=present)
+  type: list
+  elements: str
+rollback_failed:
+  description: Settings that could not be put back after a failure (their previous values stay in RV(state_file)).
+  returned: when a setting failed with O(state=present)
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why it could not be put back.
+      type: str
+failed_setting:
+  description: The setting whose write failed.
+  returned: when a setting failed with O(state=present)
+  type: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why writing it failed.
+      type: str
+restored:
+  description: Settings written back from the state file.
+  returned: when O(state=restored)
+  type: list
+  elements: str
+not_restored:
+  description: Saved settings that no longer exist on the host (interface or queue gone), left alone.
+  returned: when O(state=restored) and a state file exists
+  type: list
+  elements: str
+restore_failed:
+  description: Settings whose restore failed; they stay in RV(state_file).
+  returned: when O(state=restored) failed
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The setting.
+      type: str
+    error:
+      description: Why restoring it failed.
+      type: str
 '''
 
 import errno

@@ -249,7 +249,7 @@ class ErbAttachment(object):
         return r
 
     def info(self):
-        r = run_module('info', self.host.ns, dict(interface=self.host.iface, bpffs_root=BPFFS_ROOT))
+        r = run_module('bpf_info', self.host.ns, dict(interface=self.host.iface, bpffs_root=BPFFS_ROOT))
         if r.get('failed'):
             raise AssertionError('erb.booster.info failed on %s: %s' % (self.host.name, r))
         return r['interfaces'][self.host.iface]

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""erb.booster.bpf and erb.booster.info, run as real module processes inside a
+"""erb.booster.bpf and erb.booster.bpf_info, run as real module processes inside a
 network namespace with a veth pair, against a private bpffs mount.
 
 Needs root, clang, ip, ansible-core.  Fixture objects with erb.bpf.o's maps and
@@ -21,6 +21,7 @@ import pytest
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'loader'))
 from collection_path import ensure_collection_path  # noqa: E402
+from return_docs import assert_documented  # noqa: E402
 
 COLLECTIONS = ensure_collection_path()
 
@@ -140,9 +141,11 @@ def run_module(name, ns, args, check_mode=False, diff=False):
     finally:
         os.unlink(f.name)
     try:
-        return json.loads(p.stdout)
+        res = json.loads(p.stdout)
     except ValueError:
         raise AssertionError('module %s printed no JSON (rc %d): %s %s' % (name, p.returncode, p.stdout, p.stderr))
+    assert_documented(name, res)
+    return res
 
 
 SCRIPT_ENV = dict(os.environ, PYTHONPATH=COLLECTIONS)
@@ -165,7 +168,7 @@ def bpf(net, pins, obj, **kw):
 def info(net, pins, **kw):
     args = dict(bpffs_root=pins)
     args.update(kw)
-    return run_module('info', net.ns, args)
+    return run_module('bpf_info', net.ns, args)
 
 
 def pin_dir(net, pins, dev=None):

@@ -22,17 +22,16 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from erb_conftest import REPO, ansible_env, ensure_collection_link, run, tree_snapshot, venv_bin
 
 sys.path.insert(0, os.path.join(str(REPO), 'tests', 'loader'))
 from collection_path import ensure_collection_path  # noqa: E402
+from return_docs import assert_documented  # noqa: E402
 
 ensure_collection_path()
 
 from ansible_collections.erb.booster.plugins.module_utils import erb_kmod as K  # noqa: E402
-from ansible_collections.erb.booster.plugins.modules import kmod  # noqa: E402
 
 BUILD_GUEST = os.path.join(str(REPO), 'tests', 'guest', 'build-guest.sh')
 SOURCES = [os.path.join(str(REPO), 'files', 'kmod', n) for n in ('erb_io.c', 'Kbuild', 'Makefile', 'dkms.conf')] + \
@@ -47,16 +46,6 @@ def make_src(d):
     for s in SOURCES:
         shutil.copy(s, d)
     return d
-
-
-# --------------------------------------------------------------------------- the module's interface
-
-def test_doc_returns_what_the_module_returns():
-    # options vs ARGUMENT_SPEC: tests/unit/test_bpf_module_docs.py
-    ret = yaml.safe_load(kmod.RETURN)
-    for key in ('changed', 'steps', 'msg', 'method', 'kernel_release', 'source_hash', 'built', 'installed_path',
-                'loaded', 'btf', 'params', 'build_s', 'would_build', 'would_load', 'would_unload'):
-        assert key in ret or key == 'changed', key
 
 
 # --------------------------------------------------------------------------- through Ansible, this host
@@ -76,6 +65,7 @@ def ansible_kmod(args, check=False, diff=False):
     m = re.search(r'^localhost \| (\S+) => (\{.*?^\})', p.stdout, re.M | re.S)
     assert m, 'no result in the output of %s:\n%s\n%s' % (' '.join(cmd), p.stdout, p.stderr)
     r = json.loads(m.group(2))
+    assert_documented('kmod', r)
     r['_stdout'] = p.stdout
     return p.returncode, m.group(1), r
 

@@ -152,7 +152,7 @@ def test_galaxy_collection_build(tmp_path):
     assert manifest['collection_info']['namespace'] == 'erb'
     assert manifest['collection_info']['name'] == 'booster'
     for needed in ('roles/erb/tasks/main.yml', 'roles/erb/meta/argument_specs.yml', 'playbooks/deploy.yml',
-                   'playbooks/rollback.yml', 'plugins/modules/bpf.py', 'plugins/modules/info.py',
+                   'playbooks/rollback.yml', 'plugins/modules/bpf.py', 'plugins/modules/bpf_info.py',
                    'meta/runtime.yml'):
         assert needed in names, needed
     assert not any(n.split('/')[0] in ('.venv', '.ansible', '.git', '.pytest_cache') for n in names)

@@ -14,6 +14,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..'))
 FAKES = os.path.join(HERE, 'fakes')
 FIXTURES = os.path.join(HERE, 'fixtures')
+sys.path.insert(0, os.path.join(REPO, 'tests', 'loader'))
+from return_docs import assert_documented  # noqa: E402
 
 _coll = None
 
@@ -71,6 +73,7 @@ def run_module(module, args, check=False, diff=True, env=None, netns=None, fakes
     res['_rc'] = p.returncode
     # ansible-core 2.19 returns warnings as WarningSummary objects
     res['warnings'] = [w['event']['msg'] if isinstance(w, dict) else w for w in res.get('warnings', [])]
+    assert_documented(module, res)
     return res
 
 

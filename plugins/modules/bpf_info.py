@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 ---
-module: info
+module: bpf_info
 short_description: Report ERB's programs, links, counters and cache on interfaces
 description:
   - Reads the pins under C(<bpffs_root>/erb/<netns>/) of the current network namespace, that is the pinned links
@@ -17,9 +17,10 @@ description:
     C(erb_stats) summed by name, the cache fill (valid entries of the current generation, read through a
     read-only mmap of C(erb_cache)), the flows tracked and the drain state.
   - Read-only; changes nothing.
+  - C(erb.booster.info) is a redirect to this module.
 version_added: "0.1.0"
 author:
-  - ERB contributors
+  - ERB developers (!UNKNOWN)
 options:
   interface:
     description: Report only this interface; default all interfaces with ERB pins in this namespace.
@@ -30,8 +31,9 @@ options:
     default: /sys/fs/bpf
   agent_stats:
     description:
-      - Stats file of the I/O agent (its C(--stats-file)); with I(interface), reported as C(agent) of that
-        interface, with C(alive) telling whether its pid runs and C(age_s) how old the file is.
+      - Stats file of the I/O agent (its C(--stats-file)). With O(interface), reported as
+        RV(interfaces.agent) of that interface, with C(alive) telling whether its pid runs and C(age_s) how
+        old the file is.
     type: path
 attributes:
   check_mode:
@@ -39,13 +41,20 @@ attributes:
     description: Read-only, runs the same in check mode.
   diff_mode:
     support: none
+    description: Reports state; there is nothing to diff.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux with BPF links.
+notes:
+  - Needs root (C(CAP_BPF), C(CAP_SYS_ADMIN) to open pinned objects).
 seealso:
   - module: erb.booster.bpf
 '''
 
 EXAMPLES = r'''
 - name: Read ERB's counters on eth0
-  erb.booster.info:
+  erb.booster.bpf_info:
     interface: eth0
   register: erb
 
@@ -56,47 +65,77 @@ EXAMPLES = r'''
 
 RETURN = r'''
 netns:
-  description: Name of the network namespace inspected.
+  description: Name of the network namespace inspected (its C(/run/netns) name, V(host), or C(netns-<inode>)).
   returned: always
   type: str
+  sample: host
 interfaces:
-  description: Per interface name, what ERB has there.
+  description: By interface name, what ERB has there; each value has the keys listed below.
   returned: always
   type: dict
   contains:
+    ifname:
+      description: The interface name.
+      type: str
+      returned: when the interface has a pin directory
+    netns:
+      description: The network namespace name.
+      type: str
+      returned: when the interface has a pin directory
     attached:
       description: A pinned ERB link exists.
       type: bool
+      returned: always
     pin_dir:
       description: Pin directory.
       type: str
+      returned: always
     meta:
-      description: The meta JSON written by erb.booster.bpf (object, sha256, config, previous).
+      description: The meta JSON written by M(erb.booster.bpf) (object, sha256, config, previous).
       type: dict
+      returned: when the interface has a pin directory
     links:
-      description: Per link (C(xdp), C(tc)) its id, program id, program name and ifindex, or null.
+      description: Per link (V(xdp), V(tc)) its id, program id, program name and ifindex, or V(null).
       type: dict
+      returned: when the interface has a pin directory
+    maps:
+      description: Pinned maps with their ids and C(max_entries).
+      type: dict
+      returned: when the interface has a pin directory
     xdp:
-      description: XDP state of the interface as the kernel reports it (prog_id, mode).
+      description: XDP state of the interface as the kernel reports it (C(prog_id), C(mode)).
       type: dict
+      returned: when the interface has a pin directory
+    drain:
+      description: Answering is stopped (C(ERB_CTL_DRAIN)).
+      type: bool
+      returned: when the interface has a pin directory
+    global:
+      description: The programs' global state (C(cache_gen), C(overflow), C(ctl), C(write_seq),
+        C(applied_seq)), or V(null) without a pinned C(erb_global).
+      type: dict
+      returned: when the interface has a pin directory
     counters:
-      description: erb_stats summed over CPUs, by name (for example C(hit), C(miss), C(pass_outstanding)).
+      description: C(erb_stats) summed over CPUs, by name (for example C(hit), C(miss), C(pass_outstanding)).
       type: dict
+      returned: when the interface has a pin directory
     cache:
       description: C(valid) entries of the current C(generation) out of C(entries).
       type: dict
+      returned: when the interface has a pin directory
     flows:
       description: Flows C(tracked), flows with corrections (C(answered)), C(max).
       type: dict
-    drain:
-      description: Answering is stopped (ERB_CTL_DRAIN).
-      type: bool
+      returned: when the interface has a pin directory
     error:
       description: Why the pin directory could not be described (for example a pin that is not ERB's).
       type: str
-    maps:
-      description: Pinned maps with their ids and max_entries.
+      returned: when the pin directory could not be described
+    agent:
+      description: The I/O agent's stats file (O(agent_stats)) with C(alive) and C(age_s) added, or C(alive)
+        V(false) and C(error).
       type: dict
+      returned: with O(agent_stats) and O(interface)
 '''
 
 import json
