@@ -474,7 +474,7 @@ def parse_modprobe_conf(text):
         parts = line.split('#', 1)[0].split()
         if len(parts) >= 2 and parts[0] == 'options' and parts[1] == MODULE_NAME:
             for item in parts[2:]:
-                k, _, v = item.partition('=')
+                k, _sep, v = item.partition('=')
                 params[k] = v
     return params
 

@@ -739,7 +739,7 @@ def fill_cmds(fd, prune):
     for key, spec in specs:
         B.map_update(fd, ctypes.c_uint32(key), spec)
     if prune:
-        wanted = set(k for k, _ in specs)
+        wanted = set(k for k, _spec in specs)
         for raw in list(B.map_keys(fd, 4)):
             key = ctypes.c_uint32.from_buffer_copy(raw)
             if key.value not in wanted:
@@ -1037,7 +1037,7 @@ def drain(target, timeout, poll=0.2, progress=None):
     gfd = open_pinned(target.map_pin('erb_global'))
     with B.fd_closing(ffd), B.fd_closing(gfd):
         while True:
-            _, answered = count_flows(ffd)
+            answered = count_flows(ffd)[1]
             # acknowledged SETs still in erb_events/erb_io: the I/O path must apply them
             g = read_global(gfd)
             lag = (g.write_seq - applied_seq_of(g)) if g else 0
@@ -1080,7 +1080,7 @@ def _clsact_has_filters(ifname):
     for point in ('ingress', 'egress'):
         try:
             out = subprocess.run(['tc', '-j', 'filter', 'show', 'dev', ifname, point], capture_output=True,
-                                 text=True, timeout=10)
+                                 text=True, timeout=10, check=False)
             if out.returncode != 0 or json.loads(out.stdout or '[]'):
                 return True
         except (OSError, ValueError, subprocess.SubprocessError):

@@ -615,26 +615,26 @@ conf="$conf_dir/$kind-$ifname.conf"
 [ -r "$conf" ] || { echo "erb-tune-apply: $conf not found" >&2; exit 1; }
 rc=0
 while read -r what a b c; do
-	case "$what" in
-	queue)
-		f="$sysfs/class/net/$ifname/queues/$a/$b"
-		# a queue that does not exist (fewer channels now) is skipped
-		[ -e "$f" ] || continue
-		if ! printf '%s\n' "$c" > "$f"; then
-			echo "erb-tune-apply: writing $c to $f failed" >&2
-			rc=1
-		fi
-		;;
-	irq)
-		for d in "$procfs"/irq/*/"$a"; do
-			[ -d "$d" ] || continue
-			if ! printf '%s\n' "$b" > "${d%/*}/smp_affinity_list"; then
-				echo "erb-tune-apply: setting IRQ ${d%/*} ($a) to $b failed" >&2
-				rc=1
-			fi
-		done
-		;;
-	esac
+    case "$what" in
+    queue)
+        f="$sysfs/class/net/$ifname/queues/$a/$b"
+        # a queue that does not exist (fewer channels now) is skipped
+        [ -e "$f" ] || continue
+        if ! printf '%s\n' "$c" > "$f"; then
+            echo "erb-tune-apply: writing $c to $f failed" >&2
+            rc=1
+        fi
+        ;;
+    irq)
+        for d in "$procfs"/irq/*/"$a"; do
+            [ -d "$d" ] || continue
+            if ! printf '%s\n' "$b" > "${d%/*}/smp_affinity_list"; then
+                echo "erb-tune-apply: setting IRQ ${d%/*} ($a) to $b failed" >&2
+                rc=1
+            fi
+        done
+        ;;
+    esac
 done < "$conf"
 exit $rc
 '''

@@ -228,7 +228,7 @@ def device_identity(sysfs_root, name):
     pci = None
     msi = None
     d = real
-    for _ in range(2):
+    for _level in range(2):
         if pci is None and re.match(r'^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$', os.path.basename(d)):
             pci = os.path.basename(d)
         mdir = os.path.join(d, 'msi_irqs')
