@@ -205,8 +205,8 @@ class FakeHost(object):
     def queue_file(self, name, q, attr):
         return os.path.join(self.sys, 'class/net', name, 'queues', q, attr)
 
-    def add_cpufreq(self, cpus, governor='schedutil', available='conservative ondemand userspace powersave '
-                                                               'performance schedutil'):
+    def add_cpufreq(self, cpus, governor='schedutil',
+                    available='conservative ondemand userspace powersave performance schedutil'):
         for c in cpus:
             d = os.path.join(self.sys, 'devices/system/cpu/cpu%d/cpufreq' % c)
             write(os.path.join(d, 'scaling_governor'), governor + '\n')

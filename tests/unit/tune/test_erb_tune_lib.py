@@ -13,6 +13,7 @@ from erb_tune_modrun import FIXTURES, channels, collections_dir, fake_bin
 sys.path.insert(0, collections_dir())
 from ansible_collections.erb.booster.plugins.module_utils import erb_tune as T  # noqa: E402
 
+
 def fixture(name):
     with open(os.path.join(FIXTURES, 'ethtool', name)) as f:
         return f.read()
