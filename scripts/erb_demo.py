@@ -5,7 +5,7 @@
 For each host of the local fleet: from its client namespace, SET --keys keys through
 Redis (which fills ERB's cache write-through), then GET every key --rounds times with
 redis-py and check each reply against the value SET, then a short redis-benchmark GET
-run. Before and after, read erb.booster.info's counters (through Ansible, inside the
+run. Before and after, read erb.booster.bpf_info's counters (through Ansible, inside the
 host's namespace) and Redis's INFO commandstats (over its unix socket, which never
 crosses the veth), and print what was answered in XDP and what reached Redis.
 
@@ -55,10 +55,10 @@ def workload(host, keys, rounds, prefix):
 
 
 def info_counters(inventory):
-    """erb.booster.info for every fleet host, through Ansible: {host: its interface's dict}."""
+    """erb.booster.bpf_info for every fleet host, through Ansible: {host: its interface's dict}."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_NOCOLOR='1')
     p = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible'), '-i', inventory, 'redis',
-                        '--one-line', '-m', 'erb.booster.info',
+                        '--one-line', '-m', 'erb.booster.bpf_info',
                         '-a', 'interface={{ erb_interface }} bpffs_root={{ erb_bpffs_root }}'],
                        capture_output=True, text=True, env=env, cwd=REPO)
     out = {}
@@ -67,7 +67,7 @@ def info_counters(inventory):
         if sep:
             out[host] = next(iter(json.loads(rest)['interfaces'].values()))
     if p.returncode != 0 or not out:
-        sys.exit('error: erb.booster.info failed (rc %d)\n%s%s' % (p.returncode, p.stdout, p.stderr))
+        sys.exit('error: erb.booster.bpf_info failed (rc %d)\n%s%s' % (p.returncode, p.stdout, p.stderr))
     return out
 
 
@@ -132,7 +132,7 @@ def main():
         print('%s (erbs%d, 10.250.%d.1:%d)' % (name, i, i, PORT))
         print('  redis-py workload: %d SET, %d GET sent; replies differing from the value SET: %d'
               % (run['sets'], run['gets'], run['mismatches']))
-        print('  erb.booster.info counters (delta):  hit=%d  miss=%d  fill=%d  pass_outstanding=%d  '
+        print('  erb.booster.bpf_info counters (delta):  hit=%d  miss=%d  fill=%d  pass_outstanding=%d  '
               'pass_no_flow=%d' % (hits, a['miss'] - b['miss'], a['fill'] - b['fill'],
                                    a['pass_outstanding'] - b['pass_outstanding'],
                                    a['pass_no_flow'] - b['pass_no_flow']))

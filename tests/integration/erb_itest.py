@@ -12,7 +12,7 @@ Test modules import what they need from here (fixtures included).
   are compared byte for byte with an unboosted redis-server.
 - ``ErbAttachment``: erb.booster.bpf run as a real module process inside the Redis
   host's namespace (attach/detach), ERB's counters read from its pinned erb_stats map,
-  erb.booster.info run as a module.
+  erb.booster.bpf_info run as a module.
 - ``reference_redis`` (module): a plain redis-server on a unix socket, never boosted.
 """
 
@@ -251,7 +251,7 @@ class ErbAttachment(object):
     def info(self):
         r = run_module('bpf_info', self.host.ns, dict(interface=self.host.iface, bpffs_root=BPFFS_ROOT))
         if r.get('failed'):
-            raise AssertionError('erb.booster.info failed on %s: %s' % (self.host.name, r))
+            raise AssertionError('erb.booster.bpf_info failed on %s: %s' % (self.host.name, r))
         return r['interfaces'][self.host.iface]
 
     def global_state(self):
