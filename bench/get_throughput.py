@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """GET throughput and latency with ERB attached vs the same Redis without it.
 
 One run, side by side, on the local fleet (inventory/local): host erb-r1's
@@ -12,7 +11,7 @@ the server veth's NAPI (threaded, so it is not run on the sender's CPU as veth
 does by default) are pinned to the last CPU, redis-benchmark to the others.
 Both sides run with this same placement; it is undone at the end.
 
-    bench/get_throughput.py [--rounds 3] [--requests 100000] [--clients 50]
+    .venv/bin/python bench/get_throughput.py [--rounds 3] [--requests 100000] [--clients 50]
 
 Needs: the fleet up (inventory/local/fleet.sh up) and ansible-playbook (scripts/demo
 sets both up). Writes bench/results/get_throughput.json and .png.

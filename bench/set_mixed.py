@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """SET and 50/50 SET/GET throughput and latency with ERB (SET fast path + I/O agent) vs
 the same Redis without it.
 
@@ -18,7 +17,7 @@ is the median of each side and their ratio.
   ERB round (the agent starts afresh at each deploy), with ERB's counters (set_fast,
   hold, set_pass_*) and Redis's SET calls (the agent's applies).
 
-    bench/set_mixed.py [--rounds 3] [--requests 100000] [--clients 50]
+    .venv/bin/python bench/set_mixed.py [--rounds 3] [--requests 100000] [--clients 50]
 
 Writes bench/results/set_mixed.json and .png.
 """

@@ -83,7 +83,7 @@ def run(cmd, check=True, timeout=120, env=None, cwd=None, input=None):
     if env:
         full_env.update(env)
     p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                       env=full_env, cwd=cwd, input=input)
+                       env=full_env, cwd=cwd, input=input, check=False)
     if check and p.returncode != 0:
         raise CommandError('%s exited %d\n--- stdout\n%s\n--- stderr\n%s'
                            % (' '.join(str(c) for c in cmd), p.returncode, p.stdout, p.stderr))
@@ -127,7 +127,7 @@ def qemu_guest(kernel, initrd, append, mem_mb, timeout, extra=()):
            '-kernel', kernel, '-initrd', initrd] + list(extra) + ['-append', append]
     t0 = time.monotonic()
     try:
-        run = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        run = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         out = run.stdout
     except subprocess.TimeoutExpired as e:  # killed: keep what it printed, for the failure message
         out = (e.stdout or b'') + b'\nERB-V qemu_timeout %d\n' % timeout

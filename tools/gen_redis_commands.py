@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: ERB contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Generate plugins/module_utils/redis_commands.py from a real Redis COMMAND reply.
@@ -6,7 +5,7 @@
 Starts redis-server (default /usr/bin/redis-server) on a unix socket in a
 temporary directory with --port 0, asks COMMAND and INFO server, maps every
 command to the flags of struct erb_cmd_spec (files/bpf/erb.h) and writes the
-table.  Usage: tools/gen_redis_commands.py [--redis-server PATH] [--output FILE]
+table.  Usage: python3 tools/gen_redis_commands.py [--redis-server PATH] [--output FILE]
 """
 
 import argparse
@@ -114,7 +113,7 @@ class Resp(object):
             return data.decode()
         if kind == b'*':
             n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
+            return None if n < 0 else [self._read() for _unused in range(n)]
         raise RespError('unexpected RESP type %r' % kind)
 
 

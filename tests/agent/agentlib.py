@@ -17,7 +17,8 @@ from pathlib import Path
 
 import redis
 
-from erb_conftest import pid_alive, wait_for as _wait_for  # noqa: E402
+# pid_alive is used as agentlib.pid_alive
+from erb_conftest import pid_alive, wait_for as _wait_for  # noqa: E402  # pylint: disable=unused-import
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -311,7 +312,7 @@ def parse_resp_commands(data):
         n = int(data[i + 1:j])
         i = j + 2
         args = []
-        for _ in range(n):
+        for _unused in range(n):
             j = data.index(b'\r\n', i)
             ln = int(data[i + 1:j])
             args.append(data[j + 2:j + 2 + ln])

@@ -22,7 +22,7 @@ RECORD_SAMPLE = 1688          # 8-byte ring header + sizeof(struct erb_record), 
 
 
 def value_for(seq, rnd):
-    body = bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 64)))
+    body = bytes(rnd.getrandbits(8) for _unused in range(rnd.randrange(0, 64)))
     filler = b'\r\n\0' * rnd.randrange(0, 3) + b'x' * rnd.choice((0, 1, 17, 300, 1380))
     return (struct.pack('<Q', seq) + b'\r\n\0' + body + filler)[:agentlib.VAL_MAX]
 
@@ -243,9 +243,9 @@ def test_restart_recovers_records_consumed_but_not_published(env):
 
 def test_startup_errors_are_clear(env, tmp_path):
     p = subprocess.run([str(agentlib.AGENT_BIN), '--pin-dir', str(tmp_path / 'nope'),
-                        '--redis-sock', str(env.redis.sock)], capture_output=True, text=True, timeout=10)
+                        '--redis-sock', str(env.redis.sock)], capture_output=True, text=True, timeout=10, check=False)
     assert p.returncode == 2 and 'cannot open pin dir' in p.stderr
-    p = subprocess.run([str(agentlib.AGENT_BIN)], capture_output=True, text=True, timeout=10)
+    p = subprocess.run([str(agentlib.AGENT_BIN)], capture_output=True, text=True, timeout=10, check=False)
     assert p.returncode == 2 and '--pin-dir is required' in p.stderr
     # Redis down at start: the agent waits, says so, and applies once it is up
     env.redis.kill(signal.SIGKILL)
@@ -254,7 +254,7 @@ def test_startup_errors_are_clear(env, tmp_path):
     wait_for(lambda: 'Redis unreachable' in agent.log_text(), timeout=5, what='unreachable message')
     assert agent.alive()
     # a second agent on the same pin dir is refused
-    p = subprocess.run(env.agents[0].args[:5], capture_output=True, text=True, timeout=10)
+    p = subprocess.run(env.agents[0].args[:5], capture_output=True, text=True, timeout=10, check=False)
     assert p.returncode == 3 and 'another erb-agent' in p.stderr
     env.redis.start()
     env.wait_applied(1)
@@ -288,8 +288,12 @@ def test_invalidations_delete_changed_keys_and_keep_equal_ones(env):
     for k in (b'a', b'c', b'g'):
         wait_for(lambda k=k: env.bpf.cache_state(k) == 'gone', timeout=5, what='%r deleted' % k)
     wait_for(lambda: env.bpf.cache_state(b'b') == 'gone', timeout=5, what='expired b deleted')
-    s = wait_for(lambda: (lambda s: s if s['invalidations_kept'] >= kept0 + 2 else None)(agent.read_stats()),
-                 timeout=5, what='d and f counted as kept')
+
+    def kept_both():
+        stats = agent.read_stats()
+        return stats if stats['invalidations_kept'] >= kept0 + 2 else None
+
+    s = wait_for(kept_both, timeout=5, what='d and f counted as kept')
     assert env.bpf.cache_state(b'd') == 'valid'
     assert env.bpf.cache_state(b'e') == 'valid'
     assert env.bpf.cache_state(b'f') == 'valid'
@@ -335,7 +339,7 @@ def test_daemon_mode_with_pidfile_and_auth(env, tmp_path):
     pwfile = tmp_path / 'pw'
     pwfile.write_text('s3cret\n')
     agent = env.agent(start=False, extra=['--daemon', '--redis-password-file', str(pwfile)])
-    p = subprocess.run(agent.args, capture_output=True, text=True, timeout=10)
+    p = subprocess.run(agent.args, capture_output=True, text=True, timeout=10, check=False)
     assert p.returncode == 0, p.stderr
     pid = int(wait_for(lambda: agent.pidfile.exists() and agent.pidfile.read_text().strip(), timeout=5,
                        what='pidfile'))

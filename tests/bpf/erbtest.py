@@ -428,7 +428,7 @@ class Flow(object):
         """A command Redis executes: passed at XDP, its reply through TC."""
         rc, out = self.send(payload)
         assert rc == XDP_PASS, 'command %r not passed: %s' % (payload[:60], XDP_NAMES.get(rc, rc))
-        rc, _ = self.reply(reply)
+        rc, _unused = self.reply(reply)
         assert rc == TC_ACT_OK
 
     def set(self, key, value, reply=b'+OK\r\n'):

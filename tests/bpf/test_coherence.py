@@ -8,7 +8,7 @@ client-side caching connections never answered in XDP."""
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from erbtest import XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
+from erbtest import XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
 from test_hold import FOREIGN, OK, fast_set, other_flow, pending_write, send_held
 
 K = b'key:1'
@@ -30,7 +30,7 @@ def test_hold_waits_only_for_writes_acknowledged_before(erb_fast):
     fast_set(erb, a, b'key:2', b'later')
     assert erb.glob().write_seq == 2
     erb.set_applied(1)
-    rc, _ = erb.xdp(frame)
+    rc, _unused = erb.xdp(frame)
     assert rc == XDP_PASS, 'KEYS still held behind a write acknowledged after it arrived: %s' % name(rc)
 
 
@@ -46,7 +46,7 @@ def test_exec_after_watch_waits_for_pending_writes(erb_fast):
     b.command(resp('PING'), b'+QUEUED\r\n')
     frame = send_held(erb, b, resp('EXEC'))
     erb.apply_all()
-    rc, _ = erb.xdp(frame)
+    rc, _unused = erb.xdp(frame)
     assert rc == XDP_PASS
 
 
@@ -56,7 +56,7 @@ def test_exec_without_watch_is_not_held(erb_fast):
     b = other_flow(erb)
     b.command(resp('MULTI'), OK)
     b.command(resp('PING'), b'+QUEUED\r\n')
-    rc, _ = b.send(resp('EXEC'))
+    rc, _unused = b.send(resp('EXEC'))
     assert rc == XDP_PASS
 
 
@@ -79,7 +79,7 @@ def test_passed_write_never_slips_past_a_fast_set_holding_its_bucket(erb_fast):
     erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
     send_held(erb, b, resp('DEL', K))
     erb.set_u32('erb_locks', bucket_of(K), 0)
-    rc, _ = b.send(resp('DEL', K))
+    rc, _unused = b.send(resp('DEL', K))
     assert rc == XDP_PASS
     assert erb.inflight(bucket_of(K)) == 1
 
@@ -91,7 +91,7 @@ def test_unsubscribe_with_channels_is_never_answered_after(erb):
     f.set(b'k', b'v')
     f.command(resp('UNSUBSCRIBE', 'a', 'b'), b'*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n')
     # Redis still owes the reply for channel b
-    rc, _ = f.get(b'k')
+    rc, _unused = f.get(b'k')
     assert rc == XDP_PASS, 'GET answered while Redis owes UNSUBSCRIBE b: %s' % name(rc)
 
 
@@ -100,9 +100,9 @@ def test_more_replies_than_commands_untrack_the_flow(erb):
     f.set(b'k', b'v')
     f.command(resp('PING'), b'+PONG\r\n+PONG\r\n')     # one reply too many
     assert erb.stats()['reply_unmatched'] == 1
-    rc, _ = f.send(resp('GET', 'x'))     # passed; its reply is still owed
+    rc, _unused = f.send(resp('GET', 'x'))     # passed; its reply is still owed
     assert rc == XDP_PASS
-    rc, _ = f.get(b'k')
+    rc, _unused = f.get(b'k')
     assert rc == XDP_PASS, 'GET answered while Redis owes GET x: %s' % name(rc)
 
 
@@ -112,7 +112,7 @@ def test_client_side_caching_connection_never_answered(erb, cmd):
     f = Flow(erb).handshake()
     f.set(b'k', b'v')
     f.command(cmd, OK)
-    rc, _ = f.get(b'k')
+    rc, _unused = f.get(b'k')
     assert rc == XDP_PASS, 'a CLIENT TRACKING connection was answered in XDP'
     assert erb.flow(f).flags & L.ERB_FLOW_UNTRACKED
 
@@ -146,9 +146,9 @@ def test_fuzz_no_answer_while_redis_owes_a_reply(erb, plan):
     f.set(b'k', b'v')
     owed = []
     for idx, batch, get, deliver in plan:
-        payload = b''.join(PIECES[idx][0] for _ in range(batch))
-        replies = [r for _ in range(batch) for r in PIECES[idx][1]]
-        rc, _ = f.send(payload)
+        payload = b''.join(PIECES[idx][0] for _unused in range(batch))
+        replies = [r for _unused in range(batch) for r in PIECES[idx][1]]
+        rc, _unused = f.send(payload)
         assert rc == XDP_PASS, name(rc)
         owed += replies
         if get:

@@ -10,7 +10,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from erbtest import (CMAC, M32, REDIS_PORT, SMAC, TC_ACT_OK, XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow,
+from erbtest import (CMAC, M32, REDIS_PORT, SMAC, TC_ACT_OK, XDP_NAMES, XDP_PASS, XDP_TX, Flow,
                      assert_checksums, bulk, resp, tcp_payload)
 from erbtest import L
 
@@ -73,7 +73,7 @@ def test_redis_ack_never_covers_an_answer_the_client_lacks(erb):
 def test_dup_ack_at_a_lost_answer_resends_it(erb):
     f, ack0, req_seq, ans = answered(erb)
     # the client, still without the answer, pipelines a PING: passed (it has not acked our bytes)
-    rc, _ = f.send(resp('PING'), ack=ack0)
+    rc, _unused = f.send(resp('PING'), ack=ack0)
     assert rc == XDP_PASS, name(rc)
     rc, pong = f.reply(b'+PONG\r\n')
     # +PONG lands after the hole the lost answer left: the client sends a duplicate ACK
@@ -90,7 +90,7 @@ def test_dup_ack_at_a_lost_answer_resends_it(erb):
 def test_collapsed_retransmission_of_an_answered_request_is_answered(erb):
     f, ack0, req_seq, ans = answered(erb)
     ping = resp('PING')
-    rc, _ = f.send(ping, ack=ack0)
+    rc, _unused = f.send(ping, ack=ack0)
     assert rc == XDP_PASS
     cmds = erb.flow(f).cmds
     # RTO: the client's TCP retransmits GET and PING collapsed into one segment
@@ -111,7 +111,7 @@ def test_retransmission_from_before_an_answered_request_is_answered(erb):
     f.set(b'k', b'v')
     ack0, start = f.c_ack, f.c_seq
     ping = resp('PING')
-    rc, _ = f.send(ping)
+    rc, _unused = f.send(ping)
     assert rc == XDP_PASS
     f.reply(b'+PONG\r\n')
     ack1 = f.c_ack
@@ -172,7 +172,7 @@ def test_given_up_flow_releases_its_write_block(erb):
     f.command(resp('MULTI'), b'+OK\r\n')
     assert erb.glob().overflow == 1, 'MULTI blocks fills'
     # the flow is given up (a gap): its block goes with it
-    rc, _ = erb.xdp(f.client_frame(resp('PING'), seq=f.c_seq + 50))
+    rc, _unused = erb.xdp(f.client_frame(resp('PING'), seq=f.c_seq + 50))
     assert rc == XDP_PASS
     assert erb.glob().overflow == 0, 'a given-up flow keeps fills off for every client'
     assert erb.flow(f).wr[0].bucket == 0xffffffff
@@ -183,7 +183,7 @@ def test_parse_error_releases_the_write_block(erb):
     f.command(resp('MULTI'), b'+OK\r\n')
     f.command(resp('SET', 'a', '1'), b'+QUEUED\r\n')
     assert erb.glob().overflow == 1
-    rc, _ = f.send(b'*2\r\n$3\r\nGET\r\n$zz\r\n')
+    rc, _unused = f.send(b'*2\r\n$3\r\nGET\r\n$zz\r\n')
     assert rc == XDP_PASS
     assert erb.flow(f).flags & L.ERB_FLOW_UNTRACKED
     assert erb.glob().overflow == 0
@@ -221,7 +221,7 @@ def test_vlan_tagged_write_empties_the_cache(erb):
     rc, out = erb.xdp(tagged)
     assert rc == XDP_PASS
     other = Flow(erb, cport=41002).handshake()
-    rc, _ = other.get(b'k')
+    rc, _unused = other.get(b'k')
     assert rc == XDP_PASS, 'GET k answered after a VLAN-tagged DEL k went to Redis'
 
 
@@ -232,13 +232,13 @@ def test_ipv6_write_behind_extension_headers_empties_the_cache(erb):
                   TCP(sport=40500, dport=REDIS_PORT, flags='PA', seq=1, ack=1) / Raw(resp('DEL', 'k')))
     rc, out = erb.xdp(frame)
     assert rc == XDP_PASS
-    rc, _ = f.get(b'k')
+    rc, _unused = f.get(b'k')
     assert rc == XDP_PASS, 'GET k answered after an IPv6 DEL k (hop-by-hop header) went to Redis'
 
 
 def test_big_tcp_segment_is_corrected(erb):
     f, ack0, req_seq, ans = answered(erb)
-    rc, _ = erb.xdp(f.client_frame(flags='A'))
+    rc, _unused = erb.xdp(f.client_frame(flags='A'))
     frame = bytearray(f.server_frame(b'+OK\r\n' * 4, flags='PA'))
     frame[16:18] = b'\0\0'    # IPv4 BIG TCP: tot_len 0, the length is the skb's
     srv_seq = f.s_seq
@@ -252,18 +252,18 @@ def test_big_tcp_segment_is_corrected(erb):
 def test_reply_over_the_clients_mss_is_left_to_redis(erb):
     f = Flow(erb).handshake(mss=200)
     f.set(b'k', b'x' * 300)
-    rc, _ = f.get(b'k')
+    rc, _unused = f.get(b'k')
     assert rc == XDP_PASS, 'a 300-byte answer to a client with MSS 200: %s' % name(rc)
     assert erb.stats()['pass_client_limit'] == 1
     g = Flow(erb, cport=41003).handshake(mss=1400)
-    rc, _ = g.get(b'k')
+    rc, _unused = g.get(b'k')
     assert rc == XDP_TX
 
 
 def test_zero_window_request_is_not_answered(erb):
     f = Flow(erb).handshake()
     f.set(b'k', b'v')
-    rc, _ = f.send(GET_K, window=0)
+    rc, _unused = f.send(GET_K, window=0)
     assert rc == XDP_PASS, name(rc)
     assert erb.stats()['pass_client_limit'] == 1
 
@@ -276,11 +276,11 @@ def test_fast_open_data_in_the_syn_is_seen_and_the_flow_never_answered(erb):
     syn = f.client_frame(data, flags='S', options=[('MSS', 1460), ('SAckOK', b''), ('WScale', 7)])
     rc, out = erb.xdp(syn)
     assert rc == XDP_PASS
-    rc, _ = a.get(b'k')
+    rc, _unused = a.get(b'k')
     assert rc == XDP_PASS, 'GET k answered after a DEL k in a SYN'
     # Redis took the data: the client goes on after it, and is neither dropped nor answered
     f.c_seq = (f.c_isn + 1 + len(data)) & M32
-    rc, _ = erb.xdp(f.client_frame(GET_K, flags='PA', ack=1))
+    rc, _unused = erb.xdp(f.client_frame(GET_K, flags='PA', ack=1))
     assert rc == XDP_PASS, 'the segment after Fast Open data is %s' % name(rc)
 
 

@@ -31,5 +31,5 @@ def test_reset_gives_fresh_state(erb_config):
     assert not any(erb.stats().values())
     assert erb.glob().cache_gen == 0 and erb.glob().overflow == 0
     f = Flow(erb).handshake()
-    rc, _ = f.send(resp('GET', 'k'))
+    rc, _unused = f.send(resp('GET', 'k'))
     assert rc != XDP_TX

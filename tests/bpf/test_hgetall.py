@@ -77,7 +77,7 @@ def entry_types(erb):
 def fill(f, key, fields, cmd=b"HGETALL"):
     """HGETALL miss passed, its reply through TC: returns the reply bytes."""
     rep = hash_reply(fields)
-    rc, _ = f.send(resp(cmd, key))
+    rc, _unused = f.send(resp(cmd, key))
     assert rc == XDP_PASS, 'HGETALL miss not passed: %s' % name(rc)
     f.reply(rep)
     return rep
@@ -125,7 +125,7 @@ def test_too_big_and_empty_not_cached(erb):
     f = Flow(erb).handshake()
     fill(f, b'big', ycsb_fields())          # > max_value_len 1024
     fill(f, b'empty', [])                   # *0
-    rc, _ = f.send(resp(b'HGETALL', b'nil'))
+    rc, _unused = f.send(resp(b'HGETALL', b'nil'))
     f.reply(b'-WRONGTYPE Operation against a key holding the wrong kind of value\r\n')
     assert erb.stats()['fill'] == 0
     assert entry_types(erb) == {}
@@ -144,7 +144,7 @@ def test_writes_invalidate(erb, write):
     g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
     rep = fill(f, b'user:1', SMALL)
     assert_hit(erb, f, b'user:1', rep)
-    rc, _ = g.send(resp(*write))
+    rc, _unused = g.send(resp(*write))
     assert rc == XDP_PASS
     assert entry_types(erb) == {}
     g.reply(b':1\r\n' if write[0] != b'HMSET' else b'+OK\r\n')
@@ -154,7 +154,7 @@ def test_writes_invalidate(erb, write):
 def test_get_never_sees_hash_and_hgetall_never_sees_string(erb):
     f = Flow(erb).handshake()
     fill(f, b'h', SMALL)
-    rc, _ = f.send(resp(b'GET', b'h'))
+    rc, _unused = f.send(resp(b'GET', b'h'))
     assert rc == XDP_PASS
     f.reply(b'-WRONGTYPE Operation against a key holding the wrong kind of value\r\n')
     f.set(b's', b'value')
@@ -167,7 +167,7 @@ def test_get_never_sees_hash_and_hgetall_never_sees_string(erb):
 def test_reply_split_over_two_segments_not_cached(erb):
     f = Flow(erb).handshake()
     rep = hash_reply(SMALL)
-    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    rc, _unused = f.send(resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
     f.reply(rep[:10])
     f.reply(rep[10:])
@@ -182,7 +182,7 @@ def test_pipelined_replies_in_one_skb(erb):
     stored bytes are exactly the HGETALL reply."""
     f = Flow(erb).handshake()
     rep = hash_reply(SMALL)
-    rc, _ = f.send(resp(b'GET', b'x') + resp(b'HGETALL', b'k'))
+    rc, _unused = f.send(resp(b'GET', b'x') + resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
     f.reply(b'$3\r\nabc\r\n' + rep + b'')
     assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH, rep)}
@@ -193,7 +193,7 @@ def test_reply_after_bytes_of_an_earlier_skb(erb):
     """The previous reply ends in this skb, the HGETALL reply follows whole."""
     f = Flow(erb).handshake()
     rep = hash_reply(SMALL)
-    rc, _ = f.send(resp(b'GET', b'x') + resp(b'HGETALL', b'k'))
+    rc, _unused = f.send(resp(b'GET', b'x') + resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
     f.reply(b'$10\r\n01234')
     f.reply(b'56789\r\n' + rep)
@@ -205,7 +205,7 @@ def test_hello_flow_never_fills_nor_answered(erb, hello):
     f = Flow(erb).handshake()
     f.command(resp(*hello), b'%1\r\n+server\r\n+redis\r\n')
     assert erb.flow(f).flags & L.ERB_FLOW_HELLO
-    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    rc, _unused = f.send(resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
     f.reply(b'%1\r\n$2\r\nf1\r\n$2\r\nv1\r\n')
     assert erb.stats()['fill'] == 0
@@ -213,7 +213,7 @@ def test_hello_flow_never_fills_nor_answered(erb, hello):
     g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
     rep = fill(g, b'k', SMALL)
     assert erb.stats()['fill'] == 1
-    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    rc, _unused = f.send(resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
     f.reply(b'%1\r\n$2\r\nf1\r\n$2\r\nv1\r\n')
     assert_hit(erb, g, b'k', rep)
@@ -226,9 +226,9 @@ def test_hello_flow_never_fills_nor_answered(erb, hello):
 def test_concurrent_write_cancels_fill(erb):
     a = Flow(erb).handshake()
     b = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
-    rc, _ = a.send(resp(b'HGETALL', b'k'))
+    rc, _unused = a.send(resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
-    rc, _ = b.send(resp(b'HSET', b'k', b'f1', b'new'))
+    rc, _unused = b.send(resp(b'HSET', b'k', b'f1', b'new'))
     assert rc == XDP_PASS
     b.reply(b':0\r\n')
     a.reply(hash_reply(SMALL))
@@ -275,8 +275,8 @@ def test_hgetall_hit_with_set_fast_path(erb_fast):
     rep = fill(f, b'k', SMALL)
     assert_hit(erb_fast, f, b'k', rep)
     # a fast SET of the key replaces it with a string entry
-    rc, _ = f.send(resp(b'SET', b'k', b'v'))
+    rc, _unused = f.send(resp(b'SET', b'k', b'v'))
     assert rc == XDP_TX
     assert entry_types(erb_fast)[b'k'] == (L.ERB_TYPE_STRING, b'v')
-    rc, _ = f.send(resp(b'HGETALL', b'k'))
+    rc, _unused = f.send(resp(b'HGETALL', b'k'))
     assert rc != XDP_TX

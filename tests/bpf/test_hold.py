@@ -125,7 +125,7 @@ HELD = {
 
 def run_setup(f, setup):
     for payload, reply in setup:
-        rc, _ = f.send(payload)
+        rc, _unused = f.send(payload)
         assert rc == XDP_PASS
         if reply is not None:
             f.reply(reply)
@@ -164,7 +164,7 @@ def test_write_passed_after_apply_invalidates(erb_fast):
     passed_once(erb, b, frame, payload)
     assert erb.cache_entries_raw() == {}
     b.reply(b':1\r\n')
-    rc, _ = a.send(resp('GET', K))
+    rc, _unused = a.send(resp('GET', K))
     assert rc == XDP_PASS                    # a miss: Redis answers
     assert erb.stats()['miss'] == 1
 
@@ -301,7 +301,7 @@ def test_held_segment_of_a_split_write(erb_fast):
     pending_write(erb)
     b = other_flow(erb)
     head, tail = b'*2\r\n$3\r\nDEL\r\n$5\r\nke', b'y:1\r\n'
-    rc, _ = b.send(head)
+    rc, _unused = b.send(head)
     assert rc == XDP_PASS
     frame = send_held(erb, b, tail)
     assert erb.cache_entries_raw() == {K: b'value'}
@@ -318,7 +318,7 @@ def test_mid_stream_flow_hold(erb_fast):
     f = Flow(erb, cport=42000)
     f.c_seq, f.c_ack, f.s_seq, f.s_ack = 12345, 999, 999, 12345
     frame = f.client_frame(resp('DEL', K))
-    rc, _ = erb.xdp(frame)
+    rc, _unused = erb.xdp(frame)
     assert rc == XDP_DROP, name(rc)
     assert erb.cache_entries_raw() == {K: b'value'}
     erb.apply_all()
@@ -339,7 +339,7 @@ def test_mid_stream_flow_when_flow_table_full_held(erb_fast_config):
     c = Flow(erb, cport=42000)
     c.c_seq, c.c_ack, c.s_seq, c.s_ack = 12345, 999, 999, 12345
     frame = c.client_frame(resp('DEL', K))
-    rc, _ = erb.xdp(frame)
+    rc, _unused = erb.xdp(frame)
     assert erb.stats()['flow_full'] >= 1
     assert rc == XDP_DROP, ('segment of an untrackable flow with a write pending: %s, expected XDP_DROP (hold) %s'
                             % (name(rc), nonzero(erb.stats())))

@@ -108,9 +108,9 @@ def test_set_in_multi_does_not_fill(erb):
 def test_concurrent_write_skips_fill(erb):
     a = Flow(erb, cport=46000).handshake()
     b = Flow(erb, cport=46001, c_isn=10, s_isn=20).handshake()
-    rc, _ = a.send(resp('SET', 'k', 'v1'))
+    rc, _unused = a.send(resp('SET', 'k', 'v1'))
     assert rc == XDP_PASS
-    rc, _ = b.send(resp('DEL', 'k'))
+    rc, _unused = b.send(resp('DEL', 'k'))
     assert rc == XDP_PASS
     assert erb.inflight(bucket_of(b'k')) == 2
     a.reply(b'+OK\r\n')

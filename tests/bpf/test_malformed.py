@@ -47,7 +47,7 @@ def test_truncated_frames(erb):
     # BPF_PROG_TEST_RUN needs at least an Ethernet header: cut from there on
     for n in range(14, len(full)):
         assert_untouched(erb, full[:n])
-    rc, _ = erb.xdp(full)
+    rc, _unused = erb.xdp(full)
     assert rc == XDP_TX     # the state was not disturbed by the truncated copies
 
 

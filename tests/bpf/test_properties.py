@@ -71,7 +71,7 @@ def test_any_key_write_invalidates(erb_config, key, value, which):
     a = Flow(erb, cport=50000).handshake()
     b = Flow(erb, cport=50001, c_isn=9, s_isn=99).handshake()
     a.set(key, value)
-    rc, _ = a.send(resp(*WRITE_CMDS[which](key)))
+    rc, _unused = a.send(resp(*WRITE_CMDS[which](key)))
     assert rc == XDP_PASS
     rc, out = b.send(resp(b'GET', key))
     assert rc == XDP_PASS, 'stale %r answered after %r' % (tcp_payload(out)[:40], WRITE_CMDS[which](key)[0])
@@ -118,7 +118,7 @@ def test_random_payload_on_established_flow(erb_config, payload):
     f = cached_flow(erb)
     check_random_payload(erb, f, payload)
     # the program keeps working: a server segment, then a fresh flow still hits
-    rc, _ = erb.tc(f.server_frame(b'+OK\r\n'))
+    rc, _unused = erb.tc(f.server_frame(b'+OK\r\n'))
     assert rc == TC_ACT_OK
     g = Flow(erb, cport=51000).handshake()
     rc, out = g.get(b'k')
@@ -131,7 +131,7 @@ GET_PARTS = [b'*2\r\n$3\r\nGET\r\n$1\r\nk\r\n', b'*2\r\n$3\r\nGET\r\n$4\r\nkey2\
 @st.composite
 def mutated_get(draw):
     data = bytearray(draw(st.sampled_from(GET_PARTS)))
-    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+    for _unused in range(draw(st.integers(min_value=1, max_value=4))):
         op = draw(st.sampled_from(['flip', 'insert', 'delete', 'digit']))
         i = draw(st.integers(min_value=0, max_value=max(0, len(data) - 1)))
         if op == 'flip' and data:

@@ -6,7 +6,7 @@ can only come from the rule under test."""
 
 import pytest
 
-from erbtest import M32, XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, resp, tcp_payload
+from erbtest import M32, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, resp, tcp_payload
 
 GET_K = resp('GET', 'k')
 
@@ -46,7 +46,7 @@ def test_sanity_hit_baseline(erb):
 
 def test_outstanding_reply_blocks_answers(erb):
     f = filled(erb)
-    rc, _ = f.send(resp('PING'))        # Redis owes a reply
+    rc, _unused = f.send(resp('PING'))        # Redis owes a reply
     assert rc == XDP_PASS
     assert_passed(f, 'pass_outstanding')
     f.reply(b'+PONG\r\n')               # reply to PING
@@ -86,7 +86,7 @@ def test_unacked_server_data(erb):
 
 def test_old_segment_is_not_answered(erb):
     f = filled(erb)
-    rc, _ = f.send(resp('PING'))
+    rc, _unused = f.send(resp('PING'))
     f.reply(b'+PONG\r\n')
     frame = f.client_frame(GET_K, seq=f.c_seq - 14)
     rc, out = erb.xdp(frame)
@@ -99,7 +99,7 @@ def test_multi_until_exec_reply(erb):
     f.command(resp('MULTI'), b'+OK\r\n')
     assert_passed(f, 'pass_state')
     f.reply(b'+QUEUED\r\n')
-    rc, _ = f.send(resp('EXEC'))
+    rc, _unused = f.send(resp('EXEC'))
     assert rc == XDP_PASS
     assert_passed(f, 'pass_outstanding')     # EXEC's reply not seen yet
     f.reply(b'*1\r\n$1\r\nv\r\n')             # EXEC's reply
@@ -178,7 +178,7 @@ def test_get_split_over_two_segments(erb):
 
 def test_whole_get_after_an_incomplete_command_is_not_answered(erb):
     f = filled(erb)
-    rc, _ = f.send(b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n')    # SET without its value yet
+    rc, _unused = f.send(b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n')    # SET without its value yet
     assert rc == XDP_PASS
     rc, out = f.send(GET_K)
     assert (rc, out) == (XDP_PASS, f.last[2])
@@ -232,7 +232,7 @@ def test_require_auth_until_auth_ok(erb_config):
     b.command(resp('AUTH', 'wrong'), b'-WRONGPASS invalid username-password pair\r\n')
     assert_passed(b, 'pass_state')
     b.reply(b'-NOAUTH Authentication required.\r\n')
-    rc, _ = b.send(resp('AUTH', 'secret'))
+    rc, _unused = b.send(resp('AUTH', 'secret'))
     assert_passed(b, 'pass_state')           # AUTH's reply not seen yet: not authenticated
     b.reply(b'+OK\r\n')
     b.reply(b'-NOAUTH Authentication required.\r\n')

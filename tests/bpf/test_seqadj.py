@@ -80,7 +80,7 @@ def test_corrections_accumulate_over_answers(erb):
     qlen = rlen = 0
     for key, val in [(b'a', b'1'), (b'b', b'22'), (b'a', b'1')]:
         req = resp('GET', key)
-        rc, _ = f.send(req)
+        rc, _unused = f.send(req)
         assert rc == XDP_TX
         qlen += len(req)
         rlen += len(bulk(val))

@@ -193,7 +193,7 @@ def test_ring_full_set_goes_to_redis(erb_fast):
     assert erb.glob().write_seq == room
     # Redis runs it (the key has no pending write: not held) and the reply fills the cache
     assert erb.stats()['hold'] == 0
-    rc, _ = b.reply(OK)
+    rc, _unused = b.reply(OK)
     assert rc == TC_ACT_OK
     assert erb.stats()['cmds_passed'] == 1
     # on the answering flow: passed too, only seq/ack moved into the server's view
@@ -238,7 +238,7 @@ def test_write_in_flight_at_redis_makes_set_busy(erb_fast):
     erb = erb_fast
     a = Flow(erb, cport=40001).handshake()
     b = Flow(erb, cport=40002, c_isn=5, s_isn=77).handshake()
-    rc, _ = b.send(resp('DEL', 'key:1'))          # passed, Redis has not replied yet
+    rc, _unused = b.send(resp('DEL', 'key:1'))          # passed, Redis has not replied yet
     assert rc == XDP_PASS
     assert erb.u32('erb_inflight', bucket_of(b'key:1')) == 1
     assert_passed_untouched(erb, a, resp(b'SET', b'key:1', b'value'), 'set_pass_busy')
@@ -297,7 +297,7 @@ def test_set_after_select_1_passed(erb_fast):
 
 def test_set_with_reply_outstanding_passed(erb_fast):
     f = Flow(erb_fast).handshake()
-    rc, _ = f.send(resp('PING'))
+    rc, _unused = f.send(resp('PING'))
     assert rc == XDP_PASS
     assert_passed_untouched(erb_fast, f, resp('SET', 'key:1', 'value'), 'pass_outstanding')
 
@@ -364,7 +364,7 @@ def test_fifty_sets_over_several_flows_dense_and_ordered(erb_fast_config):
     assert all((r.version, r.op, r.db) == (ERB_RECORD_VERSION, ERB_OP_SET, 0) for r in recs)
     # the cache holds the last value of each key
     last = {}
-    for _, k, v in expect:
+    for _unused, k, v in expect:
         last[k] = v
     assert erb.cache_entries_raw() == last
     assert erb.stats()['set_fast'] == 50
@@ -392,7 +392,7 @@ def test_retransmitted_set_answered_again_without_second_record(erb_fast):
     f = Flow(erb).handshake()
     first = fast_set(erb, f, b'key:1', BINARY)
     req = f.last[2]
-    for _ in range(2):
+    for _unused in range(2):
         rc, out = erb.xdp(req)
         assert rc == XDP_TX, name(rc)
         assert out == first
@@ -422,9 +422,9 @@ def test_fill_never_overwrites_a_pending_fast_write(erb_fast):
     a = Flow(erb, cport=40001).handshake()
     b = Flow(erb, cport=40002, c_isn=5, s_isn=77).handshake()
     bk = bucket_of(b'key:1')
-    rc, _ = b.send(resp('PING'))                        # b owes a reply: its SET goes to Redis
+    rc, _unused = b.send(resp('PING'))                        # b owes a reply: its SET goes to Redis
     assert rc == XDP_PASS
-    rc, _ = b.send(resp('SET', 'key:1', 'v2-redis'))
+    rc, _unused = b.send(resp('SET', 'key:1', 'v2-redis'))
     assert rc == XDP_PASS
     assert erb.aux(b).fill_klen == len(b'key:1')         # captured for the fill
     assert erb.u32('erb_inflight', bk) == 1
@@ -446,9 +446,9 @@ def test_fill_of_another_key_with_pending_writes(erb_fast):
     a = Flow(erb, cport=40001).handshake()
     b = Flow(erb, cport=40002, c_isn=5, s_isn=77).handshake()
     fast_set(erb, a, b'key:1', b'v1-fast')
-    rc, _ = b.send(resp('PING'))
+    rc, _unused = b.send(resp('PING'))
     assert rc == XDP_PASS
-    rc, _ = b.send(resp('SET', 'key:2', 'v2-redis'))
+    rc, _unused = b.send(resp('SET', 'key:2', 'v2-redis'))
     assert rc == XDP_PASS
     b.reply(b'+PONG\r\n')
     b.reply(OK)

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Build everything the erb_io QEMU guest test needs, cached under
 # $ERB_GUEST_CACHE (default /var/cache/erb-guest), keyed by package versions
 # and source hashes:

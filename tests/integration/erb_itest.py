@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from erb_conftest import (BPF_OBJECT, REDIS_PORT, REPO, ensure_collection_link, run, stop_pid,
-                      wait_for)
+                          wait_for)
 
 BPFFS_ROOT = '/run/erb/bpffs'
 COLLECTIONS = REPO / '.ansible' / 'collections'
@@ -157,7 +157,7 @@ class RespConn(object):
             if t in (b'%', b'|'):
                 n *= 2
             p = i + 2
-            for _ in range(max(n, 0)):
+            for _unused in range(max(n, 0)):
                 p = self._reply_end(p)
             return p
         raise AssertionError('%s: not RESP at %d: %r' % (self.name, pos, self.buf[pos:pos + 80]))
@@ -202,7 +202,7 @@ def run_module(name, ns, args, timeout=120):
     try:
         env = dict(os.environ, PYTHONPATH=str(COLLECTIONS), LANG='C.UTF-8')
         p = subprocess.run(['ip', 'netns', 'exec', ns, sys.executable, str(MODULES / (name + '.py')), f.name],
-                           capture_output=True, text=True, env=env, timeout=timeout)
+                           capture_output=True, text=True, env=env, timeout=timeout, check=False)
     finally:
         os.unlink(f.name)
     try:
@@ -333,7 +333,7 @@ def reference_redis(tmp_path_factory):
     pid = int(pidf.read_text())
     sock = d / 'redis.sock'
     try:
-        wait_for(lambda: sock.exists(), what='reference redis socket')
+        wait_for(sock.exists, what='reference redis socket')
         yield sock
     finally:
         stop_pid(pid)

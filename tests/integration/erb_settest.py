@@ -49,7 +49,12 @@ def seqs(att):
 def wait_applied(att, timeout=20.0, what='the agent to apply every acknowledged SET'):
     """Wait until applied_seq == write_seq; returns the seconds it took."""
     t0 = time.monotonic()
-    wait_for(lambda: (lambda w_a: w_a[0] == w_a[1])(seqs(att)), timeout=timeout, interval=0.01,
+
+    def caught_up():
+        write_seq, applied_seq = seqs(att)
+        return write_seq == applied_seq
+
+    wait_for(caught_up, timeout=timeout, interval=0.01,
              what='%s (write_seq, applied_seq now %s)' % (what, seqs(att)))
     return time.monotonic() - t0
 

@@ -11,8 +11,6 @@ require_auth: true.
 """
 
 import random
-import socket
-import threading
 import time
 
 import pytest
@@ -46,7 +44,7 @@ def erb(fleet):
     assert pre.cmd('PING') == b'+PONG\r\n'
     a.pre = pre
     # more connections opened before the attach, each for one test that closes it
-    a.pre_spare = [RespConn.tcp(h.client_ns, h.server_ip) for _ in range(3)]
+    a.pre_spare = [RespConn.tcp(h.client_ns, h.server_ip) for _unused in range(3)]
     for c in a.pre_spare:
         assert c.cmd('PING') == b'+PONG\r\n'
     a.nstat_start = {ns: nstat(ns) for ns in (h.ns, h.client_ns)}
@@ -150,7 +148,7 @@ class Pair(object):
                 c.send(data[:pause[0]])
                 time.sleep(pause[1])
                 c.send(data[pause[0]:])
-            out.append([c.read_reply() for _ in range(replies)])
+            out.append([c.read_reply() for _unused in range(replies)])
         for b, r in zip(*out):
             self._check(data[:60], b, r)
         return out[0]
@@ -186,7 +184,7 @@ def test_replies_identical_to_unboosted_redis(erb, ref):
     s0 = erb.stats()
     p.cmd('GET', 'eq:missing')
     p.cmd('SET', 'eq:a', 'hello')
-    for _ in range(3):
+    for _unused in range(3):
         p.cmd('GET', 'eq:a')
     p.cmd('get', 'eq:a')
     p.cmd('gEt', 'eq:a')
@@ -218,13 +216,13 @@ def test_replies_identical_to_unboosted_redis(erb, ref):
               200000):
         k = 'eq:big:%d' % n
         p.cmd('SET', k, value_of(n))
-        for _ in range(3):
+        for _unused in range(3):
             p.cmd('GET', k)
     # keys around the key limit
     for n in (MAX_KEY - 1, MAX_KEY, MAX_KEY + 1, 256, 300, 2000):
         k = ('eq:k%d:' % n + 'x' * n)[:n]
         p.cmd('SET', k, 'key of %d bytes' % n)
-        for _ in range(2):
+        for _unused in range(2):
             p.cmd('GET', k)
     # inline commands, two commands in one segment, one command in two segments
     p.raw(b'GET eq:a\r\n')
@@ -339,8 +337,8 @@ def test_no_reply_overtakes_an_outstanding_one(erb, ref):
         c.send(resp_encode('INCR', 'ot:n'))
         time.sleep(0.02)
         c.send(resp_encode('GET', 'ot:k'))
-    got = [b.read_reply() for _ in range(6)]
-    want = [ref.read_reply() for _ in range(6)]
+    got = [b.read_reply() for _unused in range(6)]
+    want = [ref.read_reply() for _unused in range(6)]
     assert got == want, 'replies out of order or wrong:\n got  %r\n want %r' % (got, want)
     assert want[0] == b'*-1\r\n' and want[1] == bulk('cached')
     d = stat_delta(s0, erb.stats())
@@ -375,7 +373,7 @@ def test_multi_never_answered(erb, ref):
     p = Pair(tcp(erb), ref)
     s0 = erb.stats()
     p.cmd('MULTI')
-    for _ in range(3):
+    for _unused in range(3):
         p.cmd('GET', 'st:m')
     p.cmd('SET', 'st:m', 'v-m2')
     p.cmd('GET', 'st:m')
@@ -396,7 +394,7 @@ def test_select_1_never_answered(erb, ref):
     p = Pair(b, ref)
     s0 = erb.stats()
     p.cmd('SELECT', '1')
-    for _ in range(3):
+    for _unused in range(3):
         p.cmd('GET', 'st:s')  # only in db 0: nil
     p.cmd('SET', 'st:s', 'db1-value')
     p.cmd('GET', 'st:s')
@@ -419,7 +417,7 @@ def test_subscribe_never_answered(erb, ref):
         p = Pair(tcp(erb), RespConn.unix(ref.sock.getpeername()))
         s0 = erb.stats()
         p.cmd(*sub)
-        for _ in range(3):
+        for _unused in range(3):
             p.cmd('GET', 'st:p')
         p.cmd('PING')
         hits = stat_delta(s0, erb.stats()).get('hit', 0)
@@ -433,11 +431,11 @@ def _ordering_probe(erb, ref, b, r):
     for c in (b, r):
         c.send(resp_encode('BLPOP', 'st:empty', '0.3'))
         time.sleep(0.05)
-        for _ in range(2):
+        for _unused in range(2):
             c.send(resp_encode('GET', 'st:o'))
             time.sleep(0.02)
-    got = [b.read_reply() for _ in range(3)]
-    want = [r.read_reply() for _ in range(3)]
+    got = [b.read_reply() for _unused in range(3)]
+    want = [r.read_reply() for _unused in range(3)]
     assert got == want, 'replies out of order or wrong:\n got  %r\n want %r' % (got, want)
 
 
@@ -471,7 +469,7 @@ def test_resp3_push_messages_do_not_confuse_reply_counting(erb, ref):
     p.cmd('GET', 'st:t')
     p.cmd('SET', 'st:t', 'x')
     p.cmd('GET', 'st:t')
-    for _ in range(3):
+    for _unused in range(3):
         w.cmd('SET', 'st:t', 'y')
         rw.cmd('SET', 'st:t', 'y')
         assert b.read_reply() == ref.read_reply()  # the invalidation push
@@ -484,7 +482,7 @@ def test_resp3_push_messages_do_not_confuse_reply_counting(erb, ref):
 def test_pre_attach_connection_never_answered_but_correct(erb):
     _cache(erb, 'st:pre', 'v-pre')
     s0 = erb.stats()
-    for _ in range(3):
+    for _unused in range(3):
         assert erb.pre.cmd('GET', 'st:pre') == bulk('v-pre')
     assert stat_delta(s0, erb.stats()).get('hit', 0) == 0
 
@@ -505,9 +503,9 @@ def test_before_auth_never_answered(erb_auth):
 
     u = tcp(h)
     s0 = erb_auth.stats()
-    replies = [u.cmd('GET', 'au:k') for _ in range(3)]
+    replies = [u.cmd('GET', 'au:k') for _unused in range(3)]
     replies.append(u.cmd('AUTH', 'wrong-password'))
-    replies += [u.cmd('GET', 'au:k') for _ in range(2)]
+    replies += [u.cmd('GET', 'au:k') for _unused in range(2)]
     hits_unauthed = stat_delta(s0, erb_auth.stats()).get('hit', 0)
     assert replies[:3] == [NOAUTH] * 3, replies
     assert replies[3].startswith(b'-WRONGPASS'), replies[3]
@@ -516,7 +514,7 @@ def test_before_auth_never_answered(erb_auth):
     # authenticated now: correct, and (the point of require_auth) may be answered again
     assert u.cmd('AUTH', PASSWORD) == OK
     s0 = erb_auth.stats()
-    assert [u.cmd('GET', 'au:k') for _ in range(3)] == [bulk('secret-value')] * 3
+    assert [u.cmd('GET', 'au:k') for _unused in range(3)] == [bulk('secret-value')] * 3
     hits_after_auth = stat_delta(s0, erb_auth.stats()).get('hit', 0)
     assert authed_hit == 1 and hits_after_auth == 3, \
         'authenticated GETs of a cached key not answered in XDP (%d/1, %d/3)' % (authed_hit, hits_after_auth)
@@ -556,7 +554,7 @@ def test_value_larger_than_a_segment(erb):
     s0 = erb.stats()
     assert c.cmd('SET', 'sz:big', big) == OK
     assert c.cmd('SET', 'sz:mid', mid) == OK
-    for _ in range(5):
+    for _unused in range(5):
         assert c.cmd('GET', 'sz:big') == bulk(big)
         assert c.cmd('GET', 'sz:mid') == bulk(mid)
     assert c.cmd('MGET', 'sz:big', 'sz:mid') == b'*2\r\n' + bulk(big) + bulk(mid)
@@ -587,7 +585,7 @@ def test_200_concurrent_connections(erb):
 
     def work(i):
         rnd = random.Random(i)
-        for _ in range(per):
+        for _unused in range(per):
             k = rnd.choice(keys)
             r = conns[i].cmd('GET', k)
             assert r == bulk('value-of-' + k), (i, k, r)
@@ -731,7 +729,7 @@ def test_fill_racing_a_delete_is_never_stale(erb):
         assert w1.read_reply() == OK
         w2.read_reply()
         want = truth(h).cmd('GET', k)
-        got = [r.cmd('GET', k) for _ in range(2)]
+        got = [r.cmd('GET', k) for _unused in range(2)]
         if got != [want, want]:
             stale.append((k, want, got))
         for c in (busy, w1, w2, r):
@@ -750,7 +748,7 @@ def test_nstat_clean_under_answered_workload(erb):
     s0 = erb.stats()
     c = tcp(erb)
     try:
-        for _ in range(2000):
+        for _unused in range(2000):
             assert c.cmd('GET', 'nw:k') == b'$100\r\n' + b'w' * 100 + b'\r\n'
     finally:
         c.close()

@@ -51,7 +51,7 @@ def ref(reference_redis):
 
 def record(i, seed=0, nfields=NFIELDS, size=FIELD_LEN):
     rnd = random.Random(i * 7919 + seed)
-    return {('field%d' % f).encode(): bytes(rnd.randrange(33, 127) for _ in range(size))
+    return {('field%d' % f).encode(): bytes(rnd.randrange(33, 127) for _unused in range(size))
             for f in range(nfields)}
 
 
@@ -83,7 +83,7 @@ def test_ycsb_hgetall_hits_in_xdp(erb, ref, nfields, size):
     assert stat_delta(f0, erb.stats()).get('fill', 0) == NRECORDS
     s0, cs0 = erb.stats(), commandstats(h)
     rounds = 5
-    for _ in range(rounds):
+    for _unused in range(rounds):
         for i in range(NRECORDS):
             assert boosted.hgetall('user:%d' % i) == record(i, **kw)
     s1, cs1 = erb.stats(), commandstats(h)
@@ -110,7 +110,7 @@ def test_raw_reply_bytes_identical(erb, reference_redis):
         # small hashes (listpack) keep insertion order; the big one is
         # compared as the same Redis's own bytes (miss) vs XDP's (hit)
         for key in ('raw:small', 'raw:empty'):
-            for _ in range(3):
+            for _unused in range(3):
                 assert b.cmd('HGETALL', key) == r.cmd('HGETALL', key)
         first = b.cmd('HGETALL', 'raw:1')
         s0 = erb.stats()
@@ -147,7 +147,7 @@ def test_hmset_of_some_fields_then_hgetall(erb, ref):
         want = ref.hgetall('user:%d' % i)
         assert want != record(i, **kw)
         s0 = erb.stats()
-        for _ in range(3):
+        for _unused in range(3):
             assert boosted.hgetall('user:%d' % i) == want
             assert other.hgetall('user:%d' % i) == want
         assert stat_delta(s0, erb.stats()).get('hit', 0) == 2   # refilled by the first
@@ -171,8 +171,7 @@ def test_resp3_client_gets_a_map(erb):
         assert c.cmd('HGETALL', 'r3:k') == b'*2\r\n$1\r\nf\r\n$1\r\nv\r\n'
         assert c.cmd('HGETALL', 'r3:k') == b'*2\r\n$1\r\nf\r\n$1\r\nv\r\n'
         assert c.cmd('HELLO', '3').startswith(b'%')
-        for _ in range(3):
+        for _unused in range(3):
             assert c.cmd('HGETALL', 'r3:k') == b'%1\r\n$1\r\nf\r\n$1\r\nv\r\n'
     finally:
         c.close()
-

@@ -86,7 +86,7 @@ def truth(erb):
 
 def pipeline(conn, cmds):
     conn.send(b''.join(resp_encode(*c) for c in cmds))
-    return [conn.read_reply() for _ in cmds]
+    return [conn.read_reply() for _unused in cmds]
 
 
 def chunked_pipeline(conn, cmds, n=1000):
@@ -108,12 +108,12 @@ def test_sets_answered_in_xdp_and_visible_to_redis_within_apply_delay(erb):
     assert c.cmd('PING') == b'+PONG\r\n'
     # the unix socket's own round trip, to tell poll overhead from apply delay
     rtts = []
-    for _ in range(50):
+    for _unused in range(50):
         t0 = time.perf_counter()
         t.cmd('EXISTS', 'vis:none')
         rtts.append(time.perf_counter() - t0)
     rtt = percentile(rtts, 0.5)
-    s0, cs0, (w0, _) = erb.stats(), commandstats(h), seqs(erb)
+    s0, cs0, (w0, _unused) = erb.stats(), commandstats(h), seqs(erb)
     n = 300
     keys = ['vis:%03d' % i for i in range(n)]
     vals = {k: 'value-%d-%s' % (i, 'x' * (i % 97)) for i, k in enumerate(keys)}
@@ -258,8 +258,8 @@ class Key(object):
     def check_read(self, got, ts, te):
         """A read invoked at ts and completed at te returned got: linearizable against the
         single writer's history? Returns None or a description of the violation."""
-        lo = max(i for i, (_, _, done) in enumerate(self.states) if done < ts)
-        ok = [i for i, (v, inv, _) in enumerate(self.states) if i >= lo and inv < te and v == got]
+        lo = max(i for i, (_unused, _unused, done) in enumerate(self.states) if done < ts)
+        ok = [i for i, (v, inv, _unused) in enumerate(self.states) if i >= lo and inv < te and v == got]
         if ok:
             return None
         return '%s: read during [%.6f, %.6f] returned %r; states %r' % (
@@ -277,7 +277,7 @@ def _decode_array(r):
     assert r.startswith(b'*'), r
     n = int(r[1:r.index(b'\r\n')])
     out, rest = [], r[r.index(b'\r\n') + 2:]
-    for _ in range(n):
+    for _unused in range(n):
         if rest.startswith(b'$-1\r\n'):
             out.append(None)
             rest = rest[5:]
@@ -301,11 +301,11 @@ def test_concurrent_mixed_clients_match_a_sequential_execution(erb):
     own = [[Key('%s:own:%d:%d' % (run_id, t, j)) for j in range(n_own)] for t in range(n_clients)]
     ctr = [[Key('%s:ctr:%d:%d' % (run_id, t, j)) for j in range(n_ctr)] for t in range(n_clients)]
     shared = ['%s:shared:%d' % (run_id, s) for s in range(n_shared)]
-    reads = [[] for _ in range(n_clients)]          # (key object, value, ts, te)
-    incrs = [[] for _ in range(n_clients)]          # (shared key, reply)
+    reads = [[] for _unused in range(n_clients)]          # (key object, value, ts, te)
+    incrs = [[] for _unused in range(n_clients)]          # (shared key, reply)
     wrong = []
-    opcounts = [{} for _ in range(n_clients)]
-    conns = [tcp(erb) for _ in range(n_clients)]
+    opcounts = [{} for _unused in range(n_clients)]
+    conns = [tcp(erb) for _unused in range(n_clients)]
     s0, cs0 = erb.stats(), commandstats(erb.host)
 
     def client(t):
@@ -313,7 +313,7 @@ def test_concurrent_mixed_clients_match_a_sequential_execution(erb):
         c = conns[t]
         opcount = opcounts[t]
         n = 0
-        for _ in range(n_ops):
+        for _unused in range(n_ops):
             n += 1
             x = rnd.random()
             k = rnd.choice(own[t])
@@ -430,7 +430,7 @@ def test_concurrent_mixed_clients_match_a_sequential_execution(erb):
         if got != k.value or via_erb != k.value or not want_ttl_ok:
             final_bad.append((k.name, 'model', k.value, k.ttl, 'redis', got, ttl, 'erb', via_erb))
     for s in shared:
-        assert int(_decode_bulk(t.cmd('GET', s))) == sum(1 for rs in incrs for (q, _) in rs if q == s)
+        assert int(_decode_bulk(t.cmd('GET', s))) == sum(1 for rs in incrs for (q, _unused) in rs if q == s)
     assert not final_bad, 'final dataset differs from the sequential model: %s' % final_bad[:6]
     # Redis executed every SET exactly once: the agent's applies of the XDP-answered ones,
     # plus those passed to Redis (key busy, MULTI open somewhere) and those inside MULTI
@@ -469,7 +469,7 @@ def test_key_expired_by_redis_never_served(erb):
              what='Redis to expire the keys')
     time.sleep(0.2)  # the agent's invalidation is asynchronous: give it time
     s0 = erb.stats()
-    got = {k: [c.cmd('GET', k) for _ in range(2)] for k in keys}
+    got = {k: [c.cmd('GET', k) for _unused in range(2)] for k in keys}
     stale['active'] = {k: v for k, v in got.items() if v != [NIL, NIL]}
     hits_active = stat_delta(s0, erb.stats()).get('hit', 0)
     # 2. expired but not reclaimed yet: 20000 other volatile keys keep the expire cycle busy
@@ -482,7 +482,7 @@ def test_key_expired_by_redis_never_served(erb):
             assert t.cmd('PEXPIRE', k, '200') == integer(1)
         time.sleep(0.7)
         s0 = erb.stats()
-        got = {k: [c.cmd('GET', k) for _ in range(2)] for k in keys}  # through ERB first
+        got = {k: [c.cmd('GET', k) for _unused in range(2)] for k in keys}  # through ERB first
         hits_lazy = stat_delta(s0, erb.stats()).get('hit', 0)
         redis_says = {k: t.cmd('GET', k) for k in keys}
         assert set(redis_says.values()) == {NIL}, 'precondition: Redis still has %s' % redis_says
@@ -533,8 +533,8 @@ class SetLoad(object):
 
     def __init__(self, erb, prefix, threads=4, keys=2000):
         self.erb, self.prefix, self.n, self.keys = erb, prefix, threads, keys
-        self.acked = [[] for _ in range(threads)]  # (t_ack, key, n)
-        self.sent = [{} for _ in range(threads)]   # key -> last n sent
+        self.acked = [[] for _unused in range(threads)]  # (t_ack, key, n)
+        self.sent = [{} for _unused in range(threads)]   # key -> last n sent
         self.errors = [0] * threads
         self.loading = [0] * threads
         self.stop = threading.Event()
@@ -618,7 +618,7 @@ def test_bgrewriteaof_under_set_load_loses_nothing(erb):
     load = SetLoad(erb, 'aofrw').start()
     time.sleep(1.0)
     rewrites = 0
-    for _ in range(2):
+    for _unused in range(2):
         r = t.cmd('BGREWRITEAOF')
         assert r.startswith(b'+Background append only file rewriting'), r
         rewrites += 1
@@ -637,7 +637,7 @@ def test_bgrewriteaof_under_set_load_loses_nothing(erb):
     erb.redis.start()
     erb.agent.wait_connected()
     wait_applied(erb, timeout=30)
-    lost_after_restart, _ = load.check(erb)
+    lost_after_restart, _unused = load.check(erb)
     report('bgrewriteaof', acked=len(acked), keys=nkeys, set_fast=d.get('set_fast', 0),
            set_pass_busy=d.get('set_pass_busy', 0), rewrites=rewrites, lost=len(lost),
            lost_after_restart=len(lost_after_restart))
@@ -656,7 +656,7 @@ def test_agent_killed_under_load_loses_nothing_and_keeps_order(erb):
     n_threads, n_keys = 4, 16
     mon = Monitor(erb.host.socket)
     stop = threading.Event()
-    acked = [[] for _ in range(n_threads)]
+    acked = [[] for _unused in range(n_threads)]
     failures = []
     s0 = erb.stats()
 

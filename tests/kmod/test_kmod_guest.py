@@ -30,7 +30,7 @@ BOOT_TIMEOUT_S = 420
 def guest():
     t0 = time.monotonic()
     build = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True,
-                           timeout=STAGE_BUDGET_S)
+                           timeout=STAGE_BUDGET_S, check=False)
     build_s = time.monotonic() - t0
     assert build.returncode == 0, f"build-guest.sh failed:\n{build.stderr[-4000:]}"
     env = key_values(build.stdout)

@@ -49,12 +49,12 @@ def _ansible_result(text):
 def sysguest(tmp_path_factory):
     out = tmp_path_factory.mktemp("sysguest")
     t0 = time.monotonic()
-    build = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=600)
+    build = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=600, check=False)
     assert build.returncode == 0, f"build-guest.sh failed:\n{build.stderr[-4000:]}"
     env = key_values(build.stdout)
     (out / "v").mkdir()
     make = subprocess.run(["make", "-s", "-C", str(ROOT / "files" / "bpf"), "all", "variants",
-                           "VARIANT_DIR=%s" % (out / "v")], capture_output=True, text=True)
+                           "VARIANT_DIR=%s" % (out / "v")], capture_output=True, text=True, check=False)
     assert make.returncode == 0, make.stderr
     shutil.copy(ROOT / "files" / "bpf" / "erb.bpf.o", out / "v" / "erb.bpf.o")
     build_s = time.monotonic() - t0

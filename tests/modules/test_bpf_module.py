@@ -34,10 +34,9 @@ BPF_DIR = os.path.join(REPO, 'files', 'bpf')
 PREFIX = 'erbl-'
 
 
-def sh(*cmd, **kw):
-    kw.setdefault('check', True)
+def sh(*cmd, check=True, **kw):
     return subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, **kw)
+                          universal_newlines=True, check=check, **kw)
 
 
 @pytest.fixture(scope='session')
@@ -137,7 +136,7 @@ def run_module(name, ns, args, check_mode=False, diff=False):
         env = dict(os.environ, PYTHONPATH=COLLECTIONS, LANG='C')
         p = subprocess.run(['ip', 'netns', 'exec', ns, sys.executable, os.path.join(MODULES, name + '.py'),
                             f.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           universal_newlines=True, env=env, timeout=120)
+                           universal_newlines=True, env=env, timeout=120, check=False)
     finally:
         os.unlink(f.name)
     try:

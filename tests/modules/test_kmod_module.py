@@ -106,7 +106,7 @@ def test_absent_without_module_support_is_a_no_op(tmp_path):
 @pytest.fixture(scope='module')
 def k61(tmp_path_factory):
     """Debian's 6.1 release, its headers, a raw BTF of it and a resolve_btfids, from build-guest.sh."""
-    p = subprocess.run(['bash', BUILD_GUEST], capture_output=True, text=True, timeout=3000)
+    p = subprocess.run(['bash', BUILD_GUEST], capture_output=True, text=True, timeout=3000, check=False)
     assert p.returncode == 0, 'build-guest.sh failed:\n%s' % p.stderr[-4000:]
     env = dict(line.split('=', 1) for line in p.stdout.splitlines() if '=' in line)
     krel, kdir = env['KREL'], env['KDIR']

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from erb_conftest import (BPF_OBJECT, REPO, bpf_programs, ensure_collection_link, require_bpf_objects,
-                      run, venv_bin)
+                          run, venv_bin)
 
 
 def loaded_prog_ids():
@@ -84,7 +84,7 @@ class TestDeployRollback:
         for h in fleet.hosts:
             assert h.redis_cli('SET', 'deploy:k', 'value-%s' % h.name) == 'OK'
             stats_before = _get_calls(h.redis_cli_local('INFO', 'commandstats'))
-            for _ in range(5):
+            for _unused in range(5):
                 assert h.redis_cli('GET', 'deploy:k') == 'value-%s' % h.name
             stats_after = _get_calls(h.redis_cli_local('INFO', 'commandstats'))
             # the SET filled the cache: the GETs are answered in XDP and never reach Redis

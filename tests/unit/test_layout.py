@@ -86,8 +86,8 @@ def test_cmd_flags_table_complete():
 def test_stat_names_in_order():
     items = header_enum('erb_stat')
     assert items[-1][0] == 'ERB_STAT_MAX'
-    names = [ident[len('ERB_STAT_'):].lower() for ident, _ in items[:-1]]
-    assert [v for _, v in items] == list(range(len(items)))
+    names = [ident[len('ERB_STAT_'):].lower() for ident, _unused in items[:-1]]
+    assert [v for _unused, v in items] == list(range(len(items)))
     assert list(erb_layout.STAT_NAMES) == names
     assert erb_layout.ERB_STAT_MAX == items[-1][1]
 

@@ -136,7 +136,7 @@ def test_specs_fit_struct():
 
 
 def test_every_flag_name_known():
-    for name, (names, _, _, _) in C.items():
+    for name, (names, _unused, _unused, _unused) in C.items():
         for n in names:
             assert n in erb_layout.CMD_FLAGS, '%s: %s' % (name, n)
 

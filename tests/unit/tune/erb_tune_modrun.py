@@ -61,7 +61,7 @@ def run_module(module, args, check=False, diff=True, env=None, netns=None, fakes
         cmd = ['ip', 'netns', 'exec', netns] + cmd
     try:
         p = subprocess.run(cmd, env=e, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60, check=False)
     finally:
         os.unlink(path)
     try:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Test double of ethtool 6.1 for the tune unit tests.
 
 Serves -i/-l/-L/-x/-X for the interfaces described in the JSON file named by
