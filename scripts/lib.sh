@@ -20,6 +20,8 @@ ERB_APT_PACKAGES=(
 	iproute2 ethtool util-linux procps
 	# the Python that Ansible modules run with on the (local) hosts, and venv for the controller
 	python3 python3-venv
+	# ansible-test sanity's shellcheck test (tests/sanity)
+	shellcheck
 )
 
 say() { printf '\n==> %s\n' "$*"; }

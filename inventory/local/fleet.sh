@@ -193,7 +193,9 @@ write_python_wrapper() {
 
 cmd_up() {
 	local n=${1:-${ERB_FLEET_SIZE:-2}} i
-	[[ "$n" =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 250 ] || die "fleet size must be 1..250, got '$n'"
+	if ! [[ "$n" =~ ^[1-9][0-9]*$ ]] || [ "$n" -gt 250 ]; then
+		die "fleet size must be 1..250, got '$n'"
+	fi
 	need_root
 	need_tools
 	mkdir -p "$FLEET_DIR"
@@ -219,7 +221,9 @@ stop_agents() {
 	for pf in "$FLEET_DIR/r$1/run"/agent-*.pid; do
 		[ -f "$pf" ] || continue
 		pid=$(cat "$pf" 2>/dev/null) || continue
-		[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || continue
+		if [ -z "$pid" ] || ! kill -TERM "$pid" 2>/dev/null; then
+			continue
+		fi
 		for n in $(seq 50); do
 			kill -0 "$pid" 2>/dev/null || break
 			sleep 0.1

@@ -64,7 +64,7 @@ v kernel "$(uname -r)"
 
 # 1. Without the module: the object loads with use_kmod=0 (ring buffer);
 #    with use_kmod=1 the kfunc cannot be resolved and the load fails.
-[ -e /sys/kernel/btf/erb_io ] && v nomod_btf 1 || v nomod_btf 0
+if [ -e /sys/kernel/btf/erb_io ]; then v nomod_btf 1; else v nomod_btf 0; fi
 $RUN verify $OBJ 0 | tag nomod_
 $RUN verify $OBJ 1 2>/dev/null | tag nomod_
 
@@ -72,7 +72,7 @@ $RUN verify $OBJ 1 2>/dev/null | tag nomod_
 redis_start /tmp/r1
 insmod $KO sink=apply redis_sock=$S
 v insmod_apply_rc $?
-[ -e /sys/kernel/btf/erb_io ] && v btf_sysfs 1 || v btf_sysfs 0
+if [ -e /sys/kernel/btf/erb_io ]; then v btf_sysfs 1; else v btf_sysfs 0; fi
 $RUN verify $OBJ 1 2>&1 | tag mod_
 
 t0=$(now_ms)
@@ -99,7 +99,7 @@ redis-cli -s $S flushall >/dev/null
 
 # 3. erb_find_fd() from XDP against Redis's fd table
 exp=
-for f in /proc/$REDIS_PID/fd/*; do
+for f in /proc/"$REDIS_PID"/fd/*; do
 	case "$(readlink "$f")" in
 	*.incr.aof) exp=${f##*/}; break ;;
 	esac
@@ -145,8 +145,11 @@ v rmmod_drain_rc $?
 v rmmod_drain_ms $(($(now_ms) - t0))
 $RUN check $S d 500 64
 $RUN check $S h 200 64
-dmesg | grep -q 'erb_io: unloaded: .*, 0 lost in total' && v drain_log_no_loss 1 ||
+if dmesg | grep -q 'erb_io: unloaded: .*, 0 lost in total'; then
+	v drain_log_no_loss 1
+else
 	v drain_log_no_loss 0
+fi
 
 # 6. Records that cannot be delivered at unload are reported, not dropped
 #    silently: Redis is down, drain_ms=1000.
@@ -156,8 +159,11 @@ redis_stop
 $RUN push $OBJ 100 l 30000 64 - 0
 rmmod_wait lost
 v rmmod_lost_rc $?
-dmesg | grep -q 'erb_io: unload: 100 queued records NOT delivered' &&
-	v lost_reported 1 || v lost_reported 0
+if dmesg | grep -q 'erb_io: unload: 100 queued records NOT delivered'; then
+	v lost_reported 1
+else
+	v lost_reported 0
+fi
 
 # 7. aof_direct: records appended to Redis's AOF, fsync paced, and they
 #    survive a Redis restart.

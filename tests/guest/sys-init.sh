@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the system guest (tests/guest/build-guest.sh): boot Debian's kernel
 # into this machine's own userland, read-only over 9p with a tmpfs overlay, and
 # run the script named by erb.run= on the kernel command line:
@@ -11,11 +12,13 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in $(cat /mods/order); do
+while read -r m || [ -n "$m" ]; do
+	[ -n "$m" ] || continue
 	insmod "/mods/$m" || echo "ERB-V sys_error insmod_$m"
-done
-RUN= ARG=
-for w in $(cat /proc/cmdline); do
+done < /mods/order
+RUN='' ARG=''
+read -r cmdline < /proc/cmdline
+for w in $cmdline; do
 	case "$w" in
 	erb.run=*) RUN=${w#erb.run=} ;;
 	erb.arg=*) ARG=${w#erb.arg=} ;;
@@ -24,7 +27,8 @@ done
 fail() { echo "ERB-V sys_error $1"; poweroff -f; }
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 hostroot /host ||
 	fail mount_hostroot
-mount -t tmpfs -o size=3g tmpfs /up && mkdir -p /up/upper /up/work || fail tmpfs
+mount -t tmpfs -o size=3g tmpfs /up || fail tmpfs
+mkdir -p /up/upper /up/work || fail tmpfs
 mount -t overlay overlay -o lowerdir=/host,upperdir=/up/upper,workdir=/up/work /newroot ||
 	fail overlay
 mkdir -p /newroot/erb-out
@@ -32,6 +36,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288 erbout /newroot/erb
 	fail mount_erbout
 echo "ERB-V sys_initramfs_s $(cut -d' ' -f1 /proc/uptime)"
 umount /proc /sys
+# shellcheck disable=SC2016 # the script runs in the new root, expanded there
 exec switch_root /newroot /bin/bash -c '
 	mount -t proc proc /proc
 	mount -t sysfs sysfs /sys

@@ -90,7 +90,7 @@ ARGS="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {
 stage kmod
 # 3. build + install + load, then the same again (nothing to do)
 kmod present "$ARGS"
-[ -e /sys/kernel/btf/erb_io ] && v btf_after_load 1 || v btf_after_load 0
+if [ -e /sys/kernel/btf/erb_io ]; then v btf_after_load 1; else v btf_after_load 0; fi
 v sink_param "$(cat /sys/module/erb_io/parameters/sink 2>/dev/null)"
 v redis_sock_param "$(cat /sys/module/erb_io/parameters/redis_sock 2>/dev/null)"
 verify mod_kmod "$OUT/v/erb-kmod.bpf.o"
@@ -144,7 +144,7 @@ client check aof
 stage absent
 # 7. unload + remove
 kmod absent "{\"src\": \"$SRC\", \"state\": \"absent\"}"
-[ -e /sys/module/erb_io ] && v loaded_after_absent 1 || v loaded_after_absent 0
+if [ -e /sys/module/erb_io ]; then v loaded_after_absent 1; else v loaded_after_absent 0; fi
 v ko_after_absent "$(find /lib/modules/"$(uname -r)" -name 'erb_io.ko*' | wc -l)"
 
 inventory/local/fleet.sh down >"$OUT/fleet-down.log" 2>&1

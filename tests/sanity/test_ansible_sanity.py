@@ -78,5 +78,8 @@ def test_ansible_test_sanity():
     assert p.returncode == 0 and not problems, 'ansible-test sanity failed (rc %d):\n%s\n\nfull output:\n%s' % (
         p.returncode, '\n'.join(problems), p.stdout[-20000:])
     for test in ('validate-modules', 'ansible-doc', 'pep8', 'pylint', 'import', 'yamllint', 'shebang',
-                 'changelog', 'runtime-metadata', 'compile'):
+                 'changelog', 'runtime-metadata', 'compile', 'shellcheck'):
         assert test in ran, 'sanity test %s did not run; ran: %s' % (test, ', '.join(ran))
+    # a sanity test whose tool is missing is skipped with only a warning (shellcheck: scripts/lib.sh installs it)
+    missing = re.findall(r'^WARNING: Required program "([^"]+)" not found', p.stdout, re.M)
+    assert not missing, 'ansible-test sanity skipped tests: %s not installed' % ', '.join(missing)
