@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """GET throughput and latency with ERB attached vs the same Redis without it.
 
 One run, side by side, on the local fleet (inventory/local): host erb-r1's

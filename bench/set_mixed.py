@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """SET and 50/50 SET/GET throughput and latency with ERB (SET fast path + I/O agent) vs
 the same Redis without it.
 

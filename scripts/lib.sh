@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
 # shellcheck shell=bash
 # Set-up shared by scripts/demo and scripts/test: Debian packages, the Python venv,
 # the BPF objects, the collection path. Every step is idempotent and quick when done.

@@ -1,5 +1,6 @@
-# Copyright: ERB contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Generate plugins/module_utils/redis_commands.py from a real Redis COMMAND reply.
 
 Starts redis-server (default /usr/bin/redis-server) on a unix socket in a

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * ERB data path: XDP ingress answers Redis GET hits from a kernel cache, TC
  * egress keeps the two TCP stacks consistent and counts Redis's replies.

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * ERB shared layout: the contract between the BPF programs (erb.bpf.c), the
  * Python loader (plugins/module_utils/erb_layout.py mirrors it; a unit test

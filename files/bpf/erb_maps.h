@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * ERB data path: maps, the per-CPU scratch and small helpers (bounds, counters, sequence compare).
  * Part of the one translation unit erb.bpf.c (the verifier sees one object);

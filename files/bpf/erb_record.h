@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * ERB write record: one acknowledged write on its way from the XDP SET fast
  * path to Redis. Shared by the BPF programs (erb.bpf.c), the user-space I/O

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * ERB data path: the RESP request parser (XDP ingress): commands, keys, flow state effects.
  * Part of the one translation unit erb.bpf.c (the verifier sees one object);

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * ERB data path: checksums and the seq/ack mapping between the client and server views.
  * Part of the one translation unit erb.bpf.c (the verifier sees one object);

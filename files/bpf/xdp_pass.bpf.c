@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* XDP_PASS for the client end of a veth: XDP_TX frames from the peer only
  * arrive where an XDP program is attached. */
 #include <linux/bpf.h>

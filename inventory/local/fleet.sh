@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Local ERB test fleet: N Redis "hosts" as network namespaces on this machine.
 #
 #   fleet.sh up     [N]   make (or complete) the fleet; idempotent

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: ERB developers
-# GNU General Public License v2.0 only (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Files replaced atomically: a temp file in the same directory, fsync, rename, fsync of
 the directory. Shared by the tuning modules (state files, udev rules) and erb.booster.kmod
 (the installed .ko, its stamp, modprobe.d)."""

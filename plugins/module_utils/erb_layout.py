@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: ERB contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Python mirror of files/bpf/erb.h (the shared BPF layout).
 
 tests/unit/test_layout.py parses erb.h and compiles it with gcc to check that

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: ERB developers
-# GNU General Public License v2.0 only (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Shared code of the erb.booster host tuning modules.
 
 Everything here reads and writes through caller-supplied roots (sysfs_root,

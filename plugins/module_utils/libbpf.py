@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: ERB contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """libbpf (libbpf.so.1, >= 1.0 semantics) and bpf(2) through ctypes.
 
 Object handling (open, configure, reuse maps, load) goes through libbpf.

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Helpers for the erb-agent tests: a private bpffs with the agent's maps
 (from erb_agent_test.bpf.o, loaded through libbpf.so.1 with ctypes), a record
 producer run with BPF_PROG_TEST_RUN, mmapped views of erb_global and

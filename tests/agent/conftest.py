@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Fixtures for the erb-agent tests: the agent built with its Makefile, the
 test BPF object, and per test a private bpffs with pinned maps, a redis-server
 on a unix socket (AOF, appendfsync always) and agents stopped at teardown."""

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Stand-in for erb.bpf.c's SET fast path, for the agent tests: the maps the
  * agent uses (erb_events, erb_global, erb_cache) and a SEC("syscall")

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Fixtures for the BPF_PROG_TEST_RUN tests of the real files/bpf/erb.bpf.o.
 
 ``erb``: the object loaded with the default test config (cache_entries 1024,

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Harness for the BPF_PROG_TEST_RUN tests of files/bpf/erb.bpf.o.
 
 The real object is opened, configured (.rodata cfg) and loaded with the

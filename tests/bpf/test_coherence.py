@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Every command sees every acknowledged write (issue "Coherence IV", data plane):
 bounded holds, WATCH/EXEC, pending entries that no flush or invalidation may hide,
 the fast SET ordered against a passed write of its bucket, reply counting that

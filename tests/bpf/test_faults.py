@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """TCP under faults on answered flows: lost answers, duplicated and collapsed
 retransmissions, reordering, odd frames (IP options, fragments, VLAN tags,
 IPv6 extension headers, BIG TCP), the client's MSS and window, Fast Open,

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """HGETALL (YCSB reads) answered in XDP with Redis's exact reply bytes.
 
 Read-through fill: an HGETALL miss passed to Redis on a tracked RESP2 flow is

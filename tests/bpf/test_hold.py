@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The hold rule (DESIGN.md "Coherence with Redis"): while a SET answered in
 XDP is not yet applied to Redis (its entry's wseq > erb_global.applied_seq), a
 command that must go to Redis and touches that key -- or any command whose keys

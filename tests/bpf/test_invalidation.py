@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Coherence: writes passed to Redis invalidate at XDP ingress (before Redis
 runs them), flushes empty the cache, rejected SETs never fill, and a fill
 racing another flow's write on the same key is skipped."""

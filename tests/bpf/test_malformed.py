@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Malformed and foreign frames: XDP_PASS with the bytes untouched (even when
 the cache holds the key, so an answer was possible), and malformed RESP on a
 tracked flow flushes the cache rather than leaving stale entries."""

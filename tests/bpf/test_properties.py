@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Property-based tests (hypothesis, bounded and derandomized for CI): any key
 (any bytes, 1..128), any value (0..1024), any TCP timestamps, ISNs around the
 2^32 wraparound -> the exact hit reply with valid checksums and correct

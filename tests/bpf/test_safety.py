@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """"When XDP may answer": every rule that forbids an answer leaves the GET
 frame untouched (XDP_PASS) and counts the reason (a gap before the segment:
 test_faults.py). Each test first shows the same GET would be a hit, so a pass here

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Sequence corrections after XDP answers: client segments are rewritten into
 the server's view at XDP, server segments into the client's view at TC egress
 (seq/ack and SACK blocks), with valid checksums."""

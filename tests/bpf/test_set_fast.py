@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """SET fast path (ERB_CFG_SET_FAST, DESIGN.md "Coherence with Redis"): a plain
 SET on an answerable flow is answered +OK by XDP, stored in the cache stamped
 with the next erb_global.write_seq and handed to the I/O path as a struct

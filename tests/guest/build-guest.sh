@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Build everything the erb_io QEMU guest test needs, cached under
 # $ERB_GUEST_CACHE (default /var/cache/erb-guest), keyed by package versions
 # and source hashes:

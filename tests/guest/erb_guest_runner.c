@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * erb_guest_runner: drives erb_kfunc_test.bpf.o with BPF_PROG_TEST_RUN and
  * talks RESP to Redis over a unix socket, inside the QEMU test guest.

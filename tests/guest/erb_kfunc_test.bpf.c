@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Test XDP programs for the erb_io kfuncs, run with BPF_PROG_TEST_RUN by
  * erb_guest_runner inside the QEMU guest.

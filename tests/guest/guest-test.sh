@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Runs inside the QEMU guest (busybox /init) as root. It drives erb_io and a
 # real redis-server and prints what it observes as "ERB-V <name> <value>"
 # lines on the serial console; tests/kmod/test_kmod_guest.py asserts on them.

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# SPDX-License-Identifier: GPL-3.0-or-later
 # shellcheck shell=dash
 # /init of the system guest (tests/guest/build-guest.sh): boot Debian's kernel
 # into this machine's own userland, read-only over 9p with a tmpfs overlay, and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Runs inside the system guest (tests/guest/sys-init.sh: Debian's 6.1 kernel,
 # this machine's userland over 9p) as root; driven by
 # tests/kmod/test_kmod_sys_guest.py. Prints "ERB-V name value" lines and leaves

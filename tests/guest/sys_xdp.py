@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """ERB on the system guest's one-host fleet (Debian's 6.1 kernel, erb_io loaded),
 run by tests/guest/sys-test.sh inside the client namespace erb-c1.
 

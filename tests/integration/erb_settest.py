@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Helpers for the SET fast-path fleet tests (test_set_fast.py).
 
 - ``AgentProc``: the I/O agent (files/agent/erb-agent) run by the test itself inside the

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """HGETALL (YCSB's read) answered in XDP on the local fleet (issue 4, item 5).
 
 ERB is attached to erb-r1/erbs1 by erb.booster.bpf with max_value_len 1400, so a

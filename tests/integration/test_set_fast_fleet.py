@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """ERB's SET fast path on the local fleet, end to end (issue 4, "Tests").
 
 ERB is attached to erb-r1/erbs1 with set_fast_path: true by erb.booster.bpf (run as a

@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """erb_io kernel module, tested in a QEMU/TCG guest booting Debian's kernel.
 
 The host kernel cannot load modules (no CONFIG_MODULES), so

@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """erb.booster.kmod and erb.bpf.o on Debian's own kernel, in the QEMU/TCG system guest.
 
 The guest boots Debian's 6.1 kernel into this machine's userland, read-only over 9p

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Which keys of a module's result its RETURN documentation does not describe.
 
 The module test helpers (tests/unit/tune/erb_tune_modrun.py, tests/modules/test_bpf_module.py)

@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Offline stand-in for ansible-test's pip bootstrap script (get-pip.py).
 
 ansible-test creates each sanity test's virtual environment without pip, then runs

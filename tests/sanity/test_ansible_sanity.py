@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """`ansible-test sanity` on this collection, as Galaxy and the Ansible community run it
 (validate-modules, ansible-doc, pep8, pylint, import, yamllint, shebang, changelog,
 runtime-metadata, ...). No test may fail; tests/sanity/ignore-*.txt holds the only

@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Host tuning modules on real kernel objects: a veth pair in network
 namespaces created here (erbt-*), the host's /proc/irq and cpufreq sysfs.
 Needs root (CI runs as root); nothing here skips."""

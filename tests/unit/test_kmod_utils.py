@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """module_utils/erb_kmod against fake trees: every preflight refusal and its order, the source hash,
 module parameters, the private kbuild tree, the ELF checks of a .ko, and the load/unload decisions
 (with a fake runner standing in for modprobe/rmmod/depmod and a fake /sys/module/erb_io).

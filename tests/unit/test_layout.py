@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """erb_layout.py must agree with files/bpf/erb.h: constants, flags, enum order,
 struct sizes and every field offset (checked by compiling erb.h with gcc),
 and the struct sizes in erb.bpf.o's BTF."""

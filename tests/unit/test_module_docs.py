@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What ansible-test sanity (tests/sanity) does not check about the modules' documentation:
 the options ansible-doc shows (documentation fragments merged) are exactly the module's
 ARGUMENT_SPEC, with the same types, defaults, choices and required flags, and every module

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The erb_cmds table: flags and key positions of the commands ERB relies on,
 the FNV-1a hash, and that the committed table is what the generator produces
 from the real redis-server."""

@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Helpers shared by the tune tests: run a module for real, build fake
 sysfs/procfs trees modelled on real drivers, make one file refuse writes."""
 

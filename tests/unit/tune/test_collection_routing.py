@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """meta/runtime.yml seen from a playbook: module_defaults for the action groups
 group/erb.booster.tune and group/erb.booster.bpf reach the modules, and the old name
 erb.booster.info still runs erb.booster.bpf_info (with a deprecation warning)."""

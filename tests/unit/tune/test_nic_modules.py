@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """nic_channels and nic_rss against the ethtool test double (driver models:
 mlx5 combined channels, ixgbe, i40e, veth rx/tx, virtio without RSS)."""
 

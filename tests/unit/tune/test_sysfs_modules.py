@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """irq_affinity, xps_rps and cpu_governor against fake sysfs/procfs trees
 modelled on real drivers (mlx5, ixgbe, i40e, virtio_net)."""
 

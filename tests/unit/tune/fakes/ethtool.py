@@ -1,3 +1,6 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Test double of ethtool 6.1 for the tune unit tests.
 
 Serves -i/-l/-L/-x/-X for the interfaces described in the JSON file named by
