@@ -14,14 +14,18 @@ Per mix, ERB must show: no wrong reply, no error, no lost acknowledged write, no
 slower than Redis alone's slowest x 2 + one RTO (200 ms, Linux's minimum), and at least
 Redis alone's throughput. Redis alone must show no wrong reply, error or lost write either
 (else the workload or its model is wrong). Results go to the test output and to
-tests/output/chaos/ (one JSON per mix and table.md).
+tests/output/chaos/ (one JSON per mix and table.md; with ERB_CHAOS_PCAP=1 also a tcpdump
+capture of each client end per mix).
 
 Run it alone:  flock -o /tmp/erb-heavy.lock .venv/bin/python -m pytest tests/fault/test_chaos.py -s
 """
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -43,7 +47,34 @@ MIXES = mixes(RATE)
 EXPECT = {'loss': ('dropped',), 'dup': ('duplicated',), 'reorder': ('detoured', 'returned'),
           'all': ('dropped', 'duplicated', 'detoured', 'returned')}
 
+PCAP = os.environ.get('ERB_CHAOS_PCAP') == '1'  # capture both hosts' client ends per mix
+
 RESULTS = {}
+
+
+def start_pcaps(hosts, mix):
+    """tcpdump on each client end (erbc<i>, headers and 64 bytes of payload) into
+    tests/output/chaos/<mix>-<client ns>.pcap. Receive taps run before the fault programs'
+    ingress hook: segments the harness drops towards the client are in the capture too."""
+    procs = []
+    for h in hosts:
+        path = OUT / ('%s-%s.pcap' % (mix, h.client_ns))
+        procs.append(subprocess.Popen(['ip', 'netns', 'exec', h.client_ns, 'tcpdump', '-i', h.client_iface, '-s', '128',
+                                       '-U', '-w', str(path), 'tcp port 6379'],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1)
+    return procs
+
+
+def stop_pcaps(procs):
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def host_nstat(h):
@@ -103,11 +134,13 @@ def test_chaos(chaos, mix):
     f0, s0, n0 = faults.stats(), att.stats(), {}
     for h in hosts:
         n0.update(host_nstat(h))
+    pcaps = start_pcaps(hosts, mix) if PCAP else []
     faults.set(**MIXES[mix])
     try:
         w = run_workloads([(h.index, h.client_ns, h.server_ip) for h in hosts], mix, SECONDS, OUT)
     finally:
         faults.set()
+        stop_pcaps(pcaps)
     f1, s1, n1 = faults.stats(), att.stats(), {}
     for h in hosts:
         n1.update(host_nstat(h))
