@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import re
 import select
 import socket
 import string
@@ -35,6 +36,7 @@ import threading
 import time
 
 MAX_DETAILS = 20
+TIMING = re.compile(r'^\(\d+\.\d+s\)$')
 
 
 class Wrong(Exception):
@@ -391,7 +393,10 @@ class CliClient(Client):
                     raise ConnectionError('redis-cli exited')
                 self.buf += chunk
             line, self.buf = self.buf.split(b'\n', 1)
-            out.append(line.decode(errors='replace'))
+            line = line.decode(errors='replace')
+            if TIMING.match(line):  # redis-cli's own note after a reply slower than 0.5 s
+                continue
+            out.append(line)
         return out
 
     @staticmethod

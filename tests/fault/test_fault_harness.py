@@ -5,10 +5,11 @@ it puts the client end back as it was."""
 
 import json
 import sys
+import time
 
 import pytest
 
-from erb_conftest import REPO
+from erb_conftest import REPO, wait_for
 from fault_harness import FaultError, FaultLink, nstat_values
 
 sys.path.insert(0, str(REPO / 'tests' / 'integration'))
@@ -36,6 +37,17 @@ def host(fleet):
     link = json.loads(h.run(['ip', '-j', '-d', 'link', 'show', h.iface]).stdout)[0]
     assert not link.get('xdp'), 'ERB is attached to %s: this test wants Redis alone' % h.iface
     return h
+
+
+def settled(f):
+    """Counters once the connection's last segments (FIN, ACKs) are through and nothing is
+    held in the delay line."""
+    def quiet():
+        a = f.stats()
+        time.sleep(0.3)
+        b = f.stats()
+        return b if a == b and not any(b[d]['holding'] for d in b) else None
+    return wait_for(quiet, timeout=10, what='the fault counters to settle')
 
 
 def pings(h, n, timeout=5.0):
@@ -66,9 +78,9 @@ def test_each_fault_per_direction(host):
         assert set(during['features'].values()) == {'off'}, during['features']
         assert 'erbfd%d@erbfu%d' % (host.index, host.index) in during['links'], during['links']
 
-        s0 = f.stats()
+        s0 = settled(f)
         assert pings(host, 20) == expected(20)
-        s1 = f.stats()
+        s1 = settled(f)
         for d in ('c2s', 's2c'):
             assert s1[d]['seen'] > s0[d]['seen']
             assert s1[d]['dropped'] == s1[d]['duplicated'] == s1[d]['detoured'] == 0
@@ -77,7 +89,7 @@ def test_each_fault_per_direction(host):
         ns0 = {ns: nstat_values(ns) for ns in (host.ns, host.client_ns)}
         f.set(c2s={'dup': 1}, s2c={'dup': 1})
         assert pings(host, 20) == expected(20)
-        s2 = f.stats()
+        s2 = settled(f)
         ns1 = {ns: nstat_values(ns) for ns in (host.ns, host.client_ns)}
         for d in ('c2s', 's2c'):
             assert s2[d]['duplicated'] - s1[d]['duplicated'] == s2[d]['seen'] - s1[d]['seen'] > 0
@@ -87,7 +99,7 @@ def test_each_fault_per_direction(host):
         # reordering: every segment round the delay line, all come back, nothing lost
         f.set(c2s={'reorder': 1, 'reorder_ms': 2}, s2c={'reorder': 1, 'reorder_ms': 2})
         assert pings(host, 20) == expected(20)
-        s3 = f.stats()
+        s3 = settled(f)
         for d in ('c2s', 's2c'):
             moved = s3[d]['detoured'] - s2[d]['detoured']
             assert moved == s3[d]['seen'] - s2[d]['seen'] > 0
@@ -97,10 +109,10 @@ def test_each_fault_per_direction(host):
         f.set(c2s={'delay_ms': 1, 'jitter_ms': 3}, s2c={'delay_ms': 1})
         assert pings(host, 5) == expected(5)
         f.set(c2s={'loss': 1})
-        s4 = f.stats()
+        s4 = settled(f)
         with pytest.raises(OSError):
             RespConn.tcp(host.client_ns, host.server_ip, timeout=1.5)
-        s5 = f.stats()
+        s5 = settled(f)
         assert s5['c2s']['dropped'] > s4['c2s']['dropped']
         assert s5['s2c']['seen'] == s4['s2c']['seen']  # the SYN never arrived: no answer
 
@@ -123,5 +135,5 @@ def test_only_the_redis_port_is_touched(host):
         # another port: refused by the server's kernel at once, its RST gets back through
         with pytest.raises(ConnectionRefusedError):
             RespConn.tcp(host.client_ns, host.server_ip, port=6380, timeout=3).sock.close()
-        s1 = f.stats()
+        s1 = settled(f)
         assert s1 == s0
