@@ -17,7 +17,8 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
       loss, dup, reorder (probabilities 0..1), reorder_ms (hold of a reordered segment,
       default 10), delay_ms (every segment held this long), jitter_ms (plus 0..jitter)
   {"op": "stats"}   counters: per direction seen/dropped/duplicated/detoured/returned/
-                    errors (BPF) and held/sent (delay line)
+                    errors (BPF), held/sent/holding (delay line), overflow (frames the
+                    delay line's socket dropped, both directions together)
   {"op": "quit"}    stop (also on EOF or SIGTERM): held frames are sent, links closed,
                     offloads restored, the delay line deleted
 """
@@ -52,6 +53,8 @@ OFFLOAD_ARGS = {'generic-segmentation-offload': 'gso', 'tcp-segmentation-offload
                 'generic-receive-offload': 'gro'}
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
 SCALE = 1 << 32
 
 
@@ -143,6 +146,7 @@ class Daemon(object):
         self.knobs = {d: dict.fromkeys(KNOBS, 0) for d in DIRS}
         self.user = {d: {'held': 0, 'sent': 0} for d in DIRS}
         self.client_mac = None
+        self.overflow = 0
 
     # -- set-up / tear-down
     def start(self):
@@ -165,6 +169,7 @@ class Daemon(object):
                                  ('fault_ingress', ci, libbpf.BPF_TCX_INGRESS)):
             self.links.append(libbpf.link_create_tcx(self.obj.program_fd(prog), dev, point))
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((self.detour_u, ETH_P_ALL))
         self.sock.setblocking(False)
 
@@ -234,6 +239,10 @@ class Daemon(object):
                 out[d][name] = sum(val)
             out[d].update(self.user[d])
             out[d]['holding'] = sum(1 for h in self.held if h[3] == d)
+        # frames the delay line's socket could not take (its buffer full): lost, either direction
+        self.overflow += struct.unpack('II', self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
+        for d in DIRS:
+            out[d]['overflow'] = self.overflow
         return {'stats': out, 'knobs': self.knobs}
 
     # -- delay line

@@ -21,7 +21,8 @@ Only IPv4 TCP segments to/from the Redis port are touched. The BPF programs and 
 line are described in fault.bpf.c and fault_daemon.py.
 
 Counters per direction: seen, dropped, duplicated, detoured (sent round the delay line),
-returned (back from it), errors, held / sent (by the delay line), holding (now).
+returned (back from it), errors, held / sent (by the delay line), holding (now), overflow
+(frames the delay line's socket had no room for: unplanned loss, both directions).
 """
 
 import json

@@ -184,6 +184,9 @@ def test_chaos(chaos, mix):
             for d in ('c2s', 's2c'):
                 if not fd[h.index][d].get(what):
                     problems.append('harness: %s %s did not move on %s' % (d, what, h.client_ns))
+        if fd[h.index]['c2s'].get('overflow'):
+            problems.append('harness: the delay line of %s overflowed (%d frames lost unplanned)'
+                            % (h.client_ns, fd[h.index]['c2s']['overflow']))
     if not sd.get('set_fast') or not sd.get('hit'):
         problems.append('ERB answered no SET (%s) or no GET (%s) in XDP: this mix did not test it'
                         % (sd.get('set_fast'), sd.get('hit')))
