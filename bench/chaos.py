@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""ERB vs Redis alone under network faults, side by side in one run.
+
+On the local fleet: host erb-r1 with ERB (deployed with playbooks/deploy.yml if it is not
+attached), host erb-r2 as Redis alone (ERB must not be attached there). The fault harness
+(tests/fault/fault_harness.py) gives both client links the same faults; for each mix the
+chaos workload (tests/fault/chaos_workload.py: redis-py, a pipelining client, redis-cli,
+every reply checked against a model) runs against both hosts at once. Reported per mix:
+operations, requests/s, wrong replies, failed requests, writes lost, slowest request and
+p99, and the ratio ERB / Redis alone.
+
+    bench/chaos.py [--seconds 20] [--rate 0.02] [--mixes loss,dup,reorder,all]
+                   [--delay-ms 0] [--jitter-ms 0]
+
+--delay-ms adds a fixed delay each way on top of every mix (without reordering, which the
+harness cannot combine with a fixed delay: the reorder mixes then use jitter instead).
+Needs root and the fleet up (scripts/demo, or inventory/local/fleet.sh up). Writes
+bench/results/chaos.json and chaos.png.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'fault'))
+
+from chaos_run import lost_writes, mixes, redis_values, run_workloads, table, totals  # noqa: E402
+from fault_harness import Faults  # noqa: E402
+
+RESULTS = os.path.join(REPO, 'bench', 'results')
+ERB, ALONE = 1, 2
+FLEET = '/run/erb/fleet'
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def erb_attached(i):
+    return 'prog/xdp' in run(['ip', 'netns', 'exec', 'erb-r%d' % i, 'ip', '-d', 'link', 'show', 'erbs%d' % i])
+
+
+def deploy(i):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'))
+    venv = os.path.join(REPO, '.venv', 'bin', 'ansible-playbook')
+    subprocess.run([venv if os.path.exists(venv) else 'ansible-playbook', '-i', os.path.join(REPO, 'inventory', 'local'),
+                    '--limit', 'erb-r%d' % i, os.path.join(REPO, 'playbooks', 'deploy.yml')],
+                   check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+
+
+def with_delay(mix, delay_ms, jitter_ms):
+    if not delay_ms:
+        return mix
+    out = {}
+    for d, knobs in mix.items():
+        k = dict(knobs)
+        if k.pop('reorder', 0):
+            k['jitter_ms'] = max(jitter_ms, 2 * delay_ms)
+        else:
+            k['jitter_ms'] = jitter_ms
+        k['delay_ms'] = delay_ms
+        out[d] = k
+    return out
+
+
+def plot(result, path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib not installed: no plot (pip install matplotlib)')
+        return
+    names = list(result['mixes'])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    x = range(len(names))
+    for off, label, color in ((-0.2, 'alone', 'grey'), (0.2, 'erb', 'tab:green')):
+        a.bar([i + off for i in x], [result['mixes'][n][label]['requests'] / result['mixes'][n][label]['seconds']
+                                      for n in names], 0.4, color=color,
+              label='Redis alone' if label == 'alone' else 'Redis + ERB')
+        b.bar([i + off for i in x], [result['mixes'][n][label]['slowest'] for n in names], 0.4, color=color)
+    for ax, title in ((a, 'requests/s'), (b, 'slowest request (s)')):
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names)
+        ax.set_title(title)
+    a.legend()
+    fig.suptitle('faults at %g each way, %d s per mix, %s' % (result['rate'], result['seconds'], result['machine']))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--seconds', type=float, default=20)
+    ap.add_argument('--rate', type=float, default=0.02)
+    ap.add_argument('--mixes', default='loss,dup,reorder,all')
+    ap.add_argument('--delay-ms', type=float, default=0)
+    ap.add_argument('--jitter-ms', type=float, default=0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit('run as root (network namespaces, BPF)')
+    if erb_attached(ALONE):
+        raise SystemExit('ERB is attached on erb-r2, which must be Redis alone: ansible-playbook -i inventory/local '
+                         '--limit erb-r2 playbooks/rollback.yml')
+    if not erb_attached(ERB):
+        deploy(ERB)
+    all_mixes = mixes(args.rate)
+    chosen = [m.strip() for m in args.mixes.split(',') if m.strip()]
+    unknown = set(chosen) - set(all_mixes)
+    if unknown:
+        raise SystemExit('unknown mix(es): %s (known: %s)' % (', '.join(sorted(unknown)), ', '.join(all_mixes)))
+    hosts = [(i, 'erb-c%d' % i, '10.250.%d.1' % i) for i in (ERB, ALONE)]
+    results, counters = {}, {}
+    out_dir = tempfile.mkdtemp(prefix='erb-chaos-')
+    with Faults([ERB, ALONE]) as f:
+        for m in chosen:
+            knobs = with_delay(all_mixes[m], args.delay_ms, args.jitter_ms)
+            before = f.stats()
+            f.set(**knobs)
+            try:
+                w = run_workloads(hosts, m, args.seconds, out_dir)
+            finally:
+                f.set()
+            after = f.stats()
+            counters[m] = {i: {d: {k: after[i][d][k] - before[i][d][k] for k in after[i][d]} for d in after[i]}
+                           for i in after}
+            results[m] = {}
+            for i, label in ((ALONE, 'alone'), (ERB, 'erb')):
+                model, sock = w[i]['model'], '%s/r%d/redis.sock' % (FLEET, i)
+                deadline = time.monotonic() + 20  # ERB's I/O path applies what it acknowledged
+                while True:
+                    lost = lost_writes(model, redis_values(sock, model))
+                    if not lost or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                results[m][label] = dict(totals(w[i]), lost=len(lost), faults=knobs)
+            e, a = results[m]['erb'], results[m]['alone']
+            print('%-8s Redis alone %6.0f req/s slowest %.3f s | ERB %6.0f req/s slowest %.3f s | x%.2f  '
+                  'wrong %d/%d errors %d/%d lost %d/%d' % (
+                      m, a['requests'] / a['seconds'], a['slowest'], e['requests'] / e['seconds'], e['slowest'],
+                      (e['requests'] / e['seconds']) / max(1e-9, a['requests'] / a['seconds']),
+                      a['wrong'], e['wrong'], a['errors'], e['errors'], a['lost'], e['lost']), flush=True)
+    print('\n' + table(results))
+    result = {'benchmark': 'chaos', 'rate': args.rate, 'seconds': args.seconds, 'delay_ms': args.delay_ms,
+              'jitter_ms': args.jitter_ms, 'machine': '%d cores, veth in netns' % os.cpu_count(),
+              'mixes': results, 'fault_counters': counters,
+              'ratio_requests': {m: (r['erb']['requests'] / r['erb']['seconds']) /
+                                 max(1e-9, r['alone']['requests'] / r['alone']['seconds']) for m, r in results.items()},
+              'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, 'chaos.json'), 'w') as fh:
+        json.dump(result, fh, indent=2)
+    plot(result, os.path.join(RESULTS, 'chaos.png'))
+
+
+if __name__ == '__main__':
+    main()

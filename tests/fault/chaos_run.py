@@ -1,0 +1,130 @@
+# -*- coding: utf-8 -*-
+"""Running the chaos workload (chaos_workload.py) side by side on fleet hosts and judging
+it; shared by tests/fault/test_chaos.py and bench/chaos.py.
+
+- MIXES(rate): the fault mixes (loss only, duplication only, reordering only, all three).
+- run_workloads(hosts, tag, seconds, out_dir): the workload against every host at once,
+  each from its client namespace; {index: the workload's JSON}.
+- redis_values(socket, keys): the keys' values read from Redis over its unix socket.
+- lost_writes(model, values): keys whose value in Redis the model does not allow.
+- totals(workload JSON): ops, requests, wrong, errors, slowest, p99 of all clients.
+"""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD = HERE / 'chaos_workload.py'
+RTO = 0.2  # Linux's TCP_RTO_MIN: one retransmission timeout on a sub-millisecond path
+
+
+def mixes(rate=0.02):
+    every = {'loss': rate, 'dup': rate, 'reorder': rate}
+    return {
+        'loss': dict(c2s={'loss': rate}, s2c={'loss': rate}),
+        'dup': dict(c2s={'dup': rate}, s2c={'dup': rate}),
+        'reorder': dict(c2s={'reorder': rate}, s2c={'reorder': rate}),
+        'all': dict(c2s=dict(every), s2c=dict(every)),
+    }
+
+
+def run_workloads(hosts, tag, seconds, out_dir, python=None):
+    """hosts: [(index, client namespace, server address)]. Runs the workload against all
+    of them at once; returns {index: its JSON}. Keys are prefixed chaos:<tag>:<time>."""
+    procs, outs = {}, {}
+    stamp = '%d' % time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n, (index, ns, addr) in enumerate(hosts):
+        out = out_dir / ('%s-r%d.workload.json' % (tag, index))
+        if out.exists():
+            out.unlink()
+        outs[index] = out
+        procs[index] = subprocess.Popen(
+            ['ip', 'netns', 'exec', ns, python or sys.executable, str(WORKLOAD), '--host', addr,
+             '--prefix', 'chaos:%s:%s' % (tag, stamp), '--seconds', str(seconds), '--seed', str(n + 1),
+             '--out', str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    res, failed = {}, []
+    for i, p in procs.items():
+        try:
+            text, _ = p.communicate(timeout=seconds + 120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            text, _ = p.communicate()
+        if p.returncode != 0 or not outs[i].exists():
+            failed.append('chaos workload against host %d failed (rc %s):\n%s' % (i, p.returncode, text[-4000:]))
+        else:
+            res[i] = json.loads(outs[i].read_text())
+    if failed:
+        raise RuntimeError('\n'.join(failed))
+    return res
+
+
+def _read_reply(f):
+    line = f.readline()
+    if line.startswith(b'$'):
+        n = int(line[1:])
+        if n < 0:
+            return None
+        return f.read(n + 2)[:-2].decode()
+    raise RuntimeError('unexpected reply to GET: %r' % line)
+
+
+def redis_values(sock_path, keys, timeout=10.0):
+    """{key: value or None} read with GET over Redis's unix socket (pipelined)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(str(sock_path))
+    try:
+        f = s.makefile('rb')
+        keys = list(keys)
+        out = {}
+        for i in range(0, len(keys), 100):
+            chunk = keys[i:i + 100]
+            s.sendall(b''.join(b'*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n' % (len(k.encode()), k.encode()) for k in chunk))
+            for k in chunk:
+                out[k] = _read_reply(f)
+        return out
+    finally:
+        s.close()
+
+
+def lost_writes(model, values):
+    return [{'key': k, 'redis': values[k], 'model': cands} for k, cands in model.items() if values[k] not in cands]
+
+
+def totals(w):
+    cl = list(w['clients'].values())
+    slowest = max(cl, key=lambda c: c['slowest'])
+    return {'ops': sum(c['ops'] for c in cl), 'requests': sum(c['requests'] for c in cl),
+            'wrong': sum(c['wrong'] for c in cl), 'errors': sum(c['errors'] for c in cl),
+            'slowest': max(c['slowest'] for c in cl), 'slowest_what': slowest['slowest_what'],
+            'p99': max((c['p99'] or 0) for c in cl), 'hung': w['hung'], 'seconds': w['seconds']}
+
+
+def details(w, what):
+    """The wrong replies (what='wrong') or errors ('error') of every client, and crashes."""
+    out = []
+    for name, c in w['clients'].items():
+        for d in c[what + '_details']:
+            out.append(dict(d, client=name))
+        if c.get('crash'):
+            out.append({'client': name, 'crash': c['crash']})
+    return out
+
+
+def table(results):
+    """Markdown table of {mix: {'alone': totals, 'erb': totals}} (totals with 'lost')."""
+    lines = ['| mix | host | ops | req/s | wrong | errors | lost writes | slowest (s) | p99 (s) |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for mix, r in results.items():
+        for label in ('alone', 'erb'):
+            t = r[label]
+            lines.append('| %s | %s | %d | %.0f | %d | %d | %d | %.3f | %.4f |' % (
+                mix, 'Redis alone' if label == 'alone' else 'ERB', t['ops'], t['requests'] / t['seconds'],
+                t['wrong'], t['errors'], t.get('lost', 0), t['slowest'], t['p99']))
+    return '\n'.join(lines) + '\n'

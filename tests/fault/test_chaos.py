@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+"""Chaos test: ERB under segment loss, duplication and reordering, side by side with Redis
+alone under the very same faults, in one run.
+
+Fleet host 1 (erb-r1) gets ERB the default way (playbooks/deploy.yml: GET answers, the SET
+fast path and the I/O agent); host 2 (erb-r2) is Redis alone. The fault harness
+(fault_harness.py) impairs both client links identically. For each fault mix, the chaos
+workload (chaos_workload.py: redis-py clients, a pipelining client and redis-cli, each
+modelling every reply of its own keys) runs against both hosts at the same time for
+ERB_CHAOS_SECONDS (default 20); then the faults stop, ERB's I/O path catches up and every
+key is compared with Redis over its unix socket.
+
+Per mix, ERB must show: no wrong reply, no error, no lost acknowledged write, no request
+slower than Redis alone's slowest x 2 + one RTO (200 ms, Linux's minimum), and at least
+Redis alone's throughput. Redis alone must show no wrong reply, error or lost write either
+(else the workload or its model is wrong). Results go to the test output and to
+tests/output/chaos/ (one JSON per mix and table.md; with ERB_CHAOS_PCAP=1 also a tcpdump
+capture of each client end per mix).
+
+Run it alone:  flock -o /tmp/erb-heavy.lock .venv/bin/python -m pytest tests/fault/test_chaos.py -s
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from erb_conftest import REPO, wait_for
+from chaos_run import RTO, details, lost_writes, mixes, redis_values, run_workloads, table, totals
+from fault_harness import Faults, nstat_values
+
+sys.path.insert(0, str(REPO / 'tests' / 'integration'))
+from erb_itest import ErbAttachment  # noqa: E402
+from erb_settest import seqs  # noqa: E402
+
+pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
+
+OUT = REPO / 'tests' / 'output' / 'chaos'
+SECONDS = float(os.environ.get('ERB_CHAOS_SECONDS', '20'))
+RATE = float(os.environ.get('ERB_CHAOS_RATE', '0.02'))
+MIXES = mixes(RATE)
+# fault counters each mix must have moved on both hosts, both ways (else it tested nothing)
+EXPECT = {'loss': ('dropped',), 'dup': ('duplicated',), 'reorder': ('detoured', 'returned'),
+          'all': ('dropped', 'duplicated', 'detoured', 'returned')}
+
+PCAP = os.environ.get('ERB_CHAOS_PCAP') == '1'  # capture both hosts' client ends per mix
+
+RESULTS = {}
+
+
+def start_pcaps(hosts, mix):
+    """tcpdump on each client end (erbc<i>, headers and 64 bytes of payload) into
+    tests/output/chaos/<mix>-<client ns>.pcap. Receive taps run before the fault programs'
+    ingress hook: segments the harness drops towards the client are in the capture too."""
+    procs = []
+    for h in hosts:
+        path = OUT / ('%s-%s.pcap' % (mix, h.client_ns))
+        procs.append(subprocess.Popen(['ip', 'netns', 'exec', h.client_ns, 'tcpdump', '-i', h.client_iface, '-s', '128',
+                                       '-U', '-w', str(path), 'tcp port 6379'],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1)
+    return procs
+
+
+def stop_pcaps(procs):
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def host_nstat(h):
+    return {h.ns: nstat_values(h.ns), h.client_ns: nstat_values(h.client_ns)}
+
+
+def nstat_delta(after, before):
+    return {ns: {k: v - before[ns].get(k, 0) for k, v in vals.items() if v - before[ns].get(k, 0)}
+            for ns, vals in after.items()}
+
+
+def dict_delta(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int) and v - before.get(k, 0)}
+
+
+def fault_delta(after, before):
+    return {i: {d: dict_delta(after[i][d], before[i][d]) for d in after[i]} for i in after}
+
+
+def has_xdp(h):
+    link = json.loads(h.run(['ip', '-j', '-d', 'link', 'show', h.iface]).stdout)[0]
+    return bool(link.get('xdp'))
+
+
+@pytest.fixture(scope='module')
+def chaos(fleet, ansible_playbook):
+    erb, alone = fleet.hosts[0], fleet.hosts[1]
+    if has_xdp(alone):  # left by another test: this one must be Redis alone
+        rb = ansible_playbook('rollback.yml', limit=alone.name)
+        assert rb.rc == 0, rb.output[-4000:]
+    dep = ansible_playbook('deploy.yml', limit=erb.name)
+    assert dep.rc == 0, 'deploy.yml on %s failed:\n%s' % (erb.name, dep.output[-6000:])
+    assert has_xdp(erb) and not has_xdp(alone)
+    att = ErbAttachment(erb)
+    OUT.mkdir(parents=True, exist_ok=True)
+    try:
+        with Faults([erb.index, alone.index]) as faults:
+            yield erb, alone, att, faults
+    finally:
+        try:
+            info = att.info()
+            print('\nerb.booster.info (%s) at the end: %s' % (erb.name, json.dumps(info.get('counters'))))
+        except Exception as e:  # printed; the rollback still runs
+            print('erb.booster.info failed: %s' % e)
+        if RESULTS:
+            (OUT / 'table.md').write_text(table(RESULTS))
+            print('\n' + table(RESULTS))
+        rb = ansible_playbook('rollback.yml', limit=erb.name)
+        assert rb.rc == 0, rb.output[-4000:]
+
+
+@pytest.mark.parametrize('mix', list(MIXES))
+def test_chaos(chaos, mix):
+    erb, alone, att, faults = chaos
+    hosts = (erb, alone)
+    faults.set()
+    f0, s0, n0 = faults.stats(), att.stats(), {}
+    for h in hosts:
+        n0.update(host_nstat(h))
+    pcaps = start_pcaps(hosts, mix) if PCAP else []
+    faults.set(**MIXES[mix])
+    try:
+        w = run_workloads([(h.index, h.client_ns, h.server_ip) for h in hosts], mix, SECONDS, OUT)
+    finally:
+        faults.set()
+        stop_pcaps(pcaps)
+    f1, s1, n1 = faults.stats(), att.stats(), {}
+    for h in hosts:
+        n1.update(host_nstat(h))
+    try:
+        wait_for(lambda: (lambda ws: ws[0] == ws[1])(seqs(att)), timeout=30, interval=0.05,
+                 what='ERB to apply every acknowledged SET')
+        applied = True
+    except AssertionError:
+        applied = False
+    t, lost = {}, {}
+    for h in hosts:
+        model = w[h.index]['model']
+        lost[h.index] = lost_writes(model, redis_values(h.socket, model))
+        t[h.index] = dict(totals(w[h.index]), lost=len(lost[h.index]))
+    te, ta = t[erb.index], t[alone.index]
+    fd, sd, nd = fault_delta(f1, f0), dict_delta(s1, s0), nstat_delta(n1, n0)
+    RESULTS[mix] = {'erb': te, 'alone': ta}
+    report = {'mix': mix, 'faults': MIXES[mix], 'seconds': SECONDS, 'erb': te, 'alone': ta,
+              'erb_wrong': details(w[erb.index], 'wrong'), 'erb_errors': details(w[erb.index], 'error'),
+              'alone_wrong': details(w[alone.index], 'wrong'), 'alone_errors': details(w[alone.index], 'error'),
+              'lost': lost, 'applied': applied, 'erb_seqs': seqs(att), 'fault_counters': fd,
+              'erb_counters': sd, 'nstat': nd,
+              'per_client': {i: {n: {k: v for k, v in c.items() if not k.endswith('_details')}
+                                 for n, c in w[i]['clients'].items()} for i in w}}
+    (OUT / ('%s.json' % mix)).write_text(json.dumps(report, indent=1, default=str))
+    print('\n=== chaos mix %s: %s, %.0f s ===' % (mix, json.dumps(MIXES[mix]), SECONDS))
+    for label, x in (('Redis alone', ta), ('ERB', te)):
+        print('%-11s ops %6d  req/s %6.0f  wrong %d  errors %d  lost %d  slowest %.3f s (%s)  p99 %.4f s'
+              % (label, x['ops'], x['requests'] / x['seconds'], x['wrong'], x['errors'], x['lost'],
+                 x['slowest'], x['slowest_what'], x['p99']))
+    print('fault counters (this mix): %s' % json.dumps(fd))
+    print('ERB counters (%s, this mix): %s' % (erb.name, json.dumps(sd)))
+    for ns in sorted(nd):
+        print('nstat -az %s (this mix, non-zero): %s' % (ns, ' '.join('%s=%d' % kv for kv in sorted(nd[ns].items()))))
+    for d in report['erb_wrong'][:10] + report['erb_errors'][:10]:
+        print('ERB: %s' % json.dumps(d))
+
+    problems = []
+    for h in hosts:
+        for what in EXPECT[mix]:
+            for d in ('c2s', 's2c'):
+                if not fd[h.index][d].get(what):
+                    problems.append('harness: %s %s did not move on %s' % (d, what, h.client_ns))
+        if fd[h.index]['c2s'].get('overflow'):
+            problems.append('harness: the delay line of %s overflowed (%d frames lost unplanned)'
+                            % (h.client_ns, fd[h.index]['c2s']['overflow']))
+    if not sd.get('set_fast') or not sd.get('hit'):
+        problems.append('ERB answered no SET (%s) or no GET (%s) in XDP: this mix did not test it'
+                        % (sd.get('set_fast'), sd.get('hit')))
+    for label, x, i in (('Redis alone', ta, alone.index), ('ERB', te, erb.index)):
+        if x['wrong']:
+            problems.append('%s: %d wrong replies, first: %s' % (label, x['wrong'], details(w[i], 'wrong')[:3]))
+        if x['errors']:
+            problems.append('%s: %d failed requests, first: %s' % (label, x['errors'], details(w[i], 'error')[:3]))
+        if x['lost']:
+            problems.append('%s: %d keys differ from the model in Redis (lost or wrong writes), first: %s'
+                            % (label, x['lost'], lost[i][:3]))
+        if x['hung']:
+            problems.append('%s: clients still hung at the end: %s' % (label, x['hung']))
+    if not applied:
+        problems.append('ERB: the I/O path did not apply every acknowledged SET within 30 s (%s)' % (seqs(att),))
+    bound = 2 * ta['slowest'] + RTO
+    if te['slowest'] > bound:
+        problems.append('ERB: slowest request %.3f s (%s) > Redis alone slowest %.3f s x 2 + RTO = %.3f s'
+                        % (te['slowest'], te['slowest_what'], ta['slowest'], bound))
+    if te['ops'] < ta['ops']:
+        problems.append('ERB: %d ops < Redis alone %d ops under the same faults' % (te['ops'], ta['ops']))
+    assert not problems, 'chaos mix %s:\n- %s' % (mix, '\n- '.join(problems))

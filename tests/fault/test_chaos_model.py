@@ -1,0 +1,43 @@
+# -*- coding: utf-8 -*-
+"""The chaos workload's reply model (chaos_workload.Model): it accepts exactly the replies
+Redis can give, and after a failed request both outcomes until a reply decides."""
+
+import pytest
+
+from chaos_workload import Model, Wrong
+
+
+def test_single_key_commands_are_modelled_exactly():
+    m = Model()
+    m.check('GET', ['a'], None)
+    m.check('SET', ['a', '41'], 'OK')
+    m.check('INCR', ['a'], 42)
+    m.check('APPEND', ['a', 'x'], 3)
+    m.check('GET', ['a'], '42x')
+    m.check('INCR', ['a'], 'ERR')
+    m.check('INCR', ['b'], 1)
+    m.check('MGET', ['a', 'b', 'c', 'a'], ['42x', '1', None, '42x'])
+    m.check('DEL', ['a', 'c', 'a'], 1)
+    m.check('GET', ['a'], None)
+    for cmd, args, reply in (('GET', ['b'], '2'), ('INCR', ['b'], 3), ('APPEND', ['b'], 'x'),
+                             ('MGET', ['b', 'a'], ['1', '']), ('DEL', ['b', 'a'], 2), ('DEL', ['b'], 0),
+                             ('SET', ['b', 'v'], 'ERR')):
+        with pytest.raises(Wrong):
+            m.check(cmd, list(args) if cmd != 'APPEND' else ['b', 'y'], reply)
+    assert m.dump() == {'a': [None], 'b': ['1'], 'c': [None]}
+
+
+def test_a_failed_write_keeps_both_outcomes_until_a_reply_decides():
+    m = Model()
+    m.check('SET', ['k', '5'], 'OK')
+    m.failed('INCR', ['k'])
+    assert m.dump() == {'k': ['5', '6']}
+    m.check('INCR', ['k'], 7)  # so the failed INCR did run
+    assert m.dump() == {'k': ['7']}
+    m.failed('DEL', ['k'])
+    with pytest.raises(Wrong):
+        m.check('GET', ['k'], '8')
+    m.check('DEL', ['k'], 1)
+    m.failed('APPEND', ['k', 'ab'])
+    m.check('MGET', ['k'], [None])
+    assert m.dump() == {'k': [None]}
