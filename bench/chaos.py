@@ -1,4 +1,7 @@
 #!/usr/bin/env python3
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """ERB vs Redis alone under network faults, side by side in one run.
 
 On the local fleet: host erb-r1 with ERB (deployed with playbooks/deploy.yml if it is not

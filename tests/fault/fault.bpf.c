@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Fault injection on the client end of a test-fleet veth (erbc<i>), for the
  * chaos tests and benchmarks (tests/fault/fault_harness.py drives it).

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Layout shared by fault.bpf.c and tests/fault/fault_daemon.py (which mirrors
  * it with ctypes; keep both in step). */
 #ifndef FAULT_H

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Fault injector for one test-fleet host, run inside the client's namespace erb-c<i>
 (``ip netns exec erb-c<i> python3 fault_daemon.py --index i``); fault_harness.FaultLink
 starts it and talks to it. Not for use on its own.

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Fault harness for the local test fleet: loss, duplication, reordering and delay, per
 direction, on the client <-> Redis path of fleet host i (veth erbc<i> in erb-c<i>).
 Usable from tests and from bench/ (put tests/fault on sys.path).

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Chaos test: ERB under segment loss, duplication and reordering, side by side with Redis
 alone under the very same faults, in one run.
 
@@ -17,7 +20,7 @@ Redis alone's throughput. Redis alone must show no wrong reply, error or lost wr
 tests/output/chaos/ (one JSON per mix and table.md; with ERB_CHAOS_PCAP=1 also a tcpdump
 capture of each client end per mix).
 
-Run it alone:  flock -o /tmp/erb-heavy.lock .venv/bin/python -m pytest tests/fault/test_chaos.py -s
+Run it alone:  .venv/bin/python -m pytest tests/fault/test_chaos.py -s
 """
 
 import json

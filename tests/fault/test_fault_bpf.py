@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """fault.bpf.c's decisions, with BPF_PROG_TEST_RUN: what it drops, sends round the delay
 line, passes untouched, and where returning frames go; its counters."""
 

@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The fault harness itself (fault_harness.py) on the local fleet, without ERB: each fault
 does to real veth traffic what it says, per direction, its counters say so, and stopping
 it puts the client end back as it was."""
