@@ -85,10 +85,13 @@ def test_tarball_has_no_development_files(artifact):
 
 
 def ansible_env(collections):
-    """Only the installed collection: no ansible.cfg of this checkout, no other collection path."""
+    """Only the installed collection: not this checkout's ansible.cfg (its collections_path finds the
+    checkout), no other collection path. The config file is an empty one beside the collections."""
+    cfg = collections.parent / 'ansible.cfg'
+    if not cfg.exists():
+        cfg.write_text('[defaults]\ninterpreter_python = auto_silent\n')
     return {'ANSIBLE_COLLECTIONS_PATH': str(collections), 'ANSIBLE_COLLECTIONS_SCAN_SYS_PATH': 'false',
-            'ANSIBLE_CONFIG': os.devnull, 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_FORCE_COLOR': '0',
-            'ANSIBLE_HOST_KEY_CHECKING': 'false', 'ANSIBLE_RETRY_FILES_ENABLED': 'false'}
+            'ANSIBLE_CONFIG': str(cfg), 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_FORCE_COLOR': '0'}
 
 
 def playbook(name, collections, cwd):
@@ -109,6 +112,11 @@ def test_installed_artifact_deploys_the_local_fleet(fleet, artifact, tmp_path):
     listing = run([venv_bin('ansible-galaxy'), 'collection', 'list', 'erb.booster'], cwd=tmp_path,
                   env=ansible_env(collections)).stdout
     assert str(collections / 'ansible_collections') in listing and str(REPO) not in listing, listing
+
+    # erb.booster.deploy is the installed collection's playbook
+    tasks = run([venv_bin('ansible-playbook'), '-i', LOCAL_INVENTORY / 'hosts.yml', 'erb.booster.deploy',
+                 '--list-tasks'], cwd=tmp_path, env=ansible_env(collections)).stdout
+    assert 'playbook: %s' % (installed / 'playbooks' / 'deploy.yml') in tasks, tasks[:2000]
 
     rc, out, recap = playbook('erb.booster.deploy', collections, tmp_path)
     try:
