@@ -119,9 +119,9 @@ def chaos(fleet, ansible_playbook):
     finally:
         try:
             info = att.info()
-            print('\nerb.booster.info (%s) at the end: %s' % (erb.name, json.dumps(info.get('counters'))))
+            print('\nerb.booster.bpf_info (%s) at the end: %s' % (erb.name, json.dumps(info.get('counters'))))
         except Exception as e:  # printed; the rollback still runs
-            print('erb.booster.info failed: %s' % e)
+            print('erb.booster.bpf_info failed: %s' % e)
         if RESULTS:
             (OUT / 'table.md').write_text(table(RESULTS))
             print('\n' + table(RESULTS))

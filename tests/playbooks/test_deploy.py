@@ -2,12 +2,12 @@
 # Copyright (c) ERB contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""playbooks/deploy.yml and rollback.yml on the local fleet, ansible-lint's production
-profile, and `ansible-galaxy collection build`."""
+"""playbooks/deploy.yml and rollback.yml on the local fleet, and ansible-lint's production
+profile. The release artifact is tested in test_artifact.py."""
 
 import json
 import os
-import tarfile
+import sys
 
 import pytest
 
@@ -65,14 +65,25 @@ class TestDeployRollback:
         for host, counts in deployed.recap.items():
             assert counts['failed'] == 0 and counts['unreachable'] == 0, (host, counts)
 
-    def test_io_path_falls_back_to_the_ring_and_says_so(self, fleet, deployed):
-        # this kernel has no module support (no /proc/modules): erb_kmod=auto must not fail,
-        # and it must say why fast SETs go through the ring buffer and the agent
-        assert not os.path.exists('/proc/modules')
+    def test_fast_path_switched_on_in_place_after_the_io_path_was_proven(self, fleet, deployed):
+        # erb_kmod defaults to false: the ring buffer and erb-agent, no kernel module built
         assert deployed.rc == 0, deployed.output[-6000:]
-        lines = [ln for ln in deployed.output.splitlines() if 'I/O path: ring' in ln]
-        assert len(lines) == len(fleet.hosts), deployed.output[-6000:]
-        assert all('cannot load modules (no /proc/modules)' in ln for ln in lines), lines
+        out = deployed.output
+        lines = [ln for ln in out.splitlines() if 'SET fast path on erbs' in ln and '"msg"' in ln]
+        assert len(lines) == len(fleet.hosts), out[-6000:]
+        assert all(': on - the I/O path (ring) proved that it applies writes' in ln for ln in lines), lines
+        assert 'Build and load the erb_io kernel module' not in out and 'erb_io-src' not in out
+        for h in fleet.hosts:
+            # order on each host: probe before the switch, the switch before verify
+            pos = [out.index(t % h.iface) for t in ('Store the probe key through %s',
+                                                     'Wait until the I/O path removed the stale entry')]
+            assert pos == sorted(pos)
+            meta = _meta(h)
+            # the attach with the fast path off, then the switch: same links, only the config changed
+            assert meta['config']['set_fast_path'] is True
+            assert meta['previous']['config']['set_fast_path'] is False
+            assert dict(meta['previous']['config'], set_fast_path=True) == meta['config']
+            assert meta['previous']['object'] == meta['object']
 
     def test_xdp_and_tcx_attached_on_every_host(self, fleet, deployed):
         assert deployed.rc == 0, deployed.output[-6000:]
@@ -129,6 +140,15 @@ class TestDeployRollback:
             assert counts['changed'] == 0, (host, counts)
 
 
+def _meta(h):
+    """The meta record erb.booster.bpf pinned for h's interface."""
+    sys.path.insert(0, str(REPO / 'tests' / 'loader'))
+    from collection_path import ensure_collection_path
+    ensure_collection_path()
+    from ansible_collections.erb.booster.plugins.module_utils import erb_loader
+    return erb_loader.read_meta('/run/erb/bpffs/erb/%s/%s' % (h.ns, h.iface))
+
+
 def _get_calls(commandstats):
     for line in commandstats.splitlines():
         if line.startswith('cmdstat_get:'):
@@ -141,21 +161,3 @@ def test_ansible_lint_production_passes():
     p = run([venv_bin('ansible-lint'), '--profile', 'production', '--offline'], check=False, cwd=REPO,
             timeout=600, env={'ANSIBLE_CONFIG': str(REPO / 'ansible.cfg'), 'NO_COLOR': '1'})
     assert p.returncode == 0, p.stdout[-8000:] + p.stderr[-4000:]
-
-
-def test_galaxy_collection_build(tmp_path):
-    p = run([venv_bin('ansible-galaxy'), 'collection', 'build', '--output-path', str(tmp_path), str(REPO)],
-            check=False, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    tarball = tmp_path / 'erb-booster-0.1.0.tar.gz'
-    assert tarball.is_file(), os.listdir(tmp_path)
-    with tarfile.open(tarball) as t:
-        names = set(t.getnames())
-        manifest = json.load(t.extractfile('MANIFEST.json'))
-    assert manifest['collection_info']['namespace'] == 'erb'
-    assert manifest['collection_info']['name'] == 'booster'
-    for needed in ('roles/erb/tasks/main.yml', 'roles/erb/meta/argument_specs.yml', 'playbooks/deploy.yml',
-                   'playbooks/rollback.yml', 'plugins/modules/bpf.py', 'plugins/modules/bpf_info.py',
-                   'meta/runtime.yml'):
-        assert needed in names, needed
-    assert not any(n.split('/')[0] in ('.venv', '.ansible', '.git', '.pytest_cache') for n in names)
