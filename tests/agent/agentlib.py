@@ -38,13 +38,15 @@ HASH_PRIME = 1021            # largest prime < 1024, as erb_loader.hash_prime()
 ENTRY_SIZE = 1688            # sizeof(struct erb_entry)
 GLOBAL_SIZE = 40             # sizeof(struct erb_global)
 ENTRY_EMPTY, ENTRY_VALID, ENTRY_TOMB = 0, 1, 2
+TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED = 0, 1, 2
+INFLIGHT_BUCKETS = 65536
 BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
 
 # struct erb_global offsets
 G_CACHE_GEN, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 24, 32
-# struct erb_entry: lock ver state hash gen klen vlen wseq key val
-ENTRY_HDR = struct.Struct('<IIIIIHHQ')
+# struct erb_entry: lock ver state type hash gen klen vlen wseq key val
+ENTRY_HDR = struct.Struct('<IIHHIIHHQ')
 
 
 # tests/conftest.py's helpers (imported under this name, see there); the agent's
@@ -136,7 +138,7 @@ class BpfEnv(object):
         if self.lib.bpf_object__load(self.obj):
             raise OSError(ctypes.get_errno(), 'bpf_object__load %s' % obj_path)
         self.fds = {}
-        for name in ('erb_events', 'erb_global', 'erb_cache'):
+        for name in ('erb_events', 'erb_global', 'erb_cache', 'erb_wepoch'):
             m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
             if self.lib.bpf_map__pin(m, str(self.pin_dir / ('map_' + name)).encode()):
                 raise OSError(ctypes.get_errno(), 'pin %s' % name)
@@ -148,6 +150,8 @@ class BpfEnv(object):
                               mmap.PROT_READ | mmap.PROT_WRITE)
         self.cache = mmap.mmap(self.fds['erb_cache'], CACHE_ENTRIES * ENTRY_SIZE, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
+        self.wepochs = mmap.mmap(self.fds['erb_wepoch'], INFLIGHT_BUCKETS * 4, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
         self._in = _TestIn()
         self._opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), ctx_in=ctypes.addressof(self._in),
                                   ctx_size_in=ctypes.sizeof(_TestIn))
@@ -170,6 +174,7 @@ class BpfEnv(object):
     def close(self):
         self.glob.close()
         self.cache.close()
+        self.wepochs.close()
         self.lib.bpf_object__close(self.obj)
         subprocess.run(['umount', str(self.root)], check=False)
 
@@ -213,15 +218,20 @@ class BpfEnv(object):
     def cache_gen(self):
         return struct.unpack_from('<I', self.glob, G_CACHE_GEN)[0]
 
+    # -- erb_wepoch
+    def wepoch(self, key):
+        """The write epoch of key's bucket (fnv1a(key) mod the bucket count)."""
+        return struct.unpack_from('<I', self.wepochs, (fnv1a(key) % INFLIGHT_BUCKETS) * 4)[0]
+
     # -- erb_cache
     def entry(self, idx):
-        lock, ver, state, h, gen, klen, vlen, wseq = ENTRY_HDR.unpack_from(self.cache, idx * ENTRY_SIZE)
+        lock, ver, state, typ, h, gen, klen, vlen, wseq = ENTRY_HDR.unpack_from(self.cache, idx * ENTRY_SIZE)
         base = idx * ENTRY_SIZE + 32
-        return {'lock': lock, 'ver': ver, 'state': state, 'hash': h, 'gen': gen, 'wseq': wseq,
+        return {'lock': lock, 'ver': ver, 'state': state, 'type': typ, 'hash': h, 'gen': gen, 'wseq': wseq,
                 'key': bytes(self.cache[base:base + klen]),
                 'val': bytes(self.cache[base + KEY_MAX:base + KEY_MAX + vlen])}
 
-    def cache_put(self, key, val, wseq=0):
+    def cache_put(self, key, val, wseq=0, typ=TYPE_STRING):
         """Store key like erb.bpf.c cache_store(): its live slot, else the first free one."""
         h, gen = fnv1a(key), self.cache_gen
         free = None
@@ -243,20 +253,24 @@ class BpfEnv(object):
         keyb = key.ljust(KEY_MAX, b'\0')
         self.cache[off + 32:off + 32 + KEY_MAX] = keyb
         self.cache[off + 32 + KEY_MAX:off + 32 + KEY_MAX + len(val)] = val
-        ENTRY_HDR.pack_into(self.cache, off, 0, ver + 1, ENTRY_VALID, h, gen, len(key), len(val), wseq)
+        ENTRY_HDR.pack_into(self.cache, off, 0, ver + 1, ENTRY_VALID, typ, h, gen, len(key), len(val), wseq)
         struct.pack_into('<I', self.cache, off + 4, ver + 2)
         return free
 
-    def cache_state(self, key):
-        """'valid' when key has a live entry, else 'gone'."""
+    def cache_entry(self, key):
+        """key's live entry (a dict, see entry()), or None."""
         h, gen = fnv1a(key), self.cache_gen
         for i in range(MAX_PROBES):
             e = self.entry(slot_of(h, i))
             if e['state'] == ENTRY_EMPTY or e['gen'] != gen:
-                return 'gone'
+                return None
             if e['state'] == ENTRY_VALID and e['hash'] == h and e['key'] == key:
-                return 'valid'
-        return 'gone'
+                return e
+        return None
+
+    def cache_state(self, key):
+        """'valid' when key has a live entry, else 'gone'."""
+        return 'gone' if self.cache_entry(key) is None else 'valid'
 
 
 class RedisProc(object):
