@@ -44,7 +44,8 @@ BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
 
 # struct erb_global offsets
-G_CACHE_GEN, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 24, 32
+G_CACHE_GEN, G_CTL, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 8, 24, 32
+CTL_KMOD = 1 << 1            # ERB_CTL_KMOD: erb_io owns applied_seq
 # struct erb_entry: lock ver state type hash gen klen vlen wseq key val
 ENTRY_HDR = struct.Struct('<IIHHIIHHQ')
 
@@ -281,12 +282,13 @@ class RedisProc(object):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sock = self.dir / 'redis.sock'
         self.proc = None
+        self.extra = []       # more redis-server options
 
     def start(self):
         self.proc = subprocess.Popen(
             ['redis-server', '--port', '0', '--unixsocket', str(self.sock), '--unixsocketperm', '700',
              '--dir', str(self.dir), '--appendonly', 'yes', '--appendfsync', 'always', '--save', '',
-             '--logfile', str(self.dir / 'redis.log'), '--daemonize', 'no'],
+             '--logfile', str(self.dir / 'redis.log'), '--daemonize', 'no'] + list(self.extra),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._pong, timeout=20, what='redis-server to answer PING')
         return self
@@ -369,3 +371,109 @@ class Agent(object):
 
     def log_text(self):
         return self.log.read_text() if self.log.exists() else ''
+
+
+def _resp_commands_in(buf):
+    """How many complete RESP commands buf starts with, and their length in bytes."""
+    n, i = 0, 0
+    try:
+        while i < len(buf):
+            j = buf.index(b'\r\n', i)
+            if buf[i:i + 1] != b'*':
+                raise ValueError('not RESP')
+            argc, k = int(buf[i + 1:j]), j + 2
+            for _ in range(argc):
+                e = buf.index(b'\r\n', k)
+                k = e + 2 + int(buf[k + 1:e]) + 2
+                if k > len(buf):
+                    raise IndexError
+            n, i = n + 1, k
+    except (IndexError, ValueError):
+        pass
+    return n, i
+
+
+class LoadingFront(object):
+    """A unix socket in front of a real Redis that answers every command with -LOADING (what
+    Redis answers while it loads its dataset after a restart) until release(); from then on each
+    connection is piped to Redis, its unanswered bytes first."""
+
+    LOADING = b'-LOADING Redis is loading the dataset in memory\r\n'
+
+    def __init__(self, path, upstream):
+        import socket
+        import threading
+        self.path, self.upstream = str(path), str(upstream)
+        self.loading = threading.Event()
+        self.loading.set()
+        self.refused = 0
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(self.path)
+        self.srv.listen(16)
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        import socket
+        import threading
+        buf = b''
+        c.settimeout(0.05)
+        try:
+            while self.loading.is_set():
+                try:
+                    data = c.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                buf += data
+                n, used = _resp_commands_in(buf)
+                buf = buf[used:]
+                self.refused += n
+                c.sendall(self.LOADING * n)
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            up.connect(self.upstream)
+            self.conns.append(up)
+            c.settimeout(None)
+            if buf:
+                up.sendall(buf)
+
+            def pipe(a, b):
+                try:
+                    while True:
+                        d = a.recv(65536)
+                        if not d:
+                            break
+                        b.sendall(d)
+                except OSError:
+                    pass
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            threading.Thread(target=pipe, args=(up, c), daemon=True).start()
+            pipe(c, up)
+        except OSError:
+            pass
+
+    def release(self):
+        self.loading.clear()
+
+    def close(self):
+        self.srv.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass

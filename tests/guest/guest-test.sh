@@ -233,7 +233,7 @@ accepted() {
 	v "$1_applied" $(($(stat applied) - A0))
 	$RUN check $S "$1" 50 64
 }
-redis_start /tmp/r3 --appendonly no
+redis_start /tmp/r3 --appendonly no --enable-protected-configs yes
 insmod $KO sink=apply redis_sock=$S
 v insmod_retry_rc $?
 rc config set maxmemory-policy noeviction
@@ -267,7 +267,7 @@ A0=$(stat applied)
 $RUN push $OBJ 50 down 60300 64 - 0
 sleep 1.5
 v down_applied_while_stopped $(($(stat applied) - A0))
-redis_start /tmp/r3 --appendonly no
+redis_start /tmp/r3 --appendonly no --enable-protected-configs yes
 accepted down
 v down_reconnects $(($(stat connects) - r0))
 v retry_apply_errors "$(stat apply_errors)"

@@ -50,7 +50,7 @@ def test_open_redis_passes_without_auth(preflight):
     assert r.rc == 0, r.output[-4000:]
     assert 'Redis at %s:6379; clients must authenticate: False; ACL users: default' % host.server_ip in r.output
     assert 'SET fast path allowed: True' in r.output
-    assert 'SET fast path off' not in r.output and 'WARNING' not in r.output
+    assert 'SET fast path off on' not in r.output and 'WARNING: Redis on' not in r.output
 
 
 def test_restricted_key_patterns_refused(preflight):
