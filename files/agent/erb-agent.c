@@ -107,8 +107,8 @@
 #define START_SETTLE_MS		20
 #define INVALIDATE_CHANNEL	"__redis__:invalidate"
 #define SECRET_MAX		512
-#define HASH_SCAN_CHUNK		8192		/* cache slots looked at per round */
-#define HASH_SCAN_FAST_MS	10		/* loop period while fills happen */
+#define HASH_SCAN_CHUNK		2048		/* cache slots looked at per round */
+#define HASH_SCAN_FAST_MS	10		/* rounds this far apart while fills happen */
 /* erb_entry.type of an HGETALL fill not verified yet: never served by XDP */
 #define TYPE_HASH_UNVERIFIED	2
 
@@ -511,7 +511,8 @@ struct agent {
 	uint32_t *hash_ok;
 	uint32_t scan_pos;
 	uint64_t fills_seen;
-	bool fills_moved;		/* fills since the last full pass began */
+	uint64_t last_scan_ns;
+	bool fills_moved;		/* fills (or entries left to check) since the pass began */
 	/* progress */
 	struct tracker trk;
 	struct batch batch;
@@ -1772,24 +1773,33 @@ struct hash_check {
 };
 
 /*
- * Look at the next HASH_SCAN_CHUNK cache slots for hash entries not checked
- * in their current version and ask Redis their PTTL (pipelined, db 0): no
- * TTL keeps the entry (and makes an unverified fill servable), a TTL or a
- * missing key deletes it. Returns -1 when the connection broke.
+ * While fills happen (erb_stats' FILL counter moves; always when that map is
+ * absent), look at the next HASH_SCAN_CHUNK cache slots every
+ * HASH_SCAN_FAST_MS for hash entries not checked in their current version
+ * and ask Redis their PTTL (pipelined, db 0): no TTL keeps the entry (and
+ * makes an unverified fill servable), a TTL or a missing key deletes it.
+ * A full pass with no fill since it began ends the scanning.
+ * Returns -1 when the connection broke.
  */
 static int hash_scan(struct agent *a)
 {
 	uint32_t gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
-	uint64_t fills = fills_now(a);
 	uint32_t n = a->cache_entries < HASH_SCAN_CHUNK ? a->cache_entries : HASH_SCAN_CHUNK;
+	uint64_t fills, t = now_ns();
 	struct hash_check *c;
 	unsigned int m = 0;
 	int rc = 0;
 
-	if (fills != a->fills_seen) {
+	if (t - a->last_scan_ns < HASH_SCAN_FAST_MS * 1000000ULL)
+		return 0;
+	a->last_scan_ns = t;
+	fills = fills_now(a);
+	if (fills != a->fills_seen || a->stats_fd < 0) {
 		a->fills_seen = fills;
 		a->fills_moved = true;
 	}
+	if (!a->fills_moved)
+		return 0;
 	c = malloc(INVAL_ROUND * sizeof(*c));
 	if (!c)
 		return 0;
@@ -1808,8 +1818,11 @@ static int hash_scan(struct agent *a)
 		    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen ||
 		    __atomic_load_n(&e->ver, __ATOMIC_RELAXED) == a->hash_ok[i])
 			continue;
-		if (!entry_read(e, &v) || v.state != ERB_ENTRY_VALID || v.gen != gen ||
-		    v.klen < 1 || v.klen > ERB_KEY_MAX)
+		if (!entry_read(e, &v)) {
+			a->fills_moved = true;		/* changing: again */
+			continue;
+		}
+		if (v.state != ERB_ENTRY_VALID || v.gen != gen || v.klen < 1 || v.klen > ERB_KEY_MAX)
 			continue;
 		c[m].slot = i;
 		c[m].ver = v.ver;
@@ -1818,6 +1831,8 @@ static int hash_scan(struct agent *a)
 		memcpy(c[m].key, v.key, v.klen);
 		m++;
 	}
+	if (m == INVAL_ROUND)
+		a->fills_moved = true;		/* the chunk was cut short */
 	if (m && select_db0(a))
 		rc = -1;
 	for (unsigned int i = 0; i < m && !rc; i++) {
@@ -1841,11 +1856,18 @@ static int hash_scan(struct agent *a)
 			if (c[i].type == ERB_TYPE_HASH || cache_mark_verified(e, ver, &ver)) {
 				a->hash_ok[c[i].slot] = ver;
 				a->st.hash_verified++;
+			} else {
+				a->fills_moved = true;	/* busy or changed: again */
 			}
 		} else if (r->type == REDIS_REPLY_INTEGER) {
 			/* a TTL (Redis expires it unseen by XDP hits) or gone */
-			if (cache_delete(a, e, ver) == DEL_DONE)
-				a->st.hash_deleted++;
+			switch (cache_delete(a, e, ver)) {
+			case DEL_DONE: a->st.hash_deleted++; break;
+			case DEL_BUSY: a->fills_moved = true; break;	/* again next pass */
+			case DEL_CHANGED: break;
+			}
+		} else {
+			a->fills_moved = true;
 		}
 		freeReplyObject(r);
 	}

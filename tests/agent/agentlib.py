@@ -12,6 +12,7 @@ import functools
 import json
 import mmap
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -39,6 +40,15 @@ ENTRY_SIZE = 1688            # sizeof(struct erb_entry)
 GLOBAL_SIZE = 40             # sizeof(struct erb_global)
 ENTRY_EMPTY, ENTRY_VALID, ENTRY_TOMB = 0, 1, 2
 TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED = 0, 1, 2
+
+
+def _stat_index(name):
+    """Index of ERB_STAT_<name> in erb.h's enum erb_stat."""
+    body = (BPF_INC / 'erb.h').read_text().split('enum erb_stat {', 1)[1].split('};', 1)[0]
+    return re.findall(r'^\s*(ERB_STAT_\w+)', body, re.M).index('ERB_STAT_' + name)
+
+
+STAT_FILL = _stat_index('FILL')
 INFLIGHT_BUCKETS = 65536
 BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
@@ -106,6 +116,8 @@ def _libbpf():
         ('bpf_map_update_elem', ctypes.c_int, [ctypes.c_int, P, P, ctypes.c_uint64]),
         ('bpf_obj_pin', ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
         ('bpf_prog_test_run_opts', ctypes.c_int, [ctypes.c_int, P]),
+        ('bpf_map_lookup_elem', ctypes.c_int, [ctypes.c_int, P, P]),
+        ('libbpf_num_possible_cpus', ctypes.c_int, []),
     ]:
         fn = getattr(lib, name)
         fn.restype = res
@@ -139,7 +151,7 @@ class BpfEnv(object):
         if self.lib.bpf_object__load(self.obj):
             raise OSError(ctypes.get_errno(), 'bpf_object__load %s' % obj_path)
         self.fds = {}
-        for name in ('erb_events', 'erb_global', 'erb_cache', 'erb_wepoch'):
+        for name in ('erb_events', 'erb_global', 'erb_cache', 'erb_wepoch', 'erb_stats'):
             m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
             if self.lib.bpf_map__pin(m, str(self.pin_dir / ('map_' + name)).encode()):
                 raise OSError(ctypes.get_errno(), 'pin %s' % name)
@@ -218,6 +230,18 @@ class BpfEnv(object):
     @property
     def cache_gen(self):
         return struct.unpack_from('<I', self.glob, G_CACHE_GEN)[0]
+
+    # -- erb_stats
+    def count_fill(self):
+        """Add one to ERB_STAT_FILL (on CPU 0), as erb.bpf.c does after storing a fill."""
+        ncpu = self.lib.libbpf_num_possible_cpus()
+        vals = (ctypes.c_uint64 * ncpu)()
+        key = ctypes.c_uint32(STAT_FILL)
+        if self.lib.bpf_map_lookup_elem(self.fds['erb_stats'], ctypes.byref(key), vals):
+            raise OSError(ctypes.get_errno(), 'erb_stats lookup')
+        vals[0] += 1
+        if self.lib.bpf_map_update_elem(self.fds['erb_stats'], ctypes.byref(key), vals, 0):
+            raise OSError(ctypes.get_errno(), 'erb_stats update')
 
     # -- erb_wepoch
     def wepoch(self, key):
