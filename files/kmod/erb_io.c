@@ -824,6 +824,33 @@ out:
 	return err;
 }
 
+/*
+ * PING on the fresh connection: +PONG, or no SET goes out on it. Redis
+ * answers an error to a connection it will not serve (LOADING while it loads
+ * its dataset, "max number of clients reached"), which must not be taken for
+ * the reply to a record.
+ */
+static int erb_ping(void)
+{
+	static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+	char line[ERB_ERRLINE_MAX];
+	int err, len;
+
+	/* a refused connection may be closed already: read its error anyway */
+	err = erb_send_all(ping, sizeof(ping) - 1);
+	len = erb_recv_line(line, sizeof(line));
+	if (len < 0)
+		return err ?: len;
+	if (!err && len >= 5 && !memcmp(line, "+PONG", 5))
+		return 0;
+	if (len && line[0] == '-') {
+		erb_note_error(line + 1, len - 1);
+		pr_warn_ratelimited("Redis does not serve this connection yet: %.*s\n",
+				    len - 1, line + 1);
+	}
+	return -EAGAIN;
+}
+
 static int erb_sock_open(void)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -846,14 +873,13 @@ static int erb_sock_open(void)
 	erb.sock_db = 0;
 	memset(&erb.rp, 0, sizeof(erb.rp));
 	erb_inc(ERB_C_CONNECTS, 1);
-	if (redis_password_file[0]) {
+	if (redis_password_file[0])
 		err = erb_auth();
-		if (err) {
-			erb_sock_close();
-			return err;
-		}
-	}
-	return 0;
+	if (!err)
+		err = erb_ping();
+	if (err)
+		erb_sock_close();
+	return err;
 }
 
 /* One complete reply line for record rp->at. */

@@ -272,6 +272,29 @@ accepted down
 v down_reconnects $(($(stat connects) - r0))
 v retry_apply_errors "$(stat apply_errors)"
 rmmod_wait retry
+# A connection Redis will not serve (maxclients reached: it answers an error
+# and closes) is not taken for the reply to a record.
+rc config set maxclients 2
+redis-cli -s $S subscribe erb-hold1 >/dev/null 2>&1 &
+HOLD1=$!
+redis-cli -s $S subscribe erb-hold2 >/dev/null 2>&1 &
+HOLD2=$!
+sleep 0.5
+insmod $KO sink=apply redis_sock=$S
+v insmod_maxclients_rc $?
+$RUN push $OBJ 20 mc 60500 64 - 0
+sleep 1.5
+v mc_applied_while_refused "$(stat applied)"
+v mc_last_error "$(cut -d' ' -f1-2 $ST/last_error)"
+kill $HOLD1
+wait_stat applied 20 30
+v mc_applied "$(stat applied)"
+v mc_apply_errors "$(stat apply_errors)"
+kill $HOLD2
+wait $HOLD1 $HOLD2 2>/dev/null
+$RUN check $S mc 20 64
+rc config set maxclients 10000
+rmmod_wait mc
 redis_stop
 
 # 9. AUTH with a password from a root-only file: a file others may read, or

@@ -193,6 +193,18 @@ def test_redis_down_and_back_loses_nothing(guest):
     assert num(guest, "down_reconnects") >= 1
 
 
+def test_connection_redis_will_not_serve_is_no_reply(guest):
+    # maxclients reached: Redis answers "-ERR max number of clients reached"
+    # and closes; erb_io PINGs a new connection first, so no record takes
+    # that error for its reply (it would be lost)
+    assert guest["insmod_maxclients_rc"] == "0"
+    assert num(guest, "mc_applied_while_refused") == 0
+    assert guest["mc_last_error"] == "ERR max"
+    assert num(guest, "mc_applied") == 20
+    assert num(guest, "mc_apply_errors") == 0
+    assert num(guest, "check_mc_ok") == 20
+
+
 def test_auth_from_root_only_password_file(guest):
     # a password file others may read, or not root's, refuses the load
     assert guest["auth_insmod_world_readable_rc"] != "0"
