@@ -42,10 +42,20 @@
  *    also waits 20 ms between reading write_seq and the producer position.
  * 4. Cache entries are deleted only when Redis has the entry's write
  *    (wseq <= applied_seq) and Redis's value differs (or the key is missing or
- *    not a string).  A flush (FLUSHALL/FLUSHDB notification, or tracking
- *    (re)established: changes made while untracked are unknown) bumps
- *    cache_gen when nothing is pending (write_seq == applied_seq), else sweeps
- *    the cache deleting every entry whose write Redis has.
+ *    not a string).  A flush (FLUSHALL/FLUSHDB notification, a lost Redis
+ *    connection (Redis may be restarting: what it holds when it answers again
+ *    is unknown), or tracking (re)established: changes made while untracked
+ *    are unknown) bumps cache_gen when nothing is pending (write_seq ==
+ *    applied_seq), else sweeps the cache deleting every entry whose write
+ *    Redis has.  A new Redis run_id after a reconnect is logged and counted.
+ * 5. Fills in flight.  Every invalidated key, cached or not, bumps the write
+ *    epoch of its bucket (erb_wepoch, when the map is mmapable): a
+ *    write-through fill captured before Redis's change is then not stored.
+ * 6. Hashes with a TTL.  Cache entries of hashes (HGETALL fills) are checked
+ *    with PTTL as the agent finds them; an entry whose key has a TTL or is
+ *    gone is deleted (Redis expires it lazily, and XDP hits never reach
+ *    Redis), one without TTL is kept; a fill stored as "not verified yet"
+ *    (entry type 2, never served) is marked verified (type 1).
  * Not guaranteed: while no agent runs, keys changed outside XDP's sight
  * (expiry, Lua, other interfaces) are not invalidated; the agent flushes on
  * start.  Persistence is Redis's appendfsync policy plus the apply delay.
@@ -76,6 +86,7 @@
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <hiredis/hiredis.h>
 
 #include "erb.h"
@@ -95,6 +106,11 @@
 #define COMMAND_TIMEOUT_MS	10000
 #define START_SETTLE_MS		20
 #define INVALIDATE_CHANNEL	"__redis__:invalidate"
+#define SECRET_MAX		512
+#define HASH_SCAN_CHUNK		2048		/* cache slots looked at per round */
+#define HASH_SCAN_FAST_MS	10		/* rounds this far apart while fills happen */
+/* erb_entry.type of an HGETALL fill not verified yet: never served by XDP */
+#define TYPE_HASH_UNVERIFIED	2
 
 /* ------------------------------------------------------------------ logging */
 
@@ -160,7 +176,7 @@ struct options {
 	int redis_port;
 	const char *redis_user;
 	const char *redis_password_file;
-	char *redis_password;
+	char *redis_password;		/* only while checking the file at start */
 	unsigned int batch;
 	const char *stats_file;
 	const char *pidfile;
@@ -191,14 +207,16 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
 	return 0;
 }
 
+/* The password in path (trailing CR/LF removed); read again at every connect. */
 static char *read_secret(const char *path)
 {
-	char buf[512];
+	char buf[SECRET_MAX];
 	FILE *fp = fopen(path, "re");
 	size_t n;
+	char *s;
 
 	if (!fp) {
-		fprintf(stderr, "erb-agent: cannot read --redis-password-file %s: %s\n", path, strerror(errno));
+		logmsg(LOG_ERR_, "cannot read --redis-password-file %s: %s", path, strerror(errno));
 		return NULL;
 	}
 	n = fread(buf, 1, sizeof(buf) - 1, fp);
@@ -206,7 +224,17 @@ static char *read_secret(const char *path)
 	buf[n] = 0;
 	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
 		buf[--n] = 0;
-	return strdup(buf);
+	s = strdup(buf);
+	explicit_bzero(buf, sizeof(buf));
+	return s;
+}
+
+static void free_secret(char *s)
+{
+	if (s) {
+		explicit_bzero(s, strlen(s));
+		free(s);
+	}
 }
 
 static int parse_options(int argc, char **argv, struct options *o)
@@ -281,8 +309,14 @@ static int parse_options(int argc, char **argv, struct options *o)
 		fprintf(stderr, "erb-agent: --daemon needs --log-file (stderr is closed)\n");
 		return -1;
 	}
-	if (o->redis_password_file && !(o->redis_password = read_secret(o->redis_password_file)))
-		return -1;
+	if (o->redis_password_file) {
+		/* readable now, or fail at start; read again at every connect */
+		o->redis_password = read_secret(o->redis_password_file);
+		if (!o->redis_password)
+			return -1;
+		free_secret(o->redis_password);
+		o->redis_password = NULL;
+	}
 	return 0;
 }
 
@@ -401,6 +435,10 @@ struct stats {
 	uint64_t inval_kept;		/* entries kept: equal to Redis, or not applied yet */
 	uint64_t inval_not_cached;	/* keys with no live cache entry */
 	uint64_t flushes;		/* cache emptied (cache_gen bump or sweep) */
+	uint64_t redis_restarts;	/* reconnected to a new Redis run_id */
+	uint64_t epoch_bumps;		/* write epochs bumped (fills in flight cancelled) */
+	uint64_t hash_verified;		/* hash entries checked: no TTL, kept */
+	uint64_t hash_deleted;		/* hash entries deleted: TTL, or key gone */
 	struct histogram delay_us;
 };
 
@@ -465,6 +503,16 @@ struct agent {
 	struct erb_entry *cache;
 	size_t cache_len;
 	uint32_t cache_entries, hash_prime, max_probes;
+	uint32_t *wepoch;		/* erb_wepoch mmapped; NULL: not mmapable */
+	size_t wepoch_len;
+	int stats_fd;			/* erb_stats (per-CPU), -1 when absent */
+	unsigned int ncpus;
+	/* hash entries: per slot, the ver verified to have no TTL (0 none) */
+	uint32_t *hash_ok;
+	uint32_t scan_pos;
+	uint64_t fills_seen;
+	uint64_t last_scan_ns;
+	bool fills_moved;		/* fills (or entries left to check) since the pass began */
 	/* progress */
 	struct tracker trk;
 	struct batch batch;
@@ -472,6 +520,9 @@ struct agent {
 	/* Redis */
 	redisContext *apply, *sub;
 	bool connected_once;
+	bool up;			/* a session is established */
+	bool reconnect;			/* NOAUTH: AUTH again on a new session */
+	char run_id[48];
 	bool kmod;			/* erb_io owned applied_seq at start */
 	int cur_db;			/* -1 unknown */
 	unsigned int databases;
@@ -706,6 +757,71 @@ static int read_meta(struct agent *a)
 	return 0;
 }
 
+/* An optional pinned map: -1 (quietly) when the pin does not exist. */
+static int open_pin_optional(struct agent *a, const char *name)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", a->opt.pin_dir, name);
+	fd = bpf_obj_get(path);
+	if (fd < 0 && errno != ENOENT)
+		log_warn("cannot open pinned map %s: %s", path, strerror(errno));
+	return fd;
+}
+
+/*
+ * erb_wepoch: the per-bucket write epochs a write-through fill compares.
+ * Bumped atomically through an mmap (XDP bumps them with atomic adds too);
+ * a lookup+update from user space could undo a concurrent XDP bump.
+ */
+static void open_wepoch(struct agent *a)
+{
+	struct bpf_map_info info;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	int fd = open_pin_optional(a, "map_erb_wepoch");
+
+	if (fd < 0 || map_info(fd, "erb_wepoch", &info)) {
+		log_warn("no map_erb_wepoch: invalidations cannot cancel fills in flight");
+		goto out;
+	}
+	if (info.type != BPF_MAP_TYPE_ARRAY || info.value_size != sizeof(uint32_t) ||
+	    info.max_entries != ERB_INFLIGHT_BUCKETS) {
+		log_warn("map_erb_wepoch: type %u, value %u bytes, %u entries: not the write epochs this agent "
+			 "knows; invalidations cannot cancel fills in flight", info.type, info.value_size,
+			 info.max_entries);
+		goto out;
+	}
+	if (!(info.map_flags & BPF_F_MMAPABLE)) {
+		log_warn("map_erb_wepoch is not mmapable (BPF_F_MMAPABLE): invalidations of keys not cached "
+			 "cannot cancel fills in flight");
+		goto out;
+	}
+	a->wepoch_len = page_round(info.max_entries * sizeof(uint32_t), page);
+	a->wepoch = map_mmap(fd, a->wepoch_len, PROT_READ | PROT_WRITE, 0, "erb_wepoch");
+out:
+	if (fd >= 0)
+		close(fd);
+}
+
+/* erb_stats (per-CPU counters): fills tell when to look for new hash entries. */
+static void open_stats(struct agent *a)
+{
+	struct bpf_map_info info;
+	int n = libbpf_num_possible_cpus();
+
+	a->stats_fd = open_pin_optional(a, "map_erb_stats");
+	if (a->stats_fd < 0)
+		return;
+	if (map_info(a->stats_fd, "erb_stats", &info) || info.type != BPF_MAP_TYPE_PERCPU_ARRAY ||
+	    info.value_size != sizeof(uint64_t) || info.max_entries <= ERB_STAT_FILL || n < 1) {
+		close(a->stats_fd);
+		a->stats_fd = -1;
+		return;
+	}
+	a->ncpus = (unsigned int)n;
+}
+
 static int open_maps(struct agent *a)
 {
 	a->dir_fd = open(a->opt.pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -721,6 +837,13 @@ static int open_maps(struct agent *a)
 	}
 	if (read_meta(a) || open_ring(a) || open_global(a) || open_cache(a))
 		return -1;
+	open_wepoch(a);
+	open_stats(a);
+	a->hash_ok = calloc(a->cache_entries, sizeof(*a->hash_ok));
+	if (!a->hash_ok) {
+		log_err("out of memory for %u cache slots", a->cache_entries);
+		return -1;
+	}
 	return 0;
 }
 
@@ -1012,22 +1135,55 @@ static redisContext *redis_connect(struct agent *a)
 	return c;
 }
 
+/* AUTH with the password file's current content (a rotated password works). */
 static int redis_auth(struct agent *a, redisContext *c)
 {
 	const char *argv[3] = { "AUTH" };
+	char *pw;
 	int argc = 1;
 	redisReply *r;
 
-	if (!a->opt.redis_password)
+	if (!a->opt.redis_password_file)
 		return 0;
+	pw = read_secret(a->opt.redis_password_file);
+	if (!pw)
+		return -1;
 	if (a->opt.redis_user)
 		argv[argc++] = a->opt.redis_user;
-	argv[argc++] = a->opt.redis_password;
+	argv[argc++] = pw;
 	r = command(c, "AUTH", argc, argv);
+	free_secret(pw);
 	if (!r)
 		return -1;
 	freeReplyObject(r);
 	return 0;
+}
+
+/* Redis's run_id: a new one after a reconnect means Redis restarted. */
+static void check_run_id(struct agent *a)
+{
+	redisReply *r = redisCommand(a->apply, "INFO server");
+	const char *p;
+	size_t n;
+
+	if (!r || r->type != REDIS_REPLY_STRING ||
+	    !(p = strstr(r->str, "run_id:"))) {
+		log_warn("INFO server: no run_id (%s)", r && r->type == REDIS_REPLY_ERROR ? r->str : "?");
+		if (r)
+			freeReplyObject(r);
+		return;
+	}
+	p += strlen("run_id:");
+	n = strcspn(p, "\r\n");
+	if (n >= sizeof(a->run_id))
+		n = sizeof(a->run_id) - 1;
+	if (a->run_id[0] && (strlen(a->run_id) != n || memcmp(a->run_id, p, n))) {
+		a->st.redis_restarts++;
+		log_info("Redis restarted (run_id %s -> %.*s): the cache is emptied", a->run_id, (int)n, p);
+	}
+	memcpy(a->run_id, p, n);
+	a->run_id[n] = 0;
+	freeReplyObject(r);
 }
 
 /* Wait until Redis answers PING (it refuses everything while loading). */
@@ -1124,8 +1280,13 @@ static int enable_tracking(struct agent *a, long long sub_id)
 	return 0;
 }
 
+static bool cache_flush(struct agent *a, const char *why);
+
 static void session_close(struct agent *a)
 {
+	bool was_up = a->up;
+
+	a->up = false;
 	if (a->sub) {
 		epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->sub->fd, NULL);
 		redisFree(a->sub);
@@ -1139,6 +1300,19 @@ static void session_close(struct agent *a)
 		free(a->inval.v[i].key);
 	a->inval.n = 0;
 	a->cur_db = -1;
+	/*
+	 * Redis may be restarting: when it answers again, it may hold less than
+	 * the cache does. Empty the cache now, not after the reconnect.
+	 */
+	if (was_up && !stop_requested) {
+		for (int tries = 0; !cache_flush(a, "Redis connection lost"); tries++) {
+			if (tries >= 100) {
+				a->flush_pending = true;
+				break;
+			}
+			sleep_ms(1);
+		}
+	}
 }
 
 static int session_open(struct agent *a)
@@ -1153,6 +1327,7 @@ static int session_open(struct agent *a)
 		return -1;
 	a->databases = redis_databases(a->apply);
 	a->cur_db = 0;
+	check_run_id(a);
 	sub_id = open_subscriber(a);
 	if (sub_id < 0 || enable_tracking(a, sub_id))
 		return -1;
@@ -1163,6 +1338,7 @@ static int session_open(struct agent *a)
 	}
 	/* changes made while nobody tracked them are unknown: empty the cache */
 	a->flush_pending = true;
+	a->up = true;
 	return 0;
 }
 
@@ -1171,6 +1347,24 @@ static bool session_ensure(struct agent *a);
 static void maybe_write_stats(struct agent *a);
 
 /* --------------------------------------------------------------- cache ops */
+
+/* A fill of a key of this bucket captured before now must not be stored. */
+static void wepoch_bump(struct agent *a, uint32_t h)
+{
+	if (!a->wepoch)
+		return;
+	__atomic_fetch_add(&a->wepoch[h & (ERB_INFLIGHT_BUCKETS - 1)], 1, __ATOMIC_ACQ_REL);
+	a->st.epoch_bumps++;
+}
+
+static void wepoch_bump_all(struct agent *a)
+{
+	if (!a->wepoch)
+		return;
+	for (uint32_t b = 0; b < ERB_INFLIGHT_BUCKETS; b++)
+		__atomic_fetch_add(&a->wepoch[b], 1, __ATOMIC_ACQ_REL);
+	a->st.epoch_bumps += ERB_INFLIGHT_BUCKETS;
+}
 
 static struct erb_entry *cache_slot(struct agent *a, uint32_t h, uint32_t i)
 {
@@ -1312,11 +1506,14 @@ static bool cache_flush(struct agent *a, const char *why)
 	bool complete = true;
 
 	if (load_write_seq(a) <= applied) {
+		/* fills compare cache_gen too: none captured before is stored */
 		__atomic_fetch_add(&a->global->cache_gen, 1, __ATOMIC_ACQ_REL);
 		a->st.flushes++;
 		log_info("cache emptied (%s): cache_gen %u -> %u", why, gen, gen + 1);
 		return true;
 	}
+	/* cache_gen stays: cancel the fills in flight through their epochs */
+	wepoch_bump_all(a);
 	for (uint32_t i = 0; i < a->cache_entries; i++) {
 		struct erb_entry *e = &a->cache[i];
 
@@ -1382,6 +1579,8 @@ static void handle_message(struct agent *a, const redisReply *r)
 		if (k->type != REDIS_REPLY_STRING)
 			continue;
 		a->st.inval_received++;
+		/* first: a fill of this key in flight may hold the old value */
+		wepoch_bump(a, fnv1a(k->str, k->len));
 		if (k->len > ERB_KEY_MAX || !cache_has(a, k->str, k->len)) {
 			a->st.inval_not_cached++;
 			continue;
@@ -1532,6 +1731,150 @@ static int verify_round(struct agent *a)
 	return rc;
 }
 
+/* ------------------------------------------------------- hashes with a TTL */
+
+/* Fills so far (sum of erb_stats[ERB_STAT_FILL] over the CPUs); 0 unknown. */
+static uint64_t fills_now(struct agent *a)
+{
+	uint64_t v[a->ncpus ? a->ncpus : 1], sum = 0;
+	__u32 key = ERB_STAT_FILL;
+
+	if (a->stats_fd < 0 || bpf_map_lookup_elem(a->stats_fd, &key, v))
+		return 0;
+	for (unsigned int i = 0; i < a->ncpus; i++)
+		sum += v[i];
+	return sum;
+}
+
+/* Mark a verified HGETALL fill servable: type 2 -> 1 if it still is version ver. */
+static bool cache_mark_verified(struct erb_entry *e, uint32_t ver, uint32_t *new_ver)
+{
+	uint32_t zero = 0;
+	bool done = false;
+
+	if (!__atomic_compare_exchange_n(&e->lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		return false;
+	if (__atomic_load_n(&e->ver, __ATOMIC_ACQUIRE) == ver &&
+	    __atomic_load_n(&e->state, __ATOMIC_RELAXED) == ERB_ENTRY_VALID &&
+	    __atomic_load_n(&e->type, __ATOMIC_RELAXED) == TYPE_HASH_UNVERIFIED) {
+		__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
+		__atomic_store_n(&e->type, ERB_TYPE_HASH, __ATOMIC_RELEASE);
+		*new_ver = __atomic_add_fetch(&e->ver, 1, __ATOMIC_ACQ_REL);
+		done = true;
+	}
+	__atomic_store_n(&e->lock, 0, __ATOMIC_RELEASE);
+	return done;
+}
+
+struct hash_check {
+	uint32_t slot, ver;
+	uint16_t type, klen;
+	char key[ERB_KEY_MAX];
+};
+
+/*
+ * While fills happen (erb_stats' FILL counter moves; always when that map is
+ * absent), look at the next HASH_SCAN_CHUNK cache slots every
+ * HASH_SCAN_FAST_MS for hash entries not checked in their current version
+ * and ask Redis their PTTL (pipelined, db 0): no TTL keeps the entry (and
+ * makes an unverified fill servable), a TTL or a missing key deletes it.
+ * A full pass with no fill since it began ends the scanning.
+ * Returns -1 when the connection broke.
+ */
+static int hash_scan(struct agent *a)
+{
+	uint32_t gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
+	uint32_t n = a->cache_entries < HASH_SCAN_CHUNK ? a->cache_entries : HASH_SCAN_CHUNK;
+	uint64_t fills, t = now_ns();
+	struct hash_check *c;
+	unsigned int m = 0;
+	int rc = 0;
+
+	if (t - a->last_scan_ns < HASH_SCAN_FAST_MS * 1000000ULL)
+		return 0;
+	a->last_scan_ns = t;
+	fills = fills_now(a);
+	if (fills != a->fills_seen || a->stats_fd < 0) {
+		a->fills_seen = fills;
+		a->fills_moved = true;
+	}
+	if (!a->fills_moved)
+		return 0;
+	c = malloc(INVAL_ROUND * sizeof(*c));
+	if (!c)
+		return 0;
+	for (uint32_t k = 0; k < n && m < INVAL_ROUND; k++) {
+		uint32_t i = a->scan_pos;
+		struct erb_entry *e = &a->cache[i];
+		struct entry_view v;
+		uint16_t type;
+
+		a->scan_pos = i + 1 == a->cache_entries ? 0 : i + 1;
+		if (!a->scan_pos)
+			a->fills_moved = false;		/* a full pass since */
+		type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
+		if ((type != ERB_TYPE_HASH && type != TYPE_HASH_UNVERIFIED) ||
+		    __atomic_load_n(&e->state, __ATOMIC_RELAXED) != ERB_ENTRY_VALID ||
+		    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen ||
+		    __atomic_load_n(&e->ver, __ATOMIC_RELAXED) == a->hash_ok[i])
+			continue;
+		if (!entry_read(e, &v)) {
+			a->fills_moved = true;		/* changing: again */
+			continue;
+		}
+		if (v.state != ERB_ENTRY_VALID || v.gen != gen || v.klen < 1 || v.klen > ERB_KEY_MAX)
+			continue;
+		c[m].slot = i;
+		c[m].ver = v.ver;
+		c[m].type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
+		c[m].klen = v.klen;
+		memcpy(c[m].key, v.key, v.klen);
+		m++;
+	}
+	if (m == INVAL_ROUND)
+		a->fills_moved = true;		/* the chunk was cut short */
+	if (m && select_db0(a))
+		rc = -1;
+	for (unsigned int i = 0; i < m && !rc; i++) {
+		const char *argv[] = { "PTTL", c[i].key };
+		size_t lens[] = { 4, c[i].klen };
+
+		if (redisAppendCommandArgv(a->apply, 2, argv, lens) != REDIS_OK)
+			rc = -1;
+	}
+	for (unsigned int i = 0; i < m && !rc; i++) {
+		struct erb_entry *e = &a->cache[c[i].slot];
+		redisReply *r;
+		uint32_t ver = c[i].ver;
+
+		if (redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+			log_warn("Redis PTTL (hash check): %s", a->apply->errstr);
+			rc = -1;
+			break;
+		}
+		if (r->type == REDIS_REPLY_INTEGER && r->integer == -1) {
+			if (c[i].type == ERB_TYPE_HASH || cache_mark_verified(e, ver, &ver)) {
+				a->hash_ok[c[i].slot] = ver;
+				a->st.hash_verified++;
+			} else {
+				a->fills_moved = true;	/* busy or changed: again */
+			}
+		} else if (r->type == REDIS_REPLY_INTEGER) {
+			/* a TTL (Redis expires it unseen by XDP hits) or gone */
+			switch (cache_delete(a, e, ver)) {
+			case DEL_DONE: a->st.hash_deleted++; break;
+			case DEL_BUSY: a->fills_moved = true; break;	/* again next pass */
+			case DEL_CHANGED: break;
+			}
+		} else {
+			a->fills_moved = true;
+		}
+		freeReplyObject(r);
+	}
+	free(c);
+	return rc;
+}
+
 static int process_invalidations(struct agent *a)
 {
 	if (a->flush_pending) {
@@ -1541,7 +1884,9 @@ static int process_invalidations(struct agent *a)
 		a->flush_pending = !cache_flush(a, a->connected_once ? "flush or reconnect" : "start");
 		a->connected_once = true;
 	}
-	return verify_round(a);
+	if (verify_round(a))
+		return -1;
+	return hash_scan(a);
 }
 
 /* -------------------------------------------------------------------- apply */
@@ -1610,6 +1955,9 @@ static void on_set_reply(struct agent *a, struct round *rd, const struct slot *s
 	}
 	if (r->type == REDIS_REPLY_ERROR && retryable_error(r->str)) {
 		a->st.retries++;
+		/* not authenticated (any more): AUTH again, on a new session */
+		if (!strncmp(r->str, "NOAUTH", 6))
+			a->reconnect = true;
 		if (rd->retry_at < 0) {
 			log_warn("Redis refused SET of seq %llu: %s; will send it again",
 				 (unsigned long long)s->seq, r->str);
@@ -1689,6 +2037,10 @@ static bool apply_batch(struct agent *a)
 			sleep_ms(backoff);
 			if (stop_requested)
 				return false;
+			if (a->reconnect) {
+				a->reconnect = false;
+				session_close(a);
+			}
 		}
 	}
 	a->st.batches++;
@@ -1714,7 +2066,8 @@ static void write_stats(struct agent *a)
 		     "\"invalidations_applied\":%llu,\"invalidations_kept\":%llu,"
 		     "\"invalidations_not_cached\":%llu,\"invalidations_queued\":%zu,\"flushes\":%llu,"
 		     "\"cache_gen\":%u,\"errors\":%llu,\"bad_records\":%llu,\"retries\":%llu,"
-		     "\"reconnects\":%llu}\n",
+		     "\"reconnects\":%llu,\"redis_restarts\":%llu,\"epoch_bumps\":%llu,"
+		     "\"hash_verified\":%llu,\"hash_deleted\":%llu}\n",
 		     getpid(), (double)(now_ns() - a->started_ns) / 1e9, a->apply ? "true" : "false",
 		     (unsigned long long)s->applied, (unsigned long long)s->batches,
 		     s->batches ? (double)s->applied / (double)s->batches : 0.0,
@@ -1729,7 +2082,9 @@ static void write_stats(struct agent *a)
 		     a->inval.n, (unsigned long long)s->flushes,
 		     __atomic_load_n(&a->global->cache_gen, __ATOMIC_RELAXED),
 		     (unsigned long long)s->errors, (unsigned long long)s->bad_records,
-		     (unsigned long long)s->retries, (unsigned long long)s->reconnects);
+		     (unsigned long long)s->retries, (unsigned long long)s->reconnects,
+		     (unsigned long long)s->redis_restarts, (unsigned long long)s->epoch_bumps,
+		     (unsigned long long)s->hash_verified, (unsigned long long)s->hash_deleted);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", a->opt.stats_file);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0) {
@@ -1847,7 +2202,8 @@ static int run(struct agent *a)
 		n = ring_read_batch(a);
 		if (n && !apply_batch(a))
 			break;
-		if (wait_events(a, n || a->inval.n || a->flush_pending ? 0 : 200))
+		if (wait_events(a, n || a->inval.n || a->flush_pending ? 0 :
+				a->fills_moved ? HASH_SCAN_FAST_MS : 200))
 			return EXIT_RUNTIME;
 		if (a->apply && process_invalidations(a))
 			session_close(a);
@@ -1922,6 +2278,7 @@ static int agent_init(struct agent *a)
 		return -1;
 	}
 	a->cur_db = -1;
+	a->stats_fd = -1;
 	a->started_ns = now_ns();
 	return 0;
 }

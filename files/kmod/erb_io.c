@@ -7,8 +7,11 @@
  * kfifo in batches into one preallocated buffer and hands it to a sink:
  *
  *   apply       RESP "SET key value" pipelined to Redis over a kernel
- *               unix-socket connection; every reply is checked and
- *               applied_seq follows what Redis has acknowledged.
+ *               unix-socket connection (authenticated with AUTH when
+ *               redis_password_file is set); every reply is checked and
+ *               applied_seq follows what Redis has acknowledged. A record
+ *               Redis refuses for now (LOADING, OOM, MISCONF, READONLY,
+ *               NOAUTH, ...) is sent again, in order, with backoff.
  *   aof_direct  the paper's mode: RESP in AOF format appended with
  *               kernel_write() to Redis's own AOF file, found through
  *               pid_task() and Redis's fd table under RCU; an fsync kthread
@@ -45,7 +48,9 @@
 #include <linux/socket.h>
 #include <linux/spinlock.h>
 #include <linux/sysfs.h>
+#include <linux/uidgid.h>
 #include <linux/un.h>
+#include <linux/user_namespace.h>
 #include <linux/version.h>
 #include <linux/vmalloc.h>
 #include <linux/wait.h>
@@ -65,6 +70,7 @@
 #define ERB_RECV_SIZE		4096
 #define ERB_ERRLINE_MAX		80
 #define ERB_BACKOFF_MAX_MS	1000
+#define ERB_SECRET_MAX		512
 
 static char *sink = "apply";
 module_param(sink, charp, 0444);
@@ -81,6 +87,14 @@ MODULE_PARM_DESC(batch, "records drained and written per batch (1..4096)");
 static char *redis_sock = "/run/redis/redis-server.sock";
 module_param(redis_sock, charp, 0444);
 MODULE_PARM_DESC(redis_sock, "Redis unix socket path (apply sink)");
+
+static char *redis_user = "";
+module_param(redis_user, charp, 0444);
+MODULE_PARM_DESC(redis_user, "ACL user to AUTH as (apply sink; empty: the default user)");
+
+static char *redis_password_file = "";
+module_param(redis_password_file, charp, 0444);
+MODULE_PARM_DESC(redis_password_file, "file with the Redis password (apply sink): a regular file owned by root, no group/other access (0600); read at load and at every connect");
 
 static int redis_pid;
 module_param(redis_pid, int, 0644);
@@ -119,6 +133,8 @@ enum erb_ctr {
 	ERB_C_APPLIED_SEQ,	/* seq of the last record delivered, in order */
 	ERB_C_QUEUED,		/* records in the kfifo now */
 	ERB_C_SEQ_WINDOW,	/* seqs too far past applied_seq to track */
+	ERB_C_RETRIES,		/* records Redis refused for now, sent again (apply) */
+	ERB_C_AUTH_ERRORS,	/* AUTH refused, or the password file unusable (apply) */
 	ERB_C_MAX,
 };
 
@@ -141,6 +157,8 @@ static const char * const erb_ctr_names[ERB_C_MAX] = {
 	[ERB_C_APPLIED_SEQ] = "applied_seq",
 	[ERB_C_QUEUED] = "queued",
 	[ERB_C_SEQ_WINDOW] = "seq_window",
+	[ERB_C_RETRIES] = "retries",
+	[ERB_C_AUTH_ERRORS] = "auth_errors",
 };
 
 /* The batch being delivered: records [done, n) are still owed to the sink. */
@@ -154,10 +172,18 @@ struct erb_batch {
 	char *in;		/* reply bytes */
 };
 
-/* Reply parser state (apply sink); replies are lines: "+OK" or "-ERR ...". */
+/*
+ * Reply parser state (apply sink); replies are lines: "+OK" or "-ERR ...".
+ * Once a record is refused with a retryable error, the replies of the rest of
+ * the round are still read (Redis has then run everything sent) but count
+ * for nothing: the round is sent again from that record.
+ */
 struct erb_reply {
 	char type;		/* first byte of the current line, 0 at start */
 	bool failed;		/* a reply of the current record was an error */
+	bool again;		/* ... a retryable one */
+	bool retry;		/* a record of this round must be sent again */
+	unsigned int at;	/* record whose replies are being read */
 	unsigned int left;	/* replies the current record still expects */
 	unsigned int len;
 	char line[ERB_ERRLINE_MAX];
@@ -188,9 +214,13 @@ struct erb_io {
 	long aof_db;			/* db selected in the AOF stream, -1 unknown */
 	atomic_t dirty;			/* written since the last fsync */
 
+	spinlock_t err_lock;		/* last_error */
+	char last_error[ERB_ERRLINE_MAX + 1];
+
 	struct kobject *kobj;
 	struct kobj_attribute attrs[ERB_C_MAX];
-	struct attribute *attr_ptrs[ERB_C_MAX + 1];
+	struct kobj_attribute err_attr;
+	struct attribute *attr_ptrs[ERB_C_MAX + 2];
 	struct attribute_group group;
 };
 
@@ -588,6 +618,91 @@ static size_t erb_serialize(struct erb_batch *b, unsigned int from, long *db)
 
 /* ---- apply sink: RESP to Redis over a kernel unix socket ---- */
 
+/* Error replies after which the same command must be sent again later. */
+static bool erb_retryable(const char *line, unsigned int len)
+{
+	static const char * const codes[] = {
+		"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "MISCONF", "OOM",
+		"READONLY", "NOREPLICAS", "NOAUTH", "NOPERM", "CLUSTERDOWN",
+	};
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(codes); i++) {
+		size_t n = strlen(codes[i]);
+
+		if (len >= n && !memcmp(line, codes[i], n) &&
+		    (len == n || line[n] == ' '))
+			return true;
+	}
+	return false;
+}
+
+/* Remember Redis's last error line for stats/last_error. */
+static void erb_note_error(const char *line, unsigned int len)
+{
+	unsigned long flags;
+
+	len = min_t(unsigned int, len, ERB_ERRLINE_MAX);
+	spin_lock_irqsave(&erb.err_lock, flags);
+	memcpy(erb.last_error, line, len);
+	erb.last_error[len] = 0;
+	spin_unlock_irqrestore(&erb.err_lock, flags);
+}
+
+/*
+ * Read the password from redis_password_file into @buf (NUL-terminated,
+ * trailing CR/LF removed). The file must be a regular file owned by root
+ * that neither its group nor others may access.
+ */
+static int erb_read_secret(char *buf, size_t size)
+{
+	struct inode *inode;
+	struct file *f;
+	loff_t pos = 0;
+	ssize_t n;
+	int err = 0;
+
+	f = filp_open(redis_password_file, O_RDONLY | O_NOCTTY, 0);
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	inode = file_inode(f);
+	if (!S_ISREG(inode->i_mode)) {
+		pr_err("redis_password_file %s is not a regular file\n",
+		       redis_password_file);
+		err = -EINVAL;
+		goto out;
+	}
+	if (!uid_eq(inode->i_uid, GLOBAL_ROOT_UID) || (inode->i_mode & 0077)) {
+		pr_err("redis_password_file %s is owned by uid %u with mode %04o: it must be owned by root with mode 0600 or stricter; not using it\n",
+		       redis_password_file,
+		       from_kuid(&init_user_ns, inode->i_uid),
+		       inode->i_mode & 07777);
+		err = -EPERM;
+		goto out;
+	}
+	n = kernel_read(f, buf, size, &pos);
+	if (n < 0) {
+		err = n;
+		goto out;
+	}
+	if (n >= size) {
+		pr_err("redis_password_file %s: longer than %zu bytes\n",
+		       redis_password_file, size - 1);
+		err = -EFBIG;
+		goto out;
+	}
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		n--;
+	buf[n] = 0;
+	if (!n) {
+		pr_err("redis_password_file %s is empty\n", redis_password_file);
+		err = -EINVAL;
+	}
+out:
+	filp_close(f, NULL);
+	return err;
+}
+
 static void erb_sock_close(void)
 {
 	if (erb.sock) {
@@ -595,31 +710,6 @@ static void erb_sock_close(void)
 		sock_release(erb.sock);
 		erb.sock = NULL;
 	}
-}
-
-static int erb_sock_open(void)
-{
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	struct socket *sock;
-	int err;
-
-	if (strscpy(addr.sun_path, redis_sock, sizeof(addr.sun_path)) < 0)
-		return -ENAMETOOLONG;
-	err = sock_create_kern(&init_net, AF_UNIX, SOCK_STREAM, 0, &sock);
-	if (err)
-		return err;
-	sock->sk->sk_rcvtimeo = HZ;
-	sock->sk->sk_sndtimeo = HZ;
-	err = kernel_connect(sock, (struct sockaddr *)&addr, sizeof(addr), 0);
-	if (err) {
-		sock_release(sock);
-		return err;
-	}
-	erb.sock = sock;
-	erb.sock_db = 0;
-	memset(&erb.rp, 0, sizeof(erb.rp));
-	erb_inc(ERB_C_CONNECTS, 1);
-	return 0;
 }
 
 /*
@@ -658,28 +748,181 @@ static int erb_send_all(const char *buf, size_t len)
 	return 0;
 }
 
-/* One complete reply line for record b->done. */
+/* Read one reply line into @line (without CRLF, truncated); its length. */
+static int erb_recv_line(char *line, unsigned int size)
+{
+	unsigned int len = 0;
+	char c;
+
+	for (;;) {
+		struct kvec iov = { .iov_base = &c, .iov_len = 1 };
+		struct msghdr msg = { };
+		int n = kernel_recvmsg(erb.sock, &msg, &iov, 1, 1, 0);
+
+		if (n == -EAGAIN || n == -EINTR) {
+			if (erb_give_up())
+				return -ETIMEDOUT;
+			continue;
+		}
+		if (n < 0)
+			return n;
+		if (!n)
+			return -ECONNRESET;
+		if (c == '\n')
+			return len;
+		if (c != '\r' && len < size)
+			line[len++] = c;
+	}
+}
+
+/* AUTH [user] password on the fresh connection; 0 when Redis says +OK. */
+static int erb_auth(void)
+{
+	size_t ulen = strlen(redis_user), plen, n = 0;
+	char line[ERB_ERRLINE_MAX], *secret, *cmd;
+	int err, len;
+
+	secret = kzalloc(ERB_SECRET_MAX, GFP_KERNEL);
+	cmd = kzalloc(ERB_SECRET_MAX + ulen + 64, GFP_KERNEL);
+	err = -ENOMEM;
+	if (!secret || !cmd)
+		goto out;
+	err = erb_read_secret(secret, ERB_SECRET_MAX);
+	if (err) {
+		erb_inc(ERB_C_AUTH_ERRORS, 1);
+		pr_err_ratelimited("cannot read redis_password_file %s: %d\n",
+				   redis_password_file, err);
+		goto out;
+	}
+	plen = strlen(secret);
+	n = sprintf(cmd, "*%d\r\n$4\r\nAUTH\r\n", ulen ? 3 : 2);
+	if (ulen)
+		n += erb_put_bulk(cmd + n, redis_user, ulen);
+	n += erb_put_bulk(cmd + n, secret, plen);
+	err = erb_send_all(cmd, n);
+	if (err)
+		goto out;
+	len = erb_recv_line(line, sizeof(line));
+	if (len < 0) {
+		err = len;
+		goto out;
+	}
+	if (len >= 3 && !memcmp(line, "+OK", 3))
+		goto out;
+	err = -EACCES;
+	erb_inc(ERB_C_AUTH_ERRORS, 1);
+	if (len && line[0] == '-') {
+		erb_note_error(line + 1, len - 1);
+		pr_err_ratelimited("Redis refused AUTH%s%s: %.*s\n",
+				   ulen ? " as " : "", redis_user, len - 1, line + 1);
+	} else {
+		pr_err_ratelimited("unexpected reply to AUTH\n");
+	}
+out:
+	kfree_sensitive(secret);
+	kfree_sensitive(cmd);
+	return err;
+}
+
+/*
+ * PING on the fresh connection: +PONG, or no SET goes out on it. Redis
+ * answers an error to a connection it will not serve (LOADING while it loads
+ * its dataset, "max number of clients reached"), which must not be taken for
+ * the reply to a record.
+ */
+static int erb_ping(void)
+{
+	static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+	char line[ERB_ERRLINE_MAX];
+	int err, len;
+
+	/* a refused connection may be closed already: read its error anyway */
+	err = erb_send_all(ping, sizeof(ping) - 1);
+	len = erb_recv_line(line, sizeof(line));
+	if (len < 0)
+		return err ?: len;
+	if (!err && len >= 5 && !memcmp(line, "+PONG", 5))
+		return 0;
+	if (len && line[0] == '-') {
+		erb_note_error(line + 1, len - 1);
+		pr_warn_ratelimited("Redis does not serve this connection yet: %.*s\n",
+				    len - 1, line + 1);
+	}
+	return -EAGAIN;
+}
+
+static int erb_sock_open(void)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct socket *sock;
+	int err;
+
+	if (strscpy(addr.sun_path, redis_sock, sizeof(addr.sun_path)) < 0)
+		return -ENAMETOOLONG;
+	err = sock_create_kern(&init_net, AF_UNIX, SOCK_STREAM, 0, &sock);
+	if (err)
+		return err;
+	sock->sk->sk_rcvtimeo = HZ;
+	sock->sk->sk_sndtimeo = HZ;
+	err = kernel_connect(sock, (struct sockaddr *)&addr, sizeof(addr), 0);
+	if (err) {
+		sock_release(sock);
+		return err;
+	}
+	erb.sock = sock;
+	erb.sock_db = 0;
+	memset(&erb.rp, 0, sizeof(erb.rp));
+	erb_inc(ERB_C_CONNECTS, 1);
+	if (redis_password_file[0])
+		err = erb_auth();
+	if (!err)
+		err = erb_ping();
+	if (err)
+		erb_sock_close();
+	return err;
+}
+
+/* One complete reply line for record rp->at. */
 static void erb_reply_done(struct erb_batch *b)
 {
 	struct erb_reply *rp = &erb.rp;
-	const struct erb_record *rec = &b->recs[b->done];
+	const struct erb_record *rec = &b->recs[rp->at];
 
-	if (rp->type == '-') {
-		rp->failed = true;
-		pr_warn_ratelimited("Redis rejected seq %llu: %.*s\n",
-				    rec->seq, rp->len, rp->line);
-	}
 	if (!rp->left)
-		rp->left = b->nrep[b->done];
+		rp->left = b->nrep[rp->at];
+	if (rp->type == '-') {
+		bool again = erb_retryable(rp->line, rp->len);
+
+		erb_note_error(rp->line, rp->len);
+		if (again) {
+			rp->again = true;
+			erb_inc(ERB_C_RETRIES, 1);
+		} else {
+			rp->failed = true;
+		}
+		/* a failed SELECT: the connection's db is unknown now */
+		if (rp->left > 1)
+			erb.sock_db = -1;
+		if (!rp->retry)
+			pr_warn_ratelimited("Redis %s seq %llu: %.*s\n",
+					    again ? "refused for now (will send again)" :
+					    "rejected", rec->seq, rp->len, rp->line);
+	}
 	if (--rp->left)
 		return;
-	if (rp->failed)
-		erb_inc(ERB_C_APPLY_ERRORS, 1);
-	else
-		erb_inc(ERB_C_APPLIED, 1);
-	erb_mark_delivered(rec);
+	if (rp->again) {
+		rp->retry = true;
+	} else if (!rp->retry) {
+		if (rp->failed)
+			erb_inc(ERB_C_APPLY_ERRORS, 1);
+		else
+			erb_inc(ERB_C_APPLIED, 1);
+		erb_mark_delivered(rec);
+		b->done++;
+	}
 	rp->failed = false;
-	b->done++;
+	rp->again = false;
+	rp->at++;
 }
 
 static int erb_parse_replies(struct erb_batch *b, const char *p, int n)
@@ -690,7 +933,7 @@ static int erb_parse_replies(struct erb_batch *b, const char *p, int n)
 	for (i = 0; i < n; i++) {
 		char c = p[i];
 
-		if (b->done >= b->n)
+		if (rp->at >= b->n)
 			return -EPROTO;		/* a reply nobody asked for */
 		if (!rp->type) {
 			if (c != '+' && c != '-')
@@ -712,7 +955,7 @@ static int erb_parse_replies(struct erb_batch *b, const char *p, int n)
 
 static int erb_read_replies(struct erb_batch *b)
 {
-	while (b->done < b->n) {
+	while (erb.rp.at < b->n) {
 		struct kvec iov = { .iov_base = b->in, .iov_len = ERB_RECV_SIZE };
 		struct msghdr msg = { };
 		int n = kernel_recvmsg(erb.sock, &msg, &iov, 1, ERB_RECV_SIZE, 0);
@@ -734,6 +977,12 @@ static int erb_read_replies(struct erb_batch *b)
 	return 0;
 }
 
+/*
+ * One round: send records [done, n), read every reply. -EAGAIN when Redis
+ * refused a record for now: it and everything after it go again, on a new
+ * connection (AUTH and SELECT again) once every reply of this one was read,
+ * so that nothing sent before can run after the resend.
+ */
 static int erb_apply(struct erb_batch *b)
 {
 	size_t len;
@@ -745,10 +994,13 @@ static int erb_apply(struct erb_batch *b)
 			return err;
 	}
 	memset(&erb.rp, 0, sizeof(erb.rp));
+	erb.rp.at = b->done;
 	len = erb_serialize(b, b->done, &erb.sock_db);
 	err = erb_send_all(b->out, len);
 	if (!err)
 		err = erb_read_replies(b);
+	if (!err && erb.rp.retry)
+		err = -EAGAIN;
 	if (err)
 		erb_sock_close();	/* resend what is unacknowledged */
 	return err;
@@ -901,23 +1153,29 @@ static void erb_fill_batch(struct erb_batch *b)
 	b->done = 0;
 }
 
-/* Deliver the batch; on failure retry with backoff unless giving up. */
+/*
+ * Deliver the batch; on failure (Redis unreachable, or refusing a record for
+ * now) retry with backoff, unless giving up at unload.
+ */
 static void erb_deliver(struct erb_batch *b)
 {
-	unsigned int backoff = 10;
+	unsigned int backoff = 10, done;
 	int err;
 
 	erb_inc(ERB_C_BATCHES, 1);
 	while (b->done < b->n) {
+		done = b->done;
 		if (erb.sink == ERB_SINK_APPLY)
 			err = erb_apply(b);
 		else
 			err = erb_aof_append(b);
 		if (!err)
 			continue;
+		if (b->done != done)
+			backoff = 10;
 		erb_inc(ERB_C_SINK_ERRORS, 1);
-		pr_warn_ratelimited("%s sink: %d, %u records pending, retrying\n",
-				    sink, err, b->n - b->done);
+		pr_warn_ratelimited("%s sink: %d, %u records pending, retrying in %u ms\n",
+				    sink, err, b->n - b->done, backoff);
 		if (erb_give_up())
 			return;
 		schedule_timeout_idle(msecs_to_jiffies(backoff));
@@ -1008,6 +1266,18 @@ static ssize_t erb_stat_show(struct kobject *kobj, struct kobj_attribute *attr,
 	return sysfs_emit(buf, "%lld\n", atomic64_read(&erb_ctr[i]));
 }
 
+static ssize_t erb_last_error_show(struct kobject *kobj,
+				   struct kobj_attribute *attr, char *buf)
+{
+	unsigned long flags;
+	ssize_t n;
+
+	spin_lock_irqsave(&erb.err_lock, flags);
+	n = sysfs_emit(buf, "%s\n", erb.last_error);
+	spin_unlock_irqrestore(&erb.err_lock, flags);
+	return n;
+}
+
 static int erb_stats_init(void)
 {
 	int i, err;
@@ -1022,7 +1292,13 @@ static int erb_stats_init(void)
 		erb.attrs[i].show = erb_stat_show;
 		erb.attr_ptrs[i] = &erb.attrs[i].attr;
 	}
-	erb.attr_ptrs[ERB_C_MAX] = NULL;
+	/* Redis's last error reply (apply), e.g. "OOM command not allowed ..." */
+	sysfs_attr_init(&erb.err_attr.attr);
+	erb.err_attr.attr.name = "last_error";
+	erb.err_attr.attr.mode = 0444;
+	erb.err_attr.show = erb_last_error_show;
+	erb.attr_ptrs[ERB_C_MAX] = &erb.err_attr.attr;
+	erb.attr_ptrs[ERB_C_MAX + 1] = NULL;
 	erb.group.attrs = erb.attr_ptrs;
 	err = sysfs_create_group(erb.kobj, &erb.group);
 	if (err) {
@@ -1054,7 +1330,28 @@ static int erb_parse_params(void)
 	if (erb.sink == ERB_SINK_AOF &&
 	    (!aof_suffix[0] || strlen(aof_suffix) >= ERB_SUFFIX_MAX))
 		return -EINVAL;
+	if (strlen(redis_user) > ERB_KEY_MAX)
+		return -EINVAL;
 	return 0;
+}
+
+/* A password file that is not root's alone refuses the load. */
+static int erb_check_secret(void)
+{
+	char *secret;
+	int err;
+
+	if (erb.sink != ERB_SINK_APPLY || !redis_password_file[0])
+		return 0;
+	secret = kzalloc(ERB_SECRET_MAX, GFP_KERNEL);
+	if (!secret)
+		return -ENOMEM;
+	err = erb_read_secret(secret, ERB_SECRET_MAX);
+	kfree_sensitive(secret);
+	if (err)
+		pr_err("redis_password_file %s unusable (%d): not loading\n",
+		       redis_password_file, err);
+	return err;
 }
 
 static void erb_free_buffers(void)
@@ -1116,7 +1413,11 @@ static int __init erb_io_init(void)
 		       sink, erb_kfifo_size, batch, aof_suffix);
 		return err;
 	}
+	err = erb_check_secret();
+	if (err)
+		return err;
 	spin_lock_init(&erb.in_lock);
+	spin_lock_init(&erb.err_lock);
 	init_waitqueue_head(&erb.wq);
 	mutex_init(&erb.aof_lock);
 	init_completion(&erb.drained);

@@ -489,7 +489,7 @@ class KmodConfig(object):
 
     def __init__(self, src=None, kernel_release=None, params=None, method='auto', vmlinux_btf=None,
                  resolve_btfids=None, work_dir=DEFAULT_WORK_DIR, sign_key=None, sign_cert=None,
-                 root='/', running_release=None, path=None):
+                 root='/', running_release=None, path=None, redis_password_file=None):
         self.root = root or '/'
         self.running_release = running_release or os.uname()[2]
         self.kernel_release = kernel_release or self.running_release
@@ -507,6 +507,7 @@ class KmodConfig(object):
         self.work_dir = work_dir or DEFAULT_WORK_DIR
         self.sign_key = sign_key
         self.sign_cert = sign_cert
+        self.redis_password_file = redis_password_file
         self.path = list(path) if path is not None else default_path()
 
     @property
@@ -856,6 +857,32 @@ def read_loaded(cfg):
     return info
 
 
+def check_password_file(cfg):
+    """Refuse a password file erb_io would refuse: not a regular file owned by root, or readable by others."""
+    path = cfg.redis_password_file
+    try:
+        st = os.stat(cfg.p(path))
+    except OSError as e:
+        raise KmodError('redis_password_file %s: %s' % (path, e.strerror or e))
+    if not stat.S_ISREG(st.st_mode):
+        raise KmodError('redis_password_file %s is not a regular file' % path)
+    if st.st_uid != 0 or st.st_mode & 0o077:
+        raise KmodError('redis_password_file %s is owned by uid %d with mode %04o: erb_io refuses it; make it '
+                        'owned by root with mode 0600' % (path, st.st_uid, stat.S_IMODE(st.st_mode)))
+
+
+def read_stats(cfg):
+    """erb_io's counters (/sys/module/erb_io/stats/*: integers, and last_error as text), {} when not loaded."""
+    d = cfg.p('/sys/module/%s/stats' % MODULE_NAME)
+    out = {}
+    if not os.path.isdir(d):
+        return out
+    for n in sorted(os.listdir(d)):
+        v = (read_text(os.path.join(d, n)) or '').strip()
+        out[n] = int(v) if re.match(r'^-?[0-9]+$', v) else v
+    return out
+
+
 def in_use_message(loaded):
     msg = 'erb_io is in use (refcnt %s): %s' % (loaded.get('refcnt'), IN_USE_HINT)
     if loaded.get('holders'):
@@ -893,7 +920,7 @@ class KmodRun(object):
         self.result = {'changed': False, 'kernel_release': cfg.kernel_release,
                        'running_release': cfg.running_release, 'steps': self.steps, 'build_s': 0.0,
                        'built': False, 'loaded': False, 'btf': None, 'installed_path': None,
-                       'method': None, 'source_hash': None, 'params': {}, 'signed': False,
+                       'method': None, 'source_hash': None, 'params': {}, 'signed': False, 'stats': {},
                        'warnings': []}
         self.pre = None
 
@@ -960,7 +987,14 @@ class KmodRun(object):
         h = source_hash(c.src, c.kernel_release)
         self.result['source_hash'] = h
         declared = declared_params(c.src)
-        want = normalize_params(c.params, declared)
+        params = dict(c.params)
+        if c.redis_password_file:
+            check_password_file(c)
+            have = params.setdefault('redis_password_file', c.redis_password_file)
+            if have != c.redis_password_file:
+                raise KmodError('redis_password_file %s differs from params.redis_password_file %s'
+                                % (c.redis_password_file, have))
+        want = normalize_params(params, declared)
         self.result['params'] = want
         installs, foreign = find_installs(c, h)
         for f in foreign:
@@ -1056,6 +1090,7 @@ class KmodRun(object):
             r['changed'] = bool(plan['build'] or plan['remove'] or plan['dkms_remove'] or plan['conf']
                                 or plan['unload'] or plan['load'] or plan['set_params'])
             r['loaded'] = plan['loaded'] is not None
+            r['stats'] = read_stats(c) if c.running else {}
             r['diff'] = self.diff(plan)
             r['msg'] = self.summary(plan, check_mode=True)
             return r
@@ -1078,6 +1113,7 @@ class KmodRun(object):
         if c.running:
             self.apply_load(plan)
         r['loaded'] = read_loaded(c) is not None if c.running else False
+        r['stats'] = read_stats(c) if c.running else {}
         r['diff'] = self.diff(plan)
         r['msg'] = self.summary(plan)
         return r

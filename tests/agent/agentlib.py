@@ -12,6 +12,7 @@ import functools
 import json
 import mmap
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -38,13 +39,25 @@ HASH_PRIME = 1021            # largest prime < 1024, as erb_loader.hash_prime()
 ENTRY_SIZE = 1688            # sizeof(struct erb_entry)
 GLOBAL_SIZE = 40             # sizeof(struct erb_global)
 ENTRY_EMPTY, ENTRY_VALID, ENTRY_TOMB = 0, 1, 2
+TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED = 0, 1, 2
+
+
+def _stat_index(name):
+    """Index of ERB_STAT_<name> in erb.h's enum erb_stat."""
+    body = (BPF_INC / 'erb.h').read_text().split('enum erb_stat {', 1)[1].split('};', 1)[0]
+    return re.findall(r'^\s*(ERB_STAT_\w+)', body, re.M).index('ERB_STAT_' + name)
+
+
+STAT_FILL = _stat_index('FILL')
+INFLIGHT_BUCKETS = 65536
 BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
 
 # struct erb_global offsets
-G_CACHE_GEN, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 24, 32
-# struct erb_entry: lock ver state hash gen klen vlen wseq key val
-ENTRY_HDR = struct.Struct('<IIIIIHHQ')
+G_CACHE_GEN, G_CTL, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 8, 24, 32
+CTL_KMOD = 1 << 1            # ERB_CTL_KMOD: erb_io owns applied_seq
+# struct erb_entry: lock ver state type hash gen klen vlen wseq key val
+ENTRY_HDR = struct.Struct('<IIHHIIHHQ')
 
 
 # tests/conftest.py's helpers (imported under this name, see there); the agent's
@@ -103,6 +116,8 @@ def _libbpf():
         ('bpf_map_update_elem', ctypes.c_int, [ctypes.c_int, P, P, ctypes.c_uint64]),
         ('bpf_obj_pin', ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
         ('bpf_prog_test_run_opts', ctypes.c_int, [ctypes.c_int, P]),
+        ('bpf_map_lookup_elem', ctypes.c_int, [ctypes.c_int, P, P]),
+        ('libbpf_num_possible_cpus', ctypes.c_int, []),
     ]:
         fn = getattr(lib, name)
         fn.restype = res
@@ -136,7 +151,7 @@ class BpfEnv(object):
         if self.lib.bpf_object__load(self.obj):
             raise OSError(ctypes.get_errno(), 'bpf_object__load %s' % obj_path)
         self.fds = {}
-        for name in ('erb_events', 'erb_global', 'erb_cache'):
+        for name in ('erb_events', 'erb_global', 'erb_cache', 'erb_wepoch', 'erb_stats'):
             m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
             if self.lib.bpf_map__pin(m, str(self.pin_dir / ('map_' + name)).encode()):
                 raise OSError(ctypes.get_errno(), 'pin %s' % name)
@@ -148,6 +163,8 @@ class BpfEnv(object):
                               mmap.PROT_READ | mmap.PROT_WRITE)
         self.cache = mmap.mmap(self.fds['erb_cache'], CACHE_ENTRIES * ENTRY_SIZE, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
+        self.wepochs = mmap.mmap(self.fds['erb_wepoch'], INFLIGHT_BUCKETS * 4, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
         self._in = _TestIn()
         self._opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), ctx_in=ctypes.addressof(self._in),
                                   ctx_size_in=ctypes.sizeof(_TestIn))
@@ -170,6 +187,7 @@ class BpfEnv(object):
     def close(self):
         self.glob.close()
         self.cache.close()
+        self.wepochs.close()
         self.lib.bpf_object__close(self.obj)
         subprocess.run(['umount', str(self.root)], check=False)
 
@@ -213,15 +231,32 @@ class BpfEnv(object):
     def cache_gen(self):
         return struct.unpack_from('<I', self.glob, G_CACHE_GEN)[0]
 
+    # -- erb_stats
+    def count_fill(self):
+        """Add one to ERB_STAT_FILL (on CPU 0), as erb.bpf.c does after storing a fill."""
+        ncpu = self.lib.libbpf_num_possible_cpus()
+        vals = (ctypes.c_uint64 * ncpu)()
+        key = ctypes.c_uint32(STAT_FILL)
+        if self.lib.bpf_map_lookup_elem(self.fds['erb_stats'], ctypes.byref(key), vals):
+            raise OSError(ctypes.get_errno(), 'erb_stats lookup')
+        vals[0] += 1
+        if self.lib.bpf_map_update_elem(self.fds['erb_stats'], ctypes.byref(key), vals, 0):
+            raise OSError(ctypes.get_errno(), 'erb_stats update')
+
+    # -- erb_wepoch
+    def wepoch(self, key):
+        """The write epoch of key's bucket (fnv1a(key) mod the bucket count)."""
+        return struct.unpack_from('<I', self.wepochs, (fnv1a(key) % INFLIGHT_BUCKETS) * 4)[0]
+
     # -- erb_cache
     def entry(self, idx):
-        lock, ver, state, h, gen, klen, vlen, wseq = ENTRY_HDR.unpack_from(self.cache, idx * ENTRY_SIZE)
+        lock, ver, state, typ, h, gen, klen, vlen, wseq = ENTRY_HDR.unpack_from(self.cache, idx * ENTRY_SIZE)
         base = idx * ENTRY_SIZE + 32
-        return {'lock': lock, 'ver': ver, 'state': state, 'hash': h, 'gen': gen, 'wseq': wseq,
+        return {'lock': lock, 'ver': ver, 'state': state, 'type': typ, 'hash': h, 'gen': gen, 'wseq': wseq,
                 'key': bytes(self.cache[base:base + klen]),
                 'val': bytes(self.cache[base + KEY_MAX:base + KEY_MAX + vlen])}
 
-    def cache_put(self, key, val, wseq=0):
+    def cache_put(self, key, val, wseq=0, typ=TYPE_STRING):
         """Store key like erb.bpf.c cache_store(): its live slot, else the first free one."""
         h, gen = fnv1a(key), self.cache_gen
         free = None
@@ -243,20 +278,24 @@ class BpfEnv(object):
         keyb = key.ljust(KEY_MAX, b'\0')
         self.cache[off + 32:off + 32 + KEY_MAX] = keyb
         self.cache[off + 32 + KEY_MAX:off + 32 + KEY_MAX + len(val)] = val
-        ENTRY_HDR.pack_into(self.cache, off, 0, ver + 1, ENTRY_VALID, h, gen, len(key), len(val), wseq)
+        ENTRY_HDR.pack_into(self.cache, off, 0, ver + 1, ENTRY_VALID, typ, h, gen, len(key), len(val), wseq)
         struct.pack_into('<I', self.cache, off + 4, ver + 2)
         return free
 
-    def cache_state(self, key):
-        """'valid' when key has a live entry, else 'gone'."""
+    def cache_entry(self, key):
+        """key's live entry (a dict, see entry()), or None."""
         h, gen = fnv1a(key), self.cache_gen
         for i in range(MAX_PROBES):
             e = self.entry(slot_of(h, i))
             if e['state'] == ENTRY_EMPTY or e['gen'] != gen:
-                return 'gone'
+                return None
             if e['state'] == ENTRY_VALID and e['hash'] == h and e['key'] == key:
-                return 'valid'
-        return 'gone'
+                return e
+        return None
+
+    def cache_state(self, key):
+        """'valid' when key has a live entry, else 'gone'."""
+        return 'gone' if self.cache_entry(key) is None else 'valid'
 
 
 class RedisProc(object):
@@ -267,12 +306,13 @@ class RedisProc(object):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sock = self.dir / 'redis.sock'
         self.proc = None
+        self.extra = []       # more redis-server options
 
     def start(self):
         self.proc = subprocess.Popen(
             ['redis-server', '--port', '0', '--unixsocket', str(self.sock), '--unixsocketperm', '700',
              '--dir', str(self.dir), '--appendonly', 'yes', '--appendfsync', 'always', '--save', '',
-             '--logfile', str(self.dir / 'redis.log'), '--daemonize', 'no'],
+             '--logfile', str(self.dir / 'redis.log'), '--daemonize', 'no'] + list(self.extra),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._pong, timeout=20, what='redis-server to answer PING')
         return self
@@ -355,3 +395,109 @@ class Agent(object):
 
     def log_text(self):
         return self.log.read_text() if self.log.exists() else ''
+
+
+def _resp_commands_in(buf):
+    """How many complete RESP commands buf starts with, and their length in bytes."""
+    n, i = 0, 0
+    try:
+        while i < len(buf):
+            j = buf.index(b'\r\n', i)
+            if buf[i:i + 1] != b'*':
+                raise ValueError('not RESP')
+            argc, k = int(buf[i + 1:j]), j + 2
+            for _ in range(argc):
+                e = buf.index(b'\r\n', k)
+                k = e + 2 + int(buf[k + 1:e]) + 2
+                if k > len(buf):
+                    raise IndexError
+            n, i = n + 1, k
+    except (IndexError, ValueError):
+        pass
+    return n, i
+
+
+class LoadingFront(object):
+    """A unix socket in front of a real Redis that answers every command with -LOADING (what
+    Redis answers while it loads its dataset after a restart) until release(); from then on each
+    connection is piped to Redis, its unanswered bytes first."""
+
+    LOADING = b'-LOADING Redis is loading the dataset in memory\r\n'
+
+    def __init__(self, path, upstream):
+        import socket
+        import threading
+        self.path, self.upstream = str(path), str(upstream)
+        self.loading = threading.Event()
+        self.loading.set()
+        self.refused = 0
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(self.path)
+        self.srv.listen(16)
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        import socket
+        import threading
+        buf = b''
+        c.settimeout(0.05)
+        try:
+            while self.loading.is_set():
+                try:
+                    data = c.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                buf += data
+                n, used = _resp_commands_in(buf)
+                buf = buf[used:]
+                self.refused += n
+                c.sendall(self.LOADING * n)
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            up.connect(self.upstream)
+            self.conns.append(up)
+            c.settimeout(None)
+            if buf:
+                up.sendall(buf)
+
+            def pipe(a, b):
+                try:
+                    while True:
+                        d = a.recv(65536)
+                        if not d:
+                            break
+                        b.sendall(d)
+                except OSError:
+                    pass
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            threading.Thread(target=pipe, args=(up, c), daemon=True).start()
+            pipe(c, up)
+        except OSError:
+            pass
+
+    def release(self):
+        self.loading.clear()
+
+    def close(self):
+        self.srv.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Stand-in for erb.bpf.c's SET fast path, for the agent tests: the maps the
- * agent uses (erb_events, erb_global, erb_cache) and a SEC("syscall")
+ * agent uses (erb_events, erb_global, erb_cache, erb_wepoch, erb_stats) and a SEC("syscall")
  * program, run with BPF_PROG_TEST_RUN, that reserves and submits one
  * struct erb_record per run from its context (struct erb_test_in).
  *
@@ -46,6 +46,23 @@ struct {
 	__type(key, __u32);
 	__type(value, struct erb_entry);
 } erb_cache SEC(".maps");
+
+/* Per key-hash bucket write epochs, as erb.bpf.c's (mmapable: the agent bumps them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} erb_wepoch SEC(".maps");
+
+/* Per-CPU counters, as erb.bpf.c's: the agent watches ERB_STAT_FILL. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ERB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} erb_stats SEC(".maps");
 
 struct erb_test_in {
 	__u64 seq;		/* 0: take erb_global.write_seq + 1 */

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 
 import agentlib
 from agentlib import wait_for
@@ -356,3 +357,184 @@ def test_daemon_mode_with_pidfile_and_auth(env, tmp_path):
     wait_for(lambda: not agentlib.pid_alive(pid), timeout=10, what='daemon to exit')
     assert not agent.pidfile.exists()
     assert 'stopped: applied_seq 1' in agent.log_text()
+
+
+# ------------------------------------------------------ coherence with Redis
+
+def test_invalidation_of_an_uncached_key_bumps_its_write_epoch(env):
+    # A write-through fill of k captured before another client's SET k is in
+    # flight: the key is not cached yet, so only its bucket's write epoch can
+    # cancel the fill (erb.bpf.c compares it before and after storing).
+    agent = env.agent()
+    wait_connected(agent, env)
+    other = env.redis.client()
+    before = env.bpf.wepoch(b'uncached')
+    assert env.bpf.cache_state(b'uncached') == 'gone'
+    other.set(b'uncached', b'changed elsewhere')
+    wait_for(lambda: env.bpf.wepoch(b'uncached') > before, timeout=5,
+             what='write epoch of the invalidated, uncached key bumped')
+    # a cached key's bucket too (its fill may be in flight as well)
+    other.set(b'cached', b'x')
+    time.sleep(0.2)
+    env.bpf.cache_put(b'cached', b'x')
+    before = env.bpf.wepoch(b'cached')
+    other.set(b'cached', b'y')
+    wait_for(lambda: env.bpf.wepoch(b'cached') > before, timeout=5, what='cached key epoch bumped')
+    wait_for(lambda: (agent.read_stats() or {}).get('epoch_bumps', 0) >= 2, timeout=5, what='epoch_bumps >= 2')
+
+
+def test_flush_with_writes_pending_bumps_every_write_epoch(env):
+    # cache_gen stays when writes are pending: fills in flight are cancelled
+    # through the epochs instead
+    agent = env.agent()
+    wait_connected(agent, env)
+    env.bpf.write_seq = env.bpf.applied_seq + 5
+    before = [env.bpf.wepoch(b'k%d' % i) for i in range(5)]
+    env.redis.client().flushall()
+    wait_for(lambda: 'cache swept' in agent.log_text(), timeout=5, what='sweep')
+    assert all(env.bpf.wepoch(b'k%d' % i) > before[i] for i in range(5))
+
+
+@pytest.mark.parametrize('io_path', ['ring', 'kmod'])
+def test_redis_restart_empties_the_cache_before_redis_answers_again(env, io_path):
+    if io_path == 'kmod':
+        # erb_io applies the SETs (ERB_CTL_KMOD): the agent only invalidates, on a restart too
+        struct.pack_into('<I', env.bpf.glob, agentlib.G_CTL, agentlib.CTL_KMOD)
+    agent = env.agent()
+    wait_connected(agent, env)
+    assert ('I/O path erb_io' in agent.log_text()) == (io_path == 'kmod')
+    r = env.redis.client()
+    r.set(b'x', b'1')
+    time.sleep(0.2)
+    env.bpf.cache_put(b'x', b'1')
+    env.bpf.write_seq = env.bpf.applied_seq + 5
+    env.bpf.cache_put(b'pending', b'2', wseq=env.bpf.applied_seq + 3)
+    env.redis.kill(signal.SIGKILL)
+    # Redis is down: a restarted Redis may hold less (here: nothing) than the
+    # cache, so the cache is emptied now, before Redis can answer again ...
+    wait_for(lambda: env.bpf.cache_state(b'x') == 'gone', timeout=5,
+             what='cache emptied while Redis is down')
+    assert env.redis.proc.poll() is not None
+    # ... never dropping an acknowledged write Redis does not have yet
+    assert env.bpf.cache_state(b'pending') == 'valid'
+    env.redis.start()
+    wait_for(lambda: (agent.read_stats() or {}).get('redis_restarts') == 1, timeout=10,
+             what='restart seen (new run_id)')
+    assert 'Redis restarted (run_id' in agent.log_text()
+    assert env.bpf.cache_state(b'pending') == 'valid'
+
+
+@pytest.mark.parametrize('refuse, accept, code', [
+    ([('CONFIG', 'SET', 'maxmemory-policy', 'noeviction'), ('CONFIG', 'SET', 'maxmemory', '1')],
+     [('CONFIG', 'SET', 'maxmemory', '0')], 'OOM'),
+    ([('REPLICAOF', '127.0.0.1', '1')], [('REPLICAOF', 'NO', 'ONE')], 'READONLY'),
+    ([('CONFIG', 'SET', 'save', '3600 1'), ('CONFIG', 'SET', 'dir', '/proc'), ('BGSAVE',)],
+     [('CONFIG', 'SET', 'stop-writes-on-bgsave-error', 'no')], 'MISCONF'),
+], ids=['oom', 'readonly', 'misconf'])
+def test_refused_sets_are_sent_again_in_order(env, refuse, accept, code):
+    if code == 'MISCONF':
+        env.redis.kill()       # CONFIG SET dir is a protected config
+        env.redis.extra = ['--enable-protected-configs', 'yes']
+        env.redis.start()
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    home = r.config_get('dir')['dir']
+    for cmd in refuse:
+        r.execute_command(*cmd)
+    if code == 'MISCONF':
+        wait_for(lambda: r.info('persistence')['rdb_last_bgsave_status'] == 'err', timeout=10,
+                 what='failed BGSAVE')
+    for i in range(20):
+        env.bpf.produce_wait(b'r%d' % i, b'v%d' % i)
+    wait_for(lambda: (agent.read_stats() or {}).get('retries', 0) >= 1, timeout=5, what='retries')
+    time.sleep(0.3)
+    assert env.bpf.applied_seq == 0
+    assert code in agent.log_text()
+    for cmd in accept:
+        r.execute_command(*cmd)
+    env.wait_applied(20)
+    assert [r.get(b'r%d' % i) for i in range(20)] == [b'v%d' % i for i in range(20)]
+    assert agent.read_stats()['errors'] == 0
+    if code == 'MISCONF':
+        r.config_set('dir', home)
+
+
+def test_password_file_is_read_again_at_every_connect(env, tmp_path):
+    r = env.redis.client()
+    r.config_set('requirepass', 'pw-one')
+    pwfile = tmp_path / 'pw'
+    pwfile.write_text('pw-one\n')
+    pwfile.chmod(0o600)
+    agent = env.agent(extra=['--redis-password-file', str(pwfile)])
+    env.bpf.produce_wait(b'a1', b'1')
+    env.wait_applied(1)
+    # the password rotates; Redis drops every client
+    admin = agentlib.redis.Redis(unix_socket_path=str(env.redis.sock), password='pw-one')
+    admin.config_set('requirepass', 'pw-two')
+    pwfile.write_text('pw-two\n')
+    admin.execute_command('CLIENT', 'KILL', 'TYPE', 'pubsub')
+    admin.execute_command('CLIENT', 'KILL', 'TYPE', 'normal')
+    env.bpf.produce_wait(b'a2', b'2')
+    env.wait_applied(2, timeout=15)
+    admin = agentlib.redis.Redis(unix_socket_path=str(env.redis.sock), password='pw-two')
+    assert admin.get(b'a2') == b'2'
+    assert 'pw-one' not in agent.log_text() and 'pw-two' not in agent.log_text()
+
+
+HASH_REPLY = b'*2\r\n$1\r\nf\r\n$1\r\nv\r\n'
+
+
+def test_hash_entries_of_keys_with_a_ttl_are_deleted(env):
+    # HGETALL fills: a hash with a TTL is never kept (Redis expires it unseen
+    # by XDP hits), nor a gone one; an unverified fill (type 2, not served)
+    # becomes servable once Redis says it has no TTL
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    for k in (b'h_plain', b'h_ttl', b'h_new', b'h_new_ttl'):
+        r.hset(k, b'f', b'v')
+    r.expire(b'h_ttl', 100)
+    r.expire(b'h_new_ttl', 100)
+    time.sleep(0.2)   # the invalidations of these writes pass before caching
+    T = agentlib
+    env.bpf.cache_put(b'h_plain', HASH_REPLY, typ=T.TYPE_HASH)
+    env.bpf.cache_put(b'h_ttl', HASH_REPLY, typ=T.TYPE_HASH)
+    env.bpf.cache_put(b'h_gone', HASH_REPLY, typ=T.TYPE_HASH)
+    env.bpf.cache_put(b'h_new', HASH_REPLY, typ=T.TYPE_HASH_UNVERIFIED)
+    env.bpf.cache_put(b'h_new_ttl', HASH_REPLY, typ=T.TYPE_HASH_UNVERIFIED)
+    env.bpf.cache_put(b's_plain', b'v')
+    env.bpf.count_fill()      # as erb.bpf.c does after a fill: the agent looks for new entries
+    for k in (b'h_ttl', b'h_gone', b'h_new_ttl'):
+        wait_for(lambda k=k: env.bpf.cache_state(k) == 'gone', timeout=5, what='%r deleted' % k)
+    wait_for(lambda: (env.bpf.cache_entry(b'h_new') or {}).get('type') == T.TYPE_HASH, timeout=5,
+             what='unverified fill without TTL made servable')
+    assert env.bpf.cache_entry(b'h_plain')['type'] == T.TYPE_HASH
+    assert env.bpf.cache_state(b's_plain') == 'valid'
+    wait_for(lambda: (lambda s: s.get('hash_deleted', 0) >= 3 and s.get('hash_verified', 0) >= 2)(
+        agent.read_stats() or {}), timeout=5, what='hash_deleted >= 3, hash_verified >= 2')
+    # a TTL set later: its invalidation deletes the entry
+    r.expire(b'h_plain', 100)
+    wait_for(lambda: env.bpf.cache_state(b'h_plain') == 'gone', timeout=5, what='h_plain deleted')
+
+
+def test_loading_redis_is_waited_for_and_nothing_is_lost(env):
+    # Redis loading its dataset after a restart answers -LOADING to everything
+    front = agentlib.LoadingFront(env.tmp / 'front.sock', env.redis.sock)
+    try:
+        agent = agentlib.Agent(env.bpf.pin_dir, front.path, env.tmp, batch=256)
+        env.agents.append(agent)
+        agent.start()
+        for i in range(20):
+            env.bpf.produce_wait(b'l%d' % i, b'v%d' % i)
+        wait_for(lambda: front.refused >= 3, timeout=5, what='commands refused with LOADING')
+        time.sleep(0.3)
+        assert env.bpf.applied_seq == 0
+        assert 'Redis not ready (LOADING' in agent.log_text()
+        front.release()
+        env.wait_applied(20)
+        r = env.redis.client()
+        assert [r.get(b'l%d' % i) for i in range(20)] == [b'v%d' % i for i in range(20)]
+        assert agent.read_stats()['errors'] == 0
+    finally:
+        front.close()

@@ -15,6 +15,7 @@
  *   check   SOCK PREFIX N VLEN             GET every key, compare values
  *   dbsize  SOCK NAME
  *   setload SOCK N VLEN                    baseline: pipelined SETs, rate
+ * Every Redis connection first sends AUTH $ERB_REDIS_AUTH when that is set.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -107,6 +108,27 @@ static int test_run(int fd, void *data, __u32 len, void *out, __u32 *retval)
 
 /* ---- RESP over a unix socket ---- */
 
+/* AUTH with $ERB_REDIS_AUTH when it is set; 0 on +OK (or nothing to do). */
+static int redis_auth(int fd)
+{
+	const char *pw = getenv("ERB_REDIS_AUTH");
+	char cmd[512], c = 0;
+	int n;
+
+	if (!pw || !*pw)
+		return 0;
+	n = snprintf(cmd, sizeof(cmd), "*2\r\n$4\r\nAUTH\r\n$%zu\r\n%s\r\n", strlen(pw), pw);
+	if (n <= 0 || n >= (int)sizeof(cmd) || write(fd, cmd, n) != n)
+		return -1;
+	/* "+OK\r\n", read byte by byte: nothing after it is consumed */
+	if (read(fd, &c, 1) != 1 || c != '+')
+		return -1;
+	while (c != '\n')
+		if (read(fd, &c, 1) != 1)
+			return -1;
+	return 0;
+}
+
 static int redis_connect(const char *path)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
@@ -117,6 +139,11 @@ static int redis_connect(const char *path)
 	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a))) {
 		fprintf(stderr, "connect %s: %s\n", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	if (redis_auth(fd)) {
+		fprintf(stderr, "AUTH on %s failed\n", path);
 		close(fd);
 		return -1;
 	}

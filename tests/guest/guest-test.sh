@@ -25,17 +25,20 @@ wait_stat() {
 	done
 }
 
+# redis_start DIR [redis-server options overriding the defaults]
 redis_start() {
-	mkdir -p "$1"
-	redis-server --port 0 --unixsocket $S --dir "$1" --appendonly yes \
+	d=$1
+	shift
+	mkdir -p "$d"
+	redis-server --port 0 --unixsocket $S --dir "$d" --appendonly yes \
 		--appendfsync everysec --save '' --daemonize yes \
-		--pidfile "$1/redis.pid" --logfile "$1/redis.log"
+		--pidfile "$d/redis.pid" --logfile "$d/redis.log" "$@"
 	i=0
 	until redis-cli -s $S ping >/dev/null 2>&1 || [ $i -ge 100 ]; do
 		sleep 0.1
 		i=$((i + 1))
 	done
-	REDIS_PID=$(cat "$1/redis.pid")
+	REDIS_PID=$(cat "$d/redis.pid")
 }
 
 redis_stop() {
@@ -208,6 +211,125 @@ $RUN dbsize $S dbsize_aof_after_restart
 $RUN check $S c 300 100
 $RUN check $S g6 50 100
 redis_stop
+
+# 8. Writes Redis refuses for now are sent again, in order, not lost: OOM
+#    (maxmemory + noeviction), READONLY (a replica), MISCONF (a failed
+#    background save), Redis down and back. Each: 50 records while Redis
+#    refuses them, none counted applied, then all of them in Redis.
+rc() { redis-cli -s $S "$@" >/dev/null; }
+# refused NAME SEQ0: push 50 records, wait for retries, report what applied
+refused() {
+	r0=$(stat retries)
+	A0=$(stat applied)
+	$RUN push $OBJ 50 "$1" "$2" 64 - 0
+	wait_stat retries $((r0 + 1)) 30
+	sleep 0.5
+	v "$1_applied_while_refused" $(($(stat applied) - A0))
+	v "$1_last_error" "$(cut -d' ' -f1 $ST/last_error)"
+}
+# accepted NAME: Redis accepts again; wait for the 50 and check them
+accepted() {
+	wait_stat applied $((A0 + 50)) 30
+	v "$1_applied" $(($(stat applied) - A0))
+	$RUN check $S "$1" 50 64
+}
+redis_start /tmp/r3 --appendonly no --enable-protected-configs yes
+insmod $KO sink=apply redis_sock=$S
+v insmod_retry_rc $?
+rc config set maxmemory-policy noeviction
+rc config set maxmemory 1
+refused oom 60000
+rc config set maxmemory 0
+accepted oom
+rc replicaof 127.0.0.1 1
+refused ro 60100
+rc replicaof no one
+accepted ro
+mkdir -p /tmp/rofs
+mount -t tmpfs -o ro tmpfs /tmp/rofs
+rc config set save '3600 1'
+rc config set dir /tmp/rofs
+rc bgsave
+i=0
+until redis-cli -s $S info persistence | grep -q 'rdb_last_bgsave_status:err' || [ $i -ge 100 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+refused misconf 60200
+rc config set stop-writes-on-bgsave-error no
+accepted misconf
+rc config set dir /tmp/r3
+rc config set save ''
+rc config set stop-writes-on-bgsave-error yes
+redis_stop
+r0=$(stat connects)
+A0=$(stat applied)
+$RUN push $OBJ 50 down 60300 64 - 0
+sleep 1.5
+v down_applied_while_stopped $(($(stat applied) - A0))
+redis_start /tmp/r3 --appendonly no --enable-protected-configs yes
+accepted down
+v down_reconnects $(($(stat connects) - r0))
+v retry_apply_errors "$(stat apply_errors)"
+rmmod_wait retry
+# A connection Redis will not serve (maxclients reached: it answers an error
+# and closes) is not taken for the reply to a record.
+rc config set maxclients 2
+redis-cli -s $S subscribe erb-hold1 >/dev/null 2>&1 &
+HOLD1=$!
+redis-cli -s $S subscribe erb-hold2 >/dev/null 2>&1 &
+HOLD2=$!
+sleep 0.5
+insmod $KO sink=apply redis_sock=$S
+v insmod_maxclients_rc $?
+$RUN push $OBJ 20 mc 60500 64 - 0
+sleep 1.5
+v mc_applied_while_refused "$(stat applied)"
+v mc_last_error "$(cut -d' ' -f1-2 $ST/last_error)"
+kill $HOLD1
+wait_stat applied 20 30
+v mc_applied "$(stat applied)"
+v mc_apply_errors "$(stat apply_errors)"
+kill $HOLD2
+wait $HOLD1 $HOLD2 2>/dev/null
+$RUN check $S mc 20 64
+rc config set maxclients 10000
+rmmod_wait mc
+redis_stop
+
+# 9. AUTH with a password from a root-only file: a file others may read, or
+#    not owned by root, refuses the load; a wrong password is retried (and
+#    counted) until the file holds the right one; nothing is lost.
+export REDISCLI_AUTH=pw4
+redis_start /tmp/r4 --appendonly no --requirepass pw4
+printf 'pw4\n' > /tmp/pw
+chmod 644 /tmp/pw
+insmod $KO sink=apply redis_sock=$S redis_password_file=/tmp/pw
+v auth_insmod_world_readable_rc $?
+chmod 600 /tmp/pw
+chown 1 /tmp/pw
+insmod $KO sink=apply redis_sock=$S redis_password_file=/tmp/pw
+v auth_insmod_not_root_rc $?
+chown 0 /tmp/pw
+printf 'wrong\n' > /tmp/pw
+insmod $KO sink=apply redis_sock=$S redis_password_file=/tmp/pw
+v auth_insmod_rc $?
+v auth_param "$(cat /sys/module/erb_io/parameters/redis_password_file)"
+$RUN push $OBJ 50 auth 60400 64 - 0
+wait_stat auth_errors 1 30
+sleep 0.5
+v auth_applied_wrong_password "$(stat applied)"
+printf 'pw4\n' > /tmp/pw
+wait_stat applied 50 30
+v auth_applied "$(stat applied)"
+v auth_errors "$(stat auth_errors)"
+ERB_REDIS_AUTH=pw4 $RUN check $S auth 50 64
+rmmod_wait auth
+redis_stop
+unset REDISCLI_AUTH
+dmesg | grep -q 'redis_password_file /tmp/pw is owned by uid 0 with mode 0644' &&
+	v auth_log_mode 1 || v auth_log_mode 0
+dmesg | grep -q 'pw4' && v auth_secret_logged 1 || v auth_secret_logged 0
 
 v kernel_warnings "$(dmesg | grep -c -E 'BUG:|WARNING:|Oops|Call Trace')"
 dmesg_erb

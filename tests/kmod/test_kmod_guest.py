@@ -174,6 +174,54 @@ def test_fsync_once_a_second_only_when_dirty(guest):
     assert num(guest, "aof_quiet_checks") >= 2
 
 
+@pytest.mark.parametrize("name, code", [("oom", "OOM"), ("ro", "READONLY"), ("misconf", "MISCONF")])
+def test_refused_writes_are_sent_again_not_lost(guest, name, code):
+    # maxmemory + noeviction, a replica, a failed background save: Redis
+    # refuses the SETs; none counts as applied until Redis takes them
+    assert guest["insmod_retry_rc"] == "0"
+    assert num(guest, f"{name}_applied_while_refused") == 0
+    assert guest[f"{name}_last_error"] == code
+    assert num(guest, f"{name}_applied") == 50
+    assert num(guest, f"check_{name}_ok") == 50
+    assert num(guest, "retry_apply_errors") == 0
+
+
+def test_redis_down_and_back_loses_nothing(guest):
+    assert num(guest, "down_applied_while_stopped") == 0
+    assert num(guest, "down_applied") == 50
+    assert num(guest, "check_down_ok") == 50
+    assert num(guest, "down_reconnects") >= 1
+
+
+def test_connection_redis_will_not_serve_is_no_reply(guest):
+    # maxclients reached: Redis answers "-ERR max number of clients reached"
+    # and closes; erb_io PINGs a new connection first, so no record takes
+    # that error for its reply (it would be lost)
+    assert guest["insmod_maxclients_rc"] == "0"
+    assert num(guest, "mc_applied_while_refused") == 0
+    assert guest["mc_last_error"] == "ERR max"
+    assert num(guest, "mc_applied") == 20
+    assert num(guest, "mc_apply_errors") == 0
+    assert num(guest, "check_mc_ok") == 20
+
+
+def test_auth_from_root_only_password_file(guest):
+    # a password file others may read, or not root's, refuses the load
+    assert guest["auth_insmod_world_readable_rc"] != "0"
+    assert guest["auth_insmod_not_root_rc"] != "0"
+    assert guest["auth_log_mode"] == "1"
+    # the parameter names the file; the secret is never in sysfs or the log
+    assert guest["auth_insmod_rc"] == "0"
+    assert guest["auth_param"] == "/tmp/pw"
+    assert guest["auth_secret_logged"] == "0"
+    # a wrong password: nothing applied, AUTH failures counted, records kept;
+    # the file is read again at every connect
+    assert num(guest, "auth_applied_wrong_password") == 0
+    assert num(guest, "auth_errors") >= 1
+    assert num(guest, "auth_applied") == 50
+    assert num(guest, "check_auth_ok") == 50
+
+
 def test_no_kernel_warnings(guest):
     assert num(guest, "kernel_warnings") == 0
 

@@ -123,6 +123,9 @@ def test_kmod_rerun_is_unchanged(sysguest):
     assert status == "SUCCESS" and r["changed"] is False
     assert r["built"] is False and r["loaded"] is True
     assert r["source_hash"] == kmod_run(sysguest, "present")[1]["source_hash"]
+    # erb_io's counters, as the module reports them
+    assert {"applied", "retries", "auth_errors", "lost", "queued", "last_error"} <= set(r["stats"]), r["stats"]
+    assert r["stats"]["retries"] == 0 and r["stats"]["auth_errors"] == 0 and r["stats"]["lost"] == 0
 
 
 def test_kmod_changed_parameter_reloads(sysguest):

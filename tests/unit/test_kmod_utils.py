@@ -552,7 +552,8 @@ class FakeKernel(object):
 
     DEFAULTS = {'sink': ('apply', 0o444), 'kfifo_size': ('1024', 0o444), 'batch': ('64', 0o444),
                 'redis_sock': ('/run/redis/redis-server.sock', 0o444), 'redis_pid': ('0', 0o644),
-                'aof_suffix': ('', 0o444), 'drain_ms': ('2000', 0o644)}
+                'aof_suffix': ('', 0o444), 'drain_ms': ('2000', 0o644), 'redis_user': ('', 0o444),
+                'redis_password_file': ('', 0o444)}
 
     def __init__(self, host, btf_sysfs=True, rmmod_busy=False):
         self.host = host
@@ -589,6 +590,8 @@ class FakeKernel(object):
         os.makedirs(os.path.join(d, 'holders'), exist_ok=True)
         for k, (v, mode) in self.DEFAULTS.items():
             write(os.path.join(d, 'parameters', k), (params or {}).get(k, v) + '\n', mode)
+        for k, v in (('applied', '10'), ('retries', '3'), ('auth_errors', '0'), ('last_error', 'OOM command not allowed')):
+            write(os.path.join(d, 'stats', k), v + '\n', 0o444)
         if self.btf_sysfs:
             write(self.host.p('sys/kernel/btf/erb_io'), RAW_BTF)
 
@@ -782,3 +785,38 @@ def test_absent_leaves_foreign_modules_alone(host):
     r = K.KmodRun(host.cfg(), FakeKernel(host)).absent()
     assert not r['changed'] and os.path.exists(foreign)
     assert any('not installed by erb.booster.kmod' in w for w in r['warnings'])
+
+
+def test_password_file_must_be_root_only(host):
+    install_fake_build(host)
+    pw = host.p('etc/erb/redis-password')
+    write(pw, 'secret\n', 0o644)
+    k = FakeKernel(host)
+    for mode, uid in ((0o644, 0), (0o640, 0), (0o600, 1)):
+        os.chmod(pw, mode)
+        os.chown(pw, uid, 0)
+        with pytest.raises(K.KmodError) as e:
+            present(host, k, redis_password_file='/etc/erb/redis-password')
+        assert 'owned by uid %d with mode %04o: erb_io refuses it' % (uid, mode) in str(e.value)
+    with pytest.raises(K.KmodError) as e:
+        present(host, k, redis_password_file='/etc/erb/missing')
+    assert 'redis_password_file /etc/erb/missing' in str(e.value)
+    assert k.calls == []
+    os.chown(pw, 0, 0)
+    os.chmod(pw, 0o600)
+    r = present(host, k, redis_password_file='/etc/erb/redis-password', params={'redis_user': 'erb'})
+    # the parameter names the file; the secret goes nowhere
+    assert k.calls == [['modprobe', '-d', host.root, 'erb_io', 'redis_password_file=/etc/erb/redis-password',
+                        'redis_user=erb']]
+    assert 'secret' not in json.dumps(r)
+    with open(host.p('etc/modprobe.d/erb_io.conf')) as f:
+        assert 'secret' not in f.read()
+
+
+def test_stats_reported(host):
+    install_fake_build(host)
+    k = FakeKernel(host)
+    r = present(host, k)
+    assert r['stats'] == {'applied': 10, 'retries': 3, 'auth_errors': 0, 'last_error': 'OOM command not allowed'}
+    r = present(host, k, check=True)
+    assert r['stats']['retries'] == 3
