@@ -1,4 +1,7 @@
 # -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The contract erb-agent relies on for CLIENT TRACKING invalidations of keys not cached (yet):
 bumping the key's bucket in erb_wepoch (the agent does it with an atomic add through an mmap)
 while a write-through fill of that key is in flight cancels the fill, for SET and HGETALL fills.
