@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Runs inside the QEMU guest that create.yml boots (tests/guest/sys-init.sh: Debian's
 # 6.1 kernel, this machine's userland read-only over 9p with a tmpfs overlay), as root.
 # Makes a one-host fleet (inventory/local/fleet.sh up 1: erb-r1 with Redis, erb-c1 its
