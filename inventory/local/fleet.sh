@@ -155,7 +155,15 @@ ensure_redis() {
 	fi
 	write_redis_conf "$i"
 	rm -f "$d/redis.pid"
-	ip netns exec "erb-r$i" "$REDIS_SERVER" "$d/redis.conf"
+	# redis-server daemonizes: it must not keep the caller's descriptors (a lock held by
+	# `flock FILE fleet.sh up` would last as long as the fleet)
+	(
+		for fd in /proc/$BASHPID/fd/*; do
+			fd=${fd##*/}
+			if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+		done
+		exec ip netns exec "erb-r$i" "$REDIS_SERVER" "$d/redis.conf"
+	)
 	for n in $(seq 1 100); do
 		if [ "$(redis_ping "$i")" = PONG ] && redis_pid "$i" >/dev/null; then
 			log "redis-server for erb-r$i running (pid $(redis_pid "$i"))"

@@ -24,7 +24,9 @@ NICE=(nice -n 10)
 PKGS=(linux-image-amd64 linux-headers-amd64 linux-source-6.1 dwarves
 	qemu-system-x86 busybox-static redis-server redis-tools clang
 	libbpf-dev libelf-dev zlib1g-dev gcc make bc flex bison cpio
-	xz-utils zstd binutils kmod)
+	xz-utils zstd binutils kmod
+	# the ssh server of the Molecule guest (extensions/molecule/qemu_guest): binaries only, no service
+	dropbear-bin)
 
 log() { echo "build-guest: $*" >&2; }
 

@@ -7,7 +7,9 @@
 #   erb.run=PATH   script to run (path in the host's tree), with bash
 #   erb.arg=ARG    its one argument
 # The 9p export "hostroot" is the host's / (read-only); "erbout" is a writable
-# host directory mounted at /erb-out for results. The guest powers off when
+# host directory mounted at /erb-out for results. /tmp and /run are fresh
+# tmpfs mounts; the script and its argument stay reachable when they live
+# below them on the host (a checkout under /tmp). The guest powers off when
 # the script ends; its exit status is printed as "ERB-V sys_rc N".
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -45,8 +47,17 @@ exec switch_root /newroot /bin/bash -c '
 	mkdir -p /dev/shm /dev/pts
 	mount -t tmpfs tmpfs /dev/shm
 	mount -t devpts devpts /dev/pts
+	# fresh /tmp and /run; what the run needs from below them on the host (a
+	# checkout under /tmp) is bound back from the host tree, seen at /.erb-host
+	mkdir -p /.erb-host && mount --bind / /.erb-host
 	mount -t tmpfs tmpfs /tmp
 	mount -t tmpfs tmpfs /run
+	for p in "$1" "${0%/*}"; do
+		case "$p" in /tmp/?* | /run/?*) ;; *) continue ;; esac
+		[ -e "$p" ] || [ ! -d "/.erb-host$p" ] && continue
+		mkdir -p "$p" && mount --bind "/.erb-host$p" "$p" ||
+			echo "ERB-V sys_error bind_$p"
+	done
 	mount -t bpf bpf /sys/fs/bpf
 	mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 	hostname erb-guest

@@ -115,7 +115,8 @@ stage reload
 #    through Redis's pid), a kfifo of 64, batches of 32. The pid given is 1,
 #    not Redis: erb_io finds no AOF until it is corrected at run time (step 6).
 #    The small kfifo also makes the aof_direct benchmark pass some SETs to
-#    Redis between fast ones (what lost replies to PAWS before TS clamping)
+#    Redis between fast ones, so Redis resends bytes the client has while XDP
+#    answers are in flight (the case TC egress's TSval clamping covers)
 REDIS_PID=$(cat $FLEET/redis.pid)
 AOF_SETS=300  # more than erb_io's kfifo (64) and one batch hold
 ARGS2="{\"src\": \"$SRC\", \"resolve_btfids\": \"$RESOLVE_BTFIDS\", \"params\": {\"sink\": \"aof_direct\", \"redis_pid\": 1, \"kfifo_size\": 64, \"batch\": 32}}"
