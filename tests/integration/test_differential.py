@@ -180,9 +180,9 @@ class Run(object):
     """What the whole test saw, printed at the end, and the connections it keeps.
 
     The connections live across examples: a connection that turns CLIENT TRACKING on or
-    subscribes is untracked by ERB, and a write on an untracked flow stops fills and
-    fast SETs everywhere for a second; made once, they cost that once. An example that
-    failed half-way leaves them in an unknown state: the next one makes new ones."""
+    subscribes is untracked by ERB, and an untracked flow's writes fence fills and fast
+    SETs a while; made once, they cost that once. An example that failed half-way leaves
+    them in an unknown state: the next one makes new ones."""
     compared = 0
     examples = 0
     by_cmd = {}
@@ -392,7 +392,7 @@ class Differential(RuleBasedStateMachine):
         """A read on the CLIENT TRACKING connection (RESP3): its reply, and the
         invalidations pushed before it (for keys it read that changed since). Reads
         only: a write on this connection (never answered by ERB, so untracked) would
-        stop fast SETs for a second."""
+        fence fast SETs of its key a while."""
         self.compare('trk', *args)
 
     @rule(idx=st.integers(0, N_CONNS - 1))
