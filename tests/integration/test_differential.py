@@ -39,8 +39,8 @@ from erb_settest import AgentProc, build_agent, stop_role_agent, wait_applied
 pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
 
 MAX_VALUE = 1024
-EXAMPLES = 60
-STEPS = 60
+EXAMPLES = 150
+STEPS = 100
 N_CONNS = 3          # command connections; the last one speaks RESP3
 PUSH_WAIT = 2.0      # seconds a subscriber message or a tracking push may take to arrive
 
@@ -263,7 +263,8 @@ simple_cmd = st.one_of(
 )
 # the bread and butter: what ERB answers in XDP (GET hits, plain SETs) and what must see it
 string_cmd = st.one_of(
-    _c('GET', skey), _c('SET', skey, value), _c('GET', skey), _c('SET', skey, value), _c('MGET', skey, skey),
+    _c('GET', skey), _c('SET', skey, value), _c('GET', skey), _c('SET', skey, value), _c('GET', skey),
+    _c('GET', skey), _c('SET', skey, value), _c('HGETALL', hkey), _c('MGET', skey, skey),
     _c('INCR', skey), _c('APPEND', skey, value), _c('STRLEN', skey), _c('SETNX', skey, value),
     _c('GETDEL', skey), _c('DEL', skey), _c('HGETALL', hkey), _c('HSET', hkey, field, hvalue),
 )
@@ -540,5 +541,5 @@ def test_erb_replies_equal_redis_replies(erb):
                   d.get('flush', 0), d.get('flow_given_up', 0), dict(sorted(Run.by_cmd.items()))), flush=True)
     assert erb.agent.alive(), 'erb-agent died: %s' % erb.agent.log_tail()
     # the run proves something only if ERB answered in XDP
-    assert d.get('hit', 0) >= 100, 'too few GETs answered from the cache: %s' % d
-    assert d.get('set_fast', 0) >= 100, 'too few SETs answered in XDP: %s' % d
+    assert d.get('hit', 0) >= 50, 'too few GETs answered from the cache: %s' % d
+    assert d.get('set_fast', 0) >= 200, 'too few SETs answered in XDP: %s' % d
