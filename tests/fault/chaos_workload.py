@@ -161,7 +161,7 @@ def value(rng):
     if kind < 0.3:
         return str(rng.randint(0, 10 ** 6))
     n = rng.choice((1, 8, 24, 64, 64, 200, 700))
-    return ''.join(rng.choice(string.ascii_letters) for _ in range(n))
+    return ''.join(rng.choice(string.ascii_letters) for _unused in range(n))
 
 
 def command(rng, keys):
@@ -329,7 +329,7 @@ class PipeClient(PyClient):
         import redis
         r = self.connect()
         while time.monotonic() < self.deadline:
-            cmds = [command(self.rng, self.keys) for _ in range(self.rng.randint(5, 30))]
+            cmds = [command(self.rng, self.keys) for _unused in range(self.rng.randint(5, 30))]
             p = r.pipeline(transaction=False)
             for c, args in cmds:
                 p.execute_command(c, *args)
@@ -388,7 +388,7 @@ class CliClient(Client):
         while len(out) < n:
             while b'\n' not in self.buf:
                 left = deadline - time.monotonic()
-                r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+                r, _unused, _unused = select.select([self.proc.stdout], [], [], max(0.0, left))
                 if not r:
                     raise TimeoutError('no reply within %.0f s' % self.timeout)
                 chunk = os.read(self.proc.stdout.fileno(), 65536)

@@ -137,7 +137,7 @@ def test_detour_and_return(f):
 
 def test_rates_are_per_segment_probabilities(f):
     f.configure(c2s=(int(0.3 * ALWAYS), 0, int(0.1 * ALWAYS)))
-    verdicts = [f.run('fault_egress', to_server())[0] for _ in range(3000)]
+    verdicts = [f.run('fault_egress', to_server())[0] for _unused in range(3000)]
     dropped, detoured = verdicts.count(TC_ACT_SHOT), verdicts.count(TC_ACT_REDIRECT)
     # 5 standard deviations either side
     assert 0.3 * 3000 - 125 < dropped < 0.3 * 3000 + 125, dropped
