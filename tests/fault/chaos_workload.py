@@ -31,10 +31,8 @@ import os
 import random
 import re
 import select
-import socket
 import string
 import subprocess
-import sys
 import threading
 import time
 
@@ -97,7 +95,8 @@ class Model(object):
                 nxt.add(new)
         if not nxt:
             raise Wrong('%s %s: got %r, possible %r (model %r)' % (cmd, ' '.join(map(str, args))[:80], reply,
-                                                                  sorted(map(repr, set(possible))), sorted(map(repr, cands))))
+                                                                   sorted(map(repr, set(possible))),
+                                                                   sorted(map(repr, cands))))
         self.k[key] = nxt
 
     def failed(self, cmd, args):
@@ -129,7 +128,7 @@ class Model(object):
                 seen[key] = r
                 if r not in self.get(key):
                     raise Wrong('MGET %s: %s got %r, model %r' % (' '.join(args), key, r,
-                                                               sorted(map(repr, self.get(key)))))
+                                                                  sorted(map(repr, self.get(key)))))
             for key, r in seen.items():
                 self.k[key] = {r}
             return
@@ -449,7 +448,7 @@ class CliClient(Client):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--host', required=True)
     ap.add_argument('--port', type=int, default=6379)
     ap.add_argument('--prefix', required=True, help='key prefix (fresh per run)')

@@ -328,7 +328,7 @@ def reply(obj):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--index', type=int, required=True)
     ap.add_argument('--object', default=os.path.join(HERE, 'fault.bpf.o'))
     ap.add_argument('--port', type=int, default=6379)

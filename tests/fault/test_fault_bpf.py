@@ -70,9 +70,9 @@ class Fault(object):
         data_out = ctypes.create_string_buffer(erbtest.OUT_MAX)
         ctx, ctx_out = SkbCtx(mark=mark), ctypes.create_string_buffer(512)  # out: the whole __sk_buff
         attr = erbtest.TestRunAttr(prog_fd=self.progs[prog], data_size_in=len(frame), data_size_out=erbtest.OUT_MAX,
-                           data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(data_out), repeat=1,
-                           ctx_in=ctypes.addressof(ctx), ctx_size_in=ctypes.sizeof(ctx),
-                           ctx_out=ctypes.addressof(ctx_out), ctx_size_out=ctypes.sizeof(ctx_out))
+                                   data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(data_out), repeat=1,
+                                   ctx_in=ctypes.addressof(ctx), ctx_size_in=ctypes.sizeof(ctx),
+                                   ctx_out=ctypes.addressof(ctx_out), ctx_size_out=ctypes.sizeof(ctx_out))
         B.sys_bpf(erbtest.BPF_PROG_TEST_RUN, attr, 'BPF_PROG_TEST_RUN')
         return attr.retval, SkbCtx.from_buffer_copy(ctx_out.raw[:ctypes.sizeof(SkbCtx)]).mark
 
