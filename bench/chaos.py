@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) ERB contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -12,7 +11,7 @@ every reply checked against a model) runs against both hosts at once. Reported p
 operations, requests/s, wrong replies, failed requests, writes lost, slowest request and
 p99, and the ratio ERB / Redis alone.
 
-    bench/chaos.py [--seconds 20] [--rate 0.02] [--mixes loss,dup,reorder,all]
+    .venv/bin/python bench/chaos.py [--seconds 20] [--rate 0.02] [--mixes loss,dup,reorder,all]
                    [--delay-ms 0] [--jitter-ms 0]
 
 --delay-ms adds a fixed delay each way on top of every mix (without reordering, which the
@@ -82,8 +81,8 @@ def plot(result, path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     x = range(len(names))
     for off, label, color in ((-0.2, 'alone', 'grey'), (0.2, 'erb', 'tab:green')):
-        a.bar([i + off for i in x], [result['mixes'][n][label]['requests'] / result['mixes'][n][label]['seconds']
-                                      for n in names], 0.4, color=color,
+        rates = [result['mixes'][n][label]['requests'] / result['mixes'][n][label]['seconds'] for n in names]
+        a.bar([i + off for i in x], rates, 0.4, color=color,
               label='Redis alone' if label == 'alone' else 'Redis + ERB')
         b.bar([i + off for i in x], [result['mixes'][n][label]['slowest'] for n in names], 0.4, color=color)
     for ax, title in ((a, 'requests/s'), (b, 'slowest request (s)')):
@@ -97,7 +96,7 @@ def plot(result, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--seconds', type=float, default=20)
     ap.add_argument('--rate', type=float, default=0.02)
     ap.add_argument('--mixes', default='loss,dup,reorder,all')

@@ -406,7 +406,7 @@ def _resp_commands_in(buf):
             if buf[i:i + 1] != b'*':
                 raise ValueError('not RESP')
             argc, k = int(buf[i + 1:j]), j + 2
-            for _ in range(argc):
+            for _ignored in range(argc):
                 e = buf.index(b'\r\n', k)
                 k = e + 2 + int(buf[k + 1:e]) + 2
                 if k > len(buf):
@@ -441,7 +441,7 @@ class LoadingFront(object):
         import threading
         while True:
             try:
-                c, _ = self.srv.accept()
+                c, _ignored = self.srv.accept()
             except OSError:
                 return
             self.conns.append(c)

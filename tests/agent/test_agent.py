@@ -511,8 +511,12 @@ def test_hash_entries_of_keys_with_a_ttl_are_deleted(env):
              what='unverified fill without TTL made servable')
     assert env.bpf.cache_entry(b'h_plain')['type'] == T.TYPE_HASH
     assert env.bpf.cache_state(b's_plain') == 'valid'
-    wait_for(lambda: (lambda s: s.get('hash_deleted', 0) >= 3 and s.get('hash_verified', 0) >= 2)(
-        agent.read_stats() or {}), timeout=5, what='hash_deleted >= 3, hash_verified >= 2')
+
+    def hashes_checked():
+        s = agent.read_stats() or {}
+        return s.get('hash_deleted', 0) >= 3 and s.get('hash_verified', 0) >= 2
+
+    wait_for(hashes_checked, timeout=5, what='hash_deleted >= 3, hash_verified >= 2')
     # a TTL set later: its invalidation deletes the entry
     r.expire(b'h_plain', 100)
     wait_for(lambda: env.bpf.cache_state(b'h_plain') == 'gone', timeout=5, what='h_plain deleted')

@@ -25,7 +25,7 @@ def agent_bump(erb, key):
 ], ids=['set', 'hgetall'])
 def test_epoch_bump_cancels_a_fill_in_flight(erb, cmd, reply):
     f = Flow(erb).handshake()
-    rc, _ = f.send(resp(*cmd))
+    rc, _unused = f.send(resp(*cmd))
     assert rc == XDP_PASS
     # another client changed k at Redis; its invalidation reaches the agent before our reply
     agent_bump(erb, b'k')

@@ -177,12 +177,12 @@ def test_untracked_write_fences_only_its_bucket(erb_fast):
     erb = erb_fast
     assert bucket_of(b'x') != bucket_of(b'y')
     u = Flow(erb, cport=40100)          # no handshake seen: adopted, untracked
-    rc, _ = u.send(resp('DEL', 'x'))
+    rc, _unused = u.send(resp('DEL', 'x'))
     assert rc == XDP_PASS
     assert erb.stats()['untracked_write'] == 1
     b = other_flow(erb)
     fast_set(erb, b, b'y', b'1')
     before = erb.stats()['set_pass_busy']
-    rc, _ = b.send(resp('SET', 'x', '1'))
+    rc, _unused = b.send(resp('SET', 'x', '1'))
     assert rc == XDP_PASS, 'a fast SET of x right after an untracked write of x: %s' % name(rc)
     assert erb.stats()['set_pass_busy'] == before + 1

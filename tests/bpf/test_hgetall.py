@@ -125,7 +125,7 @@ def test_fill_is_not_served_before_the_agent_checks_its_ttl(erb):
     rep = fill(f, b'user:1', SMALL, verified=False)
     assert erb.stats()['fill'] == 1
     assert entry_types(erb) == {b'user:1': (L.ERB_TYPE_HASH_UNVERIFIED, rep)}
-    rc, _ = f.send(resp(b'HGETALL', b'user:1'))
+    rc, _ignored = f.send(resp(b'HGETALL', b'user:1'))
     assert rc == XDP_PASS, 'an unchecked hash (it may have a TTL) answered in XDP: %s' % name(rc)
     f.reply(rep)
     verify(erb, b'user:1')

@@ -54,10 +54,10 @@ def run_workloads(hosts, tag, seconds, out_dir, python=None):
     res, failed = {}, []
     for i, p in procs.items():
         try:
-            text, _ = p.communicate(timeout=seconds + 120)
+            text, _unused = p.communicate(timeout=seconds + 120)
         except subprocess.TimeoutExpired:
             p.kill()
-            text, _ = p.communicate()
+            text, _unused = p.communicate()
         if p.returncode != 0 or not outs[i].exists():
             failed.append('chaos workload against host %d failed (rc %s):\n%s' % (i, p.returncode, text[-4000:]))
         else:

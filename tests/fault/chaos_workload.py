@@ -31,10 +31,8 @@ import os
 import random
 import re
 import select
-import socket
 import string
 import subprocess
-import sys
 import threading
 import time
 
@@ -97,7 +95,8 @@ class Model(object):
                 nxt.add(new)
         if not nxt:
             raise Wrong('%s %s: got %r, possible %r (model %r)' % (cmd, ' '.join(map(str, args))[:80], reply,
-                                                                  sorted(map(repr, set(possible))), sorted(map(repr, cands))))
+                                                                   sorted(map(repr, set(possible))),
+                                                                   sorted(map(repr, cands))))
         self.k[key] = nxt
 
     def failed(self, cmd, args):
@@ -129,7 +128,7 @@ class Model(object):
                 seen[key] = r
                 if r not in self.get(key):
                     raise Wrong('MGET %s: %s got %r, model %r' % (' '.join(args), key, r,
-                                                               sorted(map(repr, self.get(key)))))
+                                                                  sorted(map(repr, self.get(key)))))
             for key, r in seen.items():
                 self.k[key] = {r}
             return
@@ -161,7 +160,7 @@ def value(rng):
     if kind < 0.3:
         return str(rng.randint(0, 10 ** 6))
     n = rng.choice((1, 8, 24, 64, 64, 200, 700))
-    return ''.join(rng.choice(string.ascii_letters) for _ in range(n))
+    return ''.join(rng.choice(string.ascii_letters) for _unused in range(n))
 
 
 def command(rng, keys):
@@ -329,7 +328,7 @@ class PipeClient(PyClient):
         import redis
         r = self.connect()
         while time.monotonic() < self.deadline:
-            cmds = [command(self.rng, self.keys) for _ in range(self.rng.randint(5, 30))]
+            cmds = [command(self.rng, self.keys) for _unused in range(self.rng.randint(5, 30))]
             p = r.pipeline(transaction=False)
             for c, args in cmds:
                 p.execute_command(c, *args)
@@ -388,7 +387,7 @@ class CliClient(Client):
         while len(out) < n:
             while b'\n' not in self.buf:
                 left = deadline - time.monotonic()
-                r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+                r, _unused, _unused = select.select([self.proc.stdout], [], [], max(0.0, left))
                 if not r:
                     raise TimeoutError('no reply within %.0f s' % self.timeout)
                 chunk = os.read(self.proc.stdout.fileno(), 65536)
@@ -449,7 +448,7 @@ class CliClient(Client):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--host', required=True)
     ap.add_argument('--port', type=int, default=6379)
     ap.add_argument('--prefix', required=True, help='key prefix (fresh per run)')

@@ -73,7 +73,7 @@ class FaultCfg(ctypes.Structure):
 
 
 def sh(*cmd, check=True):
-    p = subprocess.run(list(cmd), capture_output=True, text=True)
+    p = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
     if check and p.returncode != 0:
         raise RuntimeError('%s: %s' % (' '.join(cmd), p.stderr.strip()))
     return p.stdout
@@ -92,7 +92,7 @@ def offloads(dev):
     """{ethtool feature name: 'on'/'off'} for the features this daemon changes."""
     out = {}
     for line in sh('ethtool', '-k', dev).splitlines():
-        name, _, rest = line.partition(':')
+        name, _unused, rest = line.partition(':')
         if name.strip() in OFFLOADS:
             out[name.strip()] = rest.split()[0]
     return out
@@ -303,7 +303,7 @@ class Daemon(object):
         reply({'ok': True, 'ready': True, 'client': self.client, 'detour': [self.detour_k, self.detour_u]})
         while True:
             timeout = max(0.0, self.held[0][0] - time.monotonic()) if self.held else 1.0
-            r, _, _ = select.select([self.sock, stdin], [], [], timeout)
+            r, _unused, _unused = select.select([self.sock, stdin], [], [], timeout)
             if self.sock in r:
                 self.receive()
             self.release()
@@ -328,14 +328,14 @@ def reply(obj):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--index', type=int, required=True)
     ap.add_argument('--object', default=os.path.join(HERE, 'fault.bpf.o'))
     ap.add_argument('--port', type=int, default=6379)
     a = ap.parse_args()
     d = Daemon(a.index, a.object, a.port)
 
-    def term(*_):
+    def term(*_unused):
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, term)
     try:

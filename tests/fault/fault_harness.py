@@ -44,7 +44,7 @@ SYSTEM_PYTHON = '/usr/bin/python3'
 
 def build():
     """make -C tests/fault (fault.bpf.o); returns its path."""
-    p = subprocess.run(['make', '-s', '-C', str(HERE)], capture_output=True, text=True)
+    p = subprocess.run(['make', '-s', '-C', str(HERE)], capture_output=True, text=True, check=False)
     if p.returncode != 0 or not OBJECT.is_file():
         raise RuntimeError('building %s failed:\n%s%s' % (OBJECT, p.stdout, p.stderr))
     return OBJECT
@@ -84,7 +84,7 @@ class FaultLink(object):
         line = b''
         while not line.endswith(b'\n'):
             left = deadline - time.monotonic()
-            r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+            r, _unused, _unused = select.select([self.proc.stdout], [], [], max(0.0, left))
             if not r:
                 raise FaultError('fault_daemon (%s) did not answer within %.0f s' % (self.client_ns, timeout))
             b = os.read(self.proc.stdout.fileno(), 1)
@@ -170,7 +170,7 @@ class Faults(object):
 
 def nstat(ns):
     """`nstat -asz` inside a namespace (absolute counters, zeros included; the history file untouched) as text."""
-    p = subprocess.run(['ip', 'netns', 'exec', ns, 'nstat', '-asz'], capture_output=True, text=True)
+    p = subprocess.run(['ip', 'netns', 'exec', ns, 'nstat', '-asz'], capture_output=True, text=True, check=False)
     return p.stdout if p.returncode == 0 else 'nstat failed: %s' % p.stderr
 
 

@@ -148,8 +148,11 @@ def test_chaos(chaos, mix):
     for h in hosts:
         n1.update(host_nstat(h))
     try:
-        wait_for(lambda: (lambda ws: ws[0] == ws[1])(seqs(att)), timeout=30, interval=0.05,
-                 what='ERB to apply every acknowledged SET')
+        def caught_up():
+            write_seq, applied_seq = seqs(att)
+            return write_seq == applied_seq
+
+        wait_for(caught_up, timeout=30, interval=0.05, what='ERB to apply every acknowledged SET')
         applied = True
     except AssertionError:
         applied = False

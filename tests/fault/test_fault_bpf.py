@@ -70,9 +70,9 @@ class Fault(object):
         data_out = ctypes.create_string_buffer(erbtest.OUT_MAX)
         ctx, ctx_out = SkbCtx(mark=mark), ctypes.create_string_buffer(512)  # out: the whole __sk_buff
         attr = erbtest.TestRunAttr(prog_fd=self.progs[prog], data_size_in=len(frame), data_size_out=erbtest.OUT_MAX,
-                           data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(data_out), repeat=1,
-                           ctx_in=ctypes.addressof(ctx), ctx_size_in=ctypes.sizeof(ctx),
-                           ctx_out=ctypes.addressof(ctx_out), ctx_size_out=ctypes.sizeof(ctx_out))
+                                   data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(data_out), repeat=1,
+                                   ctx_in=ctypes.addressof(ctx), ctx_size_in=ctypes.sizeof(ctx),
+                                   ctx_out=ctypes.addressof(ctx_out), ctx_size_out=ctypes.sizeof(ctx_out))
         B.sys_bpf(erbtest.BPF_PROG_TEST_RUN, attr, 'BPF_PROG_TEST_RUN')
         return attr.retval, SkbCtx.from_buffer_copy(ctx_out.raw[:ctypes.sizeof(SkbCtx)]).mark
 
@@ -137,7 +137,7 @@ def test_detour_and_return(f):
 
 def test_rates_are_per_segment_probabilities(f):
     f.configure(c2s=(int(0.3 * ALWAYS), 0, int(0.1 * ALWAYS)))
-    verdicts = [f.run('fault_egress', to_server())[0] for _ in range(3000)]
+    verdicts = [f.run('fault_egress', to_server())[0] for _unused in range(3000)]
     dropped, detoured = verdicts.count(TC_ACT_SHOT), verdicts.count(TC_ACT_REDIRECT)
     # 5 standard deviations either side
     assert 0.3 * 3000 - 125 < dropped < 0.3 * 3000 + 125, dropped

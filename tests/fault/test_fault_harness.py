@@ -26,7 +26,7 @@ def client_end(h):
     link = json.loads(h.client_run(['ip', '-j', '-d', 'link', 'show', h.client_iface]).stdout)[0]
     feats = {}
     for line in h.client_run(['ethtool', '-k', h.client_iface]).stdout.splitlines():
-        name, _, val = line.partition(':')
+        name, _unused, val = line.partition(':')
         if name.strip() in ('generic-segmentation-offload', 'tcp-segmentation-offload',
                             'generic-receive-offload'):
             feats[name.strip()] = val.split()[0]
@@ -63,7 +63,7 @@ def pings(h, n, timeout=5.0):
     """n PINGs, then n SET/GET round trips on one connection; returns the replies."""
     c = RespConn.tcp(h.client_ns, h.server_ip, timeout=timeout)
     try:
-        out = [c.cmd('PING') for _ in range(n)]
+        out = [c.cmd('PING') for _unused in range(n)]
         for i in range(n):
             out.append(c.cmd('SET', 'harness:%d' % i, 'v%d' % i))
             out.append(c.cmd('GET', 'harness:%d' % i))

@@ -327,9 +327,12 @@ ERB_REDIS_AUTH=pw4 $RUN check $S auth 50 64
 rmmod_wait auth
 redis_stop
 unset REDISCLI_AUTH
-dmesg | grep -q 'redis_password_file /tmp/pw is owned by uid 0 with mode 0644' &&
-	v auth_log_mode 1 || v auth_log_mode 0
-dmesg | grep -q 'pw4' && v auth_secret_logged 1 || v auth_secret_logged 0
+if dmesg | grep -q 'redis_password_file /tmp/pw is owned by uid 0 with mode 0644'; then
+	v auth_log_mode 1
+else
+	v auth_log_mode 0
+fi
+if dmesg | grep -q 'pw4'; then v auth_secret_logged 1; else v auth_secret_logged 0; fi
 
 v kernel_warnings "$(dmesg | grep -c -E 'BUG:|WARNING:|Oops|Call Trace')"
 dmesg_erb

@@ -83,7 +83,7 @@ def test_tarball_has_the_object_and_sources(artifact):
 
 
 def test_tarball_has_no_development_files(artifact):
-    _, names = artifact
+    _unused, names = artifact
     assert unwanted(names) == []
 
 
@@ -104,7 +104,7 @@ def playbook(name, collections, cwd):
 
 
 def test_installed_artifact_deploys_the_local_fleet(fleet, artifact, tmp_path):
-    tarball, _ = artifact
+    tarball, _unused = artifact
     collections = tmp_path / 'collections'
     collections.mkdir()
     run([venv_bin('ansible-galaxy'), 'collection', 'install', '-p', collections, tarball], timeout=300,
@@ -130,13 +130,13 @@ def test_installed_artifact_deploys_the_local_fleet(fleet, artifact, tmp_path):
             assert hashlib.sha256((h.dir / 'lib' / 'erb.bpf.o').read_bytes()).hexdigest() == sha
             assert h.redis_cli('SET', 'artifact:k', 'v-%s' % h.name) == 'OK'
             before = _get_calls(h.redis_cli_local('INFO', 'commandstats'))
-            for _ in range(3):
+            for _unused in range(3):
                 assert h.redis_cli('GET', 'artifact:k') == 'v-%s' % h.name
             assert _get_calls(h.redis_cli_local('INFO', 'commandstats')) == before, \
                 'GETs reached Redis: not answered in XDP'
             assert h.redis_cli_local('GET', 'artifact:k') == 'v-%s' % h.name
     finally:
-        rb_rc, rb_out, _ = playbook('erb.booster.rollback', collections, tmp_path)
+        rb_rc, rb_out, _unused = playbook('erb.booster.rollback', collections, tmp_path)
     assert rb_rc == 0, rb_out[-6000:]
     for h in fleet.hosts:
         assert not os.path.exists('/run/erb/bpffs/erb/%s/%s' % (h.ns, h.iface))

@@ -75,8 +75,8 @@ class TestDeployRollback:
         assert 'Build and load the erb_io kernel module' not in out and 'erb_io-src' not in out
         for h in fleet.hosts:
             # order on each host: probe before the switch, the switch before verify
-            pos = [out.index(t % h.iface) for t in ('Store the probe key through %s',
-                                                     'Wait until the I/O path removed the stale entry')]
+            steps = ('Store the probe key through %s', 'Wait until the I/O path removed the stale entry')
+            pos = [out.index(t % h.iface) for t in steps]
             assert pos == sorted(pos)
             meta = _meta(h)
             # the attach with the fast path off, then the switch: same links, only the config changed
