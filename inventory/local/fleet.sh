@@ -158,7 +158,7 @@ ensure_redis() {
 	# redis-server daemonizes: it must not keep the caller's descriptors (a lock held by
 	# `flock FILE fleet.sh up` would last as long as the fleet)
 	(
-		for fd in /proc/$BASHPID/fd/*; do
+		for fd in "/proc/$BASHPID/fd"/*; do
 			fd=${fd##*/}
 			if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
 		done

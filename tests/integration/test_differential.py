@@ -83,7 +83,7 @@ def parse(buf, pos=0):
         if n < 0:
             return Resp(t, None, buf[pos:i + 2]), i + 2
         items, p = [], i + 2
-        for _ in range(n * 2 if t in (b'%', b'|') else n):
+        for _unused in range(n * 2 if t in (b'%', b'|') else n):
             r = parse(buf, p)
             if r is None:
                 return None
@@ -238,7 +238,7 @@ SCRIPTS = [
 @st.composite
 def eval_cmd(draw):
     src, nkeys = draw(st.sampled_from(SCRIPTS))
-    keys = [draw(skey) for _ in range(nkeys)]
+    keys = [draw(skey) for _unused in range(nkeys)]
     return ('EVAL', src, str(nkeys)) + tuple(keys) + (draw(value),)
 
 
@@ -301,7 +301,7 @@ class Differential(RuleBasedStateMachine):
         super().__init__()
         Run.examples += 1
         self.sides = Run.connect(self.boosted_host, self.plain_host)
-        self.boosted, self.plain = self.sides
+        self.boosted, self.plain = self.sides  # pylint: disable=unpacking-non-sequence
         # channels unique to this example: an earlier example's subscriber, closed, never counts
         self.channels = ['ch:%d:%d' % (Run.examples, i) for i in range(2)]
         self.subscribed = set()
@@ -386,7 +386,7 @@ class Differential(RuleBasedStateMachine):
         Run.dirty = True
         for s in self.sides:
             self.conn(s, idx).send(*cmds)
-        replies = [[self.conn(s, idx).read_reply() for _ in cmds] for s in self.sides]
+        replies = [[self.conn(s, idx).read_reply() for _unused in cmds] for s in self.sides]
         for args, ra, rb in zip(cmds, *replies):
             self._check(idx, args, ra, rb)
 
@@ -468,7 +468,7 @@ class Differential(RuleBasedStateMachine):
     def publish(self, idx, ch, msg):
         """PUBLISH from a command connection; the subscriber's messages compared."""
         n = self.compare(idx, 'PUBLISH', self.channels[ch], msg)
-        for _ in range(int(n.v)):
+        for _unused in range(int(n.v)):
             got = [self.conn(s, 'sub').read_any(timeout=PUSH_WAIT) for s in self.sides]
             Run.compared += 1
             if got[0] is None or got[1] is None or got[0].raw != got[1].raw:

@@ -46,7 +46,8 @@ def molecule_test(scenario, out_dir, timeout):
     log = out_dir / ('molecule-%s.log' % scenario)
     try:
         p = subprocess.run([venv_bin('molecule'), 'test', '-s', scenario], cwd=str(REPO), env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                           check=False)
         rc, out = p.returncode, p.stdout
     except subprocess.TimeoutExpired as e:
         rc, out = 'timeout after %d s' % timeout, e.stdout or ''

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Runs inside the QEMU guest that create.yml boots (tests/guest/sys-init.sh: Debian's
 # 6.1 kernel, this machine's userland read-only over 9p with a tmpfs overlay), as root.
@@ -13,10 +13,16 @@ v() { echo "ERB-V $1 $2"; }
 fail() { v guest_error "$1"; exit 1; }
 
 modprobe virtio_net || fail modprobe_virtio_net
-IF=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+IF=
+for dev in /sys/class/net/*; do
+	dev=${dev##*/}
+	if [ "$dev" != lo ]; then IF=$dev; break; fi
+done
 [ -n "$IF" ] || fail no_network_interface
 # QEMU user networking: the guest is 10.0.2.15, the host 10.0.2.2
-ip link set "$IF" up && ip addr add 10.0.2.15/24 dev "$IF" || fail network
+if ! ip link set "$IF" up || ! ip addr add 10.0.2.15/24 dev "$IF"; then
+	fail network
+fi
 
 bash "$REPO/inventory/local/fleet.sh" up 1 >"$OUT/fleet-up.log" 2>&1 || fail fleet_up
 
