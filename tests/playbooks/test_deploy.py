@@ -74,10 +74,11 @@ class TestDeployRollback:
         assert all(': on - the I/O path (ring) proved that it applies writes' in ln for ln in lines), lines
         assert 'Build and load the erb_io kernel module' not in out and 'erb_io-src' not in out
         for h in fleet.hosts:
-            # order on each host: probe before the switch, the switch before verify
-            steps = ('Store the probe key through %s', 'Wait until the I/O path removed the stale entry')
-            pos = [out.index(t % h.iface) for t in steps]
-            assert pos == sorted(pos)
+            # order on each host: the probe, the proof, then the fast path switched on
+            probe = out.index('Store the probe key through %s' % h.iface)
+            proven = out.index('Wait until the I/O path removed the stale entry', probe)
+            switched = out.index('SET fast path on %s: on' % h.iface)
+            assert probe < proven < switched
             meta = _meta(h)
             # the attach with the fast path off, then the switch: same links, only the config changed
             assert meta['config']['set_fast_path'] is True
