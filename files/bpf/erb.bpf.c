@@ -1752,7 +1752,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 	}
 	cseq = map_sseq(&sadj, seq);
 	s_nxt = f->s_nxt;
-	resend = plen && !after(cseq + plen, s_nxt);	/* all bytes the client has */
+	resend = plen && !after(cseq + plen, s_nxt);	/* all bytes already sent */
 	f->s_win = t->window;
 	if (!(f->flags & ERB_FLOW_WIN))
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_WIN);
@@ -1795,7 +1795,12 @@ int erb_tc_egress(struct __sk_buff *skb)
 	 * ts_recent: a newer one than our answer's makes PAWS drop the answer,
 	 * a reply lost for good. It gets the TSval of our last answer instead.
 	 */
-	if (resend && f->s_tsval && (f->flags & ERB_FLOW_ANSWERED) && olen >= 10 && olen <= 40) {
+	/*
+	 * Only bytes the client has acknowledged: a retransmission of a segment
+	 * the client lost must keep its own TSval, or PAWS drops it again.
+	 */
+	if (resend && f->s_tsval && (f->flags & ERB_FLOW_ANSWERED) && olen >= 10 && olen <= 40 &&
+	    !after(cseq + plen, f->c_ack)) {
 		tc_opts(skb, s, toff + sizeof(*t), olen);
 		if (s->oc.ts_off && !s->oc.bad && after(s->oc.tsval, f->s_tsval)) {
 			tc_rewrite(skb, toff + (s->oc.ts_off & 63) + 2, csum_off, s->oc.tsval, f->s_tsval);

@@ -129,6 +129,26 @@ def test_resend_before_an_answer_in_flight_gets_the_answers_tsval(erb):
     assert erb.stats()['ts_clamped'] == 1
 
 
+def test_retransmission_of_a_lost_segment_keeps_its_tsval(erb):
+    """A Redis segment the client never got (lost on the way) is retransmitted with a
+    newer TSval: it must keep it. Given our older answer's TSval, the client (whose
+    ts_recent moved on with later segments) drops it by PAWS every time: a request
+    never answered."""
+    f = Flow(erb).handshake()
+    f.set(b'k', b'hello')
+    rc, answer = f.get(b'k')
+    assert rc == XDP_TX
+    rc, out = f.send(resp('PING'))
+    assert rc == XDP_PASS
+    pong_seq = f.s_seq
+    rc, out = f.reply(b'+PONG\r\n')                # lost before the client: it never ACKs it
+    f.s_tsval += 40                                   # Redis's RTO
+    rc, out = f.erb.tc(f.server_frame(b'+PONG\r\n', seq=pong_seq))
+    assert rc == TC_ACT_OK
+    assert ts_option(out)[0] == f.s_tsval, 'a retransmission of lost bytes got an older TSval: PAWS drops it'
+    assert erb.stats()['ts_clamped'] == 0
+
+
 def test_miss_passes_byte_identical(erb):
     f = Flow(erb).handshake()
     f.set(b'other', b'value')
