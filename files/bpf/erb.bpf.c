@@ -59,6 +59,14 @@ const volatile struct erb_config cfg = {
 #define SLOT_FREE	0xffffffffU
 #define KEYQ		64
 #define LOCK_SPINS	512		/* tries at a bucket lock another CPU holds */
+/*
+ * A segment the hold rule would drop first waits this long for the I/O path
+ * to apply the writes acknowledged before it: the agent (or erb_io) on
+ * another CPU usually needs tens of microseconds, a dropped segment costs
+ * the client a retransmission timeout (200 ms or more for one segment).
+ */
+#define HOLD_WAIT_NS	300000ULL
+#define HOLD_WAIT_SPINS	(1 << 16)
 #define UNTRACKED_QUIET_NS	1000000000ULL
 #define HASH_CLIENT	0x6d3cd99eU	/* FNV-1a("CLIENT"), checked by a test */
 #define HASH_REPLY	0xd3d94fc7U	/* FNV-1a("REPLY") */
@@ -1301,7 +1309,41 @@ struct actx {
 	struct erb_flow_key *key;
 	int rc;
 	__u32 from;		/* parse_step: first new byte of the payload */
+	__u32 waited;		/* parse_step: the hold's wait is spent */
 };
+
+#define RC_PARSE_AGAIN	(-3)	/* parse_step: writes applied while it waited */
+
+struct wctx {
+	struct erb_global *g;
+	__u64 bound;
+	__u64 t0;
+	int ok;
+};
+
+static long wait_step(__u32 i, void *arg)
+{
+	struct wctx *w = arg;
+
+	if (!w->g)
+		return 1;
+	if (cfg.flags & ERB_CFG_KMOD)
+		kmod_sync(w->g);
+	if (READ_ONCE(w->g->applied_seq) >= w->bound) {
+		w->ok = 1;
+		return 1;
+	}
+	return bpf_ktime_get_ns() - w->t0 > HOLD_WAIT_NS;
+}
+
+/* Wait (bounded) until the writes before bound are applied; 1 if they are. */
+static __always_inline int hold_wait(struct erb_global *g, __u64 bound)
+{
+	struct wctx w = { .g = g, .bound = bound, .t0 = bpf_ktime_get_ns() };
+
+	bpf_loop(HOLD_WAIT_SPINS, wait_step, &w, 0);
+	return w.ok;
+}
 
 /* Parse the client's new bytes; rc XDP_DROP when the hold rule applies. */
 static long parse_step(__u32 i, void *arg)
@@ -1340,6 +1382,14 @@ static long parse_step(__u32 i, void *arg)
 		__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
 		if (!f->hold_wseq)
 			f->hold_wseq = bound;
+		/* once per segment: wait for the I/O path, then parse it again */
+		if (!a->waited) {
+			a->waited = 1;
+			if (hold_wait(g, bound)) {
+				a->rc = RC_PARSE_AGAIN;
+				return 1;
+			}
+		}
 		stat_inc(ERB_STAT_HOLD);
 		a->rc = XDP_DROP;
 		return 1;
@@ -1589,7 +1639,13 @@ int erb_xdp(struct xdp_md *ctx)
 			ac.key = &key;
 			ac.rc = -1;
 			ac.from = f->c_nxt - seq;
+			ac.waited = 0;
 			bpf_loop(1, parse_step, &ac, 0);
+			if (ac.rc == RC_PARSE_AGAIN) {
+				stat_inc(ERB_STAT_HOLD_WAITED);
+				ac.rc = -1;
+				bpf_loop(1, parse_step, &ac, 0);
+			}
 			if (ac.rc >= 0)
 				return ac.rc;
 			f->c_nxt = seq + k.plen;

@@ -273,6 +273,7 @@ enum erb_stat {
 	ERB_STAT_PASS_CLIENT_LIMIT,	/* reply over the client's MSS or receive window */
 	ERB_STAT_UNSEEN_PASSED,		/* bytes we cannot parse passed, cache emptied */
 	ERB_STAT_REPLY_UNMATCHED,	/* a reply with no command owed: flow untracked */
+	ERB_STAT_HOLD_WAITED,		/* would-be hold passed: the I/O path caught up within the wait */
 	ERB_STAT_MAX,
 };
 

@@ -151,6 +151,7 @@ STAT_NAMES = (
     'pass_client_limit',
     'unseen_passed',
     'reply_unmatched',
+    'hold_waited',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

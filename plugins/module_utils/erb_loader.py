@@ -410,7 +410,8 @@ def count_flows(fd):
 # Redis ACKs held below an answer the client lacked, flows given up (a gap, bytes
 # ERB cannot parse), segments held for pending writes.
 RECOVERY_STATS = ('retransmit_answer', 'answer_resent', 'drop_overlap', 'ack_held', 'ts_clamped',
-                  'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold')
+                  'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold',
+                  'hold_waited')
 
 
 def recovery(stats):

@@ -174,6 +174,32 @@ def test_sets_answered_in_xdp_are_visible_to_redis(erb):
     assert stat_delta(s2, erb.stats()).get('hit', 0) == 50
 
 
+def test_command_after_its_keys_fast_set_waits_for_the_agent_not_a_retransmission(erb):
+    """SET k (answered in XDP) then INCR k on the same connection: the INCR must run after the
+    agent applied the SET. XDP first waits (bounded) for the agent; only if it is slower than
+    that is the segment dropped for the client to send again (a `hold`). Every reply is right
+    either way; the counters show the waits that spared the client a retransmission."""
+    c, t = tcp(erb), truth(erb)
+    s0 = erb.stats()
+    n = 200
+    for i in range(n):
+        k = 'wait:%d' % (i % 20)
+        assert c.cmd('SET', k, str(i)) == OK
+        assert c.cmd('INCR', k) == integer(i + 1), (i, k)
+        assert c.cmd('APPEND', k, 'x') == integer(len(str(i + 1)) + 1), (i, k)
+    agent_ok(erb)
+    d = stat_delta(s0, erb.stats())
+    report('hold wait', commands=3 * n, set_fast=d.get('set_fast', 0), hold_waited=d.get('hold_waited', 0),
+           hold=d.get('hold', 0))
+    assert d.get('set_fast', 0) == n, d
+    # each INCR found its key's SET pending or applied: waited, dropped, or passed at once
+    assert d.get('hold_waited', 0) > 0, 'XDP never waited for the agent: %s' % d
+    wait_applied(erb, timeout=10)
+    for j in range(20):
+        last = max(i for i in range(n) if i % 20 == j)
+        assert t.cmd('GET', 'wait:%d' % j) == bulk('%dx' % (last + 1))
+
+
 # --------------------------------------------------------------------------- replica
 
 @pytest.fixture
