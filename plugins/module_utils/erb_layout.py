@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 2
+ERB_LAYOUT_VERSION = 3
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -151,6 +151,7 @@ STAT_NAMES = (
     'pass_client_limit',
     'unseen_passed',
     'reply_unmatched',
+    'evict',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -189,6 +190,8 @@ class ErbEntry(ctypes.Structure):
         ('wseq', u64),
         ('key', ctypes.c_char * ERB_KEY_MAX),
         ('val', ctypes.c_char * ERB_VAL_MAX),
+        ('ref', u32),
+        ('pad', u32),
     ]
 
 
