@@ -159,7 +159,7 @@ def erb_hits(erb, trace):
         if rc != XDP_PASS:
             raise AssertionError('GET %r: %s' % (key, erbtest.XDP_NAMES.get(rc, rc)))
         f.reply(b'$-1\r\n')
-        rc, _unused = f.send(resp(b'SET', key, value(k)))
+        rc = f.send(resp(b'SET', key, value(k)))[0]
         if rc != XDP_PASS:
             raise AssertionError('SET %r: %s' % (key, erbtest.XDP_NAMES.get(rc, rc)))
         f.reply(b'+OK\r\n')
