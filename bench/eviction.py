@@ -112,10 +112,10 @@ def make_trace(kind, keys, length, theta, seed):
     perm = list(range(keys))
     rng.shuffle(perm)               # popularity rank -> key, not key order
     if kind == 'uniform':
-        return [rng.randrange(keys) for _ in range(length)]
+        return [rng.randrange(keys) for i in range(length)]
     draw = zipf_sampler(keys, theta, rng)
     if kind == 'zipfian':
-        return [perm[draw()] for _ in range(length)]
+        return [perm[draw()] for i in range(length)]
     # churn: after the shift, rank r is served by a disjoint key
     out = []
     for i in range(length):
@@ -248,7 +248,7 @@ def plot(result, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--cache-entries', type=int, default=1024)
     ap.add_argument('--keys-factor', type=int, default=10)
     ap.add_argument('--requests', type=int, default=40000, help='measured requests per trace')
