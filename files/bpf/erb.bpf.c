@@ -922,7 +922,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 {
 	struct erb_record *rec;
 	struct erb_entry *e;
-	__u32 b = bucket_of(h), *bl, *cnt, idx, seq, ack;
+	__u32 b = bucket_of(h), *bl, *cnt, seq, ack;
 	__u64 wseq;
 	int rc;
 
@@ -946,10 +946,8 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return unlock_ret(bl, 0, -1);
 	}
-	cache_probe(s, s->key, klen, h, g->cache_gen);
-	idx = s->pr.hit >= 0 ? s->pr.hit : s->pr.free;
-	e = s->pr.hit >= 0 || s->pr.free >= 0 ? bpf_map_lookup_elem(&erb_cache, &idx) : 0;
-	if (!e || __sync_val_compare_and_swap(&e->lock, 0, 1) != 0) {
+	e = cache_claim(s, s->key, klen, h, g->cache_gen);
+	if (!e) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return unlock_ret(bl, 0, -1);
 	}

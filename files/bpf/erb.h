@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	2
+#define ERB_LAYOUT_VERSION	3
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -59,6 +59,8 @@ struct erb_entry {
 	__u64 wseq;		/* write sequence (SET fast path, later) */
 	char key[ERB_KEY_MAX];
 	char val[ERB_VAL_MAX];
+	__u32 ref;		/* CLOCK reference bit: set by a hit, cleared by an eviction sweep */
+	__u32 pad;
 };
 
 /* What erb_entry.val holds. */
@@ -259,7 +261,7 @@ enum erb_stat {
 	ERB_STAT_DROP_OUT_OF_ORDER,	/* tracked flow, gap before this segment */
 	ERB_STAT_FLOW_ADOPTED,		/* flow seen mid-stream: untracked */
 	ERB_STAT_UNTRACKED_WRITE,	/* write on an untracked flow */
-	ERB_STAT_CACHE_FULL,		/* fill found no slot within the probe bound */
+	ERB_STAT_CACHE_FULL,		/* insert found no slot in the probe window (all pending or busy) */
 	ERB_STAT_PASS_NO_ROOM,		/* hit, but the frame could not grow for the reply */
 	ERB_STAT_SET_FAST,		/* SET answered in XDP, queued for Redis */
 	ERB_STAT_SET_PASS_QUEUE_FULL,	/* ring/kfifo full: SET passed to Redis */
@@ -274,6 +276,7 @@ enum erb_stat {
 	ERB_STAT_UNSEEN_PASSED,		/* bytes we cannot parse passed, cache emptied */
 	ERB_STAT_REPLY_UNMATCHED,	/* a reply with no command owed: flow untracked */
 	ERB_STAT_HOLD_WAITED,		/* would-be hold passed: the I/O path caught up within the wait */
+	ERB_STAT_EVICT,			/* entries evicted (CLOCK) to store another key */
 	ERB_STAT_MAX,
 };
 

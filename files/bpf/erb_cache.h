@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * ERB data path: the KV cache: FNV-1a, double-hash probing, entries, invalidation, pending writes.
+ * ERB data path: the KV cache: FNV-1a, double-hash probing, entries, invalidation, pending writes,
+ * CLOCK eviction.
  * Part of the one translation unit erb.bpf.c (the verifier sees one object);
  * included there in order, after the maps and the load-time cfg.
  */
@@ -134,23 +135,31 @@ static long probe_step(__u32 i, void *arg)
 	e = bpf_map_lookup_elem(&erb_cache, &idx);
 	if (!e)
 		return 1;
+	/* ver before the fields: an insert re-checks it under the entry's lock */
+	ver = READ_ONCE(e->ver);
 	if (e->state == ERB_ENTRY_VALID && e->gen != x->gen && e->wseq > x->applied)
 		return 0;	/* flushed, but Redis does not have its write yet: keep it */
 	if (entry_end(e, x->gen)) {
-		if (s->pr.free < 0)
+		if (s->pr.free < 0) {
 			s->pr.free = idx;
+			s->pr.fver = ver;
+		}
 		return 1;
 	}
 	if (!entry_live(e, x->gen)) {
-		if (s->pr.free < 0)
+		if (s->pr.free < 0) {
 			s->pr.free = idx;
+			s->pr.fver = ver;
+		}
 		return 0;
 	}
-	ver = READ_ONCE(e->ver);
 	if (e->hash != x->h || e->klen != x->klen || !key_equal(e->key, x->key))
 		return 0;
 	s->pr.hit = idx;
 	s->pr.ver = ver;
+	/* CLOCK reference bit: written only when it changes (no store per hit) */
+	if (!READ_ONCE(e->ref))
+		WRITE_ONCE(e->ref, 1);
 	return 1;
 }
 
@@ -212,8 +221,16 @@ static __always_inline void entry_write(struct erb_entry *e, __u32 h, const char
 					const char *val, __u32 vlen, __u32 gen, __u64 wseq,
 					__u32 type)
 {
+	struct erb_scratch *s = scratch();
+
+	/* cache_claim() chose this slot as a victim: the eviction happens now */
+	if (s && s->pr.evict) {
+		s->pr.evict = 0;
+		stat_inc(ERB_STAT_EVICT);
+	}
 	__sync_fetch_and_add(&e->ver, 1);
 	e->state = ERB_ENTRY_VALID;
+	e->ref = 1;
 	e->gen = gen;
 	e->hash = h;
 	e->klen = klen;
@@ -226,6 +243,107 @@ static __always_inline void entry_write(struct erb_entry *e, __u32 h, const char
 }
 
 /*
+ * CLOCK over a full probe window: sweep it in probe order, clearing the
+ * reference bit of each referenced entry passed over (its second chance), and
+ * stop at the first unreferenced one. All referenced: the first one swept
+ * (now cleared), as the CLOCK hand coming round again would. Never a victim:
+ * an entry whose fast-path write Redis does not have yet (wseq > applied_seq),
+ * one of another generation (only pending ones are left in a full window), one
+ * being written (lock, odd ver), or anything not valid.
+ */
+struct evctx {
+	struct erb_scratch *s;
+	__u32 h, gen;
+	__u64 applied;
+};
+
+static long evict_step(__u32 i, void *arg)
+{
+	struct evctx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct erb_entry *e;
+	__u32 idx, ver;
+
+	if (!s)
+		return 1;
+	idx = slot_of(x->h, i);
+	e = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!e)
+		return 1;
+	ver = READ_ONCE(e->ver);
+	if ((ver & 1) || READ_ONCE(e->lock) || e->state != ERB_ENTRY_VALID || e->gen != x->gen ||
+	    e->wseq > x->applied)
+		return 0;
+	if (!READ_ONCE(e->ref)) {
+		s->pr.victim = idx;
+		s->pr.vver = ver;
+		return 1;
+	}
+	if (s->pr.victim < 0) {
+		s->pr.victim = idx;
+		s->pr.vver = ver;
+	}
+	WRITE_ONCE(e->ref, 0);
+	return 0;
+}
+
+/*
+ * The slot an insert of key (hash h, zero-padded, under the key's bucket
+ * lock) writes, locked (e->lock 1) and unchanged since it was chosen: the
+ * key's own entry, else the first free slot of the window, else a CLOCK
+ * victim. Bounded: at most two passes over the probe window. NULL: nothing
+ * to take (the window is all pending or busy) or a race lost; the caller
+ * then leaves the command to Redis. The caller writes the entry with
+ * entry_write() (which counts the eviction) and releases e->lock.
+ */
+static __always_inline struct erb_entry *cache_claim(struct erb_scratch *s, const char *key,
+						     __u32 klen, __u32 h, __u32 gen)
+{
+	struct evctx x = { .s = s, .h = h, .gen = gen };
+	struct erb_global *g = global();
+	struct erb_entry *e;
+	__u32 n = cfg.max_probes, idx, ver;
+
+	s->pr.evict = 0;
+	cache_probe(s, key, klen, h, gen);
+	if (s->pr.hit >= 0) {
+		idx = s->pr.hit;
+		ver = s->pr.ver;
+	} else if (s->pr.free >= 0) {
+		idx = s->pr.free;
+		ver = s->pr.fver;
+	} else {
+		x.applied = g ? g->applied_seq : 0;
+		s->pr.victim = -1;
+		if (n > ERB_MAX_PROBES)
+			n = ERB_MAX_PROBES;
+		bpf_loop(n, evict_step, &x, 0);
+		if (s->pr.victim < 0) {
+			stat_inc(ERB_STAT_CACHE_FULL);
+			return 0;
+		}
+		idx = s->pr.victim;
+		ver = s->pr.vver;
+	}
+	if (ver & 1)
+		return 0;
+	e = bpf_map_lookup_elem(&erb_cache, &idx);
+	if (!e || __sync_val_compare_and_swap(&e->lock, 0, 1) != 0)
+		return 0;
+	/*
+	 * Changed since the probe (another key took the slot, an invalidation,
+	 * a fast-path write): choose again next time. wseq only changes with
+	 * ver, and applied_seq only grows: a victim checked above stays one.
+	 */
+	if (READ_ONCE(e->ver) != ver) {
+		__sync_lock_test_and_set(&e->lock, 0);
+		return 0;
+	}
+	s->pr.evict = s->pr.hit < 0 && s->pr.free < 0;
+	return e;
+}
+
+/*
  * Store key/value (zero-padded key) under hash h. Returns 0 when stored.
  * The caller re-checks its preconditions afterwards and invalidates on a race.
  */
@@ -233,22 +351,9 @@ static __always_inline int cache_store(struct erb_scratch *s, __u32 h, const cha
 				       __u32 klen, const char *val, __u32 vlen, __u32 gen,
 				       __u32 type)
 {
-	struct erb_entry *target;
-	__u32 idx;
+	struct erb_entry *target = cache_claim(s, key, klen, h, gen);
 
-	cache_probe(s, key, klen, h, gen);
-	if (s->pr.hit >= 0)
-		idx = s->pr.hit;
-	else if (s->pr.free >= 0)
-		idx = s->pr.free;
-	else {
-		stat_inc(ERB_STAT_CACHE_FULL);
-		return -1;
-	}
-	target = bpf_map_lookup_elem(&erb_cache, &idx);
 	if (!target)
-		return -1;
-	if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
 		return -1;
 	entry_write(target, h, key, klen, val, vlen, gen, target->wseq, type);
 	__sync_lock_test_and_set(&target->lock, 0);

@@ -200,8 +200,12 @@ struct erb_scratch {
 	} oc;				/* option parser cursor */
 	struct {
 		__s32 hit, free;	/* slot indexes, -1 none */
-		__u32 ver;
+		__u32 ver;		/* of the hit */
 		__u32 done;
+		__u32 fver;		/* of the free slot */
+		__s32 victim;		/* CLOCK victim of a full window, -1 none */
+		__u32 vver;		/* its ver */
+		__u32 evict;		/* the slot claimed for an insert is a victim */
 	} pr;				/* cache probe result */
 	struct erb_aux zero_aux;	/* all zero: template for new aux entries */
 };

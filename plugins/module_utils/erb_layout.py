@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 2
+ERB_LAYOUT_VERSION = 3
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -152,6 +152,7 @@ STAT_NAMES = (
     'unseen_passed',
     'reply_unmatched',
     'hold_waited',
+    'evict',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -190,6 +191,8 @@ class ErbEntry(ctypes.Structure):
         ('wseq', u64),
         ('key', ctypes.c_char * ERB_KEY_MAX),
         ('val', ctypes.c_char * ERB_VAL_MAX),
+        ('ref', u32),
+        ('pad', u32),
     ]
 
 
