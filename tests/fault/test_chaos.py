@@ -129,13 +129,14 @@ def chaos(fleet, ansible_playbook):
         assert rb.rc == 0, rb.output[-4000:]
 
 
-# Runs in full on every CI run (table, counters and nstat printed), but its verdict does not
-# gate CI yet: ERB does not meet it under every mix (issue 10 stays open). Seen on main
-# c3b1f27 at 2% each way: a wrong INCR reply under duplication (a string SET applied after
-# later INCRs, cause not found yet), requests left unanswered under loss (PAWS dropping
-# Redis's retransmissions: fixed since, not yet confirmed here), and fewer operations than
-# Redis alone where the fast path is fenced. Non-strict: an XPASS says the mix held.
-@pytest.mark.xfail(strict=False, reason='ERB is not yet as robust as TCP under every fault mix (issue 10)')
+# Every mix must show no wrong reply, no failed or unanswered request, no lost acknowledged
+# write, and the I/O path caught up: those fail the test. The speed bounds (slowest request,
+# throughput) end it as an expected failure when missed, with the figures in the reason.
+SPEED = ('speed bounds not met yet: a command right after its key\'s SET answered in XDP waits for '
+         'the I/O path; when the agent has not applied the SET within the XDP wait, the segment is '
+         'dropped and a synchronous client sends it again after a retransmission timeout')
+
+
 @pytest.mark.parametrize('mix', list(MIXES))
 def test_chaos(chaos, mix):
     erb, alone, att, faults = chaos
@@ -215,10 +216,14 @@ def test_chaos(chaos, mix):
             problems.append('%s: clients still hung at the end: %s' % (label, x['hung']))
     if not applied:
         problems.append('ERB: the I/O path did not apply every acknowledged SET within 30 s (%s)' % (seqs(att),))
+    assert not problems, 'chaos mix %s:\n- %s' % (mix, '\n- '.join(problems))
+    # the speed bounds ERB does not meet under every mix yet (see SPEED below)
+    slow = []
     bound = 2 * ta['slowest'] + RTO
     if te['slowest'] > bound:
-        problems.append('ERB: slowest request %.3f s (%s) > Redis alone slowest %.3f s x 2 + RTO = %.3f s'
-                        % (te['slowest'], te['slowest_what'], ta['slowest'], bound))
+        slow.append('ERB: slowest request %.3f s (%s) > Redis alone slowest %.3f s x 2 + RTO = %.3f s'
+                    % (te['slowest'], te['slowest_what'], ta['slowest'], bound))
     if te['ops'] < ta['ops']:
-        problems.append('ERB: %d ops < Redis alone %d ops under the same faults' % (te['ops'], ta['ops']))
-    assert not problems, 'chaos mix %s:\n- %s' % (mix, '\n- '.join(problems))
+        slow.append('ERB: %d ops < Redis alone %d ops under the same faults' % (te['ops'], ta['ops']))
+    if slow:
+        pytest.xfail('%s (issue 10): chaos mix %s: %s' % (SPEED, mix, '; '.join(slow)))
