@@ -83,10 +83,6 @@ def test_local_fleet(tmp_path):
     assert fleet_is_up() == was_up
 
 
-# Runs on every CI run, but does not gate it yet: on its first run its `check` step failed
-# before reaching the guest (the group var erb_kmod_resolve_btfids, read from the ephemeral
-# guest.env with regex_search, found no RESOLVE_BTFIDS line there; create had passed).
-@pytest.mark.xfail(strict=False, reason='qemu_guest scenario: check step cannot read RESOLVE_BTFIDS (first CI run)')
 @pytest.mark.timeout(3000)
 def test_qemu_guest(tmp_path):
     _need_root()
