@@ -84,13 +84,14 @@ def test_local_fleet(tmp_path):
 
 
 # Runs on every CI run, but does not gate it: the scenario has not yet been seen passing end
-# to end (under TCG each playbook run in the guest takes many minutes).
+# to end (under TCG each playbook run in the guest takes many minutes), and CI gives it at most
+# 15 minutes; its output is kept beside the test's tmp_path.
 @pytest.mark.xfail(strict=False, reason='qemu_guest scenario not yet seen passing end to end')
-@pytest.mark.timeout(3000)
+@pytest.mark.timeout(1200)
 def test_qemu_guest(tmp_path):
     _need_root()
     require_bpf_objects()
-    rc, out, log = molecule_test('qemu_guest', tmp_path, timeout=2700)
+    rc, out, log = molecule_test('qemu_guest', tmp_path, timeout=900)
     check_recap('qemu_guest', rc, out, log)
     # the role built and loaded erb_io in the guest and attached with clsact (verify asserts
     # both); the deploy said so
