@@ -53,6 +53,11 @@ def molecule_test(scenario, out_dir, timeout):
         rc, out = 'timeout after %d s' % timeout, e.stdout or ''
         if isinstance(out, bytes):
             out = out.decode('utf-8', 'replace')
+        # the sequence stopped midway: remove what its create made (a QEMU guest, the fleet)
+        d = subprocess.run([venv_bin('molecule'), 'destroy', '-s', scenario], cwd=str(REPO), env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                           check=False)
+        out += '\n--- molecule destroy after the timeout (exit %d) ---\n%s' % (d.returncode, d.stdout[-4000:])
     log.write_text(out)
     return rc, out, log
 
