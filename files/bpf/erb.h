@@ -67,6 +67,7 @@ struct erb_entry {
 enum erb_entry_type {
 	ERB_TYPE_STRING = 0,	/* a string value (GET, SET) */
 	ERB_TYPE_HASH = 1,	/* Redis's whole RESP2 reply to HGETALL key */
+	ERB_TYPE_HASH_UNVERIFIED = 2,	/* an HGETALL fill the agent has not checked for a TTL: never served */
 };
 
 /* Flow key: the client->server 4-tuple as seen at ingress, network order. */

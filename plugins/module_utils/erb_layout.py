@@ -40,6 +40,7 @@ ERB_ENTRY_TOMB = 2
 # enum erb_entry_type
 ERB_TYPE_STRING = 0
 ERB_TYPE_HASH = 1
+ERB_TYPE_HASH_UNVERIFIED = 2
 
 # enum erb_pstate
 ERB_P_TYPE = 0

@@ -7,8 +7,10 @@
 Read-through fill: an HGETALL miss passed to Redis on a tracked RESP2 flow is
 captured; when TC egress sees its whole reply in one skb (a '*' array of at
 least 2 elements, at most max_value_len bytes), those bytes are stored as a
-type ERB_TYPE_HASH entry under the write-through cancellation rules. The next
-"HGETALL key" segment is answered with them. Writes of the key (HSET, HMSET,
+type ERB_TYPE_HASH_UNVERIFIED entry under the write-through cancellation rules,
+never served until the agent has checked that the key has no TTL and made it
+ERB_TYPE_HASH (verify() does what the agent does). The next "HGETALL key"
+segment is then answered with them. Writes of the key (HSET, HMSET,
 HDEL, DEL, EXPIRE...) invalidate it; GET never sees it; a flow that sent HELLO
 (maybe RESP3) never fills nor is answered."""
 
@@ -77,12 +79,30 @@ def entry_types(erb):
     return out
 
 
-def fill(f, key, fields, cmd=b"HGETALL"):
-    """HGETALL miss passed, its reply through TC: returns the reply bytes."""
+def verify(erb, key):
+    """What the agent does once PTTL key is -1: ERB_TYPE_HASH_UNVERIFIED -> ERB_TYPE_HASH."""
+    import ctypes
+    from erbtest import B
+    e = L.ErbEntry()
+    for i in range(erb.config['cache_entries']):
+        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
+        if e.state == L.ERB_ENTRY_VALID and e.type == L.ERB_TYPE_HASH_UNVERIFIED and \
+                ctypes.string_at(ctypes.addressof(e) + L.ErbEntry.key.offset, e.klen) == key:
+            e.type = L.ERB_TYPE_HASH
+            B.map_update(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
+            return True
+    return False
+
+
+def fill(f, key, fields, cmd=b"HGETALL", verified=True):
+    """HGETALL miss passed, its reply through TC (and, verified, checked as the agent
+    does): returns the reply bytes."""
     rep = hash_reply(fields)
     rc, _unused = f.send(resp(cmd, key))
     assert rc == XDP_PASS, 'HGETALL miss not passed: %s' % name(rc)
     f.reply(rep)
+    if verified:
+        verify(f.erb, key)
     return rep
 
 
@@ -98,6 +118,18 @@ def assert_miss(f, key):
     rc, out = f.send(resp(b'HGETALL', key))
     assert rc == XDP_PASS
     f.reply(b'*0\r\n')
+
+
+def test_fill_is_not_served_before_the_agent_checks_its_ttl(erb):
+    f = Flow(erb).handshake()
+    rep = fill(f, b'user:1', SMALL, verified=False)
+    assert erb.stats()['fill'] == 1
+    assert entry_types(erb) == {b'user:1': (L.ERB_TYPE_HASH_UNVERIFIED, rep)}
+    rc, _ignored = f.send(resp(b'HGETALL', b'user:1'))
+    assert rc == XDP_PASS, 'an unchecked hash (it may have a TTL) answered in XDP: %s' % name(rc)
+    f.reply(rep)
+    verify(erb, b'user:1')
+    assert_hit(erb, f, b'user:1', rep)
 
 
 @pytest.mark.parametrize('ts', [True, False], ids=['ts', 'no-ts'])
@@ -188,7 +220,8 @@ def test_pipelined_replies_in_one_skb(erb):
     rc, _unused = f.send(resp(b'GET', b'x') + resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
     f.reply(b'$3\r\nabc\r\n' + rep + b'')
-    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH, rep)}
+    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH_UNVERIFIED, rep)}
+    verify(erb, b'k')
     assert_hit(erb, f, b'k', rep)
 
 
@@ -200,7 +233,7 @@ def test_reply_after_bytes_of_an_earlier_skb(erb):
     assert rc == XDP_PASS
     f.reply(b'$10\r\n01234')
     f.reply(b'56789\r\n' + rep)
-    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH, rep)}
+    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH_UNVERIFIED, rep)}
 
 
 @pytest.mark.parametrize('hello', [[b'HELLO', b'3'], [b'HELLO', b'2'], [b'hello']], ids=['3', '2', 'bare'])
