@@ -674,3 +674,17 @@ Erb.apply_all = _erb_apply_all
 Erb.u32 = _erb_u32
 Erb.set_u32 = _erb_set_u32
 Erb.reset_fast = _erb_reset_fast
+
+
+def verify_hash(erb, key):
+    """What erb-agent does once PTTL key is -1: ERB_TYPE_HASH_UNVERIFIED -> ERB_TYPE_HASH."""
+    from ansible_collections.erb.booster.plugins.module_utils import erb_layout as lay
+    e = lay.ErbEntry()
+    for i in range(erb.config['cache_entries']):
+        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
+        if e.state == lay.ERB_ENTRY_VALID and e.type == lay.ERB_TYPE_HASH_UNVERIFIED and \
+                ctypes.string_at(ctypes.addressof(e) + lay.ErbEntry.key.offset, e.klen) == key:
+            e.type = lay.ERB_TYPE_HASH
+            B.map_update(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
+            return True
+    return False

@@ -20,7 +20,7 @@ import ctypes
 
 import pytest
 
-from erbtest import B, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, fnv1a, resp, tcp_payload
+from erbtest import verify_hash, B, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, fnv1a, resp, tcp_payload
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 from ansible_collections.erb.booster.plugins.module_utils import erb_loader as EL
 
@@ -251,6 +251,7 @@ def test_hgetall_fill_evicts(small):
     f.reply(reply)
     assert counts(erb, 'evict')[0] == 1
     assert slots(erb)[w[0]][:2] == (key, reply)
+    assert verify_hash(erb, key)    # the agent's TTL check
     rc, out = f.send(resp(b'HGETALL', key))
     assert rc == XDP_TX, name(rc)
     assert tcp_payload(out) == reply

@@ -9,7 +9,7 @@ captured; when TC egress sees its whole reply in one skb (a '*' array of at
 least 2 elements, at most max_value_len bytes), those bytes are stored as a
 type ERB_TYPE_HASH_UNVERIFIED entry under the write-through cancellation rules,
 never served until the agent has checked that the key has no TTL and made it
-ERB_TYPE_HASH (verify() does what the agent does). The next "HGETALL key"
+ERB_TYPE_HASH (verify_hash() does what the agent does). The next "HGETALL key"
 segment is then answered with them. Writes of the key (HSET, HMSET,
 HDEL, DEL, EXPIRE...) invalidate it; GET never sees it; a flow that sent HELLO
 (maybe RESP3) never fills nor is answered."""
@@ -18,7 +18,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import (CIP, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
+from erbtest import (verify_hash, CIP, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
                      bulk, resp, tcp_payload, ts_option)
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 
@@ -79,21 +79,6 @@ def entry_types(erb):
     return out
 
 
-def verify(erb, key):
-    """What the agent does once PTTL key is -1: ERB_TYPE_HASH_UNVERIFIED -> ERB_TYPE_HASH."""
-    import ctypes
-    from erbtest import B
-    e = L.ErbEntry()
-    for i in range(erb.config['cache_entries']):
-        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
-        if e.state == L.ERB_ENTRY_VALID and e.type == L.ERB_TYPE_HASH_UNVERIFIED and \
-                ctypes.string_at(ctypes.addressof(e) + L.ErbEntry.key.offset, e.klen) == key:
-            e.type = L.ERB_TYPE_HASH
-            B.map_update(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
-            return True
-    return False
-
-
 def fill(f, key, fields, cmd=b"HGETALL", verified=True):
     """HGETALL miss passed, its reply through TC (and, verified, checked as the agent
     does): returns the reply bytes."""
@@ -102,7 +87,7 @@ def fill(f, key, fields, cmd=b"HGETALL", verified=True):
     assert rc == XDP_PASS, 'HGETALL miss not passed: %s' % name(rc)
     f.reply(rep)
     if verified:
-        verify(f.erb, key)
+        verify_hash(f.erb, key)
     return rep
 
 
@@ -128,7 +113,7 @@ def test_fill_is_not_served_before_the_agent_checks_its_ttl(erb):
     rc, _ignored = f.send(resp(b'HGETALL', b'user:1'))
     assert rc == XDP_PASS, 'an unchecked hash (it may have a TTL) answered in XDP: %s' % name(rc)
     f.reply(rep)
-    verify(erb, b'user:1')
+    verify_hash(erb, b'user:1')
     assert_hit(erb, f, b'user:1', rep)
 
 
@@ -221,7 +206,7 @@ def test_pipelined_replies_in_one_skb(erb):
     assert rc == XDP_PASS
     f.reply(b'$3\r\nabc\r\n' + rep + b'')
     assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH_UNVERIFIED, rep)}
-    verify(erb, b'k')
+    verify_hash(erb, b'k')
     assert_hit(erb, f, b'k', rep)
 
 

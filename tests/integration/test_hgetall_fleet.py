@@ -16,8 +16,9 @@ import random
 
 import pytest
 
-from erb_conftest import BPF_OBJECT, require_bpf_objects
+from erb_conftest import BPF_OBJECT, require_bpf_objects, wait_for
 from erb_itest import ErbAttachment, RespConn, commandstats, redis_from, reference_redis, stat_delta
+from erb_settest import AgentProc, build_agent, stop_role_agent
 
 assert reference_redis  # a fixture, used by name below
 
@@ -29,18 +30,38 @@ FIELD_LEN = 100
 
 
 @pytest.fixture(scope='module')
-def erb(fleet):
+def erb(fleet, tmp_path_factory):
+    """ERB on erb-r1/erbs1 with the agent, which checks every HGETALL fill for a TTL (PTTL)
+    before XDP may answer from it."""
     require_bpf_objects(BPF_OBJECT)
+    build_agent()
     h = fleet.hosts[0]
     a = ErbAttachment(h, cache_entries=8192, max_flows=4096, max_key_len=128, max_value_len=1400)
     a.detach(drain_timeout=0)
+    stop_role_agent(h)
     assert h.redis_cli_local('FLUSHALL') == 'OK'
     a.attach()
+    a.agent = AgentProc(a, tmp_path_factory.mktemp('erb-agent'))
     try:
+        a.agent.start()
         yield a
     finally:
-        a.detach()
-        h.redis_cli_local('FLUSHALL')
+        try:
+            a.detach()
+        finally:
+            a.agent.stop()
+            h.redis_cli_local('FLUSHALL')
+
+
+def verified(erb):
+    """How many hash fills the agent has checked (no TTL) and made servable."""
+    return erb.agent.fresh_stats()['hash_verified']
+
+
+def wait_verified(erb, base, n):
+    """Wait until the agent has checked n more hash fills than base."""
+    wait_for(lambda: verified(erb) >= base + n, timeout=15, interval=0.05,
+             what='erb-agent to check %d HGETALL fills' % n)
 
 
 @pytest.fixture
@@ -80,10 +101,12 @@ def test_ycsb_hgetall_hits_in_xdp(erb, ref, nfields, size):
     kw = dict(nfields=nfields, size=size)
     load([boosted, ref], **kw)
     # first reads fill the cache (misses reach Redis)
-    f0 = erb.stats()
+    f0, v0 = erb.stats(), verified(erb)
     for i in range(NRECORDS):
         assert boosted.hgetall('user:%d' % i) == ref.hgetall('user:%d' % i) == record(i, **kw)
-    assert stat_delta(f0, erb.stats()).get('fill', 0) == NRECORDS
+    fills = stat_delta(f0, erb.stats()).get('fill', 0)
+    assert fills == NRECORDS
+    wait_verified(erb, v0, fills)
     s0, cs0 = erb.stats(), commandstats(h)
     rounds = 5
     for _unused in range(rounds):
@@ -115,7 +138,9 @@ def test_raw_reply_bytes_identical(erb, reference_redis):
         for key in ('raw:small', 'raw:empty'):
             for _unused in range(3):
                 assert b.cmd('HGETALL', key) == r.cmd('HGETALL', key)
+        v0 = verified(erb)
         first = b.cmd('HGETALL', 'raw:1')
+        wait_verified(erb, v0, 1)
         s0 = erb.stats()
         for name in ('HGETALL', 'hgetall', 'HgEtAlL'):
             assert b.cmd(name, 'raw:1') == first
@@ -136,9 +161,12 @@ def test_hmset_of_some_fields_then_hgetall(erb, ref):
     h.redis_cli_local('FLUSHALL')
     kw = dict(nfields=4, size=10)     # small enough to be answered on the fleet's veth
     load([boosted, ref], n=5, **kw)
+    v0 = verified(erb)
+    for i in range(5):
+        assert boosted.hgetall('user:%d' % i) == record(i, **kw)   # fills
+    wait_verified(erb, v0, 5)
     s0 = erb.stats()
     for i in range(5):
-        assert boosted.hgetall('user:%d' % i) == record(i, **kw)
         assert boosted.hgetall('user:%d' % i) == record(i, **kw)
         assert other.hgetall('user:%d' % i) == record(i, **kw)
     assert stat_delta(s0, erb.stats()).get('hit', 0) == 5
@@ -149,11 +177,15 @@ def test_hmset_of_some_fields_then_hgetall(erb, ref):
         ref.hmset('user:%d' % i, upd)
         want = ref.hgetall('user:%d' % i)
         assert want != record(i, **kw)
+        v0 = verified(erb)
+        assert boosted.hgetall('user:%d' % i) == want              # refills
+        assert other.hgetall('user:%d' % i) == want
+        wait_verified(erb, v0, 1)
         s0 = erb.stats()
-        for _unused in range(3):
+        for _unused in range(2):
             assert boosted.hgetall('user:%d' % i) == want
             assert other.hgetall('user:%d' % i) == want
-        assert stat_delta(s0, erb.stats()).get('hit', 0) == 2   # refilled by the first
+        assert stat_delta(s0, erb.stats()).get('hit', 0) == 2
     # field removal and key deletion are seen too
     boosted.hdel('user:0', 'field3')
     ref.hdel('user:0', 'field3')
