@@ -1130,15 +1130,23 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		stat_inc(ERB_STAT_MISS);
 		return -1;
 	}
-	if (!client_takes(f, k, o, rlen))
+	/*
+	 * A cached reply that cannot be sent: Redis answers, and its reply
+	 * refills nothing (the entry stands, checked as it is).
+	 */
+	if (!client_takes(f, k, o, rlen)) {
+		s->hit_unsent = 1;
 		return -1;
+	}
 	seq = f->s_nxt;
 	ack = bpf_ntohl(k->tcp->seq) + k->plen;
 	rc = xdp_reply(ctx, k, o, s->rep, rstart, rlen, seq, ack, f->s_win);
 	if (rc < 0)
 		stat_inc(ERB_STAT_PASS_NO_ROOM);
-	if (rc != XDP_TX)
+	if (rc != XDP_TX) {
+		s->hit_unsent = 1;
 		return rc;
+	}
 	answered(f, a, k, s, seq, ack, rstart, rlen);
 	stat_inc(ERB_STAT_HIT);
 	return XDP_TX;
@@ -1394,7 +1402,7 @@ static long parse_step(__u32 i, void *arg)
 	}
 	f->hold_wseq = 0;
 	xdp_effects(&c, fl_orig);
-	if (c.u->cap && c.u->tracked && !c.u->err)
+	if (c.u->cap && c.u->tracked && !c.u->err && !s->hit_unsent)
 		xdp_capture(a->ctx, a->k, a->key, &c);
 	return 1;
 }
@@ -1482,6 +1490,7 @@ int erb_xdp(struct xdp_md *ctx)
 	g = global();
 	if (!s || !g)
 		return XDP_PASS;
+	s->hit_unsent = 0;
 	if (cfg.flags & ERB_CFG_KMOD)
 		kmod_sync(g);
 	k.odd = 0;

@@ -208,6 +208,7 @@ struct erb_scratch {
 		__u32 evict;		/* the slot claimed for an insert is a victim */
 	} pr;				/* cache probe result */
 	struct erb_aux zero_aux;	/* all zero: template for new aux entries */
+	__u32 hit_unsent;		/* a cached reply this segment could not be sent: no fill */
 };
 
 struct {
