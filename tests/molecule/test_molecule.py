@@ -88,15 +88,16 @@ def test_local_fleet(tmp_path):
     assert fleet_is_up() == was_up
 
 
-# Runs on every CI run, but does not gate it: the scenario has not yet been seen passing end
-# to end (under TCG each playbook run in the guest takes many minutes), and CI gives it at most
-# 15 minutes; its output is kept beside the test's tmp_path.
-@pytest.mark.xfail(strict=False, reason='qemu_guest scenario not yet seen passing end to end')
-@pytest.mark.timeout(1800)
+# Not part of the suite's run yet: under TCG one playbook run in the guest takes more than ten
+# minutes, so the whole sequence takes about an hour, and the scenario has not been seen passing
+# end to end. Run it with ERB_MOLECULE_GUEST=1 (its output is kept beside the test's tmp_path).
+@pytest.mark.skipif(os.environ.get('ERB_MOLECULE_GUEST') != '1',
+                    reason='qemu_guest Molecule scenario: about an hour under TCG; run with ERB_MOLECULE_GUEST=1')
+@pytest.mark.timeout(4200)
 def test_qemu_guest(tmp_path):
     _need_root()
     require_bpf_objects()
-    rc, out, log = molecule_test('qemu_guest', tmp_path, timeout=900)
+    rc, out, log = molecule_test('qemu_guest', tmp_path, timeout=3600)
     check_recap('qemu_guest', rc, out, log)
     # the role built and loaded erb_io in the guest and attached with clsact (verify asserts
     # both); the deploy said so
