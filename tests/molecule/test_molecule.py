@@ -91,6 +91,7 @@ def test_local_fleet(tmp_path):
 # Not part of the suite's run yet: under TCG one playbook run in the guest takes more than ten
 # minutes, so the whole sequence takes about an hour, and the scenario has not been seen passing
 # end to end. Run it with ERB_MOLECULE_GUEST=1 (its output is kept beside the test's tmp_path).
+@pytest.mark.allow_skip('qemu_guest Molecule scenario: opt-in, about an hour under TCG')
 @pytest.mark.skipif(os.environ.get('ERB_MOLECULE_GUEST') != '1',
                     reason='qemu_guest Molecule scenario: about an hour under TCG; run with ERB_MOLECULE_GUEST=1')
 @pytest.mark.timeout(4200)
