@@ -634,19 +634,23 @@ def _erb_reset_fast(self):
     assert self.ring().pending_bytes() == 0
 
 
-def _erb_cache_entries_raw(self):
-    """Like cache_entries(), with exact key/value bytes (NULs included: the
-    c_char fields of erb_layout.ErbEntry stop at the first NUL)."""
-    gen = self.glob().cache_gen
-    out = {}
+def live_entries(erb):
+    """(slot, entry, key bytes, value bytes) of each live entry of the current generation,
+    with exact key/value bytes (NULs included: the c_char fields of erb_layout.ErbEntry stop
+    at the first NUL). The entry object is reused: take what you need before the next one."""
+    gen = erb.glob().cache_gen
     e = L.ErbEntry()
     koff, voff = L.ErbEntry.key.offset, L.ErbEntry.val.offset
-    for i in range(self.config['cache_entries']):
-        B.map_lookup(self.fds['erb_cache'], ctypes.c_uint32(i), e)
+    for i in range(erb.config['cache_entries']):
+        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
         if e.state == L.ERB_ENTRY_VALID and e.gen == gen:
             raw = ctypes.string_at(ctypes.addressof(e), ctypes.sizeof(e))
-            out[raw[koff:koff + e.klen]] = raw[voff:voff + e.vlen]
-    return out
+            yield i, e, raw[koff:koff + e.klen], raw[voff:voff + e.vlen]
+
+
+def _erb_cache_entries_raw(self):
+    """Like cache_entries(), with exact key/value bytes."""
+    return {key: val for _unused, e, key, val in live_entries(self)}
 
 
 def _erb_cache_wseq(self):
@@ -678,13 +682,9 @@ Erb.reset_fast = _erb_reset_fast
 
 def verify_hash(erb, key):
     """What erb-agent does once PTTL key is -1: ERB_TYPE_HASH_UNVERIFIED -> ERB_TYPE_HASH."""
-    from ansible_collections.erb.booster.plugins.module_utils import erb_layout as lay
-    e = lay.ErbEntry()
-    for i in range(erb.config['cache_entries']):
-        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
-        if e.state == lay.ERB_ENTRY_VALID and e.type == lay.ERB_TYPE_HASH_UNVERIFIED and \
-                ctypes.string_at(ctypes.addressof(e) + lay.ErbEntry.key.offset, e.klen) == key:
-            e.type = lay.ERB_TYPE_HASH
-            B.map_update(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
+    for slot, e, k, _val in live_entries(erb):
+        if e.type == L.ERB_TYPE_HASH_UNVERIFIED and k == key:
+            e.type = L.ERB_TYPE_HASH
+            B.map_update(erb.fds['erb_cache'], ctypes.c_uint32(slot), e)
             return True
     return False

@@ -20,7 +20,7 @@ import ctypes
 
 import pytest
 
-from erbtest import verify_hash, B, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, fnv1a, resp, tcp_payload
+from erbtest import live_entries, verify_hash, B, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, fnv1a, resp, tcp_payload
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 from ansible_collections.erb.booster.plugins.module_utils import erb_loader as EL
 
@@ -72,17 +72,7 @@ def fillers(w, used):
 
 def slots(erb):
     """{slot: (key, value, wseq, ref)} of the live entries."""
-    gen = erb.glob().cache_gen
-    out = {}
-    e = L.ErbEntry()
-    for i in range(erb.config['cache_entries']):
-        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
-        if e.state == L.ERB_ENTRY_VALID and e.gen == gen:
-            raw = ctypes.string_at(ctypes.addressof(e), ctypes.sizeof(e))
-            key = raw[L.ErbEntry.key.offset:L.ErbEntry.key.offset + e.klen]
-            val = raw[L.ErbEntry.val.offset:L.ErbEntry.val.offset + e.vlen]
-            out[i] = (key, val, e.wseq, getattr(e, 'ref', None))
-    return out
+    return {i: (key, val, e.wseq, getattr(e, 'ref', None)) for i, e, key, val in live_entries(erb)}
 
 
 def set_lock(erb, slot, lock):

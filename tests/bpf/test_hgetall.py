@@ -18,7 +18,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import (verify_hash, CIP, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
+from erbtest import (live_entries, verify_hash, CIP, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
                      bulk, resp, tcp_payload, ts_option)
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 
@@ -65,18 +65,7 @@ def check_answer(req, out, payload, server_seq):
 
 def entry_types(erb):
     """Live entries: {key: (type, value bytes)}."""
-    gen = erb.glob().cache_gen
-    out = {}
-    import ctypes
-    from erbtest import B
-    e = L.ErbEntry()
-    for i in range(erb.config['cache_entries']):
-        B.map_lookup(erb.fds['erb_cache'], ctypes.c_uint32(i), e)
-        if e.state == L.ERB_ENTRY_VALID and e.gen == gen:
-            key = ctypes.string_at(ctypes.addressof(e) + L.ErbEntry.key.offset, e.klen)
-            val = ctypes.string_at(ctypes.addressof(e) + L.ErbEntry.val.offset, e.vlen)
-            out[key] = (e.type, val)
-    return out
+    return {key: (e.type, val) for _unused, e, key, val in live_entries(erb)}
 
 
 def fill(f, key, fields, cmd=b"HGETALL", verified=True):
