@@ -1045,35 +1045,15 @@ static __always_inline int client_takes(struct erb_flow *f, struct pkt *k, struc
 	return 1;
 }
 
-static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
-				      struct erb_flow *f, struct erb_flow_key *key,
-				      struct erb_scratch *s, struct erb_global *g, int want_set)
+/*
+ * The flow and segment allow an XDP answer at all (whatever the commands):
+ * the rules of DESIGN.md "When XDP may answer". Returns 0, else -1 (counted).
+ */
+static __always_inline int answer_ready(struct pkt *k, struct erb_flow *f, struct erb_global *g,
+					int is_hash)
 {
-	__u32 koff, klen, h, rstart, rlen, seq, ack, fl = f->flags, voff = 0, vlen = 0;
-	struct erb_aux *a;
-	int n, rc, is_set = 0, is_hash = 0;
+	__u32 fl = f->flags;
 
-	/* cheap reject before touching the payload */
-	n = k->plen;
-	if (!len_in(n, 19, WIN) || bpf_xdp_load_bytes(ctx, k->poff, s->buf, arg_len(n, 19, WIN)))
-		return -1;
-	if (!want_set) {
-		n = parse_get(s, k->plen, &koff);
-		if (n < 0) {
-			n = parse_hgetall(s, k->plen, &koff);
-			is_hash = 1;
-		}
-		if (n < 0)
-			return (cfg.flags & ERB_CFG_SET_FAST) ? -2 : (stat_inc(ERB_STAT_PASS_NOT_SINGLE), -1);
-	} else {
-		n = parse_set(s, k->plen, &koff, &voff, &vlen);
-		if (n < 0) {
-			stat_inc(ERB_STAT_PASS_NOT_SINGLE);
-			return -1;
-		}
-		is_set = 1;
-	}
-	klen = n;
 	if (k->tcp->fin || k->tcp->rst || k->tcp->syn || k->tcp->urg || k->odd) {
 		/* the kernel must see those flags (and an XDP answer would eat them) */
 		stat_inc(ERB_STAT_PASS_STATE);
@@ -1103,11 +1083,42 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		stat_inc(ERB_STAT_PASS_OUTSTANDING);
 		return -1;
 	}
-	ack = bpf_ntohl(k->tcp->ack_seq);
-	if (!k->tcp->ack || ack != READ_ONCE(f->s_nxt)) {
+	if (!k->tcp->ack || bpf_ntohl(k->tcp->ack_seq) != READ_ONCE(f->s_nxt)) {
 		stat_inc(ERB_STAT_PASS_UNACKED);
 		return -1;
 	}
+	return 0;
+}
+
+static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
+				      struct erb_flow *f, struct erb_flow_key *key,
+				      struct erb_scratch *s, struct erb_global *g, int want_set)
+{
+	__u32 koff, klen, h, rstart, rlen, seq, ack, voff = 0, vlen = 0;
+	struct erb_aux *a;
+	int n, rc, is_set = 0, is_hash = 0;
+
+	/* cheap reject before touching the payload */
+	n = k->plen;
+	if (!len_in(n, 19, WIN) || bpf_xdp_load_bytes(ctx, k->poff, s->buf, arg_len(n, 19, WIN)))
+		return -1;
+	if (!want_set) {
+		n = parse_get(s, k->plen, &koff);
+		if (n < 0) {
+			n = parse_hgetall(s, k->plen, &koff);
+			is_hash = 1;
+		}
+		if (n < 0)
+			return (cfg.flags & ERB_CFG_SET_FAST) ? -2 : -3;
+	} else {
+		n = parse_set(s, k->plen, &koff, &voff, &vlen);
+		if (n < 0)
+			return -3;	/* not one command: maybe a pipeline */
+		is_set = 1;
+	}
+	klen = n;
+	if (answer_ready(k, f, g, is_hash))
+		return -1;
 	if (klen > cfg.max_key_len) {
 		stat_inc(ERB_STAT_PASS_TOO_BIG);
 		return -1;
@@ -1151,6 +1162,8 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	stat_inc(ERB_STAT_HIT);
 	return XDP_TX;
 }
+
+#include "erb_pipe.h"
 
 /*
  * Client bytes we do not parse (IP options, fragments, VLAN tags, IPv6, data
@@ -1432,6 +1445,19 @@ static long set_step(__u32 i, void *arg)
 	return 1;
 }
 
+/* Several commands in one segment: all answered in one reply, or all passed */
+static long pipe_step(__u32 i, void *arg)
+{
+	struct actx *a = arg;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+
+	if (!a->ctx || !a->k || !a->f || !a->key || !s || !g)
+		return 1;
+	a->rc = pipe_answer(a->ctx, a->k, &s->o, a->f, a->key, s, g);
+	return 1;
+}
+
 /* Helpers invalidate packet pointers: derive k's again (IPv4 without options). */
 static __always_inline int pkt_reload(struct xdp_md *ctx, struct pkt *k)
 {
@@ -1614,6 +1640,10 @@ int erb_xdp(struct xdp_md *ctx)
 			if (ac.rc == -2) {
 				ac.rc = -1;
 				bpf_loop(1, set_step, &ac, 0);
+			}
+			if (ac.rc == -3) {
+				ac.rc = -1;
+				bpf_loop(1, pipe_step, &ac, 0);
 			}
 			rc = ac.rc;
 			if (rc >= 0)

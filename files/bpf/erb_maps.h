@@ -180,6 +180,17 @@ struct rhdr {
 	__u16 win;
 };
 
+/* One command of a pipelined segment (erb_pipe.h). */
+#define ERB_PIPE_MAX	16	/* commands answered in one segment, at most */
+struct pipe_cmd {
+	__u32 set;		/* 1 SET, 0 GET */
+	__u32 koff, klen;	/* key in s->buf */
+	__u32 voff, vlen;	/* SET's value in s->buf */
+	__u32 h;		/* FNV-1a of the key */
+	__u32 b;		/* SET: its bucket */
+	__u32 eidx;		/* SET: its cache slot */
+	__u32 lk;		/* SET: 1 bucket lock held, 2 and the entry lock */
+};
 struct erb_scratch {
 	char buf[WIN];			/* parse window */
 	char key[ERB_KEY_MAX];		/* zero-padded key of a GET */
@@ -209,6 +220,11 @@ struct erb_scratch {
 	} pr;				/* cache probe result */
 	struct erb_aux zero_aux;	/* all zero: template for new aux entries */
 	__u32 hit_unsent;		/* a cached reply this segment could not be sent: no fill */
+	struct pipe_cmd pc[ERB_PIPE_MAX];	/* a pipelined segment's commands */
+	struct {
+		__u32 n, nset, off, tot, fail, gen;
+	} pp;				/* pipeline cursor */
+	char prep[WIN + ERB_REPLY_MAX];	/* the replies, concatenated */
 };
 
 struct {

@@ -154,6 +154,8 @@ STAT_NAMES = (
     'reply_unmatched',
     'hold_waited',
     'evict',
+    'pipelined',
+    'pipelined_cmds',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

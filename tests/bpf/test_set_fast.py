@@ -276,9 +276,9 @@ def test_set_with_options_passed(erb_fast):
     assert_passed_untouched(erb_fast, f, resp('SET', 'key:1', 'value', 'EX', '10'), 'pass_not_single')
 
 
-def test_two_sets_in_one_segment_passed(erb_fast):
+def test_set_and_an_incr_in_one_segment_passed(erb_fast):
     f = Flow(erb_fast).handshake()
-    assert_passed_untouched(erb_fast, f, resp('SET', 'key:1', 'value') + resp('SET', 'key:2', 'value'),
+    assert_passed_untouched(erb_fast, f, resp('SET', 'key:1', 'value') + resp('INCR', 'key:2'),
                             'pass_not_single')
 
 

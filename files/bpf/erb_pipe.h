@@ -1,0 +1,398 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ERB data path: pipelines. A client segment of several complete commands,
+ * each a GET hit or a fast SET, is answered in one reply segment (the replies
+ * concatenated in order); anything else in it (a miss, another command, a
+ * partial command, a busy key, a flow in MULTI or WATCH) passes the whole
+ * segment to Redis, untouched. All or nothing: the answered segment is one
+ * answered request for the sequence mapping, the resend copy and the overlap
+ * rules, exactly like a single answered GET.
+ * Part of the one translation unit erb.bpf.c (the verifier sees one object);
+ * included there after try_answer(), whose helpers it uses.
+ */
+#ifndef ERB_PIPE_H
+#define ERB_PIPE_H
+
+struct pipectx {
+	struct erb_scratch *s;
+	struct erb_global *g;
+	__u32 plen;
+};
+
+/* "$<n>\r\n" at b[*pi]: n (no leading zero; "$0" only when zero_ok), *pi past it; else -1. */
+static __always_inline int pipe_len(const char *b, __u32 *pi, int zero_ok)
+{
+	__u32 i = *pi, n = 0, j;
+
+	if (b[i & WIN_MASK] != '$')
+		return -1;
+	i++;
+	for (j = 0; j < 5; j++) {
+		char ch = b[(i + j) & WIN_MASK];
+
+		if (ch == '\r')
+			break;
+		if (ch < '0' || ch > '9')
+			return -1;
+		n = n * 10 + (ch - '0');
+	}
+	if (j == 0 || j == 5 || b[(i + j + 1) & WIN_MASK] != '\n')
+		return -1;
+	if (b[i & WIN_MASK] == '0' && (j > 1 || !zero_ok))
+		return -1;
+	*pi = i + j + 2;
+	return n;
+}
+
+/*
+ * "*2\r\n$3\r\nGET\r\n$<n>\r\n<key>\r\n" or the SET of parse_set() at b[o]
+ * (name in any case), within plen: fills c, returns the offset after it, else -1.
+ */
+static __always_inline int pipe_parse(const char *b, __u32 o, __u32 plen, struct pipe_cmd *c)
+{
+	__u32 i, set;
+	int n, m;
+
+	if (plen > WIN || o + 19 > plen)
+		return -1;
+	if (b[o & WIN_MASK] != '*' || b[(o + 2) & WIN_MASK] != '\r' ||
+	    b[(o + 3) & WIN_MASK] != '\n' || b[(o + 4) & WIN_MASK] != '$' ||
+	    b[(o + 5) & WIN_MASK] != '3' || b[(o + 6) & WIN_MASK] != '\r' ||
+	    b[(o + 7) & WIN_MASK] != '\n' || upper(b[(o + 9) & WIN_MASK]) != 'E' ||
+	    upper(b[(o + 10) & WIN_MASK]) != 'T' || b[(o + 11) & WIN_MASK] != '\r' ||
+	    b[(o + 12) & WIN_MASK] != '\n')
+		return -1;
+	if (b[(o + 1) & WIN_MASK] == '2' && upper(b[(o + 8) & WIN_MASK]) == 'G')
+		set = 0;
+	else if (b[(o + 1) & WIN_MASK] == '3' && upper(b[(o + 8) & WIN_MASK]) == 'S')
+		set = 1;
+	else
+		return -1;
+	i = o + 13;
+	n = pipe_len(b, &i, 0);
+	if (n <= 0 || n > ERB_KEY_MAX || i + n + 2 > plen)
+		return -1;
+	c->koff = i;
+	c->klen = n;
+	i += n;
+	if (b[i & WIN_MASK] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
+		return -1;
+	i += 2;
+	c->set = set;
+	c->voff = 0;
+	c->vlen = 0;
+	c->lk = 0;
+	if (!set)
+		return i;
+	m = pipe_len(b, &i, 1);
+	if (m < 0 || m > ERB_VAL_MAX || i + m + 2 > plen)
+		return -1;
+	c->voff = i;
+	c->vlen = m;
+	i += m;
+	if (b[i & WIN_MASK] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
+		return -1;
+	return i + 2;
+}
+
+/* Split the segment (in s->buf) into commands; stops at the first that is not one. */
+static long pipe_parse_step(__u32 i, void *arg)
+{
+	struct pipectx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct pipe_cmd *c;
+	int end;
+
+	if (!s || s->pp.off >= x->plen)
+		return 1;
+	c = &s->pc[i & (ERB_PIPE_MAX - 1)];
+	end = pipe_parse(s->buf, s->pp.off, x->plen, c);
+	if (end < 0) {
+		s->pp.fail = 1;
+		return 1;
+	}
+	s->pp.off = end;
+	s->pp.n = i + 1;
+	s->pp.nset += c->set;
+	return 0;
+}
+
+static __always_inline long pipe_fail(struct erb_scratch *s, __u32 stat)
+{
+	stat_inc(stat);
+	s->pp.fail = 1;
+	return 1;
+}
+
+/*
+ * Command i: a GET must hit (its reply is appended to s->prep), a SET must get
+ * its bucket and entry locks as do_set() would (held until committed or
+ * released) and appends +OK. Nothing is written anywhere else.
+ */
+static long pipe_check_step(__u32 i, void *arg)
+{
+	struct pipectx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct erb_global *g = x->g;
+	__u32 klen, h, b, rstart = 0, rlen = 0, tot, idx, *bl, *cnt;
+	struct erb_entry *e;
+	struct pipe_cmd *c;
+
+	if (!s || !g || i >= s->pp.n)
+		return 1;
+	c = &s->pc[i & (ERB_PIPE_MAX - 1)];
+	klen = c->klen;
+	if (klen > cfg.max_key_len || (c->set && c->vlen > cfg.max_value_len))
+		return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
+	__builtin_memset(s->key, 0, ERB_KEY_MAX);
+	if (!len_in(klen, 1, ERB_KEY_MAX))
+		return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
+	bpf_probe_read_kernel(s->key, arg_len(klen, 1, ERB_KEY_MAX), s->buf + (c->koff & WIN_MASK));
+	h = fnv_key(s, s->key, klen);
+	c->h = h;
+	b = bucket_of(h);
+	tot = s->pp.tot;
+	if (tot > ERB_REPLY_MAX - 8)
+		return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
+	if (!c->set) {
+		/* a SET of this segment may be about to write its bucket: not read here */
+		if (s->pp.nset) {
+			bl = bpf_map_lookup_elem(&erb_locks, &b);
+			if (!bl || READ_ONCE(*bl))
+				return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+		}
+		if (cache_get(s, klen, h, s->pp.gen, ERB_TYPE_STRING, &rstart, &rlen))
+			return pipe_fail(s, ERB_STAT_MISS);
+		if (rlen > ERB_REPLY_MAX - 8 - tot)
+			return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
+		if (!len_in(rlen, 1, ERB_REPLY_MAX - 8))
+			return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
+		bpf_probe_read_kernel(s->prep + (tot & (WIN - 1)), arg_len(rlen, 1, ERB_REPLY_MAX - 8),
+				      s->rep + (rstart & 7));
+		s->pp.tot = tot + rlen;
+		return 0;
+	}
+	if (tot > ERB_REPLY_MAX - 8 - 5)
+		return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
+	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+	bl = bpf_map_lookup_elem(&erb_locks, &b);
+	if (!cnt || !bl)
+		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+	/* a second SET of the bucket in this segment finds it taken: passed */
+	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0)
+		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+	c->b = b;
+	c->lk = 1;
+	if (READ_ONCE(*cnt) || g->overflow || fenced(g, b))
+		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+	cache_probe(s, s->key, klen, h, g->cache_gen);
+	idx = s->pr.hit >= 0 ? s->pr.hit : s->pr.free;
+	e = s->pr.hit >= 0 || s->pr.free >= 0 ? bpf_map_lookup_elem(&erb_cache, &idx) : 0;
+	if (!e || __sync_val_compare_and_swap(&e->lock, 0, 1) != 0)
+		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+	c->eidx = idx;
+	c->lk = 2;
+	tot &= WIN - 1;
+	s->prep[tot] = '+';
+	s->prep[tot + 1] = 'O';
+	s->prep[tot + 2] = 'K';
+	s->prep[tot + 3] = '\r';
+	s->prep[tot + 4] = '\n';
+	s->pp.tot = tot + 5;
+	return 0;
+}
+
+/* Release the locks command i still holds. */
+static long pipe_unlock_step(__u32 i, void *arg)
+{
+	struct pipectx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct pipe_cmd *c;
+	struct erb_entry *e;
+	__u32 *bl;
+
+	if (!s || i >= s->pp.n)
+		return 1;
+	c = &s->pc[i & (ERB_PIPE_MAX - 1)];
+	if (c->lk >= 2) {
+		e = bpf_map_lookup_elem(&erb_cache, &c->eidx);
+		if (e)
+			__sync_lock_test_and_set(&e->lock, 0);
+	}
+	if (c->lk >= 1) {
+		bl = bpf_map_lookup_elem(&erb_locks, &c->b);
+		if (bl)
+			__sync_lock_test_and_set(bl, 0);
+	}
+	c->lk = 0;
+	return 0;
+}
+
+static __always_inline int pipe_unlock(struct pipectx *x, int rc)
+{
+	bpf_loop(ERB_PIPE_MAX, pipe_unlock_step, x, 0);
+	return rc;
+}
+
+/*
+ * Commit SET i as do_set() does: its record to the I/O path (stamped with the
+ * next write sequence, so N SETs are N records in order), the entry, the
+ * locks released. A refused record stops the commit (pp.fail).
+ */
+static long pipe_commit_step(__u32 i, void *arg)
+{
+	struct pipectx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct erb_global *g = x->g;
+	struct erb_record *rec;
+	struct erb_entry *e;
+	struct pipe_cmd *c;
+	__u32 klen, vlen, *bl;
+	__u64 wseq;
+
+	if (!s || !g || i >= s->pp.n)
+		return 1;
+	c = &s->pc[i & (ERB_PIPE_MAX - 1)];
+	if (!c->set)
+		return 0;
+	e = bpf_map_lookup_elem(&erb_cache, &c->eidx);
+	bl = bpf_map_lookup_elem(&erb_locks, &c->b);
+	klen = c->klen;
+	vlen = c->vlen;
+	if (!e || !bl || c->lk != 2 || !len_in(klen, 1, ERB_KEY_MAX) || vlen > ERB_VAL_MAX) {
+		s->pp.fail = 1;
+		return 1;
+	}
+	if (cfg.flags & ERB_CFG_KMOD) {
+		__u32 zero = 0;
+
+		rec = bpf_map_lookup_elem(&erb_kmrec, &zero);
+	} else {
+		rec = bpf_ringbuf_reserve(&erb_events, sizeof(*rec), 0);
+	}
+	if (!rec)
+		return pipe_fail(s, ERB_STAT_SET_PASS_QUEUE_FULL);
+	rec->version = ERB_RECORD_VERSION;
+	rec->op = ERB_OP_SET;
+	rec->flags = 0;
+	rec->klen = klen;
+	rec->vlen = vlen;
+	rec->db = 0;
+	rec->pad = 0;
+	__builtin_memset(s->key, 0, ERB_KEY_MAX);
+	bpf_probe_read_kernel(s->key, arg_len(klen, 1, ERB_KEY_MAX), s->buf + (c->koff & WIN_MASK));
+	bpf_probe_read_kernel(rec->key, ERB_KEY_MAX, s->key);
+	if (len_in(vlen, 1, ERB_VAL_MAX))
+		bpf_probe_read_kernel(rec->val, arg_len(vlen, 1, ERB_VAL_MAX),
+				      s->buf + (c->voff & WIN_MASK));
+	wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
+	rec->seq = wseq;
+	if (cfg.flags & ERB_CFG_KMOD) {
+		/* a refused seq counts as finished in the module */
+		if (erb_kfifo_in(rec, sizeof(*rec)))
+			return pipe_fail(s, ERB_STAT_SET_PASS_QUEUE_FULL);
+	}
+	entry_write(e, c->h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
+	if (!(cfg.flags & ERB_CFG_KMOD))
+		bpf_ringbuf_submit(rec, 0);
+	__sync_lock_test_and_set(&e->lock, 0);
+	__sync_lock_test_and_set(bl, 0);
+	c->lk = 0;
+	return 0;
+}
+
+/*
+ * Answer a segment of 2..ERB_PIPE_MAX GET hits and fast SETs (s->buf holds its
+ * payload) in one reply, or return -1 with nothing changed (frame untouched).
+ *
+ * Ring buffer path: a record is reserved per SET when it is committed, after
+ * the reply is built; the segment is answered only while the ring is at most
+ * half full, so that no reservation of the commit can fail in practice. If
+ * one still does, the frame is dropped: the SETs before it stand (in order,
+ * acknowledged to nobody yet) and the client's retransmission is answered
+ * anew. erb_io path: its kfifo reports no room in advance, so at most one SET
+ * per segment, queued before the reply is built, as do_set() does.
+ */
+static __always_inline int pipe_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
+				       struct erb_flow *f, struct erb_flow_key *key,
+				       struct erb_scratch *s, struct erb_global *g)
+{
+	struct pipectx x = { .s = s, .g = g, .plen = k->plen };
+	__u32 tot, seq, ack, n, nset;
+	struct erb_aux *a;
+	int rc;
+
+	__builtin_memset(&s->pp, 0, sizeof(s->pp));
+	s->pp.gen = g->cache_gen;
+	bpf_loop(ERB_PIPE_MAX, pipe_parse_step, &x, 0);
+	n = s->pp.n;
+	nset = s->pp.nset;
+	if (s->pp.fail || s->pp.off != k->plen || n < 2 || n > ERB_PIPE_MAX ||
+	    (nset && !(cfg.flags & ERB_CFG_SET_FAST)) ||
+	    (nset > 1 && (cfg.flags & ERB_CFG_KMOD))) {
+		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
+		return -1;
+	}
+	if (answer_ready(k, f, g, 0))
+		return -1;
+	if (f->flags & ERB_FLOW_WATCH) {
+		stat_inc(ERB_STAT_PASS_STATE);
+		return -1;
+	}
+	a = bpf_map_lookup_elem(&erb_aux, key);
+	if (!a)
+		return -1;
+	if (nset && !(cfg.flags & ERB_CFG_KMOD) &&
+	    bpf_ringbuf_query(&erb_events, BPF_RB_AVAIL_DATA) + nset * (sizeof(struct erb_record) + 8) >
+	    bpf_ringbuf_query(&erb_events, BPF_RB_RING_SIZE) / 2) {
+		stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
+		return -1;
+	}
+	bpf_loop(ERB_PIPE_MAX, pipe_check_step, &x, 0);
+	if (s->pp.fail)
+		return pipe_unlock(&x, -1);
+	tot = s->pp.tot;
+	if (!client_takes(f, k, o, tot))
+		return pipe_unlock(&x, -1);
+	/* erb_io: the record is queued first, so the reply must not need more room */
+	if (nset && (cfg.flags & ERB_CFG_KMOD) && tot > k->plen) {
+		stat_inc(ERB_STAT_PASS_NO_ROOM);
+		return pipe_unlock(&x, -1);
+	}
+	if (!len_in(tot, 1, ERB_REPLY_MAX - 8))
+		return pipe_unlock(&x, -1);
+	bpf_probe_read_kernel(s->rep, arg_len(tot, 1, ERB_REPLY_MAX - 8), s->prep);
+	tot = arg_len(tot, 1, ERB_REPLY_MAX - 8);
+	/* zero pad read by the checksum */
+	s->rep[tot] = 0;
+	s->rep[tot + 1] = 0;
+	s->rep[tot + 2] = 0;
+	seq = f->s_nxt;
+	ack = bpf_ntohl(k->tcp->seq) + k->plen;
+	if (nset && (cfg.flags & ERB_CFG_KMOD)) {
+		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, &x, 0);
+		if (s->pp.fail)
+			return pipe_unlock(&x, -1);
+		rc = xdp_reply(ctx, k, o, s->rep, 0, tot, seq, ack, f->s_win);
+		/* cannot fail (the reply is smaller); if it did, as in do_set() */
+		if (rc != XDP_TX)
+			return pipe_unlock(&x, XDP_DROP);
+	} else {
+		rc = xdp_reply(ctx, k, o, s->rep, 0, tot, seq, ack, f->s_win);
+		if (rc < 0)
+			stat_inc(ERB_STAT_PASS_NO_ROOM);
+		if (rc != XDP_TX)
+			return pipe_unlock(&x, rc);
+		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, &x, 0);
+		if (s->pp.fail)
+			return pipe_unlock(&x, XDP_DROP);
+	}
+	answered(f, a, k, s, seq, ack, 0, tot);
+	stat_add(ERB_STAT_HIT, n - nset);
+	stat_add(ERB_STAT_SET_FAST, nset);
+	stat_inc(ERB_STAT_PIPELINED);
+	stat_add(ERB_STAT_PIPELINED_CMDS, n);
+	return XDP_TX;
+}
+
+#endif /* ERB_PIPE_H */
