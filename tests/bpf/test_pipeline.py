@@ -245,6 +245,9 @@ def test_get_after_set_of_its_key_passed(fast):
     rc, _unused = f.send(resp(b'SET', b'a', b'old'))
     assert rc == XDP_TX
     assert fast.ring().consume()
+    rc, out = f.send(resp(b'SET', b'b', b'B') + resp(b'GET', b'a'))
+    assert rc == XDP_TX and tcp_payload(out) == OK + bulk(b'old')
+    assert len(fast.ring().consume()) == 1
     # the GET must see this very segment's SET: not served from the cache before it is written
     before = fast.glob().write_seq
     rc, out = f.send(resp(b'SET', b'a', b'new') + resp(b'GET', b'a'))
@@ -252,7 +255,7 @@ def test_get_after_set_of_its_key_passed(fast):
     assert fast.glob().write_seq == before
     assert fast.ring().peek() == []
     assert fast.u32('erb_locks', bucket_of(b'a')) == 0, 'the bucket lock was left taken'
-    assert fast.cache_entries_raw() == {b'a': b'old'}
+    assert fast.cache_entries_raw() == {b'a': b'old', b'b': b'B'}
 
 
 def test_set_and_a_miss_passed_with_no_record(fast):
