@@ -99,16 +99,45 @@ def in_host(cmd):
     return run(['ip', 'netns', 'exec', HOST] + cmd)
 
 
-def benchmark(args):
+PIPELINE = 16   # commands per pipeline in the pipelined cases (redis-benchmark -P, redis-py)
+
+
+def benchmark(args, pipeline=1):
     out = in_client(['taskset', '-c', PLACEMENT.client_cpus, 'redis-benchmark', '-h', SERVER, '-p', '6379', '-t', 'get',
                      '-n', str(args.requests), '-c', str(args.clients),
-                     '-r', str(args.keys), '-d', str(args.value), '--csv'])
+                     '-r', str(args.keys), '-d', str(args.value), '--csv', '-P', str(pipeline)])
     rows = list(csv.DictReader(io.StringIO(out)))
     if len(rows) != 1:
         raise SystemExit('unexpected redis-benchmark output:\n' + out)
     row = rows[0]
     return {'rps': float(row['rps']), 'p50_ms': float(row['p50_latency_ms']),
             'p99_ms': float(row['p99_latency_ms']), 'avg_ms': float(row['avg_latency_ms'])}
+
+
+def pypipe(args, op, pipelines=2000):
+    """One redis-py client sending pipelines of PIPELINE GETs (or SETs) of random keys:
+    throughput in commands/s and per-pipeline latency."""
+    script = (
+        'import json,random,time,redis\n'
+        'r = redis.Redis(host=%r, port=6379)\n'
+        'v = b"x" * %d\n'
+        'rnd = random.Random(1)\n'
+        'lat = []\n'
+        't0 = time.perf_counter()\n'
+        'for _ in range(%d):\n'
+        '    p = r.pipeline(transaction=False)\n'
+        '    for _ in range(%d):\n'
+        '        k = b"key:%%012d" %% rnd.randrange(%d)\n'
+        '        p.set(k, v) if %r == "set" else p.get(k)\n'
+        '    t = time.perf_counter()\n'
+        '    p.execute()\n'
+        '    lat.append(time.perf_counter() - t)\n'
+        'el = time.perf_counter() - t0\n'
+        'lat.sort()\n'
+        'print(json.dumps({"rps": %d * %d / el, "p50_ms": lat[len(lat) // 2] * 1e3,'
+        ' "p99_ms": lat[len(lat) * 99 // 100] * 1e3}))\n'
+        % (SERVER, args.value, pipelines, PIPELINE, args.keys, op, pipelines, PIPELINE))
+    return json.loads(in_client(['taskset', '-c', PLACEMENT.client_cpus, sys.executable, '-c', script]))
 
 
 def get_calls():
@@ -130,6 +159,9 @@ def side(args, attached):
     res = benchmark(args)
     res['redis_get_calls'] = get_calls() - before
     res['erb'] = attached
+    # pipelined: redis-benchmark -P PIPELINE, and a redis-py pipeline of PIPELINE GETs
+    res['P%d' % PIPELINE] = benchmark(args, PIPELINE)
+    res['redis_py_P%d' % PIPELINE] = pypipe(args, 'get')
     return res
 
 
@@ -191,9 +223,11 @@ def measure(args, runs):
             res = side(args, attached)
             res['round'] = r
             runs.append(res)
-            print('round %d %-6s %9.0f rps  p50 %.3f ms  p99 %.3f ms  GETs reaching Redis %d  (%.0fs)'
+            print('round %d %-6s %9.0f rps  p50 %.3f ms  p99 %.3f ms  GETs reaching Redis %d | '
+                  '-P %d %9.0f rps | redis-py pipeline %8.0f rps  (%.0fs)'
                   % (r + 1, 'erb' if attached else 'plain', res['rps'], res['p50_ms'],
-                     res['p99_ms'], res['redis_get_calls'], time.time() - t0), flush=True)
+                     res['p99_ms'], res['redis_get_calls'], PIPELINE, res['P%d' % PIPELINE]['rps'],
+                     res['redis_py_P%d' % PIPELINE]['rps'], time.time() - t0), flush=True)
 
 
 def report(args, runs):
@@ -203,6 +237,12 @@ def report(args, runs):
         med[name] = {k: statistics.median(x[k] for x in rs) for k in ('rps', 'p50_ms', 'p99_ms')}
     ratio = {'rps': med['erb']['rps'] / med['plain']['rps'],
              'p99': med['plain']['p99_ms'] / med['erb']['p99_ms']}
+    for case in ('P%d' % PIPELINE, 'redis_py_P%d' % PIPELINE):
+        for name, attached in (('erb', True), ('plain', False)):
+            rs = [x[case] for x in runs if x['erb'] == attached]
+            med[name][case] = {k: statistics.median(x[k] for x in rs) for k in ('rps', 'p50_ms', 'p99_ms')}
+        ratio[case] = {'rps': med['erb'][case]['rps'] / med['plain'][case]['rps'],
+                       'p99': med['plain'][case]['p99_ms'] / med['erb'][case]['p99_ms']}
     result = {'benchmark': 'GET', 'clients': args.clients, 'requests': args.requests,
               'keys': args.keys, 'value_bytes': args.value, 'key_bytes': 16,
               'machine': '%d cores, veth in netns' % os.cpu_count(),
@@ -216,6 +256,11 @@ def report(args, runs):
     print('\nmedian  plain %.0f rps p99 %.3f ms | erb %.0f rps p99 %.3f ms'
           % (med['plain']['rps'], med['plain']['p99_ms'], med['erb']['rps'], med['erb']['p99_ms']))
     print('ratio   throughput x%.2f   p99 latency %.2fx lower' % (ratio['rps'], ratio['p99']))
+    for case, label in (('P%d' % PIPELINE, 'redis-benchmark -P %d' % PIPELINE),
+                        ('redis_py_P%d' % PIPELINE, 'redis-py pipeline of %d' % PIPELINE)):
+        print('%-26s plain %9.0f rps | erb %9.0f rps | throughput x%.2f, p99 %.2fx lower'
+              % (label, med['plain'][case]['rps'], med['erb'][case]['rps'], ratio[case]['rps'],
+                 ratio[case]['p99']))
     # leave the host as we found it: ERB attached (the demo's state)
     if not erb_attached():
         playbook('deploy.yml')

@@ -105,6 +105,11 @@ def cmd_calls():
     return calls
 
 
+PIPE = 'set_P%d' % gt.PIPELINE
+PYPIPE = 'set_redis_py_P%d' % gt.PIPELINE
+CASES = ('set', 'mix', PIPE, PYPIPE)
+
+
 def bench_cmd(args, test, clients, requests):
     return ['taskset', '-c', gt.PLACEMENT.client_cpus, 'redis-benchmark', '-h', gt.SERVER, '-p', '6379',
             '-t', test, '-n', str(requests), '-c', str(clients), '-r', str(args.keys), '-d', str(args.value),
@@ -164,11 +169,18 @@ def side(args, attached):
     wait_applied()
     res['mix'] = bench_mix(args)
     wait_applied()
+    # pipelined SETs: redis-benchmark -P, and a redis-py pipeline
+    res[PIPE] = parse(gt.in_client(bench_cmd(args, 'set', args.clients, args.requests) +
+                                   ['-P', str(gt.PIPELINE)]), 'set')
+    wait_applied()
+    res[PYPIPE] = gt.pypipe(args, 'set')
+    wait_applied()
     c1, k1 = cmd_calls(), erb_counters()
     res['redis_calls'] = {k: c1.get(k, 0) - c0.get(k, 0) for k in ('set', 'get')}
     if attached:
         res['erb_counters'] = {k: k1.get(k, 0) - k0.get(k, 0)
-                               for k in ('set_fast', 'hit', 'miss', 'hold', 'set_pass_busy', 'set_pass_queue_full')}
+                               for k in ('set_fast', 'hit', 'miss', 'hold', 'set_pass_busy', 'set_pass_queue_full',
+                                         'pipelined', 'pipelined_cmds')}
         time.sleep(1.2)  # the agent writes its stats once a second
         a = agent_stats() or {}
         res['agent'] = {k: a.get(k) for k in ('applied', 'batches', 'records_per_batch', 'lag_records',
@@ -231,12 +243,12 @@ def report(args, runs):
     med = {}
     for name, attached in (('erb', True), ('plain', False)):
         rs = [x for x in runs if x['erb'] == attached]
-        med[name] = {w: {k: statistics.median(x[w][k] for x in rs) for k in rs[0][w]} for w in ('set', 'mix')}
+        med[name] = {w: {k: statistics.median(x[w][k] for x in rs) for k in rs[0][w]} for w in CASES}
     ratio = {w: {'rps': med['erb'][w]['rps'] / med['plain'][w]['rps'],
-                 'p99': med['plain'][w]['p99_ms'] / med['erb'][w]['p99_ms']} for w in ('set', 'mix')}
+                 'p99': med['plain'][w]['p99_ms'] / med['erb'][w]['p99_ms']} for w in CASES}
     delays = [x['agent']['apply_delay_us'] for x in runs if x['erb'] and x['agent'].get('apply_delay_us')]
     ad = {k: statistics.median(d[k] for d in delays) for k in ('p50', 'p99', 'p999', 'max')} if delays else None
-    result = {'benchmark': 'SET and 50/50 SET/GET', 'clients': args.clients, 'requests': args.requests,
+    result = {'benchmark': 'SET, 50/50 SET/GET, pipelined SET', 'clients': args.clients, 'requests': args.requests,
               'keys': args.keys, 'value_bytes': args.value, 'key_bytes': 16,
               'machine': '%d cores, veth in netns' % os.cpu_count(),
               'placement': {'server_cpu': gt.PLACEMENT.server_cpu, 'client_cpus': gt.PLACEMENT.client_cpus},
@@ -246,7 +258,8 @@ def report(args, runs):
     with open(os.path.join(RESULTS, 'set_mixed.json'), 'w') as f:
         json.dump(result, f, indent=2)
     plot(result, os.path.join(RESULTS, 'set_mixed.png'))
-    for w, label in (('set', 'SET'), ('mix', '50/50')):
+    for w, label in (('set', 'SET'), ('mix', '50/50'), (PIPE, 'SET -P %d' % gt.PIPELINE),
+                     (PYPIPE, 'SET redis-py pipeline of %d' % gt.PIPELINE)):
         print('\n%-5s median plain %.0f rps p99 %.3f ms | erb %.0f rps p99 %.3f ms | throughput x%.2f, p99 plain/erb %.2f'
               % (label, med['plain'][w]['rps'], med['plain'][w]['p99_ms'], med['erb'][w]['rps'],
                  med['erb'][w]['p99_ms'], ratio[w]['rps'], ratio[w]['p99']), end='')
