@@ -102,10 +102,10 @@ def in_host(cmd):
 PIPELINE = 16   # commands per pipeline in the pipelined cases (redis-benchmark -P, redis-py)
 
 
-def benchmark(args, pipeline=1):
+def benchmark(args, pipeline=1, value=None):
     out = in_client(['taskset', '-c', PLACEMENT.client_cpus, 'redis-benchmark', '-h', SERVER, '-p', '6379', '-t', 'get',
-                     '-n', str(args.requests), '-c', str(args.clients),
-                     '-r', str(args.keys), '-d', str(args.value), '--csv', '-P', str(pipeline)])
+                     '-n', str(args.requests), '-c', str(args.clients), '-r', str(args.keys),
+                     '-d', str(args.value if value is None else value), '--csv', '-P', str(pipeline)])
     rows = list(csv.DictReader(io.StringIO(out)))
     if len(rows) != 1:
         raise SystemExit('unexpected redis-benchmark output:\n' + out)
@@ -114,7 +114,7 @@ def benchmark(args, pipeline=1):
             'p99_ms': float(row['p99_latency_ms']), 'avg_ms': float(row['avg_latency_ms'])}
 
 
-def pypipe(args, op, pipelines=2000):
+def pypipe(args, op, value, pipelines=2000):
     """One redis-py client sending pipelines of PIPELINE GETs (or SETs) of random keys:
     throughput in commands/s and per-pipeline latency."""
     script = (
@@ -136,7 +136,7 @@ def pypipe(args, op, pipelines=2000):
         'lat.sort()\n'
         'print(json.dumps({"rps": %d * %d / el, "p50_ms": lat[len(lat) // 2] * 1e3,'
         ' "p99_ms": lat[len(lat) * 99 // 100] * 1e3}))\n'
-        % (SERVER, args.value, pipelines, PIPELINE, args.keys, op, pipelines, PIPELINE))
+        % (SERVER, value, pipelines, PIPELINE, args.keys, op, pipelines, PIPELINE))
     return json.loads(in_client(['taskset', '-c', PLACEMENT.client_cpus, sys.executable, '-c', script]))
 
 
@@ -160,8 +160,9 @@ def side(args, attached):
     res['redis_get_calls'] = get_calls() - before
     res['erb'] = attached
     # pipelined: redis-benchmark -P PIPELINE, and a redis-py pipeline of PIPELINE GETs
-    res['P%d' % PIPELINE] = benchmark(args, PIPELINE)
-    res['redis_py_P%d' % PIPELINE] = pypipe(args, 'get')
+    warm(args.keys, args.pipeline_value)
+    res['P%d' % PIPELINE] = benchmark(args, PIPELINE, args.pipeline_value)
+    res['redis_py_P%d' % PIPELINE] = pypipe(args, 'get', args.pipeline_value)
     return res
 
 
@@ -196,6 +197,8 @@ def parse_args(doc):
     ap.add_argument('--clients', type=int, default=50)
     ap.add_argument('--keys', type=int, default=10000)
     ap.add_argument('--value', type=int, default=100)
+    ap.add_argument('--pipeline-value', type=int, default=32,
+                    help='value bytes of the pipelined cases: 16 SETs, and 16 GET replies, fit one frame')
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit('run as root (network namespaces, BPF)')
@@ -245,6 +248,7 @@ def report(args, runs):
                        'p99': med['plain'][case]['p99_ms'] / med['erb'][case]['p99_ms']}
     result = {'benchmark': 'GET', 'clients': args.clients, 'requests': args.requests,
               'keys': args.keys, 'value_bytes': args.value, 'key_bytes': 16,
+              'pipeline': PIPELINE, 'pipeline_value_bytes': args.pipeline_value,
               'machine': '%d cores, veth in netns' % os.cpu_count(),
               'placement': {'server_cpu': PLACEMENT.server_cpu, 'client_cpus': PLACEMENT.client_cpus},
               'runs': runs, 'median': med, 'ratio': ratio,

@@ -110,10 +110,10 @@ PYPIPE = 'set_redis_py_P%d' % gt.PIPELINE
 CASES = ('set', 'mix', PIPE, PYPIPE)
 
 
-def bench_cmd(args, test, clients, requests):
+def bench_cmd(args, test, clients, requests, value=None):
     return ['taskset', '-c', gt.PLACEMENT.client_cpus, 'redis-benchmark', '-h', gt.SERVER, '-p', '6379',
-            '-t', test, '-n', str(requests), '-c', str(clients), '-r', str(args.keys), '-d', str(args.value),
-            '--csv']
+            '-t', test, '-n', str(requests), '-c', str(clients), '-r', str(args.keys),
+            '-d', str(args.value if value is None else value), '--csv']
 
 
 def parse(out, test):
@@ -170,10 +170,10 @@ def side(args, attached):
     res['mix'] = bench_mix(args)
     wait_applied()
     # pipelined SETs: redis-benchmark -P, and a redis-py pipeline
-    res[PIPE] = parse(gt.in_client(bench_cmd(args, 'set', args.clients, args.requests) +
+    res[PIPE] = parse(gt.in_client(bench_cmd(args, 'set', args.clients, args.requests, args.pipeline_value) +
                                    ['-P', str(gt.PIPELINE)]), 'set')
     wait_applied()
-    res[PYPIPE] = gt.pypipe(args, 'set')
+    res[PYPIPE] = gt.pypipe(args, 'set', args.pipeline_value)
     wait_applied()
     c1, k1 = cmd_calls(), erb_counters()
     res['redis_calls'] = {k: c1.get(k, 0) - c0.get(k, 0) for k in ('set', 'get')}
@@ -250,6 +250,7 @@ def report(args, runs):
     ad = {k: statistics.median(d[k] for d in delays) for k in ('p50', 'p99', 'p999', 'max')} if delays else None
     result = {'benchmark': 'SET, 50/50 SET/GET, pipelined SET', 'clients': args.clients, 'requests': args.requests,
               'keys': args.keys, 'value_bytes': args.value, 'key_bytes': 16,
+              'pipeline': gt.PIPELINE, 'pipeline_value_bytes': args.pipeline_value,
               'machine': '%d cores, veth in netns' % os.cpu_count(),
               'placement': {'server_cpu': gt.PLACEMENT.server_cpu, 'client_cpus': gt.PLACEMENT.client_cpus},
               'runs': runs, 'median': med, 'ratio': ratio, 'apply_delay_us_median': ad,
