@@ -190,6 +190,7 @@ struct pipe_cmd {
 	__u32 b;		/* SET: its bucket */
 	__u32 eidx;		/* SET: its cache slot */
 	__u32 lk;		/* SET: 1 bucket lock held, 2 and the entry lock */
+	__u32 dup;		/* SET of the key of an earlier SET here: its locks and slot */
 };
 struct erb_scratch {
 	char buf[WIN];			/* parse window */
@@ -223,7 +224,9 @@ struct erb_scratch {
 	struct pipe_cmd pc[ERB_PIPE_MAX];	/* a pipelined segment's commands */
 	struct {
 		__u32 n, nset, off, tot, fail, gen;
+		__u32 cur, b, holder;	/* pipe_holder_step(): SET cur's bucket, found at holder */
 	} pp;				/* pipeline cursor */
+	char key2[ERB_KEY_MAX];		/* zero-padded key of the earlier SET */
 	char prep[WIN + ERB_REPLY_MAX];	/* the replies, concatenated */
 };
 

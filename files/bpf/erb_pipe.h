@@ -6,7 +6,9 @@
  * partial command, a busy key, a flow in MULTI or WATCH) passes the whole
  * segment to Redis, untouched. All or nothing: the answered segment is one
  * answered request for the sequence mapping, the resend copy and the overlap
- * rules, exactly like a single answered GET.
+ * rules, exactly like a single answered GET. A SET of a key set earlier in
+ * the segment follows it; another key of a bucket a SET here holds, and a
+ * GET of such a bucket, pass the segment.
  * Part of the one translation unit erb.bpf.c (the verifier sees one object);
  * included there after try_answer(), whose helpers it uses.
  */
@@ -82,6 +84,7 @@ static __always_inline int pipe_parse(const char *b, __u32 o, __u32 plen, struct
 	c->voff = 0;
 	c->vlen = 0;
 	c->lk = 0;
+	c->dup = 0;
 	if (!set)
 		return i;
 	m = pipe_len(b, &i, 1);
@@ -122,6 +125,54 @@ static __always_inline long pipe_fail(struct erb_scratch *s, __u32 stat)
 	stat_inc(stat);
 	s->pp.fail = 1;
 	return 1;
+}
+
+/* Which earlier SET of the segment holds bucket pp.b (pp.holder, else pp.cur)? */
+static long pipe_holder_step(__u32 j, void *arg)
+{
+	struct pipectx *x = arg;
+	struct erb_scratch *s = x->s;
+	struct pipe_cmd *c;
+
+	if (!s || j >= s->pp.cur)
+		return 1;
+	c = &s->pc[j & (ERB_PIPE_MAX - 1)];
+	if (c->set && c->lk == 2 && c->b == s->pp.b) {
+		s->pp.holder = j;
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * SET i of a bucket an earlier SET of this segment holds: the same key
+ * follows it (its entry written again, its record after the other's), any
+ * other key of the bucket passes the segment. Returns 0 when it follows.
+ */
+static __always_inline int pipe_dup_set(struct pipectx *x, struct erb_scratch *s, struct pipe_cmd *c,
+					__u32 i, __u32 b)
+{
+	struct pipe_cmd *o;
+	__u32 kl;
+
+	s->pp.cur = i;
+	s->pp.b = b;
+	s->pp.holder = i;
+	bpf_loop(ERB_PIPE_MAX, pipe_holder_step, x, 0);
+	if (s->pp.holder >= i)
+		return -1;
+	o = &s->pc[s->pp.holder & (ERB_PIPE_MAX - 1)];
+	kl = o->klen;
+	if (kl != c->klen || o->h != c->h || !len_in(kl, 1, ERB_KEY_MAX))
+		return -1;
+	__builtin_memset(s->key2, 0, ERB_KEY_MAX);
+	bpf_probe_read_kernel(s->key2, arg_len(kl, 1, ERB_KEY_MAX), s->buf + (o->koff & WIN_MASK));
+	if (!key_equal(s->key, s->key2))
+		return -1;
+	c->dup = 1;
+	c->b = b;
+	c->eidx = o->eidx;
+	return 0;
 }
 
 /*
@@ -178,9 +229,12 @@ static long pipe_check_step(__u32 i, void *arg)
 	bl = bpf_map_lookup_elem(&erb_locks, &b);
 	if (!cnt || !bl)
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
-	/* a second SET of the bucket in this segment finds it taken: passed */
-	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0)
-		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
+		/* taken: by an earlier SET of this very key here, or passed */
+		if (pipe_dup_set(x, s, c, i, b))
+			return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+		goto ok;
+	}
 	c->b = b;
 	c->lk = 1;
 	if (READ_ONCE(*cnt) || g->overflow || fenced(g, b))
@@ -192,6 +246,7 @@ static long pipe_check_step(__u32 i, void *arg)
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 	c->eidx = idx;
 	c->lk = 2;
+ok:
 	tot &= WIN - 1;
 	s->prep[tot] = '+';
 	s->prep[tot + 1] = 'O';
@@ -236,8 +291,9 @@ static __always_inline int pipe_unlock(struct pipectx *x, int rc)
 
 /*
  * Commit SET i as do_set() does: its record to the I/O path (stamped with the
- * next write sequence, so N SETs are N records in order), the entry, the
- * locks released. A refused record stops the commit (pp.fail).
+ * next write sequence, so N SETs are N records in order) and the entry. The
+ * locks are released after the last (pipe_unlock). A refused record stops
+ * the commit (pp.fail).
  */
 static long pipe_commit_step(__u32 i, void *arg)
 {
@@ -259,7 +315,7 @@ static long pipe_commit_step(__u32 i, void *arg)
 	bl = bpf_map_lookup_elem(&erb_locks, &c->b);
 	klen = c->klen;
 	vlen = c->vlen;
-	if (!e || !bl || c->lk != 2 || !len_in(klen, 1, ERB_KEY_MAX) || vlen > ERB_VAL_MAX) {
+	if (!e || !bl || (c->lk != 2 && !c->dup) || !len_in(klen, 1, ERB_KEY_MAX) || vlen > ERB_VAL_MAX) {
 		s->pp.fail = 1;
 		return 1;
 	}
@@ -295,9 +351,6 @@ static long pipe_commit_step(__u32 i, void *arg)
 	entry_write(e, c->h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
 	if (!(cfg.flags & ERB_CFG_KMOD))
 		bpf_ringbuf_submit(rec, 0);
-	__sync_lock_test_and_set(&e->lock, 0);
-	__sync_lock_test_and_set(bl, 0);
-	c->lk = 0;
 	return 0;
 }
 
@@ -377,6 +430,7 @@ static __always_inline int pipe_answer(struct xdp_md *ctx, struct pkt *k, struct
 		/* cannot fail (the reply is smaller); if it did, as in do_set() */
 		if (rc != XDP_TX)
 			return pipe_unlock(&x, XDP_DROP);
+		pipe_unlock(&x, 0);
 	} else {
 		rc = xdp_reply(ctx, k, o, s->rep, 0, tot, seq, ack, f->s_win);
 		if (rc < 0)
@@ -386,6 +440,7 @@ static __always_inline int pipe_answer(struct xdp_md *ctx, struct pkt *k, struct
 		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, &x, 0);
 		if (s->pp.fail)
 			return pipe_unlock(&x, XDP_DROP);
+		pipe_unlock(&x, 0);
 	}
 	answered(f, a, k, s, seq, ack, 0, tot);
 	stat_add(ERB_STAT_HIT, n - nset);

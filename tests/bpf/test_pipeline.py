@@ -270,14 +270,42 @@ def test_set_and_a_miss_passed_with_no_record(fast):
     assert b'c' not in fast.cache_entries_raw()
 
 
-def test_two_sets_of_one_key_passed(fast):
+def test_sets_of_one_key_follow_each_other(fast):
+    f = Flow(fast).handshake()
+    rc, _unused = f.send(resp(b'SET', b'a', b'0'))
+    assert rc == XDP_TX
+    fast.ring().consume()
+    req = resp(b'SET', b'k', b'1') + resp(b'SET', b'a', b'2') + resp(b'SET', b'k', b'3') + resp(b'SET', b'k', b'4')
+    rc, out = f.send(req)
+    assert rc == XDP_TX, '%s %s' % (name(rc), nonzero(fast.stats()))
+    assert tcp_payload(out) == OK * 4
+    recs = fast.ring().peek()
+    assert [(r.seq, r.key, r.val) for r in recs] == [(2, b'k', b'1'), (3, b'a', b'2'), (4, b'k', b'3'),
+                                                      (5, b'k', b'4')]
+    assert fast.cache_entries_raw() == {b'a': b'2', b'k': b'4'}
+    assert fast.cache_wseq() == {b'a': 3, b'k': 5}
+    assert fast.u32('erb_locks', bucket_of(b'k')) == 0 and fast.u32('erb_locks', bucket_of(b'a')) == 0
+
+
+def same_bucket_key(key):
+    b = bucket_of(key)
+    for i in range(1 << 22):
+        other = b'o%d' % i
+        if bucket_of(other) == b and other != key:
+            return other
+    raise AssertionError('no key of the bucket of %r' % key)
+
+
+def test_two_keys_of_one_bucket_passed(fast):
     f = Flow(fast).handshake()
     rc, _unused = f.send(resp(b'SET', b'a', b'1') + resp(b'SET', b'b', b'2'))
     assert rc == XDP_TX
     fast.ring().consume()
-    assert_passed(fast, f, resp(b'SET', b'k', b'1') + resp(b'SET', b'k', b'2'), 'set_pass_busy')
+    other = same_bucket_key(b'k')
+    assert_passed(fast, f, resp(b'SET', b'k', b'1') + resp(b'SET', other, b'2'), 'set_pass_busy')
     assert fast.ring().peek() == []
     assert fast.u32('erb_locks', bucket_of(b'k')) == 0
+    assert b'k' not in fast.cache_entries_raw() and other not in fast.cache_entries_raw()
 
 
 def test_sets_passed_while_the_ring_is_half_full(erb_fast):

@@ -97,7 +97,9 @@ def assert_same_keys(erb, reference_redis, keys):
 def test_raw_pipelines_answer_like_redis(erb, reference_redis, both):
     c, r = both
     rnd = random.Random(13)
-    keys = ['p:%02d' % i for i in range(48)]
+    keys = ['p:%03d' % i for i in range(256)]
+    for k in keys:      # one by one (answered or filled): most GETs below hit
+        assert c.cmd('SET', k, 'first') == r.cmd('SET', k, 'first')
     s0 = erb.stats()
     compared = 0
     for rnd_i in range(300):
@@ -130,7 +132,9 @@ def test_redis_py_pipeline_answers_like_redis(erb, reference_redis, both):
     boosted = redis_from(erb.host.client_ns, erb.host.server_ip)
     plain = redis.Redis(unix_socket_path=str(reference_redis), socket_timeout=10)
     rnd = random.Random(7)
-    keys = ['rp:%03d' % i for i in range(64)]
+    keys = ['rp:%03d' % i for i in range(512)]
+    for k in keys:
+        assert boosted.set(k, 'first') is True and plain.set(k, 'first') is True
     s0 = erb.stats()
     compared = 0
     try:
