@@ -5,9 +5,10 @@
  *
  * Safety first (../../docs and DESIGN.md "When XDP may answer"): a GET is
  * answered only when the segment is exactly one GET (or a pipeline of GET
- * hits and fast SETs, erb_pipe.h), is the next expected segment, Redis owes the flow nothing, the client has acknowledged every
- * byte the server sent, and the flow is in db 0, not in MULTI, not
- * subscribed and authenticated. Everything else is passed to Redis.
+ * hits and fast SETs, erb_pipe.h), is the next expected segment, Redis owes
+ * the flow nothing, the client has acknowledged every byte the server sent,
+ * and the flow is in db 0, not in MULTI, not subscribed and authenticated.
+ * Everything else is passed to Redis.
  *
  * Sequence numbers ("client view" = what the client sends/sees on the wire,
  * "server view" = what the server's TCP stack sends/sees):
