@@ -149,8 +149,8 @@ static long pipe_holder_step(__u32 j, void *arg)
  * follows it (its entry written again, its record after the other's), any
  * other key of the bucket passes the segment. Returns 0 when it follows.
  */
-static __always_inline int pipe_dup_set(struct pipectx *x, struct erb_scratch *s, struct pipe_cmd *c,
-					__u32 i, __u32 b)
+static __always_inline int pipe_dup_set(struct pipectx *x, struct erb_scratch *s,
+					struct pipe_cmd *c, __u32 i, __u32 b)
 {
 	struct pipe_cmd *o;
 	__u32 kl;

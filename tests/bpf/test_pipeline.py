@@ -13,8 +13,8 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import (CIP, CMAC, M32, SIP, SMAC, TC_ACT_OK, XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums,
-                     bucket_of, bulk, resp, tcp_payload, ts_option)
+from erbtest import (CIP, CMAC, M32, SIP, SMAC, TC_ACT_OK, XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow,
+                     assert_checksums, bucket_of, bulk, resp, tcp_payload, ts_option)
 
 OK = b'+OK\r\n'
 # a ring with room for a pipeline of SETs (answered only while it is at most half full)
