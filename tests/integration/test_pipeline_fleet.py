@@ -28,7 +28,11 @@ MAX_VALUE = 1024
 DEPTH = 16
 
 
-def report(test, **figures):
+COUNTERS = ('pipelined', 'pipelined_cmds', 'hit', 'set_fast', 'miss', 'pass_not_single', 'set_pass_busy', 'hold')
+
+
+def report(test, delta, **figures):
+    figures.update((k, delta.get(k, 0)) for k in COUNTERS)
     print('\n[%s] %s' % (test, ', '.join('%s=%s' % kv for kv in figures.items())), flush=True)
 
 
@@ -117,9 +121,7 @@ def test_raw_pipelines_answer_like_redis(erb, reference_redis, both):
         assert got == want, 'pipeline %s: ERB %s, Redis %s' % (cmds, got, want)
         compared += len(cmds)
     d = stat_delta(s0, erb.stats())
-    report('raw', commands=compared, **{k: d.get(k, 0) for k in ('pipelined', 'pipelined_cmds', 'hit',
-                                                                   'set_fast', 'miss', 'pass_not_single',
-                                                                   'set_pass_busy', 'hold')})
+    report('raw', d, commands=compared)
     assert d.get('pipelined', 0) >= 20, 'no pipelined answers: %s' % d
     assert d.get('pipelined_cmds', 0) >= 2 * d['pipelined']
     assert_same_keys(erb, reference_redis, keys + ['p:counter'])
@@ -158,8 +160,7 @@ def test_redis_py_pipeline_answers_like_redis(erb, reference_redis, both):
         boosted.close()
         plain.close()
     d = stat_delta(s0, erb.stats())
-    report('redis-py', commands=compared, **{k: d.get(k, 0) for k in ('pipelined', 'pipelined_cmds', 'hit',
-                                                                        'set_fast', 'miss')})
+    report('redis-py', d, commands=compared)
     assert d.get('pipelined', 0) >= 20, 'no pipelined answers: %s' % d
     assert_same_keys(erb, reference_redis, keys)
 
@@ -175,8 +176,7 @@ def test_redis_benchmark_pipelined(erb, reference_redis, both):
     assert '"SET"' in p.stdout and '"GET"' in p.stdout, p.stdout + p.stderr
     assert 'rror' not in p.stdout + p.stderr, p.stdout + p.stderr
     d = stat_delta(s0, erb.stats())
-    report('redis-benchmark', **{k: d.get(k, 0) for k in ('pipelined', 'pipelined_cmds', 'hit', 'set_fast',
-                                                            'miss', 'pass_not_single', 'set_pass_busy')})
+    report('redis-benchmark', d)
     assert d.get('pipelined', 0) >= 50, 'no pipelined answers: %s' % d
     wait_applied(erb)
     t = RespConn.unix(h.socket)
