@@ -185,7 +185,7 @@ def test_redis_benchmark_pipelined(erb, reference_redis, both):
         assert keys, 'redis-benchmark wrote nothing to Redis'
         for k in keys:
             want = t.cmd('GET', k)
-            assert want == b'$40\r\n' + b'x' * 40 + b'\r\n', (k, want)
+            assert want.startswith(b'$40\r\n'), (k, want)     # redis-benchmark's (random) 40 bytes
             assert c.cmd('GET', k) == want, k
     finally:
         t.close()
