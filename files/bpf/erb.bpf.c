@@ -75,6 +75,7 @@ const volatile struct erb_config cfg = {
 #define HASH_HGETALL	0x2004caf8U	/* FNV-1a("HGETALL") */
 #define HASH_TRACKING	0xfb4df9fcU	/* FNV-1a("TRACKING") */
 #define HASH_CACHING	0x3f76dfbeU	/* FNV-1a("CACHING") */
+#define RC_PIPELINE	(-4)		/* try_answer: not one command, maybe a pipeline (erb_pipe.h) */
 #define READ_ONCE(x)	(*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
 
@@ -1110,11 +1111,11 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 			is_hash = 1;
 		}
 		if (n < 0)
-			return (cfg.flags & ERB_CFG_SET_FAST) ? -2 : -3;
+			return (cfg.flags & ERB_CFG_SET_FAST) ? -2 : RC_PIPELINE;
 	} else {
 		n = parse_set(s, k->plen, &koff, &voff, &vlen);
 		if (n < 0)
-			return -3;	/* not one command: maybe a pipeline */
+			return RC_PIPELINE;	/* not one command: maybe a pipeline */
 		is_set = 1;
 	}
 	klen = n;
@@ -1163,8 +1164,6 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	stat_inc(ERB_STAT_HIT);
 	return XDP_TX;
 }
-
-#include "erb_pipe.h"
 
 /*
  * Client bytes we do not parse (IP options, fragments, VLAN tags, IPv6, data
@@ -1446,6 +1445,8 @@ static long set_step(__u32 i, void *arg)
 	return 1;
 }
 
+#include "erb_pipe.h"
+
 /* Several commands in one segment: all answered in one reply, or all passed */
 static long pipe_step(__u32 i, void *arg)
 {
@@ -1455,7 +1456,7 @@ static long pipe_step(__u32 i, void *arg)
 
 	if (!a->ctx || !a->k || !a->f || !a->key || !s || !g)
 		return 1;
-	a->rc = pipe_answer(a->ctx, a->k, &s->o, a->f, a->key, s, g);
+	a->rc = pipe_answer(a, a->ctx, a->k, &s->o, a->f, a->key, s, g);
 	return 1;
 }
 
@@ -1642,7 +1643,7 @@ int erb_xdp(struct xdp_md *ctx)
 				ac.rc = -1;
 				bpf_loop(1, set_step, &ac, 0);
 			}
-			if (ac.rc == -3) {
+			if (ac.rc == RC_PIPELINE) {
 				ac.rc = -1;
 				bpf_loop(1, pipe_step, &ac, 0);
 			}

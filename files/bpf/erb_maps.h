@@ -191,6 +191,7 @@ struct pipe_cmd {
 	__u32 eidx;		/* SET: its cache slot */
 	__u32 lk;		/* SET: 1 bucket lock held, 2 and the entry lock */
 	__u32 dup;		/* SET of the key of an earlier SET here: its locks and slot */
+	__u32 evict;		/* SET: its slot is a CLOCK victim */
 };
 struct erb_scratch {
 	char buf[WIN];			/* parse window */

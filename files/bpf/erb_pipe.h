@@ -10,16 +10,16 @@
  * the segment follows it; another key of a bucket a SET here holds, and a
  * GET of such a bucket, pass the segment.
  * Part of the one translation unit erb.bpf.c (the verifier sees one object);
- * included there after try_answer(), whose helpers it uses.
+ * included there after try_answer(), whose helpers it uses, and struct actx.
  */
 #ifndef ERB_PIPE_H
 #define ERB_PIPE_H
 
-struct pipectx {
-	struct erb_scratch *s;
-	struct erb_global *g;
-	__u32 plen;
-};
+/*
+ * The nested bpf_loop callbacks get erb_xdp's struct actx (no context of
+ * their own on the stack: the four frames of the deepest call chain must
+ * stay within 512 bytes) and look the per-CPU scratch and erb_global up.
+ */
 
 /* "$<n>\r\n" at b[*pi]: n (no leading zero; "$0" only when zero_ok), *pi past it; else -1. */
 static __always_inline int pipe_len(const char *b, __u32 *pi, int zero_ok)
@@ -85,6 +85,7 @@ static __always_inline int pipe_parse(const char *b, __u32 o, __u32 plen, struct
 	c->vlen = 0;
 	c->lk = 0;
 	c->dup = 0;
+	c->evict = 0;
 	if (!set)
 		return i;
 	m = pipe_len(b, &i, 1);
@@ -101,15 +102,19 @@ static __always_inline int pipe_parse(const char *b, __u32 o, __u32 plen, struct
 /* Split the segment (in s->buf) into commands; stops at the first that is not one. */
 static long pipe_parse_step(__u32 i, void *arg)
 {
-	struct pipectx *x = arg;
-	struct erb_scratch *s = x->s;
+	struct actx *x = arg;
+	struct erb_scratch *s = scratch();
 	struct pipe_cmd *c;
+	__u32 plen;
 	int end;
 
-	if (!s || s->pp.off >= x->plen)
+	if (!s || !x->k)
+		return 1;
+	plen = x->k->plen;
+	if (s->pp.off >= plen)
 		return 1;
 	c = &s->pc[i & (ERB_PIPE_MAX - 1)];
-	end = pipe_parse(s->buf, s->pp.off, x->plen, c);
+	end = pipe_parse(s->buf, s->pp.off, plen, c);
 	if (end < 0) {
 		s->pp.fail = 1;
 		return 1;
@@ -130,8 +135,7 @@ static __always_inline long pipe_fail(struct erb_scratch *s, __u32 stat)
 /* Which earlier SET of the segment holds bucket pp.b (pp.holder, else pp.cur)? */
 static long pipe_holder_step(__u32 j, void *arg)
 {
-	struct pipectx *x = arg;
-	struct erb_scratch *s = x->s;
+	struct erb_scratch *s = scratch();
 	struct pipe_cmd *c;
 
 	if (!s || j >= s->pp.cur)
@@ -149,7 +153,7 @@ static long pipe_holder_step(__u32 j, void *arg)
  * follows it (its entry written again, its record after the other's), any
  * other key of the bucket passes the segment. Returns 0 when it follows.
  */
-static __always_inline int pipe_dup_set(struct pipectx *x, struct erb_scratch *s,
+static __always_inline int pipe_dup_set(struct actx *x, struct erb_scratch *s,
 					struct pipe_cmd *c, __u32 i, __u32 b)
 {
 	struct pipe_cmd *o;
@@ -182,9 +186,9 @@ static __always_inline int pipe_dup_set(struct pipectx *x, struct erb_scratch *s
  */
 static long pipe_check_step(__u32 i, void *arg)
 {
-	struct pipectx *x = arg;
-	struct erb_scratch *s = x->s;
-	struct erb_global *g = x->g;
+	struct actx *x = arg;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
 	__u32 klen, h, b, rstart = 0, rlen = 0, tot, idx, *bl, *cnt;
 	struct erb_entry *e;
 	struct pipe_cmd *c;
@@ -239,12 +243,13 @@ static long pipe_check_step(__u32 i, void *arg)
 	c->lk = 1;
 	if (READ_ONCE(*cnt) || g->overflow || fenced(g, b))
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
-	cache_probe(s, s->key, klen, h, g->cache_gen);
-	idx = s->pr.hit >= 0 ? s->pr.hit : s->pr.free;
-	e = s->pr.hit >= 0 || s->pr.free >= 0 ? bpf_map_lookup_elem(&erb_cache, &idx) : 0;
-	if (!e || __sync_val_compare_and_swap(&e->lock, 0, 1) != 0)
+	/* the slot as do_set() takes it: the key's, a free one, or a CLOCK victim, locked */
+	e = cache_claim(s, s->key, klen, h, g->cache_gen);
+	if (!e)
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
+	idx = s->pr.hit >= 0 ? s->pr.hit : s->pr.free >= 0 ? s->pr.free : s->pr.victim;
 	c->eidx = idx;
+	c->evict = s->pr.evict;
 	c->lk = 2;
 ok:
 	tot &= WIN - 1;
@@ -260,8 +265,7 @@ ok:
 /* Release the locks command i still holds. */
 static long pipe_unlock_step(__u32 i, void *arg)
 {
-	struct pipectx *x = arg;
-	struct erb_scratch *s = x->s;
+	struct erb_scratch *s = scratch();
 	struct pipe_cmd *c;
 	struct erb_entry *e;
 	__u32 *bl;
@@ -283,7 +287,7 @@ static long pipe_unlock_step(__u32 i, void *arg)
 	return 0;
 }
 
-static __always_inline int pipe_unlock(struct pipectx *x, int rc)
+static __always_inline int pipe_unlock(struct actx *x, int rc)
 {
 	bpf_loop(ERB_PIPE_MAX, pipe_unlock_step, x, 0);
 	return rc;
@@ -297,9 +301,8 @@ static __always_inline int pipe_unlock(struct pipectx *x, int rc)
  */
 static long pipe_commit_step(__u32 i, void *arg)
 {
-	struct pipectx *x = arg;
-	struct erb_scratch *s = x->s;
-	struct erb_global *g = x->g;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
 	struct erb_record *rec;
 	struct erb_entry *e;
 	struct pipe_cmd *c;
@@ -348,6 +351,7 @@ static long pipe_commit_step(__u32 i, void *arg)
 		if (erb_kfifo_in(rec, sizeof(*rec)))
 			return pipe_fail(s, ERB_STAT_SET_PASS_QUEUE_FULL);
 	}
+	s->pr.evict = c->evict;		/* counted by entry_write() */
 	entry_write(e, c->h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
 	if (!(cfg.flags & ERB_CFG_KMOD))
 		bpf_ringbuf_submit(rec, 0);
@@ -366,18 +370,17 @@ static long pipe_commit_step(__u32 i, void *arg)
  * anew. erb_io path: its kfifo reports no room in advance, so at most one SET
  * per segment, queued before the reply is built, as do_set() does.
  */
-static __always_inline int pipe_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
-				       struct erb_flow *f, struct erb_flow_key *key,
+static __always_inline int pipe_answer(struct actx *x, struct xdp_md *ctx, struct pkt *k,
+				       struct tcp_opts *o, struct erb_flow *f, struct erb_flow_key *key,
 				       struct erb_scratch *s, struct erb_global *g)
 {
-	struct pipectx x = { .s = s, .g = g, .plen = k->plen };
 	__u32 tot, seq, ack, n, nset;
 	struct erb_aux *a;
 	int rc;
 
 	__builtin_memset(&s->pp, 0, sizeof(s->pp));
 	s->pp.gen = g->cache_gen;
-	bpf_loop(ERB_PIPE_MAX, pipe_parse_step, &x, 0);
+	bpf_loop(ERB_PIPE_MAX, pipe_parse_step, x, 0);
 	n = s->pp.n;
 	nset = s->pp.nset;
 	if (s->pp.fail || s->pp.off != k->plen || n < 2 || n > ERB_PIPE_MAX ||
@@ -401,19 +404,19 @@ static __always_inline int pipe_answer(struct xdp_md *ctx, struct pkt *k, struct
 		stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
 		return -1;
 	}
-	bpf_loop(ERB_PIPE_MAX, pipe_check_step, &x, 0);
+	bpf_loop(ERB_PIPE_MAX, pipe_check_step, x, 0);
 	if (s->pp.fail)
-		return pipe_unlock(&x, -1);
+		return pipe_unlock(x, -1);
 	tot = s->pp.tot;
 	if (!client_takes(f, k, o, tot))
-		return pipe_unlock(&x, -1);
+		return pipe_unlock(x, -1);
 	/* erb_io: the record is queued first, so the reply must not need more room */
 	if (nset && (cfg.flags & ERB_CFG_KMOD) && tot > k->plen) {
 		stat_inc(ERB_STAT_PASS_NO_ROOM);
-		return pipe_unlock(&x, -1);
+		return pipe_unlock(x, -1);
 	}
 	if (!len_in(tot, 1, ERB_REPLY_MAX - 8))
-		return pipe_unlock(&x, -1);
+		return pipe_unlock(x, -1);
 	bpf_probe_read_kernel(s->rep, arg_len(tot, 1, ERB_REPLY_MAX - 8), s->prep);
 	tot = arg_len(tot, 1, ERB_REPLY_MAX - 8);
 	/* zero pad read by the checksum */
@@ -423,24 +426,24 @@ static __always_inline int pipe_answer(struct xdp_md *ctx, struct pkt *k, struct
 	seq = f->s_nxt;
 	ack = bpf_ntohl(k->tcp->seq) + k->plen;
 	if (nset && (cfg.flags & ERB_CFG_KMOD)) {
-		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, &x, 0);
+		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, x, 0);
 		if (s->pp.fail)
-			return pipe_unlock(&x, -1);
+			return pipe_unlock(x, -1);
 		rc = xdp_reply(ctx, k, o, s->rep, 0, tot, seq, ack, f->s_win);
 		/* cannot fail (the reply is smaller); if it did, as in do_set() */
 		if (rc != XDP_TX)
-			return pipe_unlock(&x, XDP_DROP);
-		pipe_unlock(&x, 0);
+			return pipe_unlock(x, XDP_DROP);
+		pipe_unlock(x, 0);
 	} else {
 		rc = xdp_reply(ctx, k, o, s->rep, 0, tot, seq, ack, f->s_win);
 		if (rc < 0)
 			stat_inc(ERB_STAT_PASS_NO_ROOM);
 		if (rc != XDP_TX)
-			return pipe_unlock(&x, rc);
-		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, &x, 0);
+			return pipe_unlock(x, rc);
+		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, x, 0);
 		if (s->pp.fail)
-			return pipe_unlock(&x, XDP_DROP);
-		pipe_unlock(&x, 0);
+			return pipe_unlock(x, XDP_DROP);
+		pipe_unlock(x, 0);
 	}
 	answered(f, a, k, s, seq, ack, 0, tot);
 	stat_add(ERB_STAT_HIT, n - nset);
