@@ -1451,12 +1451,8 @@ static long set_step(__u32 i, void *arg)
 static long pipe_step(__u32 i, void *arg)
 {
 	struct actx *a = arg;
-	struct erb_scratch *s = scratch();
-	struct erb_global *g = global();
 
-	if (!a->ctx || !a->k || !a->f || !a->key || !s || !g)
-		return 1;
-	a->rc = pipe_answer(a, a->ctx, a->k, &s->o, a->f, a->key, s, g);
+	a->rc = pipe_answer(a);
 	return 1;
 }
 

@@ -226,6 +226,7 @@ struct erb_scratch {
 	struct {
 		__u32 n, nset, off, tot, fail, gen;
 		__u32 cur, b, holder;	/* pipe_holder_step(): SET cur's bucket, found at holder */
+		__u32 seq, ack;		/* of the reply */
 	} pp;				/* pipeline cursor */
 	char key2[ERB_KEY_MAX];		/* zero-padded key of the earlier SET */
 	char prep[WIN + ERB_REPLY_MAX];	/* the replies, concatenated */

@@ -370,36 +370,37 @@ static long pipe_commit_step(__u32 i, void *arg)
  * anew. erb_io path: its kfifo reports no room in advance, so at most one SET
  * per segment, queued before the reply is built, as do_set() does.
  */
-static __always_inline int pipe_answer(struct actx *x, struct xdp_md *ctx, struct pkt *k,
-				       struct tcp_opts *o, struct erb_flow *f, struct erb_flow_key *key,
-				       struct erb_scratch *s, struct erb_global *g)
+static __always_inline int pipe_answer(struct actx *x)
 {
-	__u32 tot, seq, ack, n, nset;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
 	struct erb_aux *a;
+	__u32 tot;
 	int rc;
 
+	/* few values live across the loops: the deepest call chain's stack is tight */
+	if (!s || !g || !x->k || !x->f || !x->key || !x->ctx)
+		return -1;
 	__builtin_memset(&s->pp, 0, sizeof(s->pp));
 	s->pp.gen = g->cache_gen;
 	bpf_loop(ERB_PIPE_MAX, pipe_parse_step, x, 0);
-	n = s->pp.n;
-	nset = s->pp.nset;
-	if (s->pp.fail || s->pp.off != k->plen || n < 2 || n > ERB_PIPE_MAX ||
-	    (nset && !(cfg.flags & ERB_CFG_SET_FAST)) ||
-	    (nset > 1 && (cfg.flags & ERB_CFG_KMOD))) {
+	if (s->pp.fail || s->pp.off != x->k->plen || s->pp.n < 2 || s->pp.n > ERB_PIPE_MAX ||
+	    (s->pp.nset && !(cfg.flags & ERB_CFG_SET_FAST)) ||
+	    (s->pp.nset > 1 && (cfg.flags & ERB_CFG_KMOD))) {
 		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
 		return -1;
 	}
-	if (answer_ready(k, f, g, 0))
+	if (answer_ready(x->k, x->f, g, 0))
 		return -1;
-	if (f->flags & ERB_FLOW_WATCH) {
+	if (x->f->flags & ERB_FLOW_WATCH) {
 		stat_inc(ERB_STAT_PASS_STATE);
 		return -1;
 	}
-	a = bpf_map_lookup_elem(&erb_aux, key);
-	if (!a)
+	if (!bpf_map_lookup_elem(&erb_aux, x->key))
 		return -1;
-	if (nset && !(cfg.flags & ERB_CFG_KMOD) &&
-	    bpf_ringbuf_query(&erb_events, BPF_RB_AVAIL_DATA) + nset * (sizeof(struct erb_record) + 8) >
+	if (s->pp.nset && !(cfg.flags & ERB_CFG_KMOD) &&
+	    bpf_ringbuf_query(&erb_events, BPF_RB_AVAIL_DATA) +
+	    s->pp.nset * (sizeof(struct erb_record) + 8) >
 	    bpf_ringbuf_query(&erb_events, BPF_RB_RING_SIZE) / 2) {
 		stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
 		return -1;
@@ -407,14 +408,14 @@ static __always_inline int pipe_answer(struct actx *x, struct xdp_md *ctx, struc
 	bpf_loop(ERB_PIPE_MAX, pipe_check_step, x, 0);
 	if (s->pp.fail)
 		return pipe_unlock(x, -1);
-	tot = s->pp.tot;
-	if (!client_takes(f, k, o, tot))
+	if (!client_takes(x->f, x->k, &s->o, s->pp.tot))
 		return pipe_unlock(x, -1);
 	/* erb_io: the record is queued first, so the reply must not need more room */
-	if (nset && (cfg.flags & ERB_CFG_KMOD) && tot > k->plen) {
+	if (s->pp.nset && (cfg.flags & ERB_CFG_KMOD) && s->pp.tot > x->k->plen) {
 		stat_inc(ERB_STAT_PASS_NO_ROOM);
 		return pipe_unlock(x, -1);
 	}
+	tot = s->pp.tot;
 	if (!len_in(tot, 1, ERB_REPLY_MAX - 8))
 		return pipe_unlock(x, -1);
 	bpf_probe_read_kernel(s->rep, arg_len(tot, 1, ERB_REPLY_MAX - 8), s->prep);
@@ -423,19 +424,21 @@ static __always_inline int pipe_answer(struct actx *x, struct xdp_md *ctx, struc
 	s->rep[tot] = 0;
 	s->rep[tot + 1] = 0;
 	s->rep[tot + 2] = 0;
-	seq = f->s_nxt;
-	ack = bpf_ntohl(k->tcp->seq) + k->plen;
-	if (nset && (cfg.flags & ERB_CFG_KMOD)) {
+	s->pp.seq = x->f->s_nxt;
+	s->pp.ack = bpf_ntohl(x->k->tcp->seq) + x->k->plen;
+	if (s->pp.nset && (cfg.flags & ERB_CFG_KMOD)) {
 		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, x, 0);
 		if (s->pp.fail)
 			return pipe_unlock(x, -1);
-		rc = xdp_reply(ctx, k, o, s->rep, 0, tot, seq, ack, f->s_win);
+		rc = xdp_reply(x->ctx, x->k, &s->o, s->rep, 0, s->pp.tot, s->pp.seq, s->pp.ack,
+			       x->f->s_win);
 		/* cannot fail (the reply is smaller); if it did, as in do_set() */
 		if (rc != XDP_TX)
 			return pipe_unlock(x, XDP_DROP);
 		pipe_unlock(x, 0);
 	} else {
-		rc = xdp_reply(ctx, k, o, s->rep, 0, tot, seq, ack, f->s_win);
+		rc = xdp_reply(x->ctx, x->k, &s->o, s->rep, 0, s->pp.tot, s->pp.seq, s->pp.ack,
+			       x->f->s_win);
 		if (rc < 0)
 			stat_inc(ERB_STAT_PASS_NO_ROOM);
 		if (rc != XDP_TX)
@@ -445,11 +448,14 @@ static __always_inline int pipe_answer(struct actx *x, struct xdp_md *ctx, struc
 			return pipe_unlock(x, XDP_DROP);
 		pipe_unlock(x, 0);
 	}
-	answered(f, a, k, s, seq, ack, 0, tot);
-	stat_add(ERB_STAT_HIT, n - nset);
-	stat_add(ERB_STAT_SET_FAST, nset);
+	a = bpf_map_lookup_elem(&erb_aux, x->key);
+	if (!a)
+		return XDP_TX;	/* deleted meanwhile: no resend copy (the flow is closing) */
+	answered(x->f, a, x->k, s, s->pp.seq, s->pp.ack, 0, s->pp.tot);
+	stat_add(ERB_STAT_HIT, s->pp.n - s->pp.nset);
+	stat_add(ERB_STAT_SET_FAST, s->pp.nset);
 	stat_inc(ERB_STAT_PIPELINED);
-	stat_add(ERB_STAT_PIPELINED_CMDS, n);
+	stat_add(ERB_STAT_PIPELINED_CMDS, s->pp.n);
 	return XDP_TX;
 }
 
