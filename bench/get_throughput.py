@@ -90,7 +90,8 @@ class Placement:
                 run(['taskset', '-pc', self.server_cpu, line.split()[0]])
 
     def undo(self):
-        in_host(['sh', '-c', 'echo %s > /sys/class/net/erbs1/threaded' % self.threaded])
+        if in_host(['cat', '/sys/class/net/erbs1/threaded']).strip() != self.threaded:
+            in_host(['sh', '-c', 'echo %s > /sys/class/net/erbs1/threaded' % self.threaded])
         in_host(['ethtool', '-K', 'erbs1', 'gro', self.gro])
         run(['taskset', '-pc', '0-%d' % ((os.cpu_count() or 1) - 1), str(self.redis_pid)])
 
