@@ -896,6 +896,8 @@ static __always_inline void answered(struct erb_flow *f, struct erb_aux *a, stru
 	f->last_rep_seq = seq;
 	f->last_rep_len = rlen;
 	f->c_nxt = ack;
+	/* a segment held before is answered now: the bound it waited for is spent */
+	f->hold_wseq = 0;
 	f->s_nxt = seq + rlen;
 	f->s_tsval = s->h.thl == 32 ? s->h.tsval : 0;
 	if (!(fl & ERB_FLOW_ANSWERED))
@@ -1662,6 +1664,7 @@ int erb_xdp(struct xdp_md *ctx)
 				stat_inc(ERB_STAT_PASS_OOO);
 			}
 			flow_gap(f, f->c_nxt, seq);
+			f->hold_wseq = 0;	/* the bound of a segment held at the old c_nxt */
 			f->req.resync = 1;
 			f->req.state = ERB_P_TYPE;
 			f->req.argc = 0;

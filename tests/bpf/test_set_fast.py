@@ -237,6 +237,45 @@ def test_ring_full_set_of_a_pending_key_is_held(erb_fast):
     assert [(r.seq, r.key, r.val) for r in erb.records()] == [(5, b'key:0', b'newer')]
 
 
+def test_ring_full_again_after_an_answered_retransmission_holds_the_flows_next_set(erb_fast):
+    """A held segment waits only for the writes acknowledged before it first arrived
+    (erb_flow.hold_wseq). Once its retransmission is answered in XDP that bound is
+    spent: when the ring is full again, the flow's next SET of the same key must be
+    held behind the SETs acknowledged since (its own), not passed to Redis ahead of
+    them. (Seen end to end: test_agent_killed_under_load_loses_nothing_and_keeps_order
+    on the fleet, ~40 values of one key per client applied after a newer one.)"""
+    erb = erb_fast
+    f = Flow(erb).handshake()
+    key = b'ak:0:0'
+    for i in range(4):
+        fast_set(erb, f, key, b'%d' % i)
+    # the ring is full, the agent is down: the next SET is held (hold_wseq 4)
+    payload = resp(b'SET', key, b'4')
+    rc, _unused = f.send(payload)
+    assert rc == 1, 'SET of a pending key with the ring full: %s, expected XDP_DROP (hold)' % name(rc)
+    assert erb.flow(f).hold_wseq == 4
+    # the agent (restarted) applies everything; the client's retransmission is answered
+    assert [r.seq for r in erb.records()] == [1, 2, 3, 4]
+    erb.apply_all()
+    fast_set(erb, f, key, b'4')
+    # the agent lags again: seqs 5..8 fill the ring
+    for i in range(5, 8):
+        fast_set(erb, f, key, b'%d' % i)
+    g = erb.glob()
+    assert (g.write_seq, g.applied_seq) == (8, 4)
+    before = erb.stats()
+    rc, _unused = f.send(resp(b'SET', key, b'8'))
+    st = erb.stats()
+    assert rc == 1, ('SET %r with its writes 5..8 pending and the ring full: %s, expected XDP_DROP (hold); '
+                     'passed, Redis runs it before them %s' % (key, name(rc), nonzero(st)))
+    assert st['set_pass_queue_full'] == before['set_pass_queue_full'] + 1
+    assert st['hold'] == before['hold'] + 1 and st['cmds_passed'] == before['cmds_passed']
+    assert [(r.seq, r.val) for r in erb.records()] == [(5, b'4'), (6, b'5'), (7, b'6'), (8, b'7')]
+    erb.apply_all()
+    fast_set(erb, f, key, b'8')
+    assert [(r.seq, r.key, r.val) for r in erb.records()] == [(9, key, b'8')]
+
+
 def test_write_in_flight_at_redis_makes_set_busy(erb_fast):
     erb = erb_fast
     a = Flow(erb, cport=40001).handshake()
