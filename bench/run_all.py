@@ -44,6 +44,7 @@ import set_mixed as sm  # noqa: E402  (redis-benchmark command and parser, ERB c
 REPO = gt.REPO
 RESULTS = gt.RESULTS
 LOADGEN = os.path.join(HERE, 'build', 'loadgen')
+AGENT_PIDFILE = '/run/erb/fleet/r1/run/agent-erbs1.pid'   # erb_run_dir/agent-<interface>.pid
 PARTS = ('clients', 'values', 'ycsb')
 SIDES = {True: 'erb', False: 'redis'}
 YCSB = {'A': 0.5, 'B': 0.95, 'C': 1.0}    # read share; the rest are updates
@@ -166,6 +167,20 @@ class Fleet:
             gt.playbook('rollback.yml')
             self.epoch += 1
         gt.PLACEMENT.apply()  # the NAPI thread may be new after an attach or detach
+        self.pin_agent(gt.PLACEMENT.server_cpu)
+        self.warm_key = None
+
+    @staticmethod
+    def pin_agent(cpus):
+        """erb-agent (and its supervisor) on the server core too: it is server-side work."""
+        try:
+            sup = int(open(AGENT_PIDFILE).read())
+        except (OSError, ValueError):
+            return
+        children = subprocess.run(['ps', '-o', 'pid=', '--ppid', str(sup)], check=False, text=True,
+                                  capture_output=True).stdout.split()
+        for pid in [str(sup)] + children:
+            subprocess.run(['taskset', '-apc', cpus, pid], check=False, capture_output=True)
 
     def warm(self, value, keys):
         if self.warm_key != (self.epoch, value):
@@ -174,6 +189,7 @@ class Fleet:
             self.warm_key = (self.epoch, value)
 
     def restore(self):
+        self.pin_agent('0-%d' % ((os.cpu_count() or 1) - 1))
         now = gt.erb_attached()
         if self.initial and not now:
             gt.playbook('deploy.yml')
@@ -207,6 +223,7 @@ def rb_point(fleet, attached, op, clients, value, requests, keys):
     res = redis_benchmark(op, clients, requests, value, keys)
     if op == 'set':
         sm.wait_applied()
+        fleet.warm_key = None   # the keys now hold this SET's values
     c1, k1 = sm.cmd_calls(), counters(attached)
     res['redis_calls'] = c1.get(op, 0) - c0.get(op, 0)
     res['requests'] = requests
@@ -341,8 +358,9 @@ def summarize(points):
             if s == 'erb':
                 row[s]['answered_in_xdp'] = statistics.median(x['answered_in_xdp'] for x in xs)
         if 'erb' in row and 'redis' in row:
-            row['ratio'] = {'rps': row['erb']['rps'] / row['redis']['rps'],
-                            'p99_lower': row['redis']['p99_ms'] / row['erb']['p99_ms'] if row['erb']['p99_ms'] else None}
+            e, r = row['erb'], row['redis']
+            row['ratio'] = {'rps': e['rps'] / r['rps'],
+                            'p99_lower': r['p99_ms'] / e['p99_ms'] if e['p99_ms'] else None}
         out.append(row)
     return out
 
