@@ -58,7 +58,7 @@ IO_THREADS_MIN_CPUS = 4
 
 
 def options():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--quick', action='store_true', help='few points, short runs: a smoke check (~3 min)')
     ap.add_argument('--points', default=','.join(PARTS), help='parts to run, comma separated: ' + ', '.join(PARTS))
     ap.add_argument('--rounds', type=int, default=None, help='rounds per side (default 2, --quick 1)')
@@ -277,19 +277,19 @@ def ycsb_point(fleet, attached, workload, dist, args):
 # ---- the run --------------------------------------------------------------------------------
 
 def plan(args):
-    """Every point of one side, in order: (part, label, runner args)."""
+    """Every point of one side, in order: (part, point parameters)."""
     pts = []
     if 'clients' in args.points:
         for op in ('get', 'set'):
             for c in args.clients:
-                pts.append(('clients', op, {'op': op, 'clients': c, 'value': args.value}))
+                pts.append(('clients', {'op': op, 'clients': c, 'value': args.value}))
     if 'values' in args.points:
         for op in ('get', 'set'):
             for v in args.values:
-                pts.append(('values', op, {'op': op, 'clients': args.bench_clients, 'value': v}))
+                pts.append(('values', {'op': op, 'clients': args.bench_clients, 'value': v}))
     if 'ycsb' in args.points:
         for w, d in args.ycsb:
-            pts.append(('ycsb', 'ycsb', {'workload': w, 'dist': d}))
+            pts.append(('ycsb', {'workload': w, 'dist': d}))
     return pts
 
 
@@ -321,7 +321,7 @@ def measure(args, fleet, points, t_start):
         # alternate which side goes first: one switch fewer per round, drift shared
         for attached in ((True, False) if r % 2 == 0 else (False, True)):
             fleet.side(attached)
-            for part, _, p in pts:
+            for part, p in pts:
                 n += 1
                 t0 = time.time()
                 res = run_point(fleet, attached, part, p, args)
@@ -401,7 +401,7 @@ def table(result):
         if best:
             row('%s, best over 1-200 clients (%d clients)' % (op.upper(), best[0]), '-', best[1])
     for w, d in a['ycsb']:
-        paper = ('x6.5 vs Redis with io-threads (max), p99 2.5-3x lower' if d == 'uniform'
+        paper = ('up to x6.5 and p99 2.5-3x lower, against Redis with io-threads' if d == 'uniform'
                  else 'not measured (uniform keys only)')
         row('YCSB %s (%d%% reads), %s keys' % (w, round(100 * YCSB[w]), d), paper, find(s, 'ycsb', w, d))
     return '\n'.join(lines)
@@ -430,9 +430,9 @@ def plot(result, prefix):
             if not keep:
                 continue
             for side in ('redis', 'erb'):
-                axes[i][0].plot([x for x, _ in keep], [r[side]['rps'] / 1e3 for _, r in keep], 'o-',
+                axes[i][0].plot([k[0] for k in keep], [k[1][side]['rps'] / 1e3 for k in keep], 'o-',
                                 color=colors[side], label=names[side])
-                axes[i][1].plot([x for x, _ in keep], [r[side]['p99_ms'] for _, r in keep], 'o-',
+                axes[i][1].plot([k[0] for k in keep], [k[1][side]['p99_ms'] for k in keep], 'o-',
                                 color=colors[side], label=names[side])
             for x, r in keep:
                 axes[i][0].annotate('%.0f%%' % (100 * r['erb']['answered_in_xdp']), (x, r['erb']['rps'] / 1e3),
@@ -442,6 +442,8 @@ def plot(result, prefix):
             axes[i][1].set_ylabel('%s p99 (ms)' % op.upper())
             for ax in axes[i]:
                 ax.set_xscale('log')
+                ax.minorticks_off()
+                ax.set_ylim(bottom=0)
                 ax.set_xticks(xs)
                 ax.set_xticklabels([str(x) for x in xs])
                 ax.set_xlabel(xlabel)
@@ -511,7 +513,7 @@ def main():
         raise failed
     result = {'benchmark': 'bench/run-all', 'machine': machine(), 'complete': failed is None,
               'placement': {'server_cpu': gt.PLACEMENT.server_cpu, 'client_cpus': gt.PLACEMENT.client_cpus},
-              'args': {k: v for k, v in vars(args).items()}, 'paper': PAPER, 'io_threads': io_threads_note(),
+              'args': dict(vars(args)), 'paper': PAPER, 'io_threads': io_threads_note(),
               'points': points, 'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
               'total_seconds': round(time.time() - t_start, 1)}
     result['summary'] = summarize(points)
