@@ -59,13 +59,13 @@ IO_THREADS_MIN_CPUS = 4
 
 def options():
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
-    ap.add_argument('--quick', action='store_true', help='few points, short runs: a smoke check (~3 min)')
+    ap.add_argument('--quick', action='store_true', help='few points, short runs: a smoke check (~2 min)')
     ap.add_argument('--points', default=','.join(PARTS), help='parts to run, comma separated: ' + ', '.join(PARTS))
-    ap.add_argument('--rounds', type=int, default=None, help='rounds per side (default 2, --quick 1)')
+    ap.add_argument('--rounds', type=int, default=None, help='rounds per side (default 3, --quick 1)')
     ap.add_argument('--clients', default=None, help='client counts of the clients part (default 1,10,50,100,200)')
     ap.add_argument('--values', default=None,
                     help='value sizes of the values part (default 16,64,128,256,512,1024,1400,2048)')
-    ap.add_argument('--requests', type=int, default=None, help='redis-benchmark requests per point (default 100000)')
+    ap.add_argument('--requests', type=int, default=None, help='redis-benchmark requests per point (default 200000, --quick 20000)')
     ap.add_argument('--keys', type=int, default=10000)
     ap.add_argument('--value', type=int, default=100, help='value bytes of the clients part')
     ap.add_argument('--bench-clients', type=int, default=50, help='connections of the values and ycsb parts')
@@ -75,10 +75,10 @@ def options():
     ap.add_argument('--seconds', type=float, default=None, help='YCSB run seconds per point (default 8)')
     args = ap.parse_args()
     q = args.quick
-    args.rounds = args.rounds or (1 if q else 2)
+    args.rounds = args.rounds or (1 if q else 3)
     args.clients = ints(args.clients or ('1,50,200' if q else '1,10,50,100,200'))
     args.values = ints(args.values or ('16,256,1400' if q else '16,64,128,256,512,1024,1400,2048'))
-    args.requests = args.requests or (20000 if q else 100000)
+    args.requests = args.requests or (20000 if q else 200000)
     args.seconds = args.seconds or (2.0 if q else 8.0)
     args.points = [p.strip() for p in args.points.split(',') if p.strip()]
     bad = [p for p in args.points if p not in PARTS]
