@@ -443,7 +443,7 @@ def plot(result, prefix):
             for ax in axes[i]:
                 ax.set_xscale('log')
                 ax.minorticks_off()
-                ax.set_ylim(bottom=0)
+                ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
                 ax.set_xticks(xs)
                 ax.set_xticklabels([str(x) for x in xs])
                 ax.set_xlabel(xlabel)
