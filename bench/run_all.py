@@ -65,7 +65,8 @@ def options():
     ap.add_argument('--clients', default=None, help='client counts of the clients part (default 1,10,50,100,200)')
     ap.add_argument('--values', default=None,
                     help='value sizes of the values part (default 16,64,128,256,512,1024,1400,2048)')
-    ap.add_argument('--requests', type=int, default=None, help='redis-benchmark requests per point (default 200000, --quick 20000)')
+    ap.add_argument('--requests', type=int, default=None,
+                    help='redis-benchmark requests per point (default 200000, --quick 20000)')
     ap.add_argument('--keys', type=int, default=10000)
     ap.add_argument('--value', type=int, default=100, help='value bytes of the clients part')
     ap.add_argument('--bench-clients', type=int, default=50, help='connections of the values and ycsb parts')
@@ -73,6 +74,8 @@ def options():
     ap.add_argument('--fields', type=int, default=4, help='fields per YCSB record')
     ap.add_argument('--field-len', type=int, default=32, help='bytes per YCSB field value')
     ap.add_argument('--seconds', type=float, default=None, help='YCSB run seconds per point (default 8)')
+    ap.add_argument('--from-json', action='store_true',
+                    help='measure nothing: write run_all.md and the plots again from bench/results/run_all.json')
     args = ap.parse_args()
     q = args.quick
     args.rounds = args.rounds or (1 if q else 3)
@@ -380,11 +383,12 @@ def table(result):
     def row(name, paper, r, unit='krps'):
         if r is None:
             return
+        low = r['ratio']['p99_lower'] or 0
+        p99 = ('p99 %.2fx lower' % low) if low >= 1 else ('p99 %.2fx higher' % (1 / low)) if low else 'p99 -'
         lines.append('| %s | %s | %.1f kRPS, p99 %.3f ms | %.1f kRPS, p99 %.3f ms (%.0f%% in XDP) | '
-                     'x%.2f throughput, p99 %.2fx lower |'
+                     'x%.2f throughput, %s |'
                      % (name, paper, r['redis']['rps'] / 1e3, r['redis']['p99_ms'], r['erb']['rps'] / 1e3,
-                        r['erb']['p99_ms'], 100 * r['erb']['answered_in_xdp'], r['ratio']['rps'],
-                        r['ratio']['p99_lower'] or 0))
+                        r['erb']['p99_ms'], 100 * r['erb']['answered_in_xdp'], r['ratio']['rps'], p99))
 
     c = a['bench_clients'] if a['bench_clients'] in a['clients'] else max(a['clients'])
     for op in ('get', 'set'):
@@ -399,7 +403,8 @@ def table(result):
             if r and (best is None or r['ratio']['rps'] > best[1]['ratio']['rps']):
                 best = (cl, r)
         if best:
-            row('%s, best over 1-200 clients (%d clients)' % (op.upper(), best[0]), '-', best[1])
+            row('%s, the highest ratio over %s clients (%d)' % (op.upper(), ', '.join(map(str, a['clients'])), best[0]),
+                '-', best[1])
     for w, d in a['ycsb']:
         paper = ('up to x6.5 and p99 2.5-3x lower, against Redis with io-threads' if d == 'uniform'
                  else 'not measured (uniform keys only)')
@@ -429,22 +434,21 @@ def plot(result, prefix):
             keep = [(x, r) for x, r in zip(xs, rows) if r]
             if not keep:
                 continue
+            pos = {x: j for j, x in enumerate(xs)}   # evenly spaced: the sizes are far apart
             for side in ('redis', 'erb'):
-                axes[i][0].plot([k[0] for k in keep], [k[1][side]['rps'] / 1e3 for k in keep], 'o-',
+                axes[i][0].plot([pos[k[0]] for k in keep], [k[1][side]['rps'] / 1e3 for k in keep], 'o-',
                                 color=colors[side], label=names[side])
-                axes[i][1].plot([k[0] for k in keep], [k[1][side]['p99_ms'] for k in keep], 'o-',
+                axes[i][1].plot([pos[k[0]] for k in keep], [k[1][side]['p99_ms'] for k in keep], 'o-',
                                 color=colors[side], label=names[side])
             for x, r in keep:
-                axes[i][0].annotate('%.0f%%' % (100 * r['erb']['answered_in_xdp']), (x, r['erb']['rps'] / 1e3),
+                axes[i][0].annotate('%.0f%%' % (100 * r['erb']['answered_in_xdp']), (pos[x], r['erb']['rps'] / 1e3),
                                     textcoords='offset points', xytext=(0, 6), ha='center', fontsize=7,
                                     color='tab:green')
             axes[i][0].set_ylabel('%s kRPS' % op.upper())
             axes[i][1].set_ylabel('%s p99 (ms)' % op.upper())
             for ax in axes[i]:
-                ax.set_xscale('log')
-                ax.minorticks_off()
                 ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
-                ax.set_xticks(xs)
+                ax.set_xticks(range(len(xs)))
                 ax.set_xticklabels([str(x) for x in xs])
                 ax.set_xlabel(xlabel)
                 ax.grid(alpha=0.3)
@@ -490,8 +494,29 @@ def io_threads_note():
             'with io-threads on free cores).')
 
 
+def report(result):
+    """run_all.md and the plots from a result (a run just made, or run_all.json)."""
+    pl = result['placement']
+    md = ('Measured %s on %s (server side pinned to CPU %s, load generators on CPU %s), median of %d '
+          'round(s), %s in all.\n\n%s\n\nRedis with io-threads: %s\n'
+          % (result['when'], result['machine']['text'], pl['server_cpu'], pl['client_cpus'],
+             result['args']['rounds'], fmt_elapsed(result['total_seconds']), table(result), result['io_threads']))
+    with open(os.path.join(RESULTS, 'run_all.md'), 'w') as f:
+        f.write(md)
+    made = plot(result, os.path.join(RESULTS, 'run_all'))
+    print('\n' + md)
+    print('wrote %s' % ', '.join([os.path.relpath(p, REPO) for p in
+                                  [os.path.join(RESULTS, 'run_all.json'), os.path.join(RESULTS, 'run_all.md')] + made]))
+
+
 def main():
     args = options()
+    if args.from_json:
+        with open(os.path.join(RESULTS, 'run_all.json')) as f:
+            result = json.load(f)
+        result['summary'] = summarize(result['points'])
+        report(result)
+        return
     check_ready()
     build_loadgen()
     t_start = time.time()
@@ -520,16 +545,7 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, 'run_all.json'), 'w') as f:
         json.dump(result, f, indent=2)
-    md = ('Measured %s on %s (server side pinned to CPU %s, load generators on CPU %s), median of %d '
-          'round(s).\n\n%s\n\nRedis with io-threads: %s\n'
-          % (result['when'], result['machine']['text'], gt.PLACEMENT.server_cpu, gt.PLACEMENT.client_cpus,
-             args.rounds, table(result), result['io_threads']))
-    with open(os.path.join(RESULTS, 'run_all.md'), 'w') as f:
-        f.write(md)
-    made = plot(result, os.path.join(RESULTS, 'run_all'))
-    print('\n' + md)
-    print('wrote %s' % ', '.join([os.path.relpath(p, REPO) for p in
-                                  [os.path.join(RESULTS, 'run_all.json'), os.path.join(RESULTS, 'run_all.md')] + made]))
+    report(result)
     errors = sum(x.get('errors', 0) for x in points)
     print('total time %s' % fmt_elapsed(time.time() - t_start))
     if failed is not None:
