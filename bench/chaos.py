@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests', 'fault'))
 
 from chaos_run import lost_writes, mixes, redis_values, run_workloads, table, totals  # noqa: E402
 from fault_harness import Faults  # noqa: E402
+import benchplot  # noqa: E402
 
 RESULTS = os.path.join(REPO, 'bench', 'results')
 ERB, ALONE = 1, 2
@@ -70,12 +71,8 @@ def with_delay(mix, delay_ms, jitter_ms):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib not installed: no plot (pip install matplotlib)')
+    plt = benchplot.pyplot()
+    if plt is None:
         return
     names = list(result['mixes'])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))

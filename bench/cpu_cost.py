@@ -35,13 +35,13 @@ Needs the fleet up with ERB deployed (scripts/demo). Writes bench/results/cpu_co
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import get_throughput as gt  # noqa: E402  (fleet names, playbooks, Placement)
 import set_mixed as sm  # noqa: E402  (erb counters, wait_applied, Redis calls)
+import benchplot  # noqa: E402
 
 REFLECTOR_SRC = os.path.join(gt.REPO, 'bench', 'bpf', 'reflector.bpf.c')
 BUILD = os.path.join(gt.REPO, 'bench', 'build')
@@ -80,7 +80,7 @@ class Placement(gt.Placement):
 
 def processes():
     for line in gt.run(['ps', '-eo', 'pid=,comm=']).splitlines():
-        pid, _, comm = line.strip().partition(' ')
+        pid, _sep, comm = line.strip().partition(' ')
         yield int(pid), comm.strip()
 
 
@@ -279,12 +279,8 @@ def summarize(runs, floors):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib not installed: no plot (pip install matplotlib)')
+    plt = benchplot.pyplot()
+    if plt is None:
         return
     s = result['summary']
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -332,7 +328,7 @@ def main():
     if not os.path.exists('/run/erb/fleet/r1/redis.pid'):
         raise SystemExit('the local fleet is not up: run scripts/demo (or bash inventory/local/fleet.sh up)')
     gt.PLACEMENT = Placement()
-    lo, _, hi = gt.PLACEMENT.client_cpus.partition('-')
+    lo, _sep, hi = gt.PLACEMENT.client_cpus.partition('-')
     os.sched_setaffinity(0, range(int(lo), int(hi or lo) + 1))   # this script stays off the server core
     build_reflector()
     old_stats = bpf_stats_enabled('1')
@@ -382,10 +378,9 @@ def main():
                  t['runs_per_req'] or 0, s.get('cpu_ratio', 0),
                  ('   agent %.2f us/write' % s['erb']['agent_us_per_write'])
                  if s['erb'].get('agent_us_per_write') else ''))
+    refl = summary['get']['floor']['xdp_ns_per_run']
     print('floor: bench/bpf/reflector.bpf.c answering the same redis-benchmark statelessly, %s ns per run '
-          '(GET); idle server core %.0f us/s' % ('%.0f' % summary['get']['floor']['xdp_ns_per_run']
-                                                if summary['get']['floor']['xdp_ns_per_run'] else '-',
-                                                result['idle_server_us_per_s']))
+          '(GET); idle server core %.0f us/s' % ('%.0f' % refl if refl else '-', result['idle_server_us_per_s']))
     print('total %.0f s; bench/results/cpu_cost.json, cpu_cost.png' % (time.time() - started))
 
 

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests', 'bpf'))
 
 import erbtest  # noqa: E402
 from erbtest import M32, XDP_PASS, XDP_TX, resp  # noqa: E402
+import benchplot  # noqa: E402
 
 CMAC = bytes.fromhex(erbtest.CMAC.replace(':', ''))
 SMAC = bytes.fromhex(erbtest.SMAC.replace(':', ''))
@@ -213,12 +214,8 @@ def run(erb, kind, args):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib not installed: no plot (pip install matplotlib)')
+    plt = benchplot.pyplot()
+    if plt is None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     runs = [r for r in result['runs'] if r['trace'] != 'churn']

@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+import benchplot  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST, CLIENT_NS, SERVER = 'erb-r1', 'erb-c1', '10.250.1.1'
@@ -168,12 +169,8 @@ def side(args, attached):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib not installed: no plot (pip install matplotlib)')
+    plt = benchplot.pyplot()
+    if plt is None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     names = ['Redis', 'Redis + ERB']

@@ -40,6 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import get_throughput as gt  # noqa: E402  (Placement, playbooks, fleet names, warm)
 import set_mixed as sm  # noqa: E402  (redis-benchmark command and parser, ERB counters, wait_applied)
+import benchplot  # noqa: E402
 
 REPO = gt.REPO
 RESULTS = gt.RESULTS
@@ -413,12 +414,8 @@ def table(result):
 
 
 def plot(result, prefix):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib not installed: no plots (pip install matplotlib)')
+    plt = benchplot.pyplot()
+    if plt is None:
         return []
     s, a, made = result['summary'], result['args'], []
     colors = {'redis': 'grey', 'erb': 'tab:green'}

@@ -37,6 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import get_throughput as gt  # noqa: E402  (Placement, playbooks, fleet names)
+import benchplot  # noqa: E402
 
 REPO = gt.REPO
 RESULTS = gt.RESULTS
@@ -189,12 +190,8 @@ def side(args, attached):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib not installed: no plot (pip install matplotlib)')
+    plt = benchplot.pyplot()
+    if plt is None:
         return
     med, ratio = result['median'], result['ratio']
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.5))
