@@ -304,7 +304,9 @@ static long hold_step(__u32 i, void *arg)
 
 		bpf_loop(LOCK_SPINS, lock_try, &l, 0);
 		if (l.old != 0 && l.old != token) {
-			x->s->cur.held = 1;	/* still held: retry later */
+			/* still taken (its CPU stalled): wait, else retry later */
+			x->s->cur.held = 2;
+			x->s->cur.busy_b = b;
 			return 1;
 		}
 	}
@@ -1357,6 +1359,38 @@ static long wait_step(__u32 i, void *arg)
 	return bpf_ktime_get_ns() - w->t0 > HOLD_WAIT_NS;
 }
 
+struct lwctx {
+	__u32 *lock;
+	__u64 t0;
+	int ok;
+};
+
+static long lock_wait_step(__u32 i, void *arg)
+{
+	struct lwctx *w = arg;
+
+	if (!w->lock)
+		return 1;
+	if (!READ_ONCE(*w->lock)) {
+		w->ok = 1;
+		return 1;
+	}
+	return bpf_ktime_get_ns() - w->t0 > HOLD_WAIT_NS;
+}
+
+/*
+ * Wait (bounded) until bucket b's lock is free; 1 if it is. Its holder runs
+ * a few hundred nanoseconds, longer only when its CPU stalls (an interrupt,
+ * a vCPU the hypervisor descheduled).
+ */
+static __always_inline int lock_wait(__u32 b)
+{
+	struct lwctx w = { .lock = bpf_map_lookup_elem(&erb_locks, &b), .t0 = bpf_ktime_get_ns() };
+
+	bpf_loop(HOLD_WAIT_SPINS, lock_wait_step, &w, 0);
+	return w.ok;
+}
+
 /* Wait (bounded) until the writes before bound are applied; 1 if they are. */
 static __always_inline int hold_wait(struct erb_global *g, __u64 bound)
 {
@@ -1399,19 +1433,24 @@ static long parse_step(__u32 i, void *arg)
 
 	xdp_parse(a->ctx, a->k, &c, a->from);
 	if (xdp_hold(&c)) {
+		int busy = s->cur.held == 2;
+
 		/* as if never seen: the retransmission is parsed again */
 		__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
 		if (!f->hold_wseq)
 			f->hold_wseq = bound;
-		/* once per segment: wait for the I/O path, then parse it again */
+		/*
+		 * Once per segment: wait for the I/O path (or the busy lock's
+		 * holder), then parse it again.
+		 */
 		if (!a->waited) {
 			a->waited = 1;
-			if (hold_wait(g, bound)) {
+			if (busy ? lock_wait(s->cur.busy_b) : hold_wait(g, bound)) {
 				a->rc = RC_PARSE_AGAIN;
 				return 1;
 			}
 		}
-		stat_inc(ERB_STAT_HOLD);
+		stat_inc(busy ? ERB_STAT_HOLD_BUSY : ERB_STAT_HOLD);
 		a->rc = XDP_DROP;
 		return 1;
 	}

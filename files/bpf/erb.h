@@ -276,10 +276,11 @@ enum erb_stat {
 	ERB_STAT_PASS_CLIENT_LIMIT,	/* reply over the client's MSS or receive window */
 	ERB_STAT_UNSEEN_PASSED,		/* bytes we cannot parse passed, cache emptied */
 	ERB_STAT_REPLY_UNMATCHED,	/* a reply with no command owed: flow untracked */
-	ERB_STAT_HOLD_WAITED,		/* would-be hold passed: the I/O path caught up within the wait */
+	ERB_STAT_HOLD_WAITED,		/* would-be hold passed: the I/O path (or a lock) caught up within the wait */
 	ERB_STAT_EVICT,			/* entries evicted (CLOCK) to store another key */
 	ERB_STAT_PIPELINED,		/* segments of several commands answered in one reply */
 	ERB_STAT_PIPELINED_CMDS,	/* commands in those segments */
+	ERB_STAT_HOLD_BUSY,		/* segment dropped: a key's bucket lock stayed taken (holder stalled) */
 	ERB_STAT_MAX,
 };
 

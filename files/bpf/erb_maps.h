@@ -152,7 +152,8 @@ struct pcur {
 	__u32 flush;		/* empty the cache (unknown keys, FLUSH*, errors) */
 	__u32 wait;		/* reads unknown keys or the whole keyspace: wait for pending writes */
 	__u32 nlocked;		/* bucket locks taken by the hold check */
-	__u32 held;		/* the hold check refused the segment */
+	__u32 held;		/* the hold check refused it: 1 a pending write, 2 a busy lock */
+	__u32 busy_b;		/* held 2: the bucket whose lock stayed taken */
 };
 
 /* Pointers for the bpf_loop callbacks (on the stack). */

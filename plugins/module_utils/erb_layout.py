@@ -156,6 +156,7 @@ STAT_NAMES = (
     'evict',
     'pipelined',
     'pipelined_cmds',
+    'hold_busy',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

@@ -408,10 +408,10 @@ def count_flows(fd):
 # What TCP faults did to the answered flows, for an operator: answers sent
 # again (the client's retransmission, a duplicate ACK, a collapsed segment),
 # Redis ACKs held below an answer the client lacked, flows given up (a gap, bytes
-# ERB cannot parse), segments held for pending writes.
+# ERB cannot parse), segments held for pending writes or a bucket lock another CPU kept.
 RECOVERY_STATS = ('retransmit_answer', 'answer_resent', 'drop_overlap', 'ack_held', 'ts_clamped',
                   'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold',
-                  'hold_waited')
+                  'hold_waited', 'hold_busy')
 
 
 def recovery(stats):

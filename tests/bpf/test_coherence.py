@@ -80,7 +80,7 @@ def test_passed_write_never_slips_past_a_fast_set_holding_its_bucket(erb_fast):
     erb = erb_fast
     b = other_flow(erb)
     erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
-    send_held(erb, b, resp('DEL', K))
+    send_held(erb, b, resp('DEL', K), counter='hold_busy')
     erb.set_u32('erb_locks', bucket_of(K), 0)
     rc, _unused = b.send(resp('DEL', K))
     assert rc == XDP_PASS

@@ -65,8 +65,10 @@ def keys_unlocked(erb, *keys):
         assert erb.u32('erb_locks', bucket_of(k)) == 0, 'bucket lock of %r left taken' % k
 
 
-def send_held(erb, f, payload):
-    """payload is dropped by the hold rule, leaving the flow exactly as it was."""
+def send_held(erb, f, payload, counter='hold'):
+    """payload is dropped by the hold rule, leaving the flow exactly as it was.
+    counter: 'hold' (a pending write) or 'hold_busy' (a bucket lock another CPU
+    keeps); the other one must not move."""
     before_flow = flow_bytes(erb, f)
     before = erb.stats()
     frame = f.client_frame(payload)
@@ -74,7 +76,9 @@ def send_held(erb, f, payload):
     assert rc == XDP_DROP, '%r with a write pending: %s, expected XDP_DROP (hold) %s' % (
         payload[:50], name(rc), nonzero(erb.stats()))
     st = erb.stats()
-    assert st['hold'] == before['hold'] + 1
+    other = 'hold_busy' if counter == 'hold' else 'hold'
+    assert st[counter] == before[counter] + 1, (counter, nonzero(st))
+    assert st[other] == before[other], (other, nonzero(st))
     assert st['cmds_passed'] == before['cmds_passed']
     assert flow_bytes(erb, f) == before_flow, 'a held segment changed the flow (parser, c_nxt, cmds...)'
     return frame
@@ -420,7 +424,7 @@ def test_bucket_locked_by_another_cpu_holds(erb_fast):
     k2 = b'key:2'
     erb.set_u32('erb_locks', bucket_of(k2), FOREIGN)
     b = other_flow(erb)
-    frame = send_held(erb, b, resp('STRLEN', k2))
+    frame = send_held(erb, b, resp('STRLEN', k2), counter='hold_busy')
     assert erb.u32('erb_locks', bucket_of(k2)) == FOREIGN
     erb.set_u32('erb_locks', bucket_of(k2), 0)
     passed_once(erb, b, frame, resp('STRLEN', k2))
@@ -432,9 +436,28 @@ def test_bucket_locked_by_another_cpu_with_a_duplicate_key(erb_fast):
     pending_write(erb)
     erb.set_u32('erb_locks', bucket_of(b'c1886'), FOREIGN)
     b = other_flow(erb)
-    send_held(erb, b, resp('MGET', 'a', 'a', 'c849', 'c1886'))
+    send_held(erb, b, resp('MGET', 'a', 'a', 'c849', 'c1886'), counter='hold_busy')
     assert erb.u32('erb_locks', bucket_of(b'c1886')) == FOREIGN
     keys_unlocked(erb, b'a')
+
+
+def test_write_to_a_bucket_another_cpu_keeps_is_held_busy_not_hold(erb):
+    """No fast SET at all (write_seq 0): a write passed to Redis counts itself
+    under its bucket's lock; when another CPU keeps that lock past the lock wait
+    (a fill on a stalled vCPU) the segment is dropped as hold_busy, never counted
+    as a hold for a pending write. Once the lock is free the same segment passes,
+    and the other CPU's lock was never touched."""
+    f = Flow(erb).handshake()
+    f.set(K, b'v')
+    erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
+    frame = send_held(erb, f, resp(b'DEL', K), counter='hold_busy')
+    assert erb.stats()['hold_waited'] == 0
+    assert erb.u32('erb_locks', bucket_of(K)) == FOREIGN
+    assert erb.glob().write_seq == 0
+    erb.set_u32('erb_locks', bucket_of(K), 0)
+    passed_once(erb, f, frame, resp(b'DEL', K))
+    assert erb.inflight(bucket_of(K)) == 1
+    keys_unlocked(erb, K)
 
 
 def test_fast_set_busy_when_bucket_locked_by_another_cpu(erb_fast):
@@ -448,7 +471,7 @@ def test_fast_set_busy_when_bucket_locked_by_another_cpu(erb_fast):
     assert erb.xdp(frame) == (XDP_DROP, frame)
     st = erb.stats()
     assert st['set_pass_busy'] == before['set_pass_busy'] + 1 and st['set_fast'] == 0
-    assert st['hold'] == before['hold'] + 1
+    assert st['hold_busy'] == before['hold_busy'] + 1 and st['hold'] == before['hold']
     assert erb.glob().write_seq == 0 and erb.ring().peek() == []
     assert erb.u32('erb_locks', bucket_of(K)) == FOREIGN
 

@@ -772,6 +772,10 @@ def test_nstat_clean_under_answered_workload(erb):
 def test_nstat_clean_across_the_module(erb):
     """Across every test above (races, pre-attach connections, big values, 200
     connections): no checksum error in either namespace, and nothing ERB dropped.
+    The SET fast path is off here, so no segment may ever wait for a pending write
+    (`hold`). The one drop allowed is `hold_busy`: a segment whose key's bucket lock
+    another CPU kept past the 300 us wait (a fill on a vCPU the hypervisor stalled),
+    which TCP sends again; it is printed.
     (Retransmissions and resets of the whole module are recorded per test in the
     message of the answered-workload test's sibling below; see the closing notes.)"""
     time.sleep(0.5)
@@ -783,6 +787,8 @@ def test_nstat_clean_across_the_module(erb):
             bad[ns] = inc
     st = erb.stats()
     drops = {k: st[k] for k in ('drop_out_of_order', 'drop_overlap', 'hold') if st.get(k)}
+    print('\n[nstat across the module] hold_busy=%d hold_waited=%d' % (st.get('hold_busy', 0),
+                                                                      st.get('hold_waited', 0)))
     assert not bad and not drops, 'checksum errors: %s; ERB dropped: %s; per test: %s' % (
         bad, drops, erb.nstat_log)
 
