@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	3
+#define ERB_LAYOUT_VERSION	4
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -57,10 +57,10 @@ struct erb_entry {
 	__u16 klen;
 	__u16 vlen;
 	__u64 wseq;		/* write sequence (SET fast path, later) */
-	char key[ERB_KEY_MAX];
-	char val[ERB_VAL_MAX];
 	__u32 ref;		/* CLOCK reference bit: set by a hit, cleared by an eviction sweep */
 	__u32 pad;
+	char key[ERB_KEY_MAX];	/* zero-padded to its last 8-byte word; the bytes after are stale */
+	char val[ERB_VAL_MAX];	/* vlen bytes; the bytes after are stale */
 };
 
 /* What erb_entry.val holds. */

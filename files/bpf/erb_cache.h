@@ -38,14 +38,23 @@ static __always_inline int entry_end(struct erb_entry *e, __u32 gen)
 	return e->state == ERB_ENTRY_EMPTY || e->gen != gen;
 }
 
-static __always_inline int key_equal(const char *a, const char *b)
+/*
+ * Two zero-padded keys of klen bytes: only the words that hold the key are
+ * compared (a short key touches one cache line of the entry, not all of
+ * ERB_KEY_MAX). Stored keys are zero-padded to their last word (entry_write).
+ */
+static __always_inline int key_equal(const char *a, const char *b, __u32 klen)
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	__u32 n = (klen + 7) / 8;
 
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < ERB_KEY_MAX / 8; i++)
+	for (int i = 0; i < ERB_KEY_MAX / 8; i++) {
+		if ((__u32)i >= n)
+			break;
 		if (x[i] != y[i])
 			return 0;
+	}
 	return 1;
 }
 
@@ -153,7 +162,7 @@ static long probe_step(__u32 i, void *arg)
 		}
 		return 0;
 	}
-	if (e->hash != x->h || e->klen != x->klen || !key_equal(e->key, x->key))
+	if (e->hash != x->h || e->klen != x->klen || !key_equal(e->key, x->key, x->klen))
 		return 0;
 	s->pr.hit = idx;
 	s->pr.ver = ver;
@@ -222,6 +231,7 @@ static __always_inline void entry_write(struct erb_entry *e, __u32 h, const char
 					__u32 type)
 {
 	struct erb_scratch *s = scratch();
+	__u32 kw;
 
 	/* cache_claim() chose this slot as a victim: the eviction happens now */
 	if (s && s->pr.evict) {
@@ -237,8 +247,16 @@ static __always_inline void entry_write(struct erb_entry *e, __u32 h, const char
 	e->vlen = vlen;
 	e->wseq = wseq;
 	e->type = type;
-	bpf_probe_read_kernel(e->key, ERB_KEY_MAX, key);
-	bpf_probe_read_kernel(e->val, ERB_VAL_MAX, val);
+	/*
+	 * Only the bytes that count: the key to its last word (key is
+	 * zero-padded, so is that word) and the value's vlen bytes, not all
+	 * ERB_KEY_MAX + ERB_VAL_MAX (26 cache lines) per write.
+	 */
+	kw = (klen + 7) & ~7U;
+	if (len_in(kw, 8, ERB_KEY_MAX))
+		bpf_probe_read_kernel(e->key, arg_len(kw, 8, ERB_KEY_MAX), key);
+	if (len_in(vlen, 1, ERB_VAL_MAX))
+		bpf_probe_read_kernel(e->val, arg_len(vlen, 1, ERB_VAL_MAX), val);
 	__sync_fetch_and_add(&e->ver, 1);
 }
 

@@ -171,7 +171,7 @@ static __always_inline int pipe_dup_set(struct actx *x, struct erb_scratch *s,
 		return -1;
 	__builtin_memset(s->key2, 0, ERB_KEY_MAX);
 	bpf_probe_read_kernel(s->key2, arg_len(kl, 1, ERB_KEY_MAX), s->buf + (o->koff & WIN_MASK));
-	if (!key_equal(s->key, s->key2))
+	if (!key_equal(s->key, s->key2, kl))
 		return -1;
 	c->dup = 1;
 	c->b = b;

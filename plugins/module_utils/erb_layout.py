@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 3
+ERB_LAYOUT_VERSION = 4
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -193,10 +193,10 @@ class ErbEntry(ctypes.Structure):
         ('klen', u16),
         ('vlen', u16),
         ('wseq', u64),
-        ('key', ctypes.c_char * ERB_KEY_MAX),
-        ('val', ctypes.c_char * ERB_VAL_MAX),
         ('ref', u32),
         ('pad', u32),
+        ('key', ctypes.c_char * ERB_KEY_MAX),
+        ('val', ctypes.c_char * ERB_VAL_MAX),
     ]
 
 
