@@ -1170,19 +1170,42 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 }
 
 /*
+ * The writes a segment of a flow (its bytes end at client seq end) waits for:
+ * those acknowledged when its bytes first arrived and were held, never later
+ * ones (no starvation under steady SET load). The bound covers only the bytes
+ * held then: a retransmission TCP merged with newer bytes may carry commands
+ * sent after a later write was acknowledged, so it waits for every write
+ * acknowledged so far.
+ */
+static __always_inline __u64 hold_bound(struct erb_flow *f, struct erb_global *g, __u32 end)
+{
+	if (f && f->hold_wseq && !after(end, f->hold_end))
+		return f->hold_wseq;
+	return g->write_seq;
+}
+
+/* Remember the bound of a held segment (bytes up to end). */
+static __always_inline void hold_mark(struct erb_flow *f, __u64 bound, __u32 end)
+{
+	if (f && (!f->hold_wseq || after(end, f->hold_end))) {
+		f->hold_wseq = bound;
+		f->hold_end = end;
+	}
+}
+
+/*
  * Client bytes we do not parse (IP options, fragments, VLAN tags, IPv6, data
  * in a SYN, bytes an untracked flow skipped) may carry writes: hold them while
  * fast-path writes are pending (their keys are unknown), else empty the cache
  * and pass them. A tracked flow loses its command boundary: it is given up.
  * Returns 1 to hold (drop, TCP retransmits).
  */
-static __always_inline int unseen_hold(struct erb_flow *f, struct erb_global *g)
+static __always_inline int unseen_hold(struct erb_flow *f, struct erb_global *g, __u32 end)
 {
-	__u64 bound = f && f->hold_wseq ? f->hold_wseq : g->write_seq;
+	__u64 bound = hold_bound(f, g, end);
 
 	if (g->applied_seq < bound) {
-		if (f && !f->hold_wseq)
-			f->hold_wseq = bound;
+		hold_mark(f, bound, end);
 		stat_inc(ERB_STAT_HOLD);
 		return 1;
 	}
@@ -1203,7 +1226,7 @@ static __always_inline int xdp_unseen(struct erb_flow_key *key)
 
 	if (!g)
 		return XDP_PASS;
-	return unseen_hold(key ? bpf_map_lookup_elem(&erb_flows, key) : 0, g) ? XDP_DROP : XDP_PASS;
+	return unseen_hold(key ? bpf_map_lookup_elem(&erb_flows, key) : 0, g, 0) ? XDP_DROP : XDP_PASS;
 }
 
 /*
@@ -1225,7 +1248,7 @@ static __always_inline int xdp_odd_ip(struct xdp_md *ctx, struct iphdr *ip, __u3
 	if (!s || !g)
 		return XDP_PASS;
 	if (ip->frag_off & bpf_htons(0x1fff))	/* a later fragment: port unknown */
-		return unseen_hold(0, g) ? XDP_DROP : XDP_PASS;
+		return unseen_hold(0, g, 0) ? XDP_DROP : XDP_PASS;
 	if (ihl < sizeof(*ip) || ihl > 60)
 		return XDP_PASS;
 	t = (void *)ip + (ihl & 0x3c);
@@ -1236,7 +1259,8 @@ static __always_inline int xdp_odd_ip(struct xdp_md *ctx, struct iphdr *ip, __u3
 	key.sport = t->source;
 	key.dport = t->dest;
 	f = bpf_map_lookup_elem(&erb_flows, &key);
-	if ((tot > ihl + t->doff * 4 || (ip->frag_off & bpf_htons(0x2000))) && unseen_hold(f, g))
+	if ((tot > ihl + t->doff * 4 || (ip->frag_off & bpf_htons(0x2000))) &&
+	    unseen_hold(f, g, bpf_ntohl(t->seq) + (tot > ihl + t->doff * 4 ? tot - ihl - t->doff * 4 : 0)))
 		return XDP_DROP;
 	if (!f || !(f->flags & ERB_FLOW_ANSWERED))
 		return XDP_PASS;
@@ -1281,7 +1305,7 @@ static __always_inline int xdp_ipv6(struct xdp_md *ctx, __u32 l3)
 		} else if (nh == 44) {				/* fragment */
 			if (((e[2] << 8 | e[3]) & 0xfff8) && e[0] == IPPROTO_TCP)
 				/* a later TCP fragment: port unknown */
-				return unseen_hold(0, g) ? XDP_DROP : XDP_PASS;
+				return unseen_hold(0, g, 0) ? XDP_DROP : XDP_PASS;
 			nh = e[0];
 			off += 8;
 		} else if (nh == 51) {				/* AH */
@@ -1296,7 +1320,7 @@ static __always_inline int xdp_ipv6(struct xdp_md *ctx, __u32 l3)
 		return XDP_PASS;
 	if (plen <= off - 40 + t->doff * 4)
 		return XDP_PASS;	/* no payload */
-	return unseen_hold(0, g) ? XDP_DROP : XDP_PASS;
+	return unseen_hold(0, g, 0) ? XDP_DROP : XDP_PASS;
 }
 
 /* 802.1Q / 802.1ad (one or two tags): replies are built untagged, so never answered. */
@@ -1333,6 +1357,7 @@ struct actx {
 	int rc;
 	__u32 from;		/* parse_step: first new byte of the payload */
 	__u32 waited;		/* parse_step: the hold's wait is spent */
+	__u32 end;		/* parse_step: client seq after the segment's last byte */
 };
 
 #define RC_PARSE_AGAIN	(-3)	/* parse_step: writes applied while it waited */
@@ -1424,7 +1449,7 @@ static long parse_step(__u32 i, void *arg)
 	 * Bounded: a held segment waits only for the writes acknowledged
 	 * before it first arrived, never for later ones (no starvation).
 	 */
-	bound = f->hold_wseq ? f->hold_wseq : g->write_seq;
+	bound = hold_bound(f, g, a->end);
 	s->cur.pending = g->applied_seq < bound;
 	s->cur.fl = fl_orig;
 	s->cur.a1_off = -1;
@@ -1437,8 +1462,7 @@ static long parse_step(__u32 i, void *arg)
 
 		/* as if never seen: the retransmission is parsed again */
 		__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
-		if (!f->hold_wseq)
-			f->hold_wseq = bound;
+		hold_mark(f, bound, a->end);
 		/*
 		 * Once per segment: wait for the I/O path (or the busy lock's
 		 * holder), then parse it again.
@@ -1595,7 +1619,7 @@ int erb_xdp(struct xdp_md *ctx)
 		 */
 		if (f)
 			flow_gap(f, seq + 1, seq + 1 + k.plen);
-		return unseen_hold(f, g) ? XDP_DROP : XDP_PASS;
+		return unseen_hold(f, g, seq + 1 + k.plen) ? XDP_DROP : XDP_PASS;
 	}
 
 	f = bpf_map_lookup_elem(&erb_flows, &key);
@@ -1662,7 +1686,7 @@ int erb_xdp(struct xdp_md *ctx)
 			stat_inc(ERB_STAT_PASS_UNTRACKED);
 			/* bytes this flow passed unparsed before: keys unknown */
 			if (f->gap_lo != f->gap_hi && before(seq, f->gap_hi) &&
-			    after(seq + k.plen, f->gap_lo) && unseen_hold(f, g))
+			    after(seq + k.plen, f->gap_lo) && unseen_hold(f, g, seq + k.plen))
 				return XDP_DROP;
 		}
 		if (seq == f->c_nxt && !(fl & ERB_FLOW_UNTRACKED)) {
@@ -1717,6 +1741,7 @@ int erb_xdp(struct xdp_md *ctx)
 			ac.rc = -1;
 			ac.from = f->c_nxt - seq;
 			ac.waited = 0;
+			ac.end = seq + k.plen;
 			bpf_loop(1, parse_step, &ac, 0);
 			if (ac.rc == RC_PARSE_AGAIN) {
 				stat_inc(ERB_STAT_HOLD_WAITED);

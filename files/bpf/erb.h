@@ -168,6 +168,8 @@ struct erb_flow {
 	__u32 c_win;		/* last window the client advertised (raw) */
 	__u32 gap_lo, gap_hi;	/* untracked: client bytes passed unparsed */
 	__u64 hold_wseq;	/* write_seq when the segment was first held (0: none) */
+	__u32 hold_end;		/* end (client seq) of the bytes that bound covers */
+	__u32 hold_pad;
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */

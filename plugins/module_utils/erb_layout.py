@@ -289,6 +289,8 @@ class ErbFlow(ctypes.Structure):
         ('gap_lo', u32),
         ('gap_hi', u32),
         ('hold_wseq', u64),
+        ('hold_end', u32),
+        ('hold_pad', u32),
         ('wr', ErbWr * ERB_WR_RING),
         ('req', ErbParser),
         ('rep', ErbParser),

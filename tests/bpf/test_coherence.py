@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from erbtest import XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
-from test_hold import FOREIGN, OK, fast_set, other_flow, pending_write, send_held
+from test_hold import FOREIGN, OK, fast_set, other_flow, passed_once, pending_write, send_held
 
 K = b'key:1'
 
@@ -35,6 +35,29 @@ def test_hold_waits_only_for_writes_acknowledged_before(erb_fast):
     erb.set_applied(1)
     rc, _unused = erb.xdp(frame)
     assert rc == XDP_PASS, 'KEYS still held behind a write acknowledged after it arrived: %s' % name(rc)
+
+
+def test_retransmission_merged_with_newer_bytes_waits_for_later_writes(erb_fast):
+    """STRLEN key:2 is held behind write 1. Another client's SET key:1 is then
+    acknowledged (write 2), and this client pipelines GET key:1 after it. TCP
+    resends the held bytes collapsed with the GET in one segment: the first
+    arrival's bound covers only the STRLEN, so the segment waits for write 2
+    too; passed with write 2 unapplied, Redis would answer the GET without the
+    acknowledged SET."""
+    erb = erb_fast
+    pending_write(erb, key=b'key:2')
+    a = Flow(erb, cport=40003).handshake()
+    b = other_flow(erb)
+    first = resp('STRLEN', 'key:2')
+    send_held(erb, b, first)
+    fast_set(erb, a, K, b'acknowledged')
+    assert erb.glob().write_seq == 2
+    erb.set_applied(1)
+    merged = first + resp('GET', K)
+    frame = send_held(erb, b, merged)
+    # once write 2 is applied the merged segment passes, whole
+    erb.set_applied(2)
+    passed_once(erb, b, frame, merged, ncmds=2)
 
 
 def test_exec_after_watch_waits_for_pending_writes(erb_fast):

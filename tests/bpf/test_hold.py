@@ -31,12 +31,13 @@ def nonzero(st):
 
 def flow_bytes(erb, f):
     """The flow's state, but for c_ack (the ACK a held segment carries is what the
-    client has, whatever happens to its payload) and hold_wseq (the bound a held
-    segment waits for)."""
+    client has, whatever happens to its payload) and hold_wseq/hold_end (the bound a
+    held segment waits for, and the bytes it covers)."""
     fl = erb.flow(f)
     assert fl is not None
     fl.c_ack = 0
     fl.hold_wseq = 0
+    fl.hold_end = 0
     return ctypes.string_at(ctypes.addressof(fl), ctypes.sizeof(fl))
 
 
