@@ -16,6 +16,7 @@ import re
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,12 @@ from erb_conftest import pid_alive, wait_for as _wait_for  # noqa: E402  # pylin
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / 'tests' / 'loader'))
+from collection_path import ensure_collection_path  # noqa: E402
+
+ensure_collection_path()
+# the shared layout's Python mirror (checked against erb.h by tests/unit/test_layout.py)
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L  # noqa: E402
 AGENT_DIR = REPO / 'files' / 'agent'
 AGENT_BIN = AGENT_DIR / 'erb-agent'
 BPF_INC = REPO / 'files' / 'bpf'
@@ -36,7 +43,9 @@ VAL_MAX = 1400
 MAX_PROBES = 8
 CACHE_ENTRIES = 1024
 HASH_PRIME = 1021            # largest prime < 1024, as erb_loader.hash_prime()
-ENTRY_SIZE = 1696            # sizeof(struct erb_entry)
+ENTRY_SIZE = ctypes.sizeof(L.ErbEntry)     # sizeof(struct erb_entry)
+KEY_OFF = L.ErbEntry.key.offset             # where its key (then its value) starts
+VAL_OFF = L.ErbEntry.val.offset
 GLOBAL_SIZE = 40             # sizeof(struct erb_global)
 ENTRY_EMPTY, ENTRY_VALID, ENTRY_TOMB = 0, 1, 2
 TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED = 0, 1, 2
@@ -56,7 +65,7 @@ META_SIZE = 4096
 # struct erb_global offsets
 G_CACHE_GEN, G_CTL, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 8, 24, 32
 CTL_KMOD = 1 << 1            # ERB_CTL_KMOD: erb_io owns applied_seq
-# struct erb_entry: lock ver state type hash gen klen vlen wseq key val
+# struct erb_entry: lock ver state type hash gen klen vlen wseq (ref pad) key val
 ENTRY_HDR = struct.Struct('<IIHHIIHHQ')
 
 
@@ -251,10 +260,10 @@ class BpfEnv(object):
     # -- erb_cache
     def entry(self, idx):
         lock, ver, state, typ, h, gen, klen, vlen, wseq = ENTRY_HDR.unpack_from(self.cache, idx * ENTRY_SIZE)
-        base = idx * ENTRY_SIZE + 32
+        base = idx * ENTRY_SIZE
         return {'lock': lock, 'ver': ver, 'state': state, 'type': typ, 'hash': h, 'gen': gen, 'wseq': wseq,
-                'key': bytes(self.cache[base:base + klen]),
-                'val': bytes(self.cache[base + KEY_MAX:base + KEY_MAX + vlen])}
+                'key': bytes(self.cache[base + KEY_OFF:base + KEY_OFF + klen]),
+                'val': bytes(self.cache[base + VAL_OFF:base + VAL_OFF + vlen])}
 
     def cache_put(self, key, val, wseq=0, typ=TYPE_STRING):
         """Store key like erb.bpf.c cache_store(): its live slot, else the first free one."""
@@ -276,8 +285,8 @@ class BpfEnv(object):
         ver = self.entry(free)['ver']
         struct.pack_into('<I', self.cache, off + 4, ver + 1)
         keyb = key.ljust(KEY_MAX, b'\0')
-        self.cache[off + 32:off + 32 + KEY_MAX] = keyb
-        self.cache[off + 32 + KEY_MAX:off + 32 + KEY_MAX + len(val)] = val
+        self.cache[off + KEY_OFF:off + KEY_OFF + KEY_MAX] = keyb
+        self.cache[off + VAL_OFF:off + VAL_OFF + len(val)] = val
         ENTRY_HDR.pack_into(self.cache, off, 0, ver + 1, ENTRY_VALID, typ, h, gen, len(key), len(val), wseq)
         struct.pack_into('<I', self.cache, off + 4, ver + 2)
         return free
