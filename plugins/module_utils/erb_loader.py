@@ -343,11 +343,23 @@ def _rmdir_if_empty(path):
 
 # -- global state, stats, flows -----------------------------------------------
 
-def read_global(fd):
-    g = L.ErbGlobal()
-    if not B.map_lookup(fd, ctypes.c_uint32(0), g):
+def lookup_mirror(fd, key, ctype, value_size=None):
+    """Look key up in a pinned map into a ctype of the layout mirror, or None when absent.
+
+    The kernel copies the map's own value size, which differs from the mirror's when the
+    pins were made by another layout version (an upgrade or a rollback across one): the
+    buffer is never smaller than that, and the mirror reads its prefix (the fields read
+    across versions, such as erb_flow.flags and erb_global's, keep their offsets)."""
+    if value_size is None:
+        value_size = B.map_info(fd).value_size
+    buf = ctypes.create_string_buffer(max(value_size, ctypes.sizeof(ctype)))
+    if not B.map_lookup(fd, key, buf):
         return None
-    return g
+    return ctype.from_buffer_copy(buf.raw[:ctypes.sizeof(ctype)])
+
+
+def read_global(fd):
+    return lookup_mirror(fd, ctypes.c_uint32(0), L.ErbGlobal)
 
 
 def set_drain(fd, drain):
@@ -394,10 +406,10 @@ def count_flows(fd):
     (both FINs acknowledged) lingers a minute for stray retransmissions, but
     no live connection depends on it."""
     total = answered = 0
-    flow = L.ErbFlow()
+    value_size = B.map_info(fd).value_size
     for raw in B.map_keys(fd, ctypes.sizeof(L.ErbFlowKey)):
-        key = L.ErbFlowKey.from_buffer_copy(raw)
-        if not B.map_lookup(fd, key, flow):
+        flow = lookup_mirror(fd, L.ErbFlowKey.from_buffer_copy(raw), L.ErbFlow, value_size)
+        if flow is None:
             continue
         total += 1
         if flow.flags & L.ERB_FLOW_ANSWERED and not flow.flags & L.ERB_FLOW_CLOSED:

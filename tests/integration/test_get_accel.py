@@ -787,8 +787,8 @@ def test_nstat_clean_across_the_module(erb):
             bad[ns] = inc
     st = erb.stats()
     drops = {k: st[k] for k in ('drop_out_of_order', 'drop_overlap', 'hold') if st.get(k)}
-    print('\n[nstat across the module] hold_busy=%d hold_waited=%d' % (st.get('hold_busy', 0),
-                                                                      st.get('hold_waited', 0)))
+    print('\n[nstat across the module] hold_busy=%d hold_waited=%d'
+          % (st.get('hold_busy', 0), st.get('hold_waited', 0)))
     assert not bad and not drops, 'checksum errors: %s; ERB dropped: %s; per test: %s' % (
         bad, drops, erb.nstat_log)
 
