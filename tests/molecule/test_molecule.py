@@ -88,17 +88,18 @@ def test_local_fleet(tmp_path):
     assert fleet_is_up() == was_up
 
 
-# Not part of the suite's run yet: under TCG one playbook run in the guest takes more than ten
-# minutes, so the whole sequence takes about an hour, and the scenario has not been seen passing
-# end to end. Run it with ERB_MOLECULE_GUEST=1 (its output is kept beside the test's tmp_path).
-@pytest.mark.allow_skip('qemu_guest Molecule scenario: opt-in, about an hour under TCG')
+# Not part of the suite's run: under TCG one playbook run in the guest takes 8 to 17 minutes
+# (check 13, converge 17, idempotence 8 on this 2-CPU machine), so the whole sequence takes about
+# 75 minutes, more than CI's budget leaves. Run it with ERB_MOLECULE_GUEST=1 (its output is kept
+# beside the test's tmp_path).
+@pytest.mark.allow_skip('qemu_guest Molecule scenario: opt-in, about 75 minutes under TCG')
 @pytest.mark.skipif(os.environ.get('ERB_MOLECULE_GUEST') != '1',
-                    reason='qemu_guest Molecule scenario: about an hour under TCG; run with ERB_MOLECULE_GUEST=1')
-@pytest.mark.timeout(4200)
+                    reason='qemu_guest Molecule scenario: about 75 minutes under TCG; run with ERB_MOLECULE_GUEST=1')
+@pytest.mark.timeout(7800)
 def test_qemu_guest(tmp_path):
     _need_root()
     require_bpf_objects()
-    rc, out, log = molecule_test('qemu_guest', tmp_path, timeout=3600)
+    rc, out, log = molecule_test('qemu_guest', tmp_path, timeout=7200)
     check_recap('qemu_guest', rc, out, log)
     # the role built and loaded erb_io in the guest and attached with clsact (verify asserts
     # both); the deploy said so
