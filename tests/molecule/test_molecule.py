@@ -102,8 +102,8 @@ def test_qemu_guest(tmp_path):
     rc, out, log = molecule_test('qemu_guest', tmp_path, timeout=7200)
     check_recap('qemu_guest', rc, out, log)
     # the role built and loaded erb_io in the guest and attached with clsact (verify asserts
-    # both); the deploy said so
-    assert 'I/O path: kmod' in out, out[-6000:]
+    # both); the deploy's summary said so, with the SET fast path on after the I/O probe
+    assert 'I/O path kmod (agent running); SET fast path on' in out, out[-6000:]
     # destroy stopped QEMU: no guest of this checkout's scenario is left running
     assert not guests_running(), guests_running()
 
