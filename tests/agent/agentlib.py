@@ -46,7 +46,7 @@ HASH_PRIME = 1021            # largest prime < 1024, as erb_loader.hash_prime()
 ENTRY_SIZE = ctypes.sizeof(L.ErbEntry)     # sizeof(struct erb_entry)
 KEY_OFF = L.ErbEntry.key.offset             # where its key (then its value) starts
 VAL_OFF = L.ErbEntry.val.offset
-GLOBAL_SIZE = 40             # sizeof(struct erb_global)
+GLOBAL_SIZE = ctypes.sizeof(L.ErbGlobal)   # sizeof(struct erb_global)
 ENTRY_EMPTY, ENTRY_VALID, ENTRY_TOMB = 0, 1, 2
 TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED = 0, 1, 2
 
@@ -62,8 +62,9 @@ INFLIGHT_BUCKETS = 65536
 BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
 
-# struct erb_global offsets
-G_CACHE_GEN, G_CTL, G_WRITE_SEQ, G_APPLIED_SEQ = 0, 8, 24, 32
+# struct erb_global offsets, from the layout's mirror
+G_CACHE_GEN, G_CTL, G_WRITE_SEQ, G_APPLIED_SEQ = (L.ErbGlobal.cache_gen.offset, L.ErbGlobal.ctl.offset,
+                                                  L.ErbGlobal.write_seq.offset, L.ErbGlobal.applied_seq.offset)
 CTL_KMOD = 1 << 1            # ERB_CTL_KMOD: erb_io owns applied_seq
 # struct erb_entry: lock ver state type hash gen klen vlen wseq (ref pad) key val
 ENTRY_HDR = struct.Struct('<IIHHIIHHQ')
