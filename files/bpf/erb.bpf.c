@@ -1220,13 +1220,14 @@ static __always_inline int unseen_hold(struct erb_flow *f, struct erb_global *g,
 	return 0;
 }
 
-static __always_inline int xdp_unseen(struct erb_flow_key *key)
+/* Unparsed bytes of no flow (none could be made): held against every pending write. */
+static __always_inline int xdp_unseen(void)
 {
 	struct erb_global *g = global();
 
 	if (!g)
 		return XDP_PASS;
-	return unseen_hold(key ? bpf_map_lookup_elem(&erb_flows, key) : 0, g, 0) ? XDP_DROP : XDP_PASS;
+	return unseen_hold(0, g, 0) ? XDP_DROP : XDP_PASS;
 }
 
 /*
@@ -1243,7 +1244,7 @@ static __always_inline int xdp_odd_ip(struct xdp_md *ctx, struct iphdr *ip, __u3
 	struct erb_flow *f;
 	struct tcphdr *t;
 	struct pkt k;
-	__u32 ihl = ip->ihl * 4, tot = bpf_ntohs(ip->tot_len);
+	__u32 ihl = ip->ihl * 4, tot = bpf_ntohs(ip->tot_len), plen;
 
 	if (!s || !g)
 		return XDP_PASS;
@@ -1259,8 +1260,8 @@ static __always_inline int xdp_odd_ip(struct xdp_md *ctx, struct iphdr *ip, __u3
 	key.sport = t->source;
 	key.dport = t->dest;
 	f = bpf_map_lookup_elem(&erb_flows, &key);
-	if ((tot > ihl + t->doff * 4 || (ip->frag_off & bpf_htons(0x2000))) &&
-	    unseen_hold(f, g, bpf_ntohl(t->seq) + (tot > ihl + t->doff * 4 ? tot - ihl - t->doff * 4 : 0)))
+	plen = tot > ihl + t->doff * 4 ? tot - ihl - t->doff * 4 : 0;
+	if ((plen || (ip->frag_off & bpf_htons(0x2000))) && unseen_hold(f, g, bpf_ntohl(t->seq) + plen))
 		return XDP_DROP;
 	if (!f || !(f->flags & ERB_FLOW_ANSWERED))
 		return XDP_PASS;
@@ -1362,8 +1363,15 @@ struct actx {
 
 #define RC_PARSE_AGAIN	(-3)	/* parse_step: writes applied while it waited */
 
+/*
+ * What a held segment waits for, at most HOLD_WAIT_NS: a bucket lock to be
+ * free (lock set: its holder runs a few hundred nanoseconds, longer only when
+ * its CPU stalls, an interrupt or a vCPU the hypervisor descheduled), else the
+ * writes before bound to be applied (the I/O path on another CPU).
+ */
 struct wctx {
 	struct erb_global *g;
+	__u32 *lock;
 	__u64 bound;
 	__u64 t0;
 	int ok;
@@ -1375,52 +1383,35 @@ static long wait_step(__u32 i, void *arg)
 
 	if (!w->g)
 		return 1;
-	if (cfg.flags & ERB_CFG_KMOD)
-		kmod_sync(w->g);
-	if (READ_ONCE(w->g->applied_seq) >= w->bound) {
-		w->ok = 1;
-		return 1;
-	}
-	return bpf_ktime_get_ns() - w->t0 > HOLD_WAIT_NS;
-}
-
-struct lwctx {
-	__u32 *lock;
-	__u64 t0;
-	int ok;
-};
-
-static long lock_wait_step(__u32 i, void *arg)
-{
-	struct lwctx *w = arg;
-
-	if (!w->lock)
-		return 1;
-	if (!READ_ONCE(*w->lock)) {
-		w->ok = 1;
-		return 1;
+	if (w->lock) {
+		if (!READ_ONCE(*w->lock)) {
+			w->ok = 1;
+			return 1;
+		}
+	} else {
+		if (cfg.flags & ERB_CFG_KMOD)
+			kmod_sync(w->g);
+		if (READ_ONCE(w->g->applied_seq) >= w->bound) {
+			w->ok = 1;
+			return 1;
+		}
 	}
 	return bpf_ktime_get_ns() - w->t0 > HOLD_WAIT_NS;
 }
 
 /*
- * Wait (bounded) until bucket b's lock is free; 1 if it is. Its holder runs
- * a few hundred nanoseconds, longer only when its CPU stalls (an interrupt,
- * a vCPU the hypervisor descheduled).
+ * Wait (bounded) until bucket busy_b's lock is free (busy), else until the
+ * writes before bound are applied; 1 if that happened.
  */
-static __always_inline int lock_wait(__u32 b)
-{
-	struct lwctx w = { .lock = bpf_map_lookup_elem(&erb_locks, &b), .t0 = bpf_ktime_get_ns() };
-
-	bpf_loop(HOLD_WAIT_SPINS, lock_wait_step, &w, 0);
-	return w.ok;
-}
-
-/* Wait (bounded) until the writes before bound are applied; 1 if they are. */
-static __always_inline int hold_wait(struct erb_global *g, __u64 bound)
+static __always_inline int hold_wait(struct erb_global *g, int busy, __u32 busy_b, __u64 bound)
 {
 	struct wctx w = { .g = g, .bound = bound, .t0 = bpf_ktime_get_ns() };
 
+	if (busy) {
+		w.lock = bpf_map_lookup_elem(&erb_locks, &busy_b);
+		if (!w.lock)
+			return 0;
+	}
 	bpf_loop(HOLD_WAIT_SPINS, wait_step, &w, 0);
 	return w.ok;
 }
@@ -1469,7 +1460,7 @@ static long parse_step(__u32 i, void *arg)
 		 */
 		if (!a->waited) {
 			a->waited = 1;
-			if (busy ? lock_wait(s->cur.busy_b) : hold_wait(g, bound)) {
+			if (hold_wait(g, busy, s->cur.busy_b, bound)) {
 				a->rc = RC_PARSE_AGAIN;
 				return 1;
 			}
@@ -1630,7 +1621,7 @@ int erb_xdp(struct xdp_md *ctx)
 		/* mid-stream: never answer it, but see its writes */
 		f = flow_create(&key, s, ERB_FLOW_UNTRACKED | ERB_FLOW_EST, seq);
 		if (!f)
-			return xdp_unseen(0);	/* cannot parse it: hold or flush */
+			return xdp_unseen();	/* cannot parse it: hold or flush */
 		/* a segment that starts a command is a boundary; else resync */
 		if (bpf_xdp_load_bytes(ctx, k.poff, s->buf, 1) || s->buf[0] != '*')
 			f->req.resync = 1;
