@@ -70,6 +70,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -439,6 +440,10 @@ struct stats {
 	uint64_t epoch_bumps;		/* write epochs bumped (fills in flight cancelled) */
 	uint64_t hash_verified;		/* hash entries checked: no TTL, kept */
 	uint64_t hash_deleted;		/* hash entries deleted: TTL, or key gone */
+	uint64_t parked;		/* held segments read from erb_parked */
+	uint64_t replayed;		/* ... replayed through erb_xdp */
+	uint64_t replay_expired;	/* ... older than PARK_MAX_AGE_NS: left to the client's retransmission */
+	uint64_t replay_dropped;	/* ... not replayed: queue full, bad record, bad checksum, run failed */
 	struct histogram delay_us;
 };
 
@@ -491,6 +496,21 @@ struct inval_queue {
 	size_t n, cap;
 };
 
+/* Held segments to replay (erb_parked): a FIFO of copies. */
+#define PARK_QUEUE		256
+#define PARK_MAX_AGE_NS		(3ULL * 1000000000ULL)	/* the client has retransmitted long before */
+
+struct park {
+	struct ring ring;		/* ring.fd -1: no erb_parked (an older object) */
+	struct erb_park *q;		/* PARK_QUEUE entries */
+	unsigned int head, n;
+	int link_fd;			/* pinned link_xdp: the program to replay through */
+	int prog_fd;
+	uint32_t prog_id;
+	int kmod_fd;			/* erb_io's applied_seq (sysfs), -1 when not read */
+	bool warned;
+};
+
 struct agent {
 	struct options opt;
 	int dir_fd;
@@ -528,6 +548,7 @@ struct agent {
 	unsigned int databases;
 	struct inval_queue inval;
 	bool flush_pending;
+	struct park park;
 	/* reporting */
 	struct stats st;
 	uint64_t started_ns, last_stats_ns;
@@ -605,30 +626,37 @@ static size_t page_round(size_t n, size_t page)
 	return (n + page - 1) / page * page;
 }
 
-static int open_ring(struct agent *a)
+/* Map a BPF ring buffer (r->fd open) for consuming: the consumer page rw, the data twice ro. */
+static int ring_map(struct ring *r, const char *name)
 {
-	struct ring *r = &a->ring;
 	struct bpf_map_info info;
 
-	if (open_pin(a, "map_erb_events", &r->fd) || map_info(r->fd, "erb_events", &info))
+	if (map_info(r->fd, name, &info))
 		return -1;
 	if (info.type != BPF_MAP_TYPE_RINGBUF) {
-		log_err("map_erb_events is map type %u, not a ring buffer (%u)", info.type,
+		log_err("map_%s is map type %u, not a ring buffer (%u)", name, info.type,
 			BPF_MAP_TYPE_RINGBUF);
 		return -1;
 	}
 	r->page = (size_t)sysconf(_SC_PAGESIZE);
 	r->size = info.max_entries;
-	r->consumer_pos = map_mmap(r->fd, r->page, PROT_READ | PROT_WRITE, 0, "erb_events consumer");
+	r->consumer_pos = map_mmap(r->fd, r->page, PROT_READ | PROT_WRITE, 0, name);
 	if (!r->consumer_pos)
 		return -1;
 	r->prod_map_len = r->page + 2 * r->size;
-	r->prod_map = map_mmap(r->fd, r->prod_map_len, PROT_READ, (off_t)r->page, "erb_events data");
+	r->prod_map = map_mmap(r->fd, r->prod_map_len, PROT_READ, (off_t)r->page, name);
 	if (!r->prod_map)
 		return -1;
 	r->producer_pos = r->prod_map;
 	r->data = (uint8_t *)r->prod_map + r->page;
 	return 0;
+}
+
+static int open_ring(struct agent *a)
+{
+	if (open_pin(a, "map_erb_events", &a->ring.fd))
+		return -1;
+	return ring_map(&a->ring, "erb_events");
 }
 
 static int open_global(struct agent *a)
@@ -822,6 +850,246 @@ static void open_stats(struct agent *a)
 	a->ncpus = (unsigned int)n;
 }
 
+/* ---------------------------------------------------------- parked segments */
+
+/*
+ * erb_parked (erb.h, struct erb_park): segments erb_xdp held because their
+ * commands touch a key whose acknowledged write was not applied yet. Each is
+ * replayed through erb_xdp with BPF_PROG_RUN in live-frames mode (as if it
+ * arrived again on its interface and queue) once applied_seq reaches its
+ * bound: XDP_PASS hands it to the stack, XDP_TX sends its answer. A replay is
+ * what the client's own retransmission would carry, only a retransmission
+ * timeout sooner; one lost here costs that retransmission, as before.
+ *
+ * Checksums: a frame from a local veth may carry CHECKSUM_PARTIAL's
+ * pseudo-header sum in the TCP checksum; its copy has no skb to say so. The
+ * checksum is completed when (and only when) the field holds exactly that
+ * sum; a frame whose checksum is neither complete nor partial is not replayed
+ * (the stack drops it as it would have; corruption is never laundered).
+ */
+static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t len)
+{
+	for (; len > 1; p += 2, len -= 2)
+		sum += (uint64_t)p[0] << 8 | p[1];
+	if (len)
+		sum += (uint64_t)p[0] << 8;
+	return sum;
+}
+
+static uint16_t csum_fold(uint64_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)sum;
+}
+
+/* 0: the TCP checksum of frame f is complete (or was completed); -1: do not replay. */
+static int park_csum(uint8_t *f, uint32_t len)
+{
+	uint32_t off = 14, l4, tlen;
+	uint16_t proto, check, c;
+	uint64_t ph;
+
+	if (len < off)
+		return -1;
+	proto = (uint16_t)(f[12] << 8 | f[13]);
+	for (int i = 0; i < 2 && (proto == 0x8100 || proto == 0x88a8); i++) {
+		if (len < off + 4)
+			return -1;
+		proto = (uint16_t)(f[off + 2] << 8 | f[off + 3]);
+		off += 4;
+	}
+	if (proto == 0x0800) {
+		uint32_t ihl, tot;
+
+		if (len < off + 20 || f[off] >> 4 != 4 || f[off + 9] != 6)
+			return -1;
+		ihl = (f[off] & 15U) * 4;
+		tot = (uint32_t)f[off + 2] << 8 | f[off + 3];
+		if (ihl < 20 || tot < ihl || len < off + tot || (f[off + 6] & 0x3f) || f[off + 7])
+			return -1;	/* a fragment: XDP never holds one as parsed */
+		ph = csum_add(0, f + off + 12, 8);
+		l4 = off + ihl;
+		tlen = tot - ihl;
+	} else if (proto == 0x86dd) {
+		if (len < off + 40 || f[off] >> 4 != 6 || f[off + 6] != 6)
+			return -1;
+		tlen = (uint32_t)f[off + 4] << 8 | f[off + 5];
+		if (len < off + 40 + tlen)
+			return -1;
+		ph = csum_add(0, f + off + 8, 32);
+		l4 = off + 40;
+	} else {
+		return -1;
+	}
+	if (tlen < 20)
+		return -1;
+	ph += 6 + tlen;
+	if (csum_fold(csum_add(ph, f + l4, tlen)) == 0xffff)
+		return 0;
+	check = (uint16_t)(f[l4 + 16] << 8 | f[l4 + 17]);
+	if (check != csum_fold(ph))
+		return -1;
+	f[l4 + 16] = 0;
+	f[l4 + 17] = 0;
+	c = (uint16_t)~csum_fold(csum_add(ph, f + l4, tlen));
+	f[l4 + 16] = (uint8_t)(c >> 8);
+	f[l4 + 17] = (uint8_t)c;
+	return 0;
+}
+
+static void open_park(struct agent *a)
+{
+	struct park *pk = &a->park;
+
+	pk->kmod_fd = -1;
+	pk->ring.fd = open_pin_optional(a, "map_erb_parked");
+	if (pk->ring.fd < 0) {
+		log_warn("no map_erb_parked: segments held for unapplied writes wait for the client's "
+			 "retransmission (an ERB object without parking)");
+		return;
+	}
+	pk->q = calloc(PARK_QUEUE, sizeof(*pk->q));
+	if (!pk->q || ring_map(&pk->ring, "erb_parked")) {
+		log_warn("erb_parked cannot be read: held segments wait for the client's retransmission");
+		close(pk->ring.fd);
+		pk->ring.fd = -1;
+	}
+}
+
+/* applied_seq of the I/O path: erb_io's own (sysfs) when it is the path, else erb_global's. */
+static uint64_t park_applied(struct agent *a)
+{
+	struct park *pk = &a->park;
+	char buf[32];
+	ssize_t n;
+
+	if (!kmod_io_path(a))
+		return load_applied(a);
+	if (pk->kmod_fd < 0)
+		pk->kmod_fd = open("/sys/module/erb_io/parameters/seq_base", O_RDONLY | O_CLOEXEC);
+	if (pk->kmod_fd >= 0) {
+		n = pread(pk->kmod_fd, buf, sizeof(buf) - 1, 0);
+		if (n > 0) {
+			buf[n] = 0;
+			return strtoull(buf, NULL, 10);
+		}
+	}
+	return load_applied(a);
+}
+
+/* Move every committed erb_parked sample into the queue. */
+static void park_read(struct agent *a)
+{
+	struct park *pk = &a->park;
+	struct ring *r = &pk->ring;
+	unsigned long pos, prod;
+
+	if (r->fd < 0)
+		return;
+	pos = __atomic_load_n(r->consumer_pos, __ATOMIC_ACQUIRE);
+	prod = __atomic_load_n(r->producer_pos, __ATOMIC_ACQUIRE);
+	while (pos < prod) {
+		const uint32_t *hp = (const void *)(r->data + (pos & (r->size - 1)));
+		uint32_t hdr = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
+		uint32_t len = hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+
+		if (hdr & BPF_RINGBUF_BUSY_BIT)
+			break;
+		if (!(hdr & BPF_RINGBUF_DISCARD_BIT)) {
+			const struct erb_park *src = (const void *)((const uint8_t *)hp + BPF_RINGBUF_HDR_SZ);
+			uint32_t flen = len == sizeof(*src) ? src->len : 0;
+
+			a->st.parked++;
+			if (flen < 14 || flen > ERB_PARK_FRAME_MAX || pk->n == PARK_QUEUE) {
+				a->st.replay_dropped++;
+				if (!pk->warned)
+					log_warn("parked segment not kept (%s): the client retransmits it",
+						 pk->n == PARK_QUEUE ? "replay queue full" : "bad sample");
+				pk->warned = true;
+			} else {
+				struct erb_park *d = &pk->q[(pk->head + pk->n++) % PARK_QUEUE];
+
+				memcpy(d, src, offsetof(struct erb_park, frame));
+				d->len = flen;
+				memcpy(d->frame, src->frame, flen);
+			}
+		}
+		pos += (BPF_RINGBUF_HDR_SZ + len + 7) & ~7UL;
+	}
+	__atomic_store_n(r->consumer_pos, pos, __ATOMIC_RELEASE);
+}
+
+/* fd of the program link_xdp runs now (followed across upgrades), or -1. */
+static int park_prog(struct agent *a)
+{
+	struct bpf_link_info li;
+	__u32 len = sizeof(li);
+	int lfd = open_pin_optional(a, "link_xdp"), pfd = -1;
+
+	if (lfd < 0)
+		return -1;
+	memset(&li, 0, sizeof(li));
+	if (!bpf_obj_get_info_by_fd(lfd, &li, &len) && li.prog_id)
+		pfd = bpf_prog_get_fd_by_id(li.prog_id);
+	close(lfd);
+	return pfd;
+}
+
+static int park_run(int prog, struct erb_park *p)
+{
+	struct xdp_md md = { .data = 0, .data_end = p->len, .ingress_ifindex = p->ifindex,
+			     .rx_queue_index = p->rxq };
+	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = p->frame, .data_size_in = p->len, .ctx_in = &md,
+		    .ctx_size_in = sizeof(md), .repeat = 1, .flags = BPF_F_TEST_XDP_LIVE_FRAMES);
+
+	return bpf_prog_test_run_opts(prog, &o);
+}
+
+/* Replay the queue's head while its writes are applied; drop the expired. */
+static void park_replay(struct agent *a)
+{
+	struct park *pk = &a->park;
+	uint64_t applied, now;
+	int prog = -1;
+
+	if (!pk->n)
+		return;
+	applied = park_applied(a);
+	now = now_ns();
+	while (pk->n) {
+		struct erb_park *p = &pk->q[pk->head];
+		const char *why = NULL;
+
+		if (now - p->ts_ns > PARK_MAX_AGE_NS) {
+			a->st.replay_expired++;
+		} else if (p->bound > applied) {
+			break;
+		} else {
+			if (prog < 0)
+				prog = park_prog(a);
+			if (prog < 0)
+				why = "no erb_xdp program (link_xdp) to run it through";
+			else if (park_csum(p->frame, p->len))
+				why = "not TCP, or its checksum is neither complete nor partial";
+			else if (park_run(prog, p))
+				why = strerror(errno);
+			if (why) {
+				a->st.replay_dropped++;
+				if (!pk->warned)
+					log_warn("parked segment not replayed (%s): the client retransmits it", why);
+				pk->warned = true;
+			} else {
+				a->st.replayed++;
+			}
+		}
+		pk->head = (pk->head + 1) % PARK_QUEUE;
+		pk->n--;
+	}
+	if (prog >= 0)
+		close(prog);
+}
+
 static int open_maps(struct agent *a)
 {
 	a->dir_fd = open(a->opt.pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -839,6 +1107,7 @@ static int open_maps(struct agent *a)
 		return -1;
 	open_wepoch(a);
 	open_stats(a);
+	open_park(a);
 	a->hash_ok = calloc(a->cache_entries, sizeof(*a->hash_ok));
 	if (!a->hash_ok) {
 		log_err("out of memory for %u cache slots", a->cache_entries);
@@ -2067,7 +2336,8 @@ static void write_stats(struct agent *a)
 		     "\"invalidations_not_cached\":%llu,\"invalidations_queued\":%zu,\"flushes\":%llu,"
 		     "\"cache_gen\":%u,\"errors\":%llu,\"bad_records\":%llu,\"retries\":%llu,"
 		     "\"reconnects\":%llu,\"redis_restarts\":%llu,\"epoch_bumps\":%llu,"
-		     "\"hash_verified\":%llu,\"hash_deleted\":%llu}\n",
+		     "\"hash_verified\":%llu,\"hash_deleted\":%llu,\"parked\":%llu,\"replayed\":%llu,"
+		     "\"replay_expired\":%llu,\"replay_dropped\":%llu,\"replay_queued\":%u}\n",
 		     getpid(), (double)(now_ns() - a->started_ns) / 1e9, a->apply ? "true" : "false",
 		     (unsigned long long)s->applied, (unsigned long long)s->batches,
 		     s->batches ? (double)s->applied / (double)s->batches : 0.0,
@@ -2084,7 +2354,9 @@ static void write_stats(struct agent *a)
 		     (unsigned long long)s->errors, (unsigned long long)s->bad_records,
 		     (unsigned long long)s->retries, (unsigned long long)s->reconnects,
 		     (unsigned long long)s->redis_restarts, (unsigned long long)s->epoch_bumps,
-		     (unsigned long long)s->hash_verified, (unsigned long long)s->hash_deleted);
+		     (unsigned long long)s->hash_verified, (unsigned long long)s->hash_deleted,
+		     (unsigned long long)s->parked, (unsigned long long)s->replayed,
+		     (unsigned long long)s->replay_expired, (unsigned long long)s->replay_dropped, a->park.n);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", a->opt.stats_file);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0) {
@@ -2188,6 +2460,11 @@ static int run(struct agent *a)
 		log_err("epoll on the ring buffer: %s", strerror(errno));
 		return EXIT_RUNTIME;
 	}
+	ev.data.fd = a->park.ring.fd;
+	if (a->park.ring.fd >= 0 && epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->park.ring.fd, &ev)) {
+		log_err("epoll on erb_parked: %s", strerror(errno));
+		return EXIT_RUNTIME;
+	}
 	while (!stop_requested) {
 		unsigned int n;
 
@@ -2202,8 +2479,11 @@ static int run(struct agent *a)
 		n = ring_read_batch(a);
 		if (n && !apply_batch(a))
 			break;
+		park_read(a);
+		park_replay(a);
+		/* parked segments wait for applied_seq: erb_io's moves unseen, so poll */
 		if (wait_events(a, n || a->inval.n || a->flush_pending ? 0 :
-				a->fills_moved ? HASH_SCAN_FAST_MS : 200))
+				a->park.n ? 1 : a->fills_moved ? HASH_SCAN_FAST_MS : 200))
 			return EXIT_RUNTIME;
 		if (a->apply && process_invalidations(a))
 			session_close(a);

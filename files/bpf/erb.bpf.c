@@ -1416,6 +1416,35 @@ static __always_inline int hold_wait(struct erb_global *g, int busy, __u32 busy_
 	return w.ok;
 }
 
+/*
+ * Park a held segment (erb.h, struct erb_park): a copy for the agent to replay
+ * once the writes before bound are applied. Best effort: a frame over
+ * ERB_PARK_FRAME_MAX or a full ring leaves it to the client's retransmission.
+ */
+static __always_inline void park(struct xdp_md *ctx, __u64 bound)
+{
+	__u32 len = bpf_xdp_get_buff_len(ctx);
+	struct erb_park *p;
+
+	if (len < ETH_HLEN || len > ERB_PARK_FRAME_MAX)
+		return;
+	p = bpf_ringbuf_reserve(&erb_parked, sizeof(*p), 0);
+	if (!p)
+		return;
+	if (bpf_xdp_load_bytes(ctx, 0, p->frame, len)) {
+		bpf_ringbuf_discard(p, 0);
+		return;
+	}
+	p->bound = bound;
+	p->ts_ns = bpf_ktime_get_ns();
+	p->ifindex = ctx->ingress_ifindex;
+	p->rxq = ctx->rx_queue_index;
+	p->len = len;
+	p->pad = 0;
+	bpf_ringbuf_submit(p, 0);
+	stat_inc(ERB_STAT_PARKED);
+}
+
 /* Parse the client's new bytes; rc XDP_DROP when the hold rule applies. */
 static long parse_step(__u32 i, void *arg)
 {
@@ -1466,6 +1495,8 @@ static long parse_step(__u32 i, void *arg)
 			}
 		}
 		stat_inc(busy ? ERB_STAT_HOLD_BUSY : ERB_STAT_HOLD);
+		if (!busy)
+			park(a->ctx, bound);
 		a->rc = XDP_DROP;
 		return 1;
 	}

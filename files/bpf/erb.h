@@ -283,7 +283,32 @@ enum erb_stat {
 	ERB_STAT_PIPELINED,		/* segments of several commands answered in one reply */
 	ERB_STAT_PIPELINED_CMDS,	/* commands in those segments */
 	ERB_STAT_HOLD_BUSY,		/* segment dropped: a key's bucket lock stayed taken (holder stalled) */
+	ERB_STAT_PARKED,		/* held segment copied to erb_parked for the agent to replay */
 	ERB_STAT_MAX,
+};
+
+/*
+ * A segment the hold rule drops (its commands touch a key whose acknowledged
+ * write the I/O path has not applied) is also parked: copied into the
+ * erb_parked ring with the write_seq it waits for. The agent replays it
+ * through erb_xdp (BPF_PROG_RUN with live frames, as if it arrived again on
+ * ifindex/rxq) once applied_seq reaches bound, so the client gets its reply
+ * when the write is applied, not after its retransmission timeout. A replay
+ * is a copy of a segment the client sent, i.e. what its own retransmission
+ * would be; a parked segment that is never replayed costs what a hold cost
+ * before: the retransmission. Not versioned by ERB_LAYOUT_VERSION (no state):
+ * the agent checks the map's value size.
+ */
+#define ERB_PARK_FRAME_MAX	1600	/* Ethernet frame bytes: a 1500 MTU with two VLAN tags fits */
+
+struct erb_park {
+	__u64 bound;		/* replay once erb_global.applied_seq >= bound */
+	__u64 ts_ns;		/* bpf_ktime_get_ns() when parked */
+	__u32 ifindex;		/* xdp_md.ingress_ifindex */
+	__u32 rxq;		/* xdp_md.rx_queue_index */
+	__u32 len;		/* bytes of frame[] */
+	__u32 pad;
+	__u8 frame[ERB_PARK_FRAME_MAX];
 };
 
 #endif /* ERB_H */

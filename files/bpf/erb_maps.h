@@ -51,6 +51,12 @@ struct {
 	__uint(max_entries, 4 << 20);
 } erb_events SEC(".maps");
 
+/* Held segments for the agent to replay once their writes apply (erb.h, struct erb_park). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} erb_parked SEC(".maps");
+
 /*
  * The erb_io kernel module's kfuncs (files/kmod/erb_io.c). Weak: the object
  * loads without the module. The loader sets ERB_CFG_KMOD only when the

@@ -157,6 +157,7 @@ STAT_NAMES = (
     'pipelined',
     'pipelined_cmds',
     'hold_busy',
+    'parked',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -336,6 +337,22 @@ class ErbCmdSpec(ctypes.Structure):
     ]
 
 
+ERB_PARK_FRAME_MAX = 1600
+
+
+class ErbPark(ctypes.Structure):
+    """A held segment parked in erb_parked for the agent to replay (not layout-versioned)."""
+    _fields_ = [
+        ('bound', u64),
+        ('ts_ns', u64),
+        ('ifindex', u32),
+        ('rxq', u32),
+        ('len', u32),
+        ('pad', u32),
+        ('frame', u8 * ERB_PARK_FRAME_MAX),
+    ]
+
+
 # C struct name -> mirror, for the layout test and the loader's checks.
 STRUCTS = {
     'erb_config': ErbConfig,
@@ -348,6 +365,7 @@ STRUCTS = {
     'erb_aux': ErbAux,
     'erb_global': ErbGlobal,
     'erb_cmd_spec': ErbCmdSpec,
+    'erb_park': ErbPark,
 }
 
 # BPF map types used by erb.bpf.o (uapi enum bpf_map_type).

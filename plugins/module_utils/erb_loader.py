@@ -58,7 +58,7 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some dri
 # erb_events holds acknowledged SETs not yet in Redis and erb_locks guards
 # them: both are flow state too (an upgrade must never drop either).
 STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events',
-              'erb_locks', 'erb_cache', 'erb_cmds', 'erb_stats')
+              'erb_locks', 'erb_cache', 'erb_cmds', 'erb_stats', 'erb_parked')
 FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence',
                    'erb_events', 'erb_locks')
 
@@ -423,7 +423,7 @@ def count_flows(fd):
 # ERB cannot parse), segments held for pending writes or a bucket lock another CPU kept.
 RECOVERY_STATS = ('retransmit_answer', 'answer_resent', 'drop_overlap', 'ack_held', 'ts_clamped',
                   'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold',
-                  'hold_waited', 'hold_busy')
+                  'hold_waited', 'hold_busy', 'parked')
 
 
 def recovery(stats):

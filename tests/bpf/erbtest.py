@@ -562,6 +562,22 @@ class Ring(object):
     def skip_all(self):
         self.consumer_pos = self.producer_pos
 
+    def consume_raw(self):
+        """The bytes of each committed sample (discarded ones skipped) up to the first busy one."""
+        out = []
+        pos, end = self.consumer_pos, self.producer_pos
+        while pos < end:
+            off = self.page + (pos & (self.size - 1))
+            hdr_len = struct.unpack_from('=I', self.prod, off)[0]
+            if hdr_len & BPF_RINGBUF_BUSY_BIT:
+                break
+            length = hdr_len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
+            if not hdr_len & BPF_RINGBUF_DISCARD_BIT:
+                out.append(bytes(self.prod[off + BPF_RINGBUF_HDR_SZ:off + BPF_RINGBUF_HDR_SZ + length]))
+            pos += (BPF_RINGBUF_HDR_SZ + length + 7) & ~7
+        self.consumer_pos = pos
+        return out
+
 
 def _erb_map_fd(self, name):
     """fd of any map of the object (also those erb_layout.MAPS does not list)."""
@@ -576,6 +592,18 @@ def _erb_ring(self):
     if r is None:
         r = self._ring = Ring(self.map_fd('erb_events'), self.obj.find_map('erb_events').max_entries)
     return r
+
+
+def _erb_parked(self):
+    """Consume erb_parked: the L.ErbPark of each segment parked since the last call."""
+    r = getattr(self, '_parked_ring', None)
+    if r is None:
+        r = self._parked_ring = Ring(self.map_fd('erb_parked'), self.obj.find_map('erb_parked').max_entries)
+    out = []
+    for raw in r.consume_raw():
+        assert len(raw) == ctypes.sizeof(L.ErbPark), 'erb_parked sample of %d bytes' % len(raw)
+        out.append(L.ErbPark.from_buffer_copy(raw))
+    return out
 
 
 def _erb_records(self):
@@ -672,6 +700,7 @@ Erb.cache_wseq = _erb_cache_wseq
 Erb.map_fd = _erb_map_fd
 Erb.ring = _erb_ring
 Erb.records = _erb_records
+Erb.parked = _erb_parked
 Erb.set_applied = _erb_set_applied
 Erb.set_cache_gen = _erb_set_cache_gen
 Erb.apply_all = _erb_apply_all

@@ -72,7 +72,9 @@ def send_held(erb, f, payload, counter='hold'):
     keeps); the other one must not move."""
     before_flow = flow_bytes(erb, f)
     before = erb.stats()
+    erb.parked()
     frame = f.client_frame(payload)
+    bound = erb.glob().write_seq if not erb.flow(f).hold_wseq else None
     rc, out = erb.xdp(frame)
     assert rc == XDP_DROP, '%r with a write pending: %s, expected XDP_DROP (hold) %s' % (
         payload[:50], name(rc), nonzero(erb.stats()))
@@ -80,6 +82,16 @@ def send_held(erb, f, payload, counter='hold'):
     other = 'hold_busy' if counter == 'hold' else 'hold'
     assert st[counter] == before[counter] + 1, (counter, nonzero(st))
     assert st[other] == before[other], (other, nonzero(st))
+    # a hold for a pending write parks a copy for the agent to replay; a busy lock does not
+    parked = erb.parked()
+    if counter == 'hold':
+        assert st['parked'] == before['parked'] + 1 and len(parked) == 1, nonzero(st)
+        p = parked[0]
+        assert bytes(p.frame[:p.len]) == frame, 'the parked copy differs from the segment received'
+        assert p.bound == (erb.flow(f).hold_wseq if bound is None else bound)
+        assert p.bound > erb.glob().applied_seq and p.ifindex == 1 and p.rxq == 0  # lo: a test run's default
+    else:
+        assert st['parked'] == before['parked'] and not parked
     assert st['cmds_passed'] == before['cmds_passed']
     assert flow_bytes(erb, f) == before_flow, 'a held segment changed the flow (parser, c_nxt, cmds...)'
     return frame

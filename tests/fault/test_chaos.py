@@ -97,6 +97,17 @@ def fault_delta(after, before):
     return {i: {d: dict_delta(after[i][d], before[i][d]) for d in after[i]} for i in after}
 
 
+AGENT_KEYS = ('applied', 'parked', 'replayed', 'replay_expired', 'replay_dropped')
+
+
+def agent_stats(h):
+    """The stats the role's erb-agent writes on host h ({} when it has written none)."""
+    try:
+        return json.loads((h.dir / 'run' / ('agent-%s.json' % h.iface)).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def has_xdp(h):
     link = json.loads(h.run(['ip', '-j', '-d', 'link', 'show', h.iface]).stdout)[0]
     return bool(link.get('xdp'))
@@ -132,9 +143,10 @@ def chaos(fleet, ansible_playbook):
 # Every mix must show no wrong reply, no failed or unanswered request, no lost acknowledged
 # write, and the I/O path caught up: those fail the test. The speed bounds (slowest request,
 # throughput) end it as an expected failure when missed, with the figures in the reason.
-SPEED = ('speed bounds not met yet: a command right after its key\'s SET answered in XDP waits for '
-         'the I/O path; when the agent has not applied the SET within the XDP wait, the segment is '
-         'dropped and a synchronous client sends it again after a retransmission timeout')
+SPEED = ('speed bounds not met yet: a command right after its key\'s SET answered in XDP waits for the '
+         'I/O path (held, then replayed by the agent once the SET is in Redis); on this 2-vCPU machine the '
+         'agent\'s round trip to Redis has spikes of tens to hundreds of ms under the chaos load, and ERB\'s '
+         'per-packet work shares both cores with Redis alone\'s workload')
 
 
 @pytest.mark.parametrize('mix', list(MIXES))
@@ -142,7 +154,7 @@ def test_chaos(chaos, mix):
     erb, alone, att, faults = chaos
     hosts = (erb, alone)
     faults.set()
-    f0, s0, n0 = faults.stats(), att.stats(), {}
+    f0, s0, n0, a0 = faults.stats(), att.stats(), {}, agent_stats(erb)
     for h in hosts:
         n0.update(host_nstat(h))
     pcaps = start_pcaps(hosts, mix) if PCAP else []
@@ -171,12 +183,15 @@ def test_chaos(chaos, mix):
         t[h.index] = dict(totals(w[h.index]), lost=len(lost[h.index]))
     te, ta = t[erb.index], t[alone.index]
     fd, sd, nd = fault_delta(f1, f0), dict_delta(s1, s0), nstat_delta(n1, n0)
+    a1 = agent_stats(erb)
+    # this mix's counts; the apply delays are the agent's since it started
+    ad = dict(dict_delta({k: a1.get(k, 0) for k in AGENT_KEYS}, a0), apply_delay_us=a1.get('apply_delay_us'))
     RESULTS[mix] = {'erb': te, 'alone': ta}
     report = {'mix': mix, 'faults': MIXES[mix], 'seconds': SECONDS, 'erb': te, 'alone': ta,
               'erb_wrong': details(w[erb.index], 'wrong'), 'erb_errors': details(w[erb.index], 'error'),
               'alone_wrong': details(w[alone.index], 'wrong'), 'alone_errors': details(w[alone.index], 'error'),
               'lost': lost, 'applied': applied, 'erb_seqs': seqs(att), 'fault_counters': fd,
-              'erb_counters': sd, 'nstat': nd,
+              'erb_counters': sd, 'agent': ad, 'nstat': nd,
               'per_client': {i: {n: {k: v for k, v in c.items() if not k.endswith('_details')}
                                  for n, c in w[i]['clients'].items()} for i in w}}
     (OUT / ('%s.json' % mix)).write_text(json.dumps(report, indent=1, default=str))
@@ -187,6 +202,7 @@ def test_chaos(chaos, mix):
                  x['slowest'], x['slowest_what'], x['p99']))
     print('fault counters (this mix): %s' % json.dumps(fd))
     print('ERB counters (%s, this mix): %s' % (erb.name, json.dumps(sd)))
+    print('erb-agent (%s, this mix): %s' % (erb.name, json.dumps(ad)))
     for ns in sorted(nd):
         print('nstat -az %s (this mix, non-zero): %s' % (ns, ' '.join('%s=%d' % kv for kv in sorted(nd[ns].items()))))
     for d in report['erb_wrong'][:10] + report['erb_errors'][:10]:

@@ -15,7 +15,10 @@ runs with appendonly yes and appendfsync everysec.
 Run with -s to see the figures each test reports (apply delay, hold counts, ...).
 """
 
+import os
 import random
+import signal
+import subprocess
 import threading
 import time
 
@@ -198,6 +201,53 @@ def test_command_after_its_keys_fast_set_waits_for_the_agent_not_a_retransmissio
     for j in range(20):
         last = max(i for i in range(n) if i % 20 == j)
         assert t.cmd('GET', 'wait:%d' % j) == bulk('%dx' % (last + 1))
+
+
+def retrans_segs(ns):
+    """TCP segments the namespace's stack has retransmitted (/proc/net/snmp Tcp RetransSegs)."""
+    lines = [ln.split() for ln in subprocess.run(['ip', 'netns', 'exec', ns, 'cat', '/proc/net/snmp'],
+                                                 check=True, capture_output=True, text=True).stdout.splitlines()
+             if ln.startswith('Tcp:')]
+    return int(lines[1][lines[0].index('RetransSegs')])
+
+
+def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
+    """SET k (answered in XDP) and INCR k on the same connection while the agent is stopped:
+    the INCR is held (its key's write is not in Redis) and parked. Once the agent runs again
+    it applies the SET, then replays the parked INCR through erb_xdp: the client gets :2
+    without retransmitting anything. The client's route gets rto_min 5 s, so that a reply
+    that needed the client's retransmission cannot pass unseen."""
+    h = erb.host
+    dev = subprocess.run(['ip', '-n', h.client_ns, '-o', 'route', 'get', h.server_ip], check=True,
+                         capture_output=True, text=True).stdout.split(' dev ')[1].split()[0]
+    route = ['%s/32' % h.server_ip, 'dev', dev]
+    subprocess.run(['ip', '-n', h.client_ns, 'route', 'replace'] + route + ['rto_min', '5s'], check=True)
+    try:
+        c = tcp(erb)
+        assert c.cmd('PING') == b'+PONG\r\n'
+        r0, s0, a0 = retrans_segs(h.client_ns), erb.stats(), erb.agent.fresh_stats()
+        for i in range(5):
+            k = 'parked:%d' % i
+            os.kill(erb.agent.pid, signal.SIGSTOP)
+            try:
+                assert c.cmd('SET', k, '1') == OK
+                c.send(resp_encode('INCR', k))
+                wait_for(lambda: erb.stats()['parked'] > s0['parked'] + i, timeout=10, interval=0.01,
+                         what='INCR %s to be held and parked' % k)
+            finally:
+                os.kill(erb.agent.pid, signal.SIGCONT)
+            assert c.read_reply() == integer(2), k
+        agent_ok(erb)
+        d, a1 = stat_delta(s0, erb.stats()), erb.agent.fresh_stats()
+        replayed = a1['replayed'] - a0['replayed']
+        report('parked and replayed', set_fast=d.get('set_fast', 0), hold=d.get('hold', 0),
+               parked=d.get('parked', 0), replayed=replayed, client_retransmissions=retrans_segs(h.client_ns) - r0)
+        assert d.get('set_fast', 0) == 5 and d.get('parked', 0) >= 5, d
+        assert replayed >= 5 and a1['replay_dropped'] == a0['replay_dropped'], (a0, a1)
+        assert retrans_segs(h.client_ns) == r0, 'the client had to retransmit: a held INCR was not replayed'
+        c.close()
+    finally:
+        subprocess.run(['ip', '-n', h.client_ns, 'route', 'del'] + route, check=True)
 
 
 # --------------------------------------------------------------------------- replica
