@@ -210,7 +210,7 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     expected = {'link_xdp', 'link_tc', 'meta'} | set('map_' + m for m in (
         'erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events', 'erb_locks',
         'erb_cache',
-        'erb_cmds', 'erb_stats'))
+        'erb_cmds', 'erb_stats', 'erb_parked'))
     assert set(os.listdir(d)) == expected
     links, progs = res['link_ids'], res['prog_ids']
     assert net.xdp_prog_id(net.a) == progs['xdp']
