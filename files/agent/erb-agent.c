@@ -504,9 +504,6 @@ struct park {
 	struct ring ring;		/* ring.fd -1: no erb_parked (an older object) */
 	struct erb_park *q;		/* PARK_QUEUE entries */
 	unsigned int head, n;
-	int link_fd;			/* pinned link_xdp: the program to replay through */
-	int prog_fd;
-	uint32_t prog_id;
 	int kmod_fd;			/* erb_io's applied_seq (sysfs), -1 when not read */
 	bool warned;
 };
@@ -850,6 +847,17 @@ static void open_stats(struct agent *a)
 	a->ncpus = (unsigned int)n;
 }
 
+/* Ring buffer samples: length without the busy/discard bits; the position after one. */
+static uint32_t sample_len(uint32_t hdr)
+{
+	return hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+}
+
+static unsigned long sample_end(unsigned long pos, uint32_t hdr)
+{
+	return pos + ((sample_len(hdr) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL);
+}
+
 /* ---------------------------------------------------------- parked segments */
 
 /*
@@ -992,13 +1000,12 @@ static void park_read(struct agent *a)
 	while (pos < prod) {
 		const uint32_t *hp = (const void *)(r->data + (pos & (r->size - 1)));
 		uint32_t hdr = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
-		uint32_t len = hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
 
 		if (hdr & BPF_RINGBUF_BUSY_BIT)
 			break;
 		if (!(hdr & BPF_RINGBUF_DISCARD_BIT)) {
 			const struct erb_park *src = (const void *)((const uint8_t *)hp + BPF_RINGBUF_HDR_SZ);
-			uint32_t flen = len == sizeof(*src) ? src->len : 0;
+			uint32_t flen = sample_len(hdr) == sizeof(*src) ? src->len : 0;
 
 			a->st.parked++;
 			if (flen < 14 || flen > ERB_PARK_FRAME_MAX || pk->n == PARK_QUEUE) {
@@ -1015,7 +1022,7 @@ static void park_read(struct agent *a)
 				memcpy(d->frame, src->frame, flen);
 			}
 		}
-		pos += (BPF_RINGBUF_HDR_SZ + len + 7) & ~7UL;
+		pos = sample_end(pos, hdr);
 	}
 	__atomic_store_n(r->consumer_pos, pos, __ATOMIC_RELEASE);
 }
@@ -1052,6 +1059,7 @@ static void park_replay(struct agent *a)
 	struct park *pk = &a->park;
 	uint64_t applied, now;
 	int prog = -1;
+	bool looked = false;
 
 	if (!pk->n)
 		return;
@@ -1066,8 +1074,10 @@ static void park_replay(struct agent *a)
 		} else if (p->bound > applied) {
 			break;
 		} else {
-			if (prog < 0)
+			if (!looked) {
 				prog = park_prog(a);
+				looked = true;
+			}
 			if (prog < 0)
 				why = "no erb_xdp program (link_xdp) to run it through";
 			else if (park_csum(p->frame, p->len))
@@ -1164,16 +1174,6 @@ static void tracker_advance(struct tracker *t)
 }
 
 /* --------------------------------------------------------------------- ring */
-
-static uint32_t sample_len(uint32_t hdr)
-{
-	return hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
-}
-
-static unsigned long sample_end(unsigned long pos, uint32_t hdr)
-{
-	return pos + ((sample_len(hdr) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL);
-}
 
 static const char *record_problem(const struct erb_record *r, uint32_t len)
 {

@@ -545,8 +545,9 @@ class Ring(object):
             pos += step
         return out
 
-    def consume(self):
-        """Committed records (discarded ones skipped) up to the first busy one; consumer_pos advanced."""
+    def _consume(self, take):
+        """take(sample, pos) of each committed sample (discarded ones skipped) up to the first
+        busy one; consumer_pos advanced."""
         out = []
         pos, end = self.consumer_pos, self.producer_pos
         while pos < end:
@@ -554,29 +555,24 @@ class Ring(object):
             if s.busy:
                 break
             if not s.discarded:
-                out.append(s)
+                out.append(take(s, pos))
             pos += step
         self.consumer_pos = pos
         return out
+
+    def consume(self):
+        """Committed records (discarded ones skipped) up to the first busy one; consumer_pos advanced."""
+        return self._consume(lambda s, pos: s)
 
     def skip_all(self):
         self.consumer_pos = self.producer_pos
 
     def consume_raw(self):
-        """The bytes of each committed sample (discarded ones skipped) up to the first busy one."""
-        out = []
-        pos, end = self.consumer_pos, self.producer_pos
-        while pos < end:
-            off = self.page + (pos & (self.size - 1))
-            hdr_len = struct.unpack_from('=I', self.prod, off)[0]
-            if hdr_len & BPF_RINGBUF_BUSY_BIT:
-                break
-            length = hdr_len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
-            if not hdr_len & BPF_RINGBUF_DISCARD_BIT:
-                out.append(bytes(self.prod[off + BPF_RINGBUF_HDR_SZ:off + BPF_RINGBUF_HDR_SZ + length]))
-            pos += (BPF_RINGBUF_HDR_SZ + length + 7) & ~7
-        self.consumer_pos = pos
-        return out
+        """Like consume(), but the bytes of each sample."""
+        def raw(s, pos):
+            off = self.page + (pos & (self.size - 1)) + BPF_RINGBUF_HDR_SZ
+            return bytes(self.prod[off:off + s.length])
+        return self._consume(raw)
 
 
 def _erb_map_fd(self, name):

@@ -38,7 +38,7 @@ from fault_harness import Faults, nstat_values
 
 sys.path.insert(0, str(REPO / 'tests' / 'integration'))
 from erb_itest import ErbAttachment  # noqa: E402
-from erb_settest import seqs  # noqa: E402
+from erb_settest import role_agent_file, seqs  # noqa: E402
 
 pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
 
@@ -103,7 +103,7 @@ AGENT_KEYS = ('applied', 'parked', 'replayed', 'replay_expired', 'replay_dropped
 def agent_stats(h):
     """The stats the role's erb-agent writes on host h ({} when it has written none)."""
     try:
-        return json.loads((h.dir / 'run' / ('agent-%s.json' % h.iface)).read_text())
+        return json.loads(role_agent_file(h, 'json').read_text())
     except (OSError, ValueError):
         return {}
 

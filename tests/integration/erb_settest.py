@@ -64,8 +64,13 @@ def wait_applied(att, timeout=20.0, what='the agent to apply every acknowledged 
 
 # --------------------------------------------------------------------------- agent
 
+def role_agent_file(host, suffix):
+    """A file of the role's agent for host's interface in its run dir: suffix 'pid', 'json' (stats), 'log'."""
+    return host.dir / 'run' / ('agent-%s.%s' % (host.iface, suffix))
+
+
 def role_agent_pidfile(host):
-    return host.dir / 'run' / ('agent-%s.pid' % host.iface)
+    return role_agent_file(host, 'pid')
 
 
 def stop_role_agent(host):
