@@ -49,12 +49,16 @@ SPECIAL = {
     'SUNSUBSCRIBE': ('UNTRACK',),
     # EXEC after WATCH must see every write acknowledged before it
     'WATCH': ('WATCH',),
+    # a message reaches subscribers after the pushes (tracking invalidations,
+    # keyspace events) of every write acknowledged before it: it waits for them
+    'PUBLISH': ('PUBLISH',),
+    'SPUBLISH': ('PUBLISH',),
     'SYNC': ('UNTRACK',),
     'PSYNC': ('UNTRACK',),
     'REPLCONF': ('UNTRACK',),
 }
 FLAG_ORDER = ('WRITE', 'KEYS_UNKNOWN', 'FLUSH', 'GET', 'SET', 'MULTI', 'EXEC',
-              'SUBSCRIBE', 'SELECT', 'AUTH', 'RESET', 'UNTRACK', 'KEYSPACE', 'WATCH')
+              'SUBSCRIBE', 'SELECT', 'AUTH', 'RESET', 'UNTRACK', 'KEYSPACE', 'WATCH', 'PUBLISH')
 # Keyless commands that read the keyspace as a whole (beyond the @keyspace
 # category): what they show changes with every write.
 KEYSPACE_READS = ('INFO', 'DEBUG', 'MEMORY', 'LASTSAVE')

@@ -1209,10 +1209,12 @@ static __always_inline int unseen_hold(struct erb_flow *f, struct erb_global *g,
 		stat_inc(ERB_STAT_HOLD);
 		return 1;
 	}
-	if (f)
+	if (f) {
 		f->hold_wseq = 0;
-	if (f)
 		flow_untrack(f, g);
+		/* they may have turned CLIENT TRACKING on */
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_PUSHES);
+	}
 	cache_flush(g);
 	g->untracked_wr_ns = bpf_ktime_get_ns();
 	stat_inc(ERB_STAT_PASS_UNTRACKED);
@@ -1626,7 +1628,7 @@ int erb_xdp(struct xdp_md *ctx)
 				(cfg.require_auth ? 0 : ERB_FLOW_AUTHED) |
 				(o->ts_off ? ERB_FLOW_TS : 0) |
 				(o->wscale ? ERB_FLOW_C_WSCALE : 0) |
-				(k.plen ? ERB_FLOW_UNTRACKED : 0), seq + 1);
+				(k.plen ? ERB_FLOW_UNTRACKED | ERB_FLOW_PUSHES : 0), seq + 1);
 		if (f) {
 			stat_inc(ERB_STAT_FLOW_NEW);
 			f->c_mss = o->mss;
@@ -1649,8 +1651,11 @@ int erb_xdp(struct xdp_md *ctx)
 		stat_inc(ERB_STAT_PASS_NO_FLOW);
 		if (!k.plen || k.tcp->rst)
 			return XDP_PASS;
-		/* mid-stream: never answer it, but see its writes */
-		f = flow_create(&key, s, ERB_FLOW_UNTRACKED | ERB_FLOW_EST, seq);
+		/*
+		 * mid-stream: never answer it, but see its writes; what it
+		 * turned on before (CLIENT TRACKING?) is unknown
+		 */
+		f = flow_create(&key, s, ERB_FLOW_UNTRACKED | ERB_FLOW_EST | ERB_FLOW_PUSHES, seq);
 		if (!f)
 			return xdp_unseen();	/* cannot parse it: hold or flush */
 		/* a segment that starts a command is a boundary; else resync */

@@ -132,6 +132,12 @@ struct erb_parser {
 #define ERB_FLOW_C_WSCALE	(1U << 14)	/* the client's SYN offered window scaling */
 #define ERB_FLOW_HELLO		(1U << 15)	/* sent HELLO once: maybe RESP3, no HGETALL */
 #define ERB_FLOW_WATCH		(1U << 16)	/* WATCH issued: EXEC waits for pending writes */
+/*
+ * May get pushes a write causes (CLIENT TRACKING/CACHING, subscribed, or a
+ * history ERB did not parse): each command waits for pending writes, so its
+ * reply follows every invalidation Redis alone would have pushed before it.
+ */
+#define ERB_FLOW_PUSHES		(1U << 17)
 
 struct erb_seqadj {
 	__u32 pos;		/* correction position (see erb.bpf.c) */
@@ -224,6 +230,7 @@ struct erb_global {
 #define ERB_CMD_UNTRACK		(1U << 11)	/* CLIENT (REPLY OFF/SKIP), SYNC, PSYNC... */
 #define ERB_CMD_KEYSPACE	(1U << 12)	/* reads the keyspace as a whole: KEYS, SCAN, DBSIZE */
 #define ERB_CMD_WATCH		(1U << 13)	/* WATCH: a later EXEC waits for pending writes */
+#define ERB_CMD_PUBLISH		(1U << 14)	/* (S)PUBLISH: waits, its message after a write's pushes */
 
 struct erb_cmd_spec {
 	__u32 flags;		/* ERB_CMD_* */

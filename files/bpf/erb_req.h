@@ -61,6 +61,9 @@ static __always_inline void req_arg_end(struct pctx *c, struct erb_parser *p)
 	if (i == 1 && p->cmd_hash == HASH_CLIENT &&
 	    (p->arg_uhash == HASH_REPLY || p->arg_uhash == HASH_TRACKING || p->arg_uhash == HASH_CACHING))
 		p->cmd_flags |= ERB_CMD_UNTRACK;
+	if (i == 1 && p->cmd_hash == HASH_CLIENT &&
+	    (p->arg_uhash == HASH_TRACKING || p->arg_uhash == HASH_CACHING))
+		c->u->fl |= ERB_FLOW_PUSHES;	/* invalidations from now on */
 	if (!(p->cmd_flags & ERB_CMD_KEYS_UNKNOWN) &&
 	    p->first_key > 0 && (__s32)i >= p->first_key && (__s32)i <= p->last_key &&
 	    ((i - p->first_key) % p->key_step) == 0) {
@@ -97,9 +100,16 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 	if (fl & ERB_CMD_EXEC)
 		u->fl &= ~ERB_FLOW_MULTI;
 	if (fl & ERB_CMD_SUBSCRIBE)
-		u->fl |= ERB_FLOW_SUBSCRIBED | ERB_FLOW_UNTRACKED;
+		u->fl |= ERB_FLOW_SUBSCRIBED | ERB_FLOW_UNTRACKED | ERB_FLOW_PUSHES;
 	if (fl & ERB_CMD_UNTRACK)
 		u->fl |= ERB_FLOW_UNTRACKED;
+	/*
+	 * A write answered in XDP makes Redis push invalidations (tracking) and
+	 * keyspace events only once applied: a command of a connection that may
+	 * get them, and a message to subscribers, wait for pending writes.
+	 */
+	if ((fl & ERB_CMD_PUBLISH) || (u->fl & ERB_FLOW_PUSHES))
+		u->wait = 1;
 	if (fl & ERB_CMD_SELECT) {
 		/* only "SELECT 0" itself says db 0; anything else may not be */
 		if (p->argc == 2 && p->num_ok && p->num_arg == 0 && p->num_len == 1)
@@ -159,8 +169,10 @@ static __always_inline void req_inline_end(struct pctx *c, struct erb_parser *p)
 	} else {
 		fl = ERB_CMD_WRITE | ERB_CMD_KEYS_UNKNOWN;
 	}
-	if (h == HASH_CLIENT)
+	if (h == HASH_CLIENT) {
 		fl |= ERB_CMD_UNTRACK;	/* CLIENT REPLY/TRACKING/CACHING unseen */
+		c->u->fl |= ERB_FLOW_PUSHES;
+	}
 	p->cmd_flags = fl;
 	p->cmd_hash = h;
 	p->argc = 0;

@@ -67,6 +67,7 @@ ERB_FLOW_CLOSED = 1 << 13
 ERB_FLOW_C_WSCALE = 1 << 14
 ERB_FLOW_HELLO = 1 << 15
 ERB_FLOW_WATCH = 1 << 16
+ERB_FLOW_PUSHES = 1 << 17
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
@@ -87,6 +88,7 @@ ERB_CMD_RESET = 1 << 10
 ERB_CMD_UNTRACK = 1 << 11
 ERB_CMD_KEYSPACE = 1 << 12
 ERB_CMD_WATCH = 1 << 13
+ERB_CMD_PUBLISH = 1 << 14
 
 # Symbolic names used by redis_commands.py ("WRITE" -> ERB_CMD_WRITE).
 CMD_FLAGS = {
@@ -104,6 +106,7 @@ CMD_FLAGS = {
     'UNTRACK': ERB_CMD_UNTRACK,
     'KEYSPACE': ERB_CMD_KEYSPACE,
     'WATCH': ERB_CMD_WATCH,
+    'PUBLISH': ERB_CMD_PUBLISH,
 }
 
 # enum erb_stat, in order: index i of erb_stats is STAT_NAMES[i]

@@ -607,28 +607,31 @@ def _erb_records(self):
     return self.ring().consume()
 
 
-def _erb_set_applied(self, seq):
-    """Publish erb_global.applied_seq as the I/O agent does: one 64-bit store
-    through the BPF_F_MMAPABLE mmap (the other fields are left alone)."""
+def _erb_global_store(self, field, fmt, value):
+    """One store into erb_global.field through the BPF_F_MMAPABLE mmap, as the
+    I/O agent makes them (the other fields are left alone)."""
     fd = self.map_fd('erb_global')
-    off = L.ErbGlobal.applied_seq.offset
     length = (ctypes.sizeof(L.ErbGlobal) + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
     mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     try:
-        struct.pack_into('=Q', mm, off, seq)
+        struct.pack_into(fmt, mm, getattr(L.ErbGlobal, field).offset, value)
     finally:
         mm.close()
+
+
+def _erb_set_applied(self, seq):
+    """Publish erb_global.applied_seq as the I/O agent does: one 64-bit store."""
+    _erb_global_store(self, 'applied_seq', '=Q', seq)
 
 
 def _erb_set_cache_gen(self, gen):
-    """erb_global.cache_gen = gen (an emptied cache), through the mmap."""
-    fd = self.map_fd('erb_global')
-    length = (ctypes.sizeof(L.ErbGlobal) + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
-    mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    try:
-        struct.pack_into('=I', mm, L.ErbGlobal.cache_gen.offset, gen)
-    finally:
-        mm.close()
+    """erb_global.cache_gen = gen (an emptied cache)."""
+    _erb_global_store(self, 'cache_gen', '=I', gen)
+
+
+def _erb_end_untracked_quiet(self):
+    """As if the last untracked write were long past: fast SETs and fills resume."""
+    _erb_global_store(self, 'untracked_wr_ns', '=Q', 0)
 
 
 def _erb_apply_all(self):
@@ -699,6 +702,7 @@ Erb.records = _erb_records
 Erb.parked = _erb_parked
 Erb.set_applied = _erb_set_applied
 Erb.set_cache_gen = _erb_set_cache_gen
+Erb.end_untracked_quiet = _erb_end_untracked_quiet
 Erb.apply_all = _erb_apply_all
 Erb.u32 = _erb_u32
 Erb.set_u32 = _erb_set_u32

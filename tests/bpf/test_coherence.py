@@ -11,7 +11,7 @@ client-side caching connections never answered in XDP."""
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from erbtest import XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
+from erbtest import XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
 from test_hold import FOREIGN, OK, fast_set, other_flow, passed_once, pending_write, send_held
 
 K = b'key:1'
@@ -141,6 +141,85 @@ def test_client_side_caching_connection_never_answered(erb, cmd):
     rc, _unused = f.get(b'k')
     assert rc == XDP_PASS, 'a CLIENT TRACKING connection was answered in XDP'
     assert erb.flow(f).flags & L.ERB_FLOW_UNTRACKED
+
+
+# ------------------------------------------------- pushes a write causes
+
+# (the command that makes Redis push to the connection, its reply, a later command)
+PUSHES = {
+    'CLIENT-TRACKING': (resp('CLIENT', 'TRACKING', 'on'), OK, resp('EXISTS', 'other')),
+    'client-caching': (resp('client', 'caching', 'yes'), OK, resp('STRLEN', 'other')),
+    'inline-CLIENT': (b'CLIENT TRACKING ON\r\n', OK, resp('DBSIZE')),
+    'SUBSCRIBE': (resp('SUBSCRIBE', 'ch'), b'*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n', resp('PING')),
+    'PSUBSCRIBE': (resp('PSUBSCRIBE', '__key*'), b'*3\r\n$10\r\npsubscribe\r\n$6\r\n__key*\r\n:1\r\n',
+                   resp('PING')),
+}
+
+
+@pytest.mark.parametrize('case', sorted(PUSHES))
+def test_connection_getting_pushes_waits_for_pending_writes(erb_fast, case):
+    """Redis pushes a tracking connection the invalidation of key:1 (a subscriber,
+    its keyspace event) when the SET answered in XDP is applied, not when it was
+    acknowledged. Any later command of that connection, on any key, waits until
+    then: passed earlier, its reply would come before the push Redis alone sends
+    first (the differential test saw EXISTS s:0 answered without the push for s:2)."""
+    erb = erb_fast
+    enable, reply, later = PUSHES[case]
+    t = other_flow(erb, cport=40005)
+    t.command(enable, reply)
+    assert erb.flow(t).flags & L.ERB_FLOW_PUSHES
+    pending_write(erb)
+    frame = send_held(erb, t, later)
+    erb.apply_all()
+    passed_once(erb, t, frame, later)
+
+
+@pytest.mark.parametrize('case', sorted(PUSHES))
+def test_connection_getting_pushes_not_held_without_pending_writes(erb_fast, case):
+    erb = erb_fast
+    enable, reply, later = PUSHES[case]
+    t = other_flow(erb, cport=40005)
+    t.command(enable, reply)
+    rc, out = t.send(later)
+    assert (rc, out) == (XDP_PASS, t.last[2]), name(rc)
+    assert erb.stats()['hold'] == 0
+
+
+def test_connection_with_unseen_history_waits_for_pending_writes(erb_fast):
+    """A flow ERB adopted mid-stream (opened before ERB attached) may have turned
+    CLIENT TRACKING on before: its commands wait for pending writes, like a
+    tracking connection's."""
+    erb = erb_fast
+    pending_write(erb)
+    f = Flow(erb, cport=42000)
+    f.c_seq, f.c_ack, f.s_seq, f.s_ack = 12345, 999, 999, 12345
+    frame = f.client_frame(resp('PING'))
+    rc, _unused = erb.xdp(frame)
+    assert rc == XDP_DROP, 'PING of a mid-stream flow with a write pending: %s' % name(rc)
+    assert erb.flow(f).flags & L.ERB_FLOW_PUSHES
+    erb.apply_all()
+    rc, out = erb.xdp(frame)
+    assert (rc, out) == (XDP_PASS, frame)
+
+
+def test_connection_whose_unparsed_bytes_passed_waits_for_pending_writes(erb_fast):
+    """Bytes of a gap pass unparsed (nothing pending then): they may hold CLIENT
+    TRACKING ON, so from then on the flow's commands wait for pending writes."""
+    erb = erb_fast
+    f = Flow(erb).handshake()
+    gap = resp('CLIENT', 'TRACKING', 'on')
+    start = f.c_seq
+    rc, _unused = erb.xdp(f.client_frame(resp('PING'), seq=start + len(gap)))
+    assert rc == XDP_PASS
+    assert not erb.flow(f).flags & L.ERB_FLOW_PUSHES
+    rc, _unused = erb.xdp(f.client_frame(gap, seq=start))
+    assert rc == XDP_PASS and erb.stats()['unseen_passed'] == 1
+    assert erb.flow(f).flags & L.ERB_FLOW_PUSHES
+    f.c_seq = (start + len(gap) + len(resp('PING'))) & 0xffffffff
+    f.s_ack = f.c_seq
+    erb.end_untracked_quiet()
+    pending_write(erb)
+    send_held(erb, f, resp('EXISTS', 'other'))
 
 
 # ---------------------------------------------------------------------- fuzz

@@ -245,6 +245,9 @@ UNKNOWN_KEYS = {
     'DBSIZE': (resp('DBSIZE'), b':0\r\n'),
     'RANDOMKEY': (resp('RANDOMKEY'), b'$-1\r\n'),
     'INFO': (resp('INFO', 'keyspace'), b'$12\r\n# Keyspace\r\n\r\n'),
+    # a message reaches subscribers after the pushes of the writes acknowledged before it
+    'PUBLISH': (resp('PUBLISH', 'ch', 'm'), b':0\r\n'),
+    'SPUBLISH': (resp('SPUBLISH', 'ch', 'm'), b':0\r\n'),
     # keys in a container's subcommand
     'OBJECT-ENCODING': (resp('OBJECT', 'ENCODING', K), b'$-1\r\n'),
     'MEMORY-USAGE': (resp('MEMORY', 'USAGE', K), b'$-1\r\n'),

@@ -250,6 +250,41 @@ def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
         subprocess.run(['ip', '-n', h.client_ns, 'route', 'del'] + route, check=True)
 
 
+def test_tracking_connection_gets_the_invalidation_of_a_fast_set_before_its_next_reply(erb):
+    """A CLIENT TRACKING (RESP3) connection has read trk:k. Another connection's SET trk:k
+    is answered in XDP while the agent is stopped, so Redis does not have it yet. The
+    tracking connection's next command (on another key) must come back after the
+    invalidation of trk:k, as with Redis alone, where the SET ran before its +OK: the
+    command waits (held, parked) until the agent applies the SET, then is replayed."""
+    t, w = tcp(erb), tcp(erb)
+    assert t.cmd('HELLO', '3').startswith(b'%')
+    assert t.cmd('CLIENT', 'TRACKING', 'ON') == OK
+    start = erb.stats()
+    for i in range(3):
+        k = 'trk:%d' % i
+        assert w.cmd('SET', k, 'old') == OK
+        wait_applied(erb)
+        assert t.cmd('GET', k) == bulk('old')      # trk:i is now tracked for t
+        s0 = erb.stats()
+        os.kill(erb.agent.pid, signal.SIGSTOP)
+        try:
+            assert w.cmd('SET', k, 'new') == OK
+            assert stat_delta(s0, erb.stats()).get('set_fast', 0) == 1, 'SET was not answered in XDP'
+            t.send(resp_encode('EXISTS', 'trk:other'))
+            wait_for(lambda: erb.stats()['parked'] > s0['parked'], timeout=10, interval=0.01,
+                     what='EXISTS of the tracking connection to be held and parked')
+        finally:
+            os.kill(erb.agent.pid, signal.SIGCONT)
+        push = b'>2\r\n$10\r\ninvalidate\r\n*1\r\n' + bulk(k)
+        assert t.read_reply() == push, 'the reply came before the invalidation of %s' % k
+        assert t.read_reply() == integer(0)
+    agent_ok(erb)
+    d = stat_delta(start, erb.stats())
+    report('tracking connection', set_fast=d.get('set_fast', 0), hold=d.get('hold', 0), parked=d.get('parked', 0))
+    t.close()
+    w.close()
+
+
 # --------------------------------------------------------------------------- replica
 
 @pytest.fixture
