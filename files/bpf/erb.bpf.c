@@ -249,6 +249,57 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *k, struct p
 	return 0;
 }
 
+/*
+ * The kept out-of-order bytes [from, len) that follow the segment's own: the
+ * parser goes on over them as if they were in this segment.
+ */
+struct ooo_copy {
+	struct erb_scratch *s;
+	struct erb_ooo *st;
+	__u32 from;
+};
+
+/* 8 bytes of the kept ones into the parse window (no probe_read: lockdown) */
+static long ooo_copy_step(__u32 i, void *arg)
+{
+	struct ooo_copy *x = arg;
+
+	if (!x->s || !x->st)
+		return 1;
+	*(__u64 *)(x->s->buf + (i & (WIN / 8 - 1)) * 8) =
+		*(__u64 *)(x->st->data + (x->from & (ERB_OOO_MAX - 1)) + (i & (WIN / 8 - 1)) * 8);
+	return 0;
+}
+
+static __always_inline void ooo_parse(struct pctx *c, struct erb_ooo *st, __u32 from)
+{
+	struct ooo_copy x = { .s = c->s, .st = st, .from = from };
+	struct pcur *u = c->u;
+	__u32 n, cap = u->cap, idx = u->cap_idx, ko = u->cap_koff, kl = u->cap_klen;
+	__u32 vo = u->cap_voff, vl = u->cap_vlen;
+
+	if (!st || !before(from, st->len))
+		return;
+	n = st->len - from;
+	if (!len_in(n, 1, WIN) || from >= ERB_OOO_MAX) {
+		req_error(c, &c->f->req);
+		return;
+	}
+	bpf_loop((n + 7) / 8, ooo_copy_step, &x, 0);
+	u->pos = 0;
+	u->end = n;
+	u->win_base = 0;
+	u->a1_off = u->a2_off = -1;
+	bpf_loop(MAX_STEPS, req_step, c, 0);
+	/* a SET there has no bytes in this frame to fill the cache from */
+	u->cap = cap;
+	u->cap_idx = idx;
+	u->cap_koff = ko;
+	u->cap_klen = kl;
+	u->cap_voff = vo;
+	u->cap_vlen = vl;
+}
+
 struct kctx {
 	struct erb_flow *f;
 	struct erb_scratch *s;
@@ -1361,6 +1412,8 @@ struct actx {
 	__u32 from;		/* parse_step: first new byte of the payload */
 	__u32 waited;		/* parse_step: the hold's wait is spent */
 	__u32 end;		/* parse_step: client seq after the segment's last byte */
+	struct erb_ooo *ooo;	/* parse_step: kept bytes that follow the segment's, or NULL */
+	__u32 ooo_from;		/* parse_step: the first of them not in the segment */
 };
 
 #define RC_PARSE_AGAIN	(-3)	/* parse_step: writes applied while it waited */
@@ -1479,6 +1532,8 @@ static long parse_step(__u32 i, void *arg)
 	__builtin_memcpy(&s->req_saved, &f->req, sizeof(f->req));
 
 	xdp_parse(a->ctx, a->k, &c, a->from);
+	if (a->ooo)
+		ooo_parse(&c, a->ooo, a->ooo_from);
 	if (xdp_hold(&c)) {
 		int busy = s->cur.held == 2;
 
@@ -1507,6 +1562,57 @@ static long parse_step(__u32 i, void *arg)
 	if (c.u->cap && c.u->tracked && !c.u->err && !s->hit_unsent)
 		xdp_capture(a->ctx, a->k, a->key, &c);
 	return 1;
+}
+
+/*
+ * A segment after a gap on a tracked flow: keep its bytes in erb_ooo (the
+ * first, or right after those kept) for the parser, and pass it on. 0 kept
+ * (or a copy of kept bytes), -1 not: the flow is given up.
+ */
+static __always_inline int ooo_keep(struct xdp_md *ctx, struct pkt *k, struct erb_flow *f,
+				    struct erb_flow_key *key, struct erb_scratch *s, __u32 seq)
+{
+	struct erb_ooo *st;
+	__u32 off, n = k->plen;
+
+	if (k->odd || k->tcp->fin || k->tcp->syn || k->tcp->rst || !len_in(n, 1, ERB_OOO_MAX))
+		return -1;
+	if (!(f->flags & ERB_FLOW_OOO)) {
+		s->ooo.seq = seq;
+		s->ooo.len = n;
+		if (bpf_xdp_load_bytes(ctx, k->poff, s->ooo.data, arg_len(n, 1, ERB_OOO_MAX)) ||
+		    bpf_map_update_elem(&erb_ooo, key, &s->ooo, BPF_ANY))
+			return -1;
+		__sync_fetch_and_or(&f->flags, ERB_FLOW_OOO);
+		return 0;
+	}
+	st = bpf_map_lookup_elem(&erb_ooo, key);
+	if (!st)
+		return -1;
+	/* a copy of bytes kept already: the stack drops it */
+	if (!before(seq, st->seq) && !after(seq + n, st->seq + st->len))
+		return 0;
+	off = st->len;
+	if (seq != st->seq + off || off > ERB_OOO_MAX - 1 || n > ERB_OOO_MAX - off)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, k->poff, st->data + (off & (ERB_OOO_MAX - 1)),
+			       arg_len(n, 1, ERB_OOO_MAX)))
+		return -1;
+	st->len = off + n;
+	return 0;
+}
+
+/* Kept out-of-order bytes that will not be parsed: they are a gap now. */
+static __always_inline void ooo_to_gap(struct erb_flow *f, struct erb_flow_key *key)
+{
+	struct erb_ooo *st;
+
+	if (!(__sync_fetch_and_and(&f->flags, ~ERB_FLOW_OOO) & ERB_FLOW_OOO))
+		return;
+	st = bpf_map_lookup_elem(&erb_ooo, key);
+	if (st)
+		flow_gap(f, st->seq, st->seq + st->len);
+	bpf_map_delete_elem(&erb_ooo, key);
 }
 
 /* GET; rc -2 when the segment is not a GET and SETs may be answered */
@@ -1570,7 +1676,7 @@ int erb_xdp(struct xdp_md *ctx)
 	struct pkt k;
 	__u32 seq, tot;
 	struct actx ac = {};
-	int rc, last;
+	int rc, last, kept = 0;
 
 	k.eth = data;
 	if ((void *)(k.eth + 1) > end)
@@ -1622,8 +1728,11 @@ int erb_xdp(struct xdp_md *ctx)
 
 	if (k.tcp->syn && !k.tcp->ack) {
 		f = bpf_map_lookup_elem(&erb_flows, &key);
-		if (f)
+		if (f) {
 			flow_release(f, g);
+			if (f->flags & ERB_FLOW_OOO)
+				bpf_map_delete_elem(&erb_ooo, &key);
+		}
 		f = flow_create(&key, s, ERB_FLOW_SYN |
 				(cfg.require_auth ? 0 : ERB_FLOW_AUTHED) |
 				(o->ts_off ? ERB_FLOW_TS : 0) |
@@ -1716,7 +1825,8 @@ int erb_xdp(struct xdp_md *ctx)
 			    after(seq + k.plen, f->gap_lo) && unseen_hold(f, g, seq + k.plen))
 				return XDP_DROP;
 		}
-		if (seq == f->c_nxt && !(fl & ERB_FLOW_UNTRACKED)) {
+		/* kept bytes wait for this segment: it is parsed, never answered */
+		if (seq == f->c_nxt && !(fl & (ERB_FLOW_UNTRACKED | ERB_FLOW_OOO))) {
 			ac.ctx = ctx;
 			ac.k = &k;
 			ac.f = f;
@@ -1742,13 +1852,22 @@ int erb_xdp(struct xdp_md *ctx)
 			if (pkt_reload(ctx, &k))
 				return XDP_PASS;
 		}
-		if (after(seq, f->c_nxt)) {
+		/*
+		 * A gap: bytes before this segment are missing. Passing it lets
+		 * Linux's own loss recovery (SACK) work. Its bytes are kept for
+		 * the parser, which goes on over them once the gap is filled.
+		 */
+		if (after(seq, f->c_nxt) && !(f->flags & ERB_FLOW_UNTRACKED) &&
+		    !ooo_keep(ctx, &k, f, &key, s, seq)) {
+			stat_inc(ERB_STAT_OOO_KEPT);
+			kept = 1;
+		} else if (after(seq, f->c_nxt)) {
 			/*
-			 * A gap: bytes before this segment are missing. Passing it
-			 * lets Linux's own loss recovery (SACK) work, but the
-			 * command boundary is lost: the flow is given up, parsed
+			 * Not kept (too much, another gap, an untracked flow): the
+			 * command boundary is lost. The flow is given up, parsed
 			 * for writes from here on, the gap marked unparsed.
 			 */
+			ooo_to_gap(f, &key);
 			if (!(f->flags & ERB_FLOW_UNTRACKED)) {
 				flow_untrack(f, g);
 				stat_inc(ERB_STAT_PASS_OOO);
@@ -1760,7 +1879,7 @@ int erb_xdp(struct xdp_md *ctx)
 			f->req.argc = 0;
 			f->c_nxt = seq;
 		}
-		if (after(seq + k.plen, f->c_nxt)) {
+		if (!kept && after(seq + k.plen, f->c_nxt)) {
 			ac.ctx = ctx;
 			ac.k = &k;
 			ac.f = f;
@@ -1769,6 +1888,19 @@ int erb_xdp(struct xdp_md *ctx)
 			ac.from = f->c_nxt - seq;
 			ac.waited = 0;
 			ac.end = seq + k.plen;
+			ac.ooo = NULL;
+			ac.ooo_from = 0;
+			if (f->flags & ERB_FLOW_OOO) {
+				struct erb_ooo *st = bpf_map_lookup_elem(&erb_ooo, &key);
+
+				/* this segment reaches the kept bytes: parse on over them */
+				if (st && !before(seq + k.plen, st->seq)) {
+					ac.ooo = st;
+					ac.ooo_from = seq + k.plen - st->seq;
+					if (after(st->seq + st->len, ac.end))
+						ac.end = st->seq + st->len;
+				}
+			}
 			bpf_loop(1, parse_step, &ac, 0);
 			if (ac.rc == RC_PARSE_AGAIN) {
 				stat_inc(ERB_STAT_HOLD_WAITED);
@@ -1777,7 +1909,12 @@ int erb_xdp(struct xdp_md *ctx)
 			}
 			if (ac.rc >= 0)
 				return ac.rc;
-			f->c_nxt = seq + k.plen;
+			f->c_nxt = ac.end;
+			if (ac.ooo &&
+			    (__sync_fetch_and_and(&f->flags, ~ERB_FLOW_OOO) & ERB_FLOW_OOO)) {
+				bpf_map_delete_elem(&erb_ooo, &key);
+				stat_inc(ERB_STAT_OOO_RESUMED);
+			}
 			if (pkt_reload(ctx, &k))
 				return XDP_PASS;
 		}

@@ -138,6 +138,11 @@ struct erb_parser {
  * reply follows every invalidation Redis alone would have pushed before it.
  */
 #define ERB_FLOW_PUSHES		(1U << 17)
+/*
+ * Client bytes after a gap were passed on and kept in erb_ooo: the parser
+ * resumes over them once the gap is filled, so the flow stays tracked.
+ */
+#define ERB_FLOW_OOO		(1U << 18)
 
 struct erb_seqadj {
 	__u32 pos;		/* correction position (see erb.bpf.c) */
@@ -179,6 +184,20 @@ struct erb_flow {
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */
+};
+
+/*
+ * Out-of-order client bytes (erb_ooo, HASH by flow key). A segment after a gap
+ * is passed on (Linux's SACK and fast retransmit then work as without ERB) and
+ * its bytes kept here; the segment that fills the gap is parsed with them, so
+ * the command boundary is never lost. Redis cannot run them before that
+ * segment: its stack delivers in order, and XDP sees the filler first.
+ */
+#define ERB_OOO_MAX	2048	/* bytes kept per flow (one parse window) */
+struct erb_ooo {
+	__u32 seq;		/* client seq of data[0] */
+	__u32 len;		/* <= ERB_OOO_MAX */
+	char data[2 * ERB_OOO_MAX];	/* twice: an append's bounds, for the verifier */
 };
 
 /* Pending write-through fill and last reply copy (erb_aux, HASH by flow key). */
@@ -291,6 +310,8 @@ enum erb_stat {
 	ERB_STAT_PIPELINED_CMDS,	/* commands in those segments */
 	ERB_STAT_HOLD_BUSY,		/* segment dropped: a key's bucket lock stayed taken (holder stalled) */
 	ERB_STAT_PARKED,		/* held segment copied to erb_parked for the agent to replay */
+	ERB_STAT_OOO_KEPT,		/* segment after a gap passed, its bytes kept for the parser */
+	ERB_STAT_OOO_RESUMED,		/* gap filled: the kept bytes parsed, the flow still tracked */
 	ERB_STAT_MAX,
 };
 

@@ -126,6 +126,8 @@ static __always_inline void flow_delete(struct erb_flow_key *k, struct erb_flow 
 {
 	flow_release(f, g);
 	bpf_map_delete_elem(&erb_aux, k);
+	if (f->flags & ERB_FLOW_OOO)
+		bpf_map_delete_elem(&erb_ooo, k);
 	bpf_map_delete_elem(&erb_flows, k);
 	stat_inc(ERB_STAT_FLOW_END);
 }
@@ -153,6 +155,8 @@ static __always_inline void flow_close(struct erb_flow_key *k, struct erb_flow *
 		return;
 	flow_release(f, g);
 	bpf_map_delete_elem(&erb_aux, k);
+	if (__sync_fetch_and_and(&f->flags, ~ERB_FLOW_OOO) & ERB_FLOW_OOO)
+		bpf_map_delete_elem(&erb_ooo, k);
 	__sync_fetch_and_or(&f->flags, ERB_FLOW_CLOSED);
 	bpf_timer_init(&f->timer, &erb_flows, 1 /* CLOCK_MONOTONIC */);
 	bpf_timer_set_callback(&f->timer, flow_gc);

@@ -51,6 +51,15 @@ struct {
 	__uint(max_entries, 4 << 20);
 } erb_events SEC(".maps");
 
+/* Out-of-order client bytes kept for the parser (erb.h, struct erb_ooo). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__type(key, struct erb_flow_key);
+	__type(value, struct erb_ooo);
+} erb_ooo SEC(".maps");
+
 /* Held segments for the agent to replay once their writes apply (erb.h, struct erb_park). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -228,6 +237,7 @@ struct erb_scratch {
 		__u32 evict;		/* the slot claimed for an insert is a victim */
 	} pr;				/* cache probe result */
 	struct erb_aux zero_aux;	/* all zero: template for new aux entries */
+	struct erb_ooo ooo;		/* a new erb_ooo entry, built here */
 	__u32 hit_unsent;		/* a cached reply this segment could not be sent: no fill */
 	struct pipe_cmd pc[ERB_PIPE_MAX];	/* a pipelined segment's commands */
 	struct {

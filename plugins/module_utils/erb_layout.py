@@ -68,6 +68,7 @@ ERB_FLOW_C_WSCALE = 1 << 14
 ERB_FLOW_HELLO = 1 << 15
 ERB_FLOW_WATCH = 1 << 16
 ERB_FLOW_PUSHES = 1 << 17
+ERB_FLOW_OOO = 1 << 18
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
@@ -161,6 +162,8 @@ STAT_NAMES = (
     'pipelined_cmds',
     'hold_busy',
     'parked',
+    'ooo_kept',
+    'ooo_resumed',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -357,6 +360,18 @@ class ErbPark(ctypes.Structure):
 
 
 # C struct name -> mirror, for the layout test and the loader's checks.
+ERB_OOO_MAX = 2048
+
+
+class ErbOoo(ctypes.Structure):
+    """Out-of-order client bytes kept for the parser (erb_ooo, by flow key)."""
+    _fields_ = [
+        ('seq', u32),
+        ('len', u32),
+        ('data', u8 * (2 * ERB_OOO_MAX)),
+    ]
+
+
 STRUCTS = {
     'erb_config': ErbConfig,
     'erb_entry': ErbEntry,
@@ -369,6 +384,7 @@ STRUCTS = {
     'erb_global': ErbGlobal,
     'erb_cmd_spec': ErbCmdSpec,
     'erb_park': ErbPark,
+    'erb_ooo': ErbOoo,
 }
 
 # BPF map types used by erb.bpf.o (uapi enum bpf_map_type).
@@ -383,6 +399,7 @@ MAPS = {
     'erb_cache': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbEntry)),
     'erb_flows': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbFlow)),
     'erb_aux': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbAux)),
+    'erb_ooo': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbOoo)),
     'erb_inflight': (BPF_MAP_TYPE_ARRAY, 4, 4),
     'erb_ufence': (BPF_MAP_TYPE_ARRAY, 4, 8),
     'erb_global': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbGlobal)),

@@ -58,9 +58,9 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some dri
 # erb_events holds acknowledged SETs not yet in Redis and erb_locks guards
 # them: both are flow state too (an upgrade must never drop either).
 STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events',
-              'erb_locks', 'erb_cache', 'erb_cmds', 'erb_stats', 'erb_parked')
+              'erb_locks', 'erb_ooo', 'erb_cache', 'erb_cmds', 'erb_stats', 'erb_parked')
 FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence',
-                   'erb_events', 'erb_locks')
+                   'erb_events', 'erb_locks', 'erb_ooo')
 
 DEFAULT_RING_BYTES = 4 << 20
 
@@ -422,7 +422,7 @@ def count_flows(fd):
 # Redis ACKs held below an answer the client lacked, flows given up (a gap, bytes
 # ERB cannot parse), segments held for pending writes or a bucket lock another CPU kept.
 RECOVERY_STATS = ('retransmit_answer', 'answer_resent', 'drop_overlap', 'ack_held', 'ts_clamped',
-                  'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold',
+                  'ooo_kept', 'ooo_resumed', 'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold',
                   'hold_waited', 'hold_busy', 'parked')
 
 

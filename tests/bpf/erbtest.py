@@ -134,7 +134,8 @@ class Erb(object):
 
     def reset(self):
         """Fresh state: no flows, empty cache, zero inflight/global/stats."""
-        for name, ksize in (('erb_flows', ctypes.sizeof(L.ErbFlowKey)), ('erb_aux', ctypes.sizeof(L.ErbFlowKey))):
+        for name, ksize in (('erb_flows', ctypes.sizeof(L.ErbFlowKey)), ('erb_aux', ctypes.sizeof(L.ErbFlowKey)),
+                            ('erb_ooo', ctypes.sizeof(L.ErbFlowKey))):
             fd = self.fds[name]
             for raw in list(B.map_keys(fd, ksize)):
                 B.map_delete(fd, ctypes.create_string_buffer(raw, ksize))
@@ -161,6 +162,16 @@ class Erb(object):
             key = key.key
         f = L.ErbFlow()
         return f if B.map_lookup(self.fds['erb_flows'], key, f) else None
+
+    def ooo(self, key):
+        """erb_ooo entry (bytes kept after a gap) of an ErbFlowKey or a Flow, None when absent."""
+        if isinstance(key, Flow):
+            key = key.key
+        o = L.ErbOoo()
+        return o if B.map_lookup(self.fds['erb_ooo'], key, o) else None
+
+    def ooo_count(self):
+        return len(list(B.map_keys(self.fds['erb_ooo'], ctypes.sizeof(L.ErbFlowKey))))
 
     def aux(self, key):
         if isinstance(key, Flow):

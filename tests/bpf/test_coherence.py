@@ -203,17 +203,40 @@ def test_connection_with_unseen_history_waits_for_pending_writes(erb_fast):
 
 
 def test_connection_whose_unparsed_bytes_passed_waits_for_pending_writes(erb_fast):
-    """Bytes of a gap pass unparsed (nothing pending then): they may hold CLIENT
-    TRACKING ON, so from then on the flow's commands wait for pending writes."""
+    """Bytes of a gap pass unparsed (nothing pending then; what follows the gap was too
+    large to keep): they may hold CLIENT TRACKING ON, so from then on the flow's commands
+    wait for pending writes."""
+    erb = erb_fast
+    f = Flow(erb).handshake()
+    gap = resp('CLIENT', 'TRACKING', 'on')
+    big = resp('SET', 'big', 'x' * (L.ERB_OOO_MAX + 64))
+    start = f.c_seq
+    rc, _unused = erb.xdp(f.client_frame(big, seq=start + len(gap)))
+    assert rc == XDP_PASS
+    assert not erb.flow(f).flags & L.ERB_FLOW_PUSHES
+    rc, _unused = erb.xdp(f.client_frame(gap, seq=start))
+    assert rc == XDP_PASS and erb.stats()['unseen_passed'] == 1
+    assert erb.flow(f).flags & L.ERB_FLOW_PUSHES
+    f.c_seq = (start + len(gap) + len(big)) & 0xffffffff
+    f.s_ack = f.c_seq
+    erb.end_untracked_quiet()
+    pending_write(erb)
+    send_held(erb, f, resp('EXISTS', 'other'))
+
+
+def test_client_tracking_in_a_gap_filled_later_is_parsed_and_waits(erb_fast):
+    """CLIENT TRACKING ON in the bytes of a gap, the segment after it kept: the filler is
+    parsed with the kept bytes (not passed unparsed) and from then on the flow's commands
+    wait."""
     erb = erb_fast
     f = Flow(erb).handshake()
     gap = resp('CLIENT', 'TRACKING', 'on')
     start = f.c_seq
     rc, _unused = erb.xdp(f.client_frame(resp('PING'), seq=start + len(gap)))
-    assert rc == XDP_PASS
-    assert not erb.flow(f).flags & L.ERB_FLOW_PUSHES
+    assert rc == XDP_PASS and erb.stats()['ooo_kept'] == 1
     rc, _unused = erb.xdp(f.client_frame(gap, seq=start))
-    assert rc == XDP_PASS and erb.stats()['unseen_passed'] == 1
+    st = erb.stats()
+    assert rc == XDP_PASS and st['ooo_resumed'] == 1 and not st['unseen_passed']
     assert erb.flow(f).flags & L.ERB_FLOW_PUSHES
     f.c_seq = (start + len(gap) + len(resp('PING'))) & 0xffffffff
     f.s_ack = f.c_seq

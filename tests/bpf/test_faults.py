@@ -18,6 +18,7 @@ from erbtest import (CMAC, M32, REDIS_PORT, SMAC, TC_ACT_OK, XDP_NAMES, XDP_PASS
 from erbtest import L
 
 GET_K = resp('GET', 'k')
+BIG = resp('SET', 'big', 'x' * (L.ERB_OOO_MAX + 64))  # after a gap: too large to keep
 
 
 def name(rc):
@@ -145,13 +146,14 @@ def test_duplicate_of_a_passed_command_never_runs_twice(erb):
 
 # ------------------------------------------------------------------ reordering
 
+# (segments after a gap that fit ERB_OOO_MAX are kept and parsed later: test_ooo.py)
 def test_out_of_order_segment_is_passed_and_its_gap_seen(erb):
     f = Flow(erb).handshake()
     f.set(b'k', b'v')
     other = Flow(erb, cport=41001, c_isn=5, s_isn=6).handshake()
     gap = resp('DEL', 'k')
     start = f.c_seq
-    later = f.client_frame(resp('PING'), seq=start + len(gap))
+    later = f.client_frame(BIG, seq=start + len(gap))
     rc, out = erb.xdp(later)
     assert rc == XDP_PASS, 'an out-of-order segment is %s: every loss costs an RTO' % name(rc)
     st = erb.stats()
@@ -164,7 +166,7 @@ def test_out_of_order_segment_is_passed_and_its_gap_seen(erb):
     rc, out = other.get(b'k')
     assert rc == XDP_PASS, 'GET k answered after an unparsed DEL k reached Redis'
     # the given-up flow is never answered again
-    f.c_seq = (start + len(gap) + len(resp('PING'))) & M32
+    f.c_seq = (start + len(gap) + len(BIG)) & M32
     f.s_ack = f.c_seq
     rc, out = f.send(GET_K)
     assert rc == XDP_PASS
@@ -174,8 +176,8 @@ def test_given_up_flow_releases_its_write_block(erb):
     f = Flow(erb).handshake()
     f.command(resp('MULTI'), b'+OK\r\n')
     assert erb.glob().overflow == 1, 'MULTI blocks fills'
-    # the flow is given up (a gap): its block goes with it
-    rc, _unused = erb.xdp(f.client_frame(resp('PING'), seq=f.c_seq + 50))
+    # the flow is given up (a gap, after it more than can be kept): its block goes with it
+    rc, _unused = erb.xdp(f.client_frame(BIG, seq=f.c_seq + 50))
     assert rc == XDP_PASS
     assert erb.glob().overflow == 0, 'a given-up flow keeps fills off for every client'
     assert erb.flow(f).wr[0].bucket == 0xffffffff

@@ -106,7 +106,19 @@ def totals(w):
     return {'ops': sum(c['ops'] for c in cl), 'requests': sum(c['requests'] for c in cl),
             'wrong': sum(c['wrong'] for c in cl), 'errors': sum(c['errors'] for c in cl),
             'slowest': max(c['slowest'] for c in cl), 'slowest_what': slowest['slowest_what'],
-            'p99': max((c['p99'] or 0) for c in cl), 'hung': w['hung'], 'seconds': w['seconds']}
+            'p99': max((c['p99'] or 0) for c in cl), 'hung': w['hung'], 'seconds': w['seconds'],
+            'slow': merge_slow(c.get('slow', {}) for c in cl)}
+
+
+def merge_slow(hists):
+    """The sum of the clients' slow-request histograms ({bucket: [requests, seconds]})."""
+    out = {}
+    for h in hists:
+        for k, (n, t) in h.items():
+            a = out.setdefault(k, [0, 0.0])
+            a[0] += n
+            a[1] = round(a[1] + t, 3)
+    return dict(sorted(out.items(), key=lambda kv: float(kv[0].lstrip('<=>')) + (1 if kv[0][0] == '>' else 0)))
 
 
 def details(w, what):

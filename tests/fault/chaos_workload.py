@@ -230,9 +230,25 @@ class Client(threading.Thread):
         def pct(p):
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 4) if lat else None
         return {'ops': self.ops, 'requests': self.requests, 'wrong': self.nwrong, 'wrong_details': self.wrong,
+                'slow': slow_histogram(lat),
                 'errors': self.nerrors, 'error_details': self.errors, 'slowest': round(self.slowest[0], 4),
                 'slowest_what': self.slowest[1], 'p50': pct(0.5), 'p99': pct(0.99), 'p999': pct(0.999),
                 'crash': self.crash}
+
+
+# upper bounds (s) of the slow-request histogram: what a fault costs (under 10 ms: no fault
+# recovery; around 0.2-0.3 s: one RTO or tail-loss probe; beyond: backed-off RTOs)
+SLOW_BOUNDS = (0.01, 0.05, 0.15, 0.3, 0.7, 1.5)
+
+
+def slow_histogram(lat):
+    """{bucket: [requests, seconds spent]} of latencies lat, bucket '<=bound' or '>last'."""
+    h = {}
+    for dt in lat:
+        name = next(('<=%g' % b for b in SLOW_BOUNDS if dt <= b), '>%g' % SLOW_BOUNDS[-1])
+        n, t = h.get(name, (0, 0.0))
+        h[name] = (n + 1, t + dt)
+    return {k: [n, round(t, 3)] for k, (n, t) in h.items()}
 
 
 def redis_py(host, port, timeout):

@@ -200,6 +200,8 @@ def test_chaos(chaos, mix):
         print('%-11s ops %6d  req/s %6.0f  wrong %d  errors %d  lost %d  slowest %.3f s (%s)  p99 %.4f s'
               % (label, x['ops'], x['requests'] / x['seconds'], x['wrong'], x['errors'], x['lost'],
                  x['slowest'], x['slowest_what'], x['p99']))
+    for label, x in (('Redis alone', ta), ('ERB', te)):
+        print('%-11s latency [requests, seconds] by bucket: %s' % (label, json.dumps(x['slow'])))
     print('fault counters (this mix): %s' % json.dumps(fd))
     print('ERB counters (%s, this mix): %s' % (erb.name, json.dumps(sd)))
     print('erb-agent (%s, this mix): %s' % (erb.name, json.dumps(ad)))

@@ -209,7 +209,7 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     assert res['pin_dir'] == d
     expected = {'link_xdp', 'link_tc', 'meta'} | set('map_' + m for m in (
         'erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events', 'erb_locks',
-        'erb_cache',
+        'erb_ooo', 'erb_cache',
         'erb_cmds', 'erb_stats', 'erb_parked'))
     assert set(os.listdir(d)) == expected
     links, progs = res['link_ids'], res['prog_ids']
