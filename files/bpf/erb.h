@@ -98,8 +98,8 @@ struct erb_parser {
 	__u8 top_type;		/* type byte of the current top-level element */
 	__u8 line_ok;		/* simple line so far equals a prefix of "OK" */
 	__u32 line_len;		/* simple line length so far */
-	/* request side only */
-	__u32 argc;		/* args of the current command */
+	/* request side only (argc: also reply side, see below) */
+	__u32 argc;		/* args of the current command; replies: elements left below ERB_DEPTH_MAX */
 	__u32 argi;		/* index of the arg being read */
 	__u32 arg_hash;		/* FNV-1a of the arg so far (uppercased for arg 0) */
 	__u32 arg_len;		/* bytes of the arg consumed so far */

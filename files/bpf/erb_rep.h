@@ -131,6 +131,9 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 static __always_inline void rep_elem_done(struct rctx *r, struct erb_parser *p)
 {
 	p->state = ERB_P_TYPE;
+	/* inside an aggregate deeper than the tracked levels: whole once none is left */
+	if (p->argc && --p->argc)
+		return;
 	for (int i = 0; i < ERB_DEPTH_MAX + 1; i++) {
 		__u32 d = p->depth;
 
@@ -245,9 +248,19 @@ static long rep_step(__u32 unused, void *arg)
 				rep_elem_done(r, p);
 				return 0;
 			}
-			if (p->depth >= ERB_DEPTH_MAX) {
-				rep_error(r, p);
-				return 1;
+			if (p->argc || p->depth >= ERB_DEPTH_MAX) {
+				/*
+				 * Deeper than the tracked levels (COMMAND DOCS nests 12):
+				 * argc counts the elements left in that subtree, an
+				 * aggregate standing for its n elements.
+				 */
+				if (n > (1U << 29) || p->argc > (1U << 30)) {
+					rep_error(r, p);
+					return 1;
+				}
+				p->argc = p->argc ? p->argc + n - 1 : n;
+				p->state = ERB_P_TYPE;
+				return 0;
 			}
 			p->left[p->depth & (ERB_DEPTH_MAX - 1)] = n;
 			p->depth++;

@@ -570,6 +570,20 @@ def test_value_larger_than_a_segment(erb):
     assert tcp(erb).cmd('GET', 'sz:over') == bulk(big)
 
 
+def test_redis_cli_session_is_answered(erb):
+    """redis-cli reading commands from stdin first sends COMMAND DOCS, whose reply nests
+    12 deep: ERB counts it whole and keeps answering that connection in XDP."""
+    h = erb.host
+    _cache(erb, 'cli:k', 'v1')
+    s0 = erb.stats()
+    p = h.client_run(['redis-cli', '-h', h.server_ip, '-p', '6379', '--no-raw'], input='GET cli:k\n' * 20,
+                     timeout=30)
+    assert p.stdout.splitlines() == ['"v1"'] * 20, p.stdout[-500:]
+    d = stat_delta(s0, erb.stats())
+    assert not d.get('parse_error') and not d.get('flow_given_up'), d
+    assert d.get('hit', 0) == 20, 'redis-cli GETs of a cached key not answered in XDP: %s' % d
+
+
 def test_200_concurrent_connections(erb):
     keys = ['cc:%d' % i for i in range(64)]
     c = tcp(erb)
