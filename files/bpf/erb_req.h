@@ -112,7 +112,7 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 		u->wait = 1;
 	if (fl & ERB_CMD_SELECT) {
 		/* only "SELECT 0" itself says db 0; anything else may not be */
-		if (p->argc == 2 && p->num_ok && p->num_arg == 0 && p->num_len == 1)
+		if (p->argc == 2 && p->arg_len == 1 && p->arg_hash == ((FNV_OFFSET ^ '0') * FNV_PRIME))
 			u->fl &= ~ERB_FLOW_DB_NONZERO;
 		else
 			u->fl |= ERB_FLOW_DB_NONZERO;
@@ -198,9 +198,6 @@ static __always_inline void req_bulk_begin(struct pctx *c, struct erb_parser *p)
 	p->arg_uhash = FNV_OFFSET;
 	p->arg_len = 0;
 	if (p->argi == 1) {
-		p->num_arg = 0;
-		p->num_ok = 1;
-		p->num_len = 0;
 		if (p->num + 2 <= c->u->end - c->u->pos) {
 			c->u->a1_off = c->u->pos;
 			c->u->a1_len = p->num;
@@ -222,16 +219,21 @@ static __always_inline int req_arg_inspect(struct pctx *c, struct erb_parser *p)
 	       (__s32)p->argi >= p->first_key && (__s32)p->argi <= p->last_key;
 }
 
+/*
+ * One step of the request parser: a byte, or a run of bytes of one kind (a
+ * length's digits and its CRLF, an inspected arg's bytes, a bulk's CRLF), so
+ * that a command costs a few bpf_loop steps rather than one per byte.
+ */
 static long req_step(__u32 unused, void *arg)
 {
 	struct pctx *c = arg;
 	struct erb_flow *f = c->f;
 	struct erb_scratch *s = c->s;
 	struct erb_parser *p;
-	__u32 pos = c->u->pos;
+	__u32 pos = c->u->pos, end = c->u->end;
 	__u8 ch;
 
-	if (!f || !s || pos >= c->u->end || c->u->end > WIN)
+	if (!f || !s || pos >= end || end > WIN)
 		return 1;
 	p = &f->req;
 	ch = s->buf[pos & WIN_MASK];
@@ -271,19 +273,36 @@ static long req_step(__u32 unused, void *arg)
 		c->u->pos = pos + 1;
 		return 0;
 	case ERB_P_NUM:
-		if (ch >= '0' && ch <= '9') {
-			if (p->num > (1U << 28))
-				req_error(c, p);
-			else
+		for (int j = 0; j < 4; j++) {
+			if (ch >= '0' && ch <= '9') {
+				if (p->num > (1U << 28)) {
+					req_error(c, p);
+					c->u->pos = pos + 1;
+					return 0;
+				}
 				p->num = p->num * 10 + (ch - '0');
-		} else if (ch == '-' && p->num == 0) {
-			p->neg = 1;
-		} else if (ch == '\r') {
-			p->state = ERB_P_LF;
-		} else {
-			req_error(c, p);
+			} else if (ch == '-' && p->num == 0) {
+				p->neg = 1;
+			} else if (ch == '\r') {
+				p->state = ERB_P_LF;
+				pos++;
+				if (pos >= end) {
+					c->u->pos = pos;
+					return 0;
+				}
+				ch = s->buf[pos & WIN_MASK];
+				goto lf;
+			} else {
+				req_error(c, p);
+				c->u->pos = pos + 1;
+				return 0;
+			}
+			pos++;
+			if (pos >= end)
+				break;
+			ch = s->buf[pos & WIN_MASK];
 		}
-		c->u->pos = pos + 1;
+		c->u->pos = pos;
 		return 0;
 	case ERB_P_LINE:
 		if (ch == '\n') {
@@ -300,6 +319,7 @@ static long req_step(__u32 unused, void *arg)
 		c->u->pos = pos + 1;
 		return 0;
 	case ERB_P_LF:
+lf:
 		c->u->pos = pos + 1;
 		if (ch != '\n') {
 			req_error(c, p);
@@ -324,23 +344,28 @@ static long req_step(__u32 unused, void *arg)
 		return 0;
 	case ERB_P_BULK:
 		if (p->bulk_left > 2 && req_arg_inspect(c, p)) {
-			/* one byte at a time: hashes and numbers */
-			p->arg_hash = (p->arg_hash ^ ch) * FNV_PRIME;
-			p->arg_uhash = (p->arg_uhash ^ upper(ch)) * FNV_PRIME;
-			if (p->argi == 1) {
-				if (ch >= '0' && ch <= '9' && p->num_arg < 100000)
-					p->num_arg = p->num_arg * 10 + (ch - '0');
-				else
-					p->num_ok = 0;
-				p->num_len++;
+			/* its hashes, over the arg's bytes in this window */
+			__u32 ah = p->arg_hash, uh = p->arg_uhash, len = p->arg_len, left = p->bulk_left;
+
+			for (int j = 0; j < 16; j++) {
+				ah = (ah ^ ch) * FNV_PRIME;
+				uh = (uh ^ upper(ch)) * FNV_PRIME;
+				len++;
+				left--;
+				pos++;
+				if (left <= 2 || pos >= end)
+					break;
+				ch = s->buf[pos & WIN_MASK];
 			}
-			p->arg_len++;
-			p->bulk_left--;
-			c->u->pos = pos + 1;
+			p->arg_hash = ah;
+			p->arg_uhash = uh;
+			p->arg_len = len;
+			p->bulk_left = left;
+			c->u->pos = pos;
 			return 0;
 		}
 		if (p->bulk_left > 2) {
-			__u32 n = p->bulk_left - 2, room = c->u->end - pos;
+			__u32 n = p->bulk_left - 2, room = end - pos;
 
 			if (n > room)
 				n = room;
@@ -348,14 +373,19 @@ static long req_step(__u32 unused, void *arg)
 			c->u->pos = pos + n;
 			return 0;
 		}
-		/* the CRLF that ends the bulk */
+		/* the CRLF that ends the bulk (both, when both are here) */
 		if (p->bulk_left == 2 ? ch != '\r' : ch != '\n') {
 			req_error(c, p);
 			c->u->pos = pos + 1;
 			return 0;
 		}
 		p->bulk_left--;
-		c->u->pos = pos + 1;
+		pos++;
+		if (p->bulk_left == 1 && pos < end && s->buf[pos & WIN_MASK] == '\n') {
+			p->bulk_left = 0;
+			pos++;
+		}
+		c->u->pos = pos;
 		if (p->bulk_left)
 			return 0;
 		req_arg_end(c, p);
