@@ -1607,12 +1607,12 @@ static __always_inline void ooo_to_gap(struct erb_flow *f, struct erb_flow_key *
 {
 	struct erb_ooo *st;
 
-	if (!(__sync_fetch_and_and(&f->flags, ~ERB_FLOW_OOO) & ERB_FLOW_OOO))
+	if (!(f->flags & ERB_FLOW_OOO))
 		return;
 	st = bpf_map_lookup_elem(&erb_ooo, key);
 	if (st)
 		flow_gap(f, st->seq, st->seq + st->len);
-	bpf_map_delete_elem(&erb_ooo, key);
+	ooo_forget(f, key);
 }
 
 /* GET; rc -2 when the segment is not a GET and SETs may be answered */
@@ -1730,8 +1730,7 @@ int erb_xdp(struct xdp_md *ctx)
 		f = bpf_map_lookup_elem(&erb_flows, &key);
 		if (f) {
 			flow_release(f, g);
-			if (f->flags & ERB_FLOW_OOO)
-				bpf_map_delete_elem(&erb_ooo, &key);
+			ooo_forget(f, &key);
 		}
 		f = flow_create(&key, s, ERB_FLOW_SYN |
 				(cfg.require_auth ? 0 : ERB_FLOW_AUTHED) |
@@ -1910,11 +1909,8 @@ int erb_xdp(struct xdp_md *ctx)
 			if (ac.rc >= 0)
 				return ac.rc;
 			f->c_nxt = ac.end;
-			if (ac.ooo &&
-			    (__sync_fetch_and_and(&f->flags, ~ERB_FLOW_OOO) & ERB_FLOW_OOO)) {
-				bpf_map_delete_elem(&erb_ooo, &key);
+			if (ac.ooo && ooo_forget(f, &key))
 				stat_inc(ERB_STAT_OOO_RESUMED);
-			}
 			if (pkt_reload(ctx, &k))
 				return XDP_PASS;
 		}

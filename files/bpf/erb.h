@@ -108,9 +108,9 @@ struct erb_parser {
 	__s32 first_key, last_key;	/* key positions of the current command */
 	__u32 key_step;
 	__u32 arg_uhash;	/* FNV-1a of the arg uppercased (subcommands) */
-	__u32 num_arg;		/* value of arg 1 when numeric (SELECT n) */
-	__u32 num_ok;		/* arg 1 parsed as a number so far */
-	__u32 num_len;		/* digits of arg 1 */
+	__u32 num_arg;		/* unused (SELECT 0 is told from arg_hash); kept for the layout */
+	__u32 num_ok;		/* unused, as num_arg */
+	__u32 num_len;		/* unused, as num_arg */
 	__u32 resync;		/* lost the command boundary: wait for a '*' */
 };
 

@@ -121,13 +121,21 @@ static __always_inline void flow_gap(struct erb_flow *f, __u32 lo, __u32 hi)
 		f->gap_hi = hi;
 }
 
+/* Drop the flow's kept out-of-order bytes, if any; 1 when there were some. */
+static __always_inline int ooo_forget(struct erb_flow *f, struct erb_flow_key *k)
+{
+	if (!(__sync_fetch_and_and(&f->flags, ~ERB_FLOW_OOO) & ERB_FLOW_OOO))
+		return 0;
+	bpf_map_delete_elem(&erb_ooo, k);
+	return 1;
+}
+
 static __always_inline void flow_delete(struct erb_flow_key *k, struct erb_flow *f,
 					struct erb_global *g)
 {
 	flow_release(f, g);
 	bpf_map_delete_elem(&erb_aux, k);
-	if (f->flags & ERB_FLOW_OOO)
-		bpf_map_delete_elem(&erb_ooo, k);
+	ooo_forget(f, k);
 	bpf_map_delete_elem(&erb_flows, k);
 	stat_inc(ERB_STAT_FLOW_END);
 }
@@ -155,8 +163,7 @@ static __always_inline void flow_close(struct erb_flow_key *k, struct erb_flow *
 		return;
 	flow_release(f, g);
 	bpf_map_delete_elem(&erb_aux, k);
-	if (__sync_fetch_and_and(&f->flags, ~ERB_FLOW_OOO) & ERB_FLOW_OOO)
-		bpf_map_delete_elem(&erb_ooo, k);
+	ooo_forget(f, k);
 	__sync_fetch_and_or(&f->flags, ERB_FLOW_CLOSED);
 	bpf_timer_init(&f->timer, &erb_flows, 1 /* CLOCK_MONOTONIC */);
 	bpf_timer_set_callback(&f->timer, flow_gc);

@@ -232,6 +232,10 @@ def resp(*args):
     return b''.join(out)
 
 
+# after a gap: a segment too large for erb_ooo to keep (the flow is given up)
+BIG_OOO = resp('SET', 'big', 'x' * (L.ERB_OOO_MAX + 64))
+
+
 def bulk(value):
     return b'$%d\r\n%s\r\n' % (len(value), value)
 

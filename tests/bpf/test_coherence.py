@@ -11,7 +11,7 @@ client-side caching connections never answered in XDP."""
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from erbtest import XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
+from erbtest import BIG_OOO, XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bucket_of, bulk, resp, tcp_payload
 from test_hold import FOREIGN, OK, fast_set, other_flow, passed_once, pending_write, send_held
 
 K = b'key:1'
@@ -209,7 +209,7 @@ def test_connection_whose_unparsed_bytes_passed_waits_for_pending_writes(erb_fas
     erb = erb_fast
     f = Flow(erb).handshake()
     gap = resp('CLIENT', 'TRACKING', 'on')
-    big = resp('SET', 'big', 'x' * (L.ERB_OOO_MAX + 64))
+    big = BIG_OOO
     start = f.c_seq
     rc, _unused = erb.xdp(f.client_frame(big, seq=start + len(gap)))
     assert rc == XDP_PASS

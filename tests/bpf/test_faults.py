@@ -15,10 +15,10 @@ from scapy.packet import Raw
 
 from erbtest import (CMAC, M32, REDIS_PORT, SMAC, TC_ACT_OK, XDP_NAMES, XDP_PASS, XDP_TX, Flow,
                      assert_checksums, bulk, resp, tcp_payload)
+from erbtest import BIG_OOO as BIG
 from erbtest import L
 
 GET_K = resp('GET', 'k')
-BIG = resp('SET', 'big', 'x' * (L.ERB_OOO_MAX + 64))  # after a gap: too large to keep
 
 
 def name(rc):

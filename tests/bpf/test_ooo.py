@@ -9,14 +9,13 @@ fills the gap is parsed with them: their writes invalidate, their keys count in 
 hold rule, their commands in the reply count, and the flow stays tracked (answered
 again), where it used to be given up at the first gap."""
 
+from erbtest import BIG_OOO as BIG
 from erbtest import M32, XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, L, bulk, resp, tcp_payload
 from test_hold import K, nonzero, other_flow, pending_write
 
 GET_K = resp('GET', 'k')
 PONG = b'+PONG\r\n'
 OK = b'+OK\r\n'
-# over ERB_OOO_MAX: a segment too large to keep
-BIG = resp('SET', 'big', 'x' * (L.ERB_OOO_MAX + 64))
 
 
 def name(rc):

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from chaos_workload import SLOW_BUCKETS
+
 HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE / 'chaos_workload.py'
 RTO = 0.2  # Linux's TCP_RTO_MIN: one retransmission timeout on a sub-millisecond path
@@ -118,7 +120,7 @@ def merge_slow(hists):
             a = out.setdefault(k, [0, 0.0])
             a[0] += n
             a[1] = round(a[1] + t, 3)
-    return dict(sorted(out.items(), key=lambda kv: float(kv[0].lstrip('<=>')) + (1 if kv[0][0] == '>' else 0)))
+    return {k: out[k] for k in SLOW_BUCKETS if k in out}
 
 
 def details(w, what):

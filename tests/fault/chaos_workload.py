@@ -239,16 +239,17 @@ class Client(threading.Thread):
 # upper bounds (s) of the slow-request histogram: what a fault costs (under 10 ms: no fault
 # recovery; around 0.2-0.3 s: one RTO or tail-loss probe; beyond: backed-off RTOs)
 SLOW_BOUNDS = (0.01, 0.05, 0.15, 0.3, 0.7, 1.5)
+SLOW_BUCKETS = ['<=%g' % b for b in SLOW_BOUNDS] + ['>%g' % SLOW_BOUNDS[-1]]  # fastest first
 
 
 def slow_histogram(lat):
     """{bucket: [requests, seconds spent]} of latencies lat, bucket '<=bound' or '>last'."""
     h = {}
     for dt in lat:
-        name = next(('<=%g' % b for b in SLOW_BOUNDS if dt <= b), '>%g' % SLOW_BOUNDS[-1])
+        name = SLOW_BUCKETS[next((i for i, b in enumerate(SLOW_BOUNDS) if dt <= b), len(SLOW_BOUNDS))]
         n, t = h.get(name, (0, 0.0))
         h[name] = (n + 1, t + dt)
-    return {k: [n, round(t, 3)] for k, (n, t) in h.items()}
+    return {k: [h[k][0], round(h[k][1], 3)] for k in SLOW_BUCKETS if k in h}
 
 
 def redis_py(host, port, timeout):
