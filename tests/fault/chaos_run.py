@@ -124,12 +124,13 @@ def merge_slow(hists):
 
 
 def details(w, what):
-    """The wrong replies (what='wrong') or errors ('error') of every client, and crashes."""
+    """The wrong replies (what='wrong') or errors ('error') of every client, and crashes;
+    or (what='slow') its requests slower than chaos_workload.SLOW_DETAIL."""
     out = []
     for name, c in w['clients'].items():
-        for d in c[what + '_details']:
+        for d in c.get(what + '_details', ()):
             out.append(dict(d, client=name))
-        if c.get('crash'):
+        if what != 'slow' and c.get('crash'):
             out.append({'client': name, 'crash': c['crash']})
     return out
 

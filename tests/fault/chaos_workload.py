@@ -37,6 +37,7 @@ import threading
 import time
 
 MAX_DETAILS = 20
+SLOW_DETAIL = 0.15  # requests slower than this (s) are listed, up to MAX_DETAILS per client
 TIMING = re.compile(r'^\(\d+\.\d+s\)$')
 
 
@@ -194,15 +195,20 @@ class Client(threading.Thread):
         self.errors = []
         self.nerrors = 0
         self.lat = []
+        self.slow = []
         self.slowest = (0.0, None)
         self.t0 = time.monotonic()
         self.crash = None
 
-    def record(self, dt, what):
+    def record(self, dt, what, port=None):
         self.requests += 1
         self.lat.append(dt)
         if dt > self.slowest[0]:
             self.slowest = (dt, what)
+        if dt > SLOW_DETAIL and len(self.slow) < MAX_DETAILS:
+            # when it started (s since the client started; wall clock, to find it in a capture)
+            self.slow.append({'t': round(time.monotonic() - dt - self.t0, 3), 'wall': round(time.time() - dt, 6),
+                              'after_s': round(dt, 3), 'what': what, 'lport': port})
 
     def bad(self, msg, port):
         self.nwrong += 1
@@ -230,7 +236,7 @@ class Client(threading.Thread):
         def pct(p):
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 4) if lat else None
         return {'ops': self.ops, 'requests': self.requests, 'wrong': self.nwrong, 'wrong_details': self.wrong,
-                'slow': slow_histogram(lat),
+                'slow': slow_histogram(lat), 'slow_details': self.slow,
                 'errors': self.nerrors, 'error_details': self.errors, 'slowest': round(self.slowest[0], 4),
                 'slowest_what': self.slowest[1], 'p50': pct(0.5), 'p99': pct(0.99), 'p999': pct(0.999),
                 'crash': self.crash}
@@ -291,7 +297,7 @@ class PyClient(Client):
                 reply = 'ERR' if 'not an integer' in str(e) else 'error: %s' % e
             except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
                 dt = time.monotonic() - t
-                self.record(dt, '%s %s (failed)' % (cmd, args[0]))
+                self.record(dt, '%s %s (failed)' % (cmd, args[0]), port)
                 self.error('%s %s: %s' % (cmd, ' '.join(args)[:80], e), port, dt)
                 self.model.failed(cmd, args)
                 r.close()
@@ -299,7 +305,7 @@ class PyClient(Client):
                 continue
             dt = time.monotonic() - t
             self.ops += 1
-            self.record(dt, '%s %s' % (cmd, args[0]))
+            self.record(dt, '%s %s' % (cmd, args[0]), port)
             try:
                 self.model.check(cmd, args, reply)
             except Wrong as w:
@@ -320,7 +326,7 @@ class PyClient(Client):
             replies = p.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             dt = time.monotonic() - t
-            self.record(dt, 'MULTI/EXEC (failed)')
+            self.record(dt, 'MULTI/EXEC (failed)', port)
             self.error('MULTI/EXEC %s %s: %s' % (a, b, e), port, dt)
             for c, args in cmds:
                 self.model.failed(c, args)
@@ -328,7 +334,7 @@ class PyClient(Client):
             return
         dt = time.monotonic() - t
         self.ops += len(cmds)
-        self.record(dt, 'MULTI/EXEC %s %s' % (a, b))
+        self.record(dt, 'MULTI/EXEC %s %s' % (a, b), port)
         for (c, args), rep in zip(cmds, replies):
             if isinstance(rep, redis.ResponseError):
                 rep = 'ERR' if 'not an integer' in str(rep) else 'error: %s' % rep
@@ -355,7 +361,7 @@ class PipeClient(PyClient):
                 replies = p.execute(raise_on_error=False)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
                 dt = time.monotonic() - t
-                self.record(dt, 'pipeline of %d (failed)' % len(cmds))
+                self.record(dt, 'pipeline of %d (failed)' % len(cmds), port)
                 self.error('pipeline of %d: %s' % (len(cmds), e), port, dt)
                 for c, args in cmds:
                     self.model.failed(c, args)
@@ -364,7 +370,7 @@ class PipeClient(PyClient):
                 continue
             dt = time.monotonic() - t
             self.ops += len(cmds)
-            self.record(dt, 'pipeline of %d' % len(cmds))
+            self.record(dt, 'pipeline of %d' % len(cmds), port)
             for i, ((c, args), rep) in enumerate(zip(cmds, replies)):
                 if isinstance(rep, redis.ResponseError):
                     rep = 'ERR' if 'not an integer' in str(rep) else 'error: %s' % rep

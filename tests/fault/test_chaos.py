@@ -25,6 +25,7 @@ Run it alone:  .venv/bin/python -m pytest tests/fault/test_chaos.py -s
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import pytest
 
 from erb_conftest import REPO, wait_for
 from chaos_run import RTO, details, lost_writes, mixes, redis_values, run_workloads, table, totals
+from chaos_workload import MAX_DETAILS, SLOW_DETAIL
 from fault_harness import Faults, nstat_values
 
 sys.path.insert(0, str(REPO / 'tests' / 'integration'))
@@ -59,6 +61,8 @@ def start_pcaps(hosts, mix):
     """tcpdump on each client end (erbc<i>, headers and 64 bytes of payload) into
     tests/output/chaos/<mix>-<client ns>.pcap. Receive taps run before the fault programs'
     ingress hook: segments the harness drops towards the client are in the capture too."""
+    if not shutil.which('tcpdump'):
+        pytest.fail('ERB_CHAOS_PCAP=1 needs tcpdump (apt-get install tcpdump)')
     procs = []
     for h in hosts:
         path = OUT / ('%s-%s.pcap' % (mix, h.client_ns))
@@ -66,6 +70,10 @@ def start_pcaps(hosts, mix):
                                        '-U', '-w', str(path), 'tcp port 6379'],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)
+    dead = [p for p in procs if p.poll() is not None]
+    if dead:
+        stop_pcaps(procs)
+        pytest.fail('tcpdump exited at once (rc %s): no capture for mix %s' % (dead[0].returncode, mix))
     return procs
 
 
@@ -190,6 +198,7 @@ def test_chaos(chaos, mix):
     report = {'mix': mix, 'faults': MIXES[mix], 'seconds': SECONDS, 'erb': te, 'alone': ta,
               'erb_wrong': details(w[erb.index], 'wrong'), 'erb_errors': details(w[erb.index], 'error'),
               'alone_wrong': details(w[alone.index], 'wrong'), 'alone_errors': details(w[alone.index], 'error'),
+              'erb_slow': details(w[erb.index], 'slow'), 'alone_slow': details(w[alone.index], 'slow'),
               'lost': lost, 'applied': applied, 'erb_seqs': seqs(att), 'fault_counters': fd,
               'erb_counters': sd, 'agent': ad, 'nstat': nd,
               'per_client': {i: {n: {k: v for k, v in c.items() if not k.endswith('_details')}
@@ -207,6 +216,11 @@ def test_chaos(chaos, mix):
     print('erb-agent (%s, this mix): %s' % (erb.name, json.dumps(ad)))
     for ns in sorted(nd):
         print('nstat -az %s (this mix, non-zero): %s' % (ns, ' '.join('%s=%d' % kv for kv in sorted(nd[ns].items()))))
+    for label, i in (('Redis alone', alone.index), ('ERB', erb.index)):
+        slow_list = sorted(details(w[i], 'slow'), key=lambda d: -d['after_s'])
+        if slow_list:
+            print('%s: %d requests over %.2f s (up to %d per client), slowest first: %s' % (
+                label, len(slow_list), SLOW_DETAIL, MAX_DETAILS, json.dumps(slow_list[:8])))
     for d in report['erb_wrong'][:10] + report['erb_errors'][:10]:
         print('ERB: %s' % json.dumps(d))
 

@@ -7,7 +7,7 @@ Redis can give, and after a failed request both outcomes until a reply decides."
 
 import pytest
 
-from chaos_workload import Model, Wrong
+from chaos_workload import MAX_DETAILS, SLOW_DETAIL, Client, Model, Wrong
 
 
 def test_single_key_commands_are_modelled_exactly():
@@ -44,3 +44,18 @@ def test_a_failed_write_keeps_both_outcomes_until_a_reply_decides():
     m.failed('APPEND', ['k', 'ab'])
     m.check('MGET', ['k'], [None])
     assert m.dump() == {'k': [None]}
+
+
+def test_slow_requests_are_listed_with_their_connection():
+    c = Client('py0', 'p', 2, deadline=0, seed=1)
+    c.record(0.001, 'GET p:py0:0', 40001)
+    c.record(SLOW_DETAIL + 0.2, 'SET p:py0:1', 40001)
+    for _unused in range(MAX_DETAILS + 5):
+        c.record(SLOW_DETAIL + 0.01, 'INCR p:py0:0')
+    s = c.summary()
+    assert s['requests'] == MAX_DETAILS + 7
+    assert len(s['slow_details']) == MAX_DETAILS
+    first = s['slow_details'][0]
+    assert (first['what'], first['lport'], first['after_s']) == ('SET p:py0:1', 40001, round(SLOW_DETAIL + 0.2, 3))
+    assert s['slowest_what'] == 'SET p:py0:1'
+    assert s['slow']['<=0.7'][0] == 1 and s['slow']['<=0.3'][0] == MAX_DETAILS + 5
