@@ -722,6 +722,69 @@ static __always_inline __u64 payload_sum(const char *rep, __u32 start, __u32 len
  * seq/ack as given, TS mirrored, full checksums. Returns XDP_TX or -1 (frame
  * untouched when -1).
  */
+/* Linux's TSval clock: CLOCK_MONOTONIC in ms (tcp_clock_ns() / NSEC_PER_MSEC) */
+static __always_inline __u32 ts_ms_now(void)
+{
+	return (__u32)(bpf_ktime_get_ns() / 1000000);
+}
+
+/*
+ * Learn Redis's TSval clock from its segments (TC egress). Linux stamps a
+ * segment with TSval = the ms clock + a per-connection offset; ts_base is that
+ * offset as seen here, where the ms clock may have ticked once since the
+ * stamp. Trusted (ERB_FLOW_TSCLK) once two segments at least 4 ms apart
+ * agree on it within 1 ms, and kept at the later of agreeing bases. A
+ * connection whose TSvals run on another clock (tcp_usec_ts: microseconds)
+ * never agrees and keeps answers at the client's TSecr.
+ */
+static __always_inline void ts_learn(struct erb_flow *f, __u32 tsval)
+{
+	__u32 b = tsval - ts_ms_now();
+	__s32 d = (__s32)(b - f->ts_base);
+
+	if (!f->ts_last) {
+		f->ts_base = b;
+		f->ts_last = tsval;
+		return;
+	}
+	if ((__s32)(tsval - f->ts_last) < 4)
+		return;		/* too close to the last check (or older): tells nothing */
+	if (d >= -1 && d <= 1) {
+		if (d > 0)
+			f->ts_base = b;
+		if (!(f->flags & ERB_FLOW_TSCLK))
+			__sync_fetch_and_or(&f->flags, ERB_FLOW_TSCLK);
+	} else {
+		f->ts_base = b;
+		if (f->flags & ERB_FLOW_TSCLK)
+			__sync_fetch_and_and(&f->flags, ~ERB_FLOW_TSCLK);
+	}
+	f->ts_last = tsval;
+}
+
+/*
+ * The TSval of an answer: the TSval Redis would send now, less the 1 ms the
+ * clock may be ahead of a stamp (PAWS forgives 1), when its clock is known;
+ * never older than the client's TSecr or our last answer's. An older one is
+ * dropped by PAWS when a Redis segment sent meanwhile reaches the client first
+ * (a retransmission after an RTO, whose ACK was on a request we answered):
+ * the client then waits for its own RTO, twice.
+ */
+static __always_inline __u32 ts_answer(struct erb_flow *f, __u32 tsecr)
+{
+	__u32 v = tsecr;
+
+	if (f->flags & ERB_FLOW_TSCLK) {
+		__u32 now = f->ts_base + ts_ms_now() - 1;
+
+		if (after(now, v))
+			v = now;
+	}
+	if (f->s_tsval && after(f->s_tsval, v))
+		v = f->s_tsval;
+	return v;
+}
+
 static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 				     const char *rep, __u32 rstart, __u32 rlen,
 				     __u32 seq, __u32 ack, __u16 win)
@@ -747,7 +810,7 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	h->sport = k->tcp->source;
 	h->dport = k->tcp->dest;
 	h->thl = o->ts_off ? 32 : 20;
-	h->tsval = o->tsecr;
+	h->tsval = o->ans_tsval;
 	h->tsecr = o->tsval;
 	h->seq = seq;
 	h->ack = ack;
@@ -1720,6 +1783,7 @@ int erb_xdp(struct xdp_md *ctx)
 		o->ts_off = 0;
 		o->sack_off = 0;
 	}
+	o->ans_tsval = o->tsecr;
 	key.saddr = k.ip->saddr;
 	key.daddr = k.ip->daddr;
 	key.sport = k.tcp->source;
@@ -1774,6 +1838,8 @@ int erb_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 	}
 
+	if (o->ts_off)
+		o->ans_tsval = ts_answer(f, o->tsecr);
 	if (k.tcp->ack) {
 		__u32 a = bpf_ntohl(k.tcp->ack_seq);
 
@@ -1997,6 +2063,26 @@ static __always_inline void tc_opts(struct __sk_buff *skb, struct erb_scratch *s
 		bpf_loop(20, opt_step, &sp, 0);
 }
 
+struct tsctx {
+	struct __sk_buff *skb;
+	struct erb_flow *f;
+	__u32 off;		/* of the TCP options */
+	__u32 olen;
+};
+
+/* Redis's TSval, when its options start NOP NOP TS as Linux's do, to ts_learn(). */
+static long ts_step(__u32 i, void *arg)
+{
+	struct tsctx *x = arg;
+	__u8 o[8];
+
+	if (!x->skb || !x->f || !(x->f->flags & ERB_FLOW_TS) || x->olen < 12 || bpf_skb_load_bytes(x->skb, x->off & 127, o, sizeof(o)) ||
+	    o[0] != 1 || o[1] != 1 || o[2] != 8 || o[3] != 10)
+		return 1;
+	ts_learn(x->f, (__u32)o[4] << 24 | (__u32)o[5] << 16 | (__u32)o[6] << 8 | o[7]);
+	return 1;
+}
+
 SEC("tc")
 int erb_tc_egress(struct __sk_buff *skb)
 {
@@ -2009,6 +2095,7 @@ int erb_tc_egress(struct __sk_buff *skb)
 	struct iphdr *ip;
 	struct tcphdr *t;
 	struct rctx r = {};
+	struct tsctx tx;
 	__u32 thl, tot, plen, seq, ack, cseq, toff, csum_off, flags, olen, resend, s_nxt;
 
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
@@ -2068,6 +2155,12 @@ int erb_tc_egress(struct __sk_buff *skb)
 		}
 		return TC_ACT_OK;
 	}
+	/* Linux puts NOP NOP TS first: Redis's TSval, before any rewrite below */
+	tx.skb = skb;
+	tx.f = f;
+	tx.off = toff + sizeof(*t);
+	tx.olen = olen;
+	bpf_loop(1, ts_step, &tx, 0);
 	cseq = map_sseq(&sadj, seq);
 	s_nxt = f->s_nxt;
 	resend = plen && !after(cseq + plen, s_nxt);	/* all bytes already sent */

@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	4
+#define ERB_LAYOUT_VERSION	5
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -143,6 +143,12 @@ struct erb_parser {
  * resumes over them once the gap is filled, so the flow stays tracked.
  */
 #define ERB_FLOW_OOO		(1U << 18)
+/*
+ * Redis's TSval clock is known (ts_base): two of its segments at least 4 ms
+ * apart agreed on it within 1 ms. XDP answers then carry the TSval Redis
+ * would send now (erb.bpf.c, ts_learn).
+ */
+#define ERB_FLOW_TSCLK		(1U << 19)
 
 struct erb_seqadj {
 	__u32 pos;		/* correction position (see erb.bpf.c) */
@@ -180,7 +186,9 @@ struct erb_flow {
 	__u32 gap_lo, gap_hi;	/* untracked: client bytes passed unparsed */
 	__u64 hold_wseq;	/* write_seq when the segment was first held (0: none) */
 	__u32 hold_end;		/* end (client seq) of the bytes that bound covers */
-	__u32 hold_pad;
+	__u32 ts_base;		/* Redis's TSval minus the ms clock (ERB_FLOW_TSCLK) */
+	__u32 ts_last;		/* the TSval ts_base was last checked with (0: none yet) */
+	__u32 ts_pad;
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */

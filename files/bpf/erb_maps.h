@@ -182,6 +182,7 @@ struct pctx {
 struct tcp_opts {
 	__u32 ts_off;		/* offset of the TS option from the TCP header, 0 none */
 	__u32 tsval, tsecr;
+	__u32 ans_tsval;	/* the TSval an answer to this segment carries (ts_answer) */
 	__u32 sack_off;		/* offset of the SACK option, 0 none */
 	__u32 sack_n;		/* blocks */
 	__u32 wscale;		/* window scale option + 1, 0 none */

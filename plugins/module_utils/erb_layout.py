@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 4
+ERB_LAYOUT_VERSION = 5
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -69,6 +69,7 @@ ERB_FLOW_HELLO = 1 << 15
 ERB_FLOW_WATCH = 1 << 16
 ERB_FLOW_PUSHES = 1 << 17
 ERB_FLOW_OOO = 1 << 18
+ERB_FLOW_TSCLK = 1 << 19
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
@@ -297,7 +298,9 @@ class ErbFlow(ctypes.Structure):
         ('gap_hi', u32),
         ('hold_wseq', u64),
         ('hold_end', u32),
-        ('hold_pad', u32),
+        ('ts_base', u32),
+        ('ts_last', u32),
+        ('ts_pad', u32),
         ('wr', ErbWr * ERB_WR_RING),
         ('req', ErbParser),
         ('rep', ErbParser),

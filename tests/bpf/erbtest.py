@@ -310,6 +310,12 @@ M32 = 0xffffffff
 
 # ------------------------------------------------------------------ flows
 
+# Redis's TSvals in a Flow's frames advance by this much per segment: faster than any clock,
+# so ERB never takes them for Linux's ms clock (ts_learn) and its answers carry the client's
+# TSecr, which tests can predict. tests/bpf/test_tsclock.py stamps them from the real clock.
+S_TS_STEP = 100003
+
+
 class Flow(object):
     """One client <-> Redis TCP connection driven through erb_xdp and erb_tc_egress.
 
@@ -369,7 +375,7 @@ class Flow(object):
         if options is None:
             options = []
             if ts:
-                self.s_tsval = (self.s_tsval + 1) & M32
+                self.s_tsval = (self.s_tsval + S_TS_STEP) & M32
                 options = [('NOP', None), ('NOP', None), ('Timestamp', (self.s_tsval, self.s_recent))]
         pkt = (Ether(src=SMAC, dst=CMAC) /
                IP(src=self.sip, dst=self.cip, id=2, flags='DF') /
