@@ -274,6 +274,16 @@ def lport(r):
         return None
 
 
+def pool_port(r):
+    """Local port of the pooled connection r's next pipeline takes (redis-py's pool hands out
+    the connection released last), None before the first: pipelines do not use r's single
+    connection."""
+    try:
+        return r.connection_pool._available_connections[-1]._sock.getsockname()[1]
+    except (AttributeError, IndexError, OSError):
+        return None
+
+
 class PyClient(Client):
     """redis-py, one command (or one MULTI/EXEC) per round trip."""
 
@@ -320,7 +330,7 @@ class PyClient(Client):
         p = r.pipeline(transaction=True)
         for c, args in cmds:
             p.execute_command(c, *args)
-        port = lport(r)
+        port = pool_port(r)
         t = time.monotonic()
         try:
             replies = p.execute(raise_on_error=False)
@@ -355,7 +365,7 @@ class PipeClient(PyClient):
             p = r.pipeline(transaction=False)
             for c, args in cmds:
                 p.execute_command(c, *args)
-            port = lport(r)
+            port = pool_port(r)
             t = time.monotonic()
             try:
                 replies = p.execute(raise_on_error=False)

@@ -132,6 +132,43 @@ def fix_tcp_checksum(frame):
     return bytes(b) + frame[seg_end:]
 
 
+def ip_checksum(hdr):
+    data = bytes(hdr[:10]) + b'\0\0' + bytes(hdr[12:])
+    return ~fold(sum(array.array('H', data))) & 0xffff
+
+
+def segments(frame, mtu=1500):
+    """The frame as it would leave a link of this MTU: a TCP/IPv4 frame taken before
+    segmentation (a GSO packet: the detour's TC hook runs before it) is cut into MSS-sized
+    segments (seq, IP id and lengths advanced, PSH and FIN on the last only), since the
+    detour's socket refuses anything over the MTU and the frame would be lost."""
+    if len(frame) - 14 <= mtu or len(frame) < 34 or frame[12:14] != b'\x08\x00' or frame[23] != 6:
+        return [frame]
+    ihl = (frame[14] & 0x0f) * 4
+    t = 14 + ihl
+    thl = (frame[t + 12] >> 4) * 4
+    tot = struct.unpack_from('!H', frame, 16)[0] or len(frame) - 14
+    payload = frame[t + thl:14 + tot]
+    mss = mtu - ihl - thl
+    if mss <= 0 or not payload:
+        return [frame]
+    ip_id, seq = struct.unpack_from('!H', frame, 18)[0], struct.unpack_from('!I', frame, t + 4)[0]
+    out = []
+    for i, off in enumerate(range(0, len(payload), mss)):
+        chunk = payload[off:off + mss]
+        last = off + mss >= len(payload)
+        f = bytearray(frame[:t + thl]) + chunk
+        struct.pack_into('!H', f, 16, ihl + thl + len(chunk))
+        struct.pack_into('!H', f, 18, (ip_id + i) & 0xffff)
+        struct.pack_into('!H', f, 24, 0)
+        struct.pack_into('H', f, 24, ip_checksum(f[14:t]))
+        struct.pack_into('!I', f, t + 4, (seq + off) & 0xffffffff)
+        if not last:
+            f[t + 13] &= ~0x09 & 0xff  # PSH, FIN
+        out.append(bytes(f))
+    return out
+
+
 class Daemon(object):
     def __init__(self, index, obj_path, port):
         self.index = index
@@ -270,7 +307,8 @@ class Daemon(object):
     def send(self, item):
         frame, d = item[2], item[3]
         try:
-            self.sock.send(fix_tcp_checksum(frame))
+            for seg in segments(frame):
+                self.sock.send(fix_tcp_checksum(seg))
             self.user[d]['sent'] += 1
         except OSError as e:
             sys.stderr.write('fault_daemon: send: %s\n' % e)
