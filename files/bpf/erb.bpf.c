@@ -142,6 +142,12 @@ static long opt_step(__u32 unused, void *arg)
 	return 0;
 }
 
+/* Options that start NOP NOP TS, the layout Linux sends (4 bytes at o checked) */
+static __always_inline int nop_nop_ts(const __u8 *o)
+{
+	return o[0] == 1 && o[1] == 1 && o[2] == 8 && o[3] == 10;
+}
+
 /* TCP options of a client segment: timestamps and SACK positions. */
 static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 					struct erb_scratch *s)
@@ -157,9 +163,7 @@ static __always_inline int xdp_tcp_opts(struct xdp_md *ctx, struct pkt *k, struc
 	o->mss = 0;
 	if (len == 0)
 		return 0;
-	/* the common case: NOP NOP TS */
-	if (len == 12 && (void *)(opt + 12) <= end && opt[0] == 1 && opt[1] == 1 &&
-	    opt[2] == 8 && opt[3] == 10) {
+	if (len == 12 && (void *)(opt + 12) <= end && nop_nop_ts(opt)) {
 		o->ts_off = sizeof(struct tcphdr) + 2;
 		o->tsval = bpf_ntohl(*(__u32 *)(opt + 4));
 		o->tsecr = bpf_ntohl(*(__u32 *)(opt + 8));
@@ -717,11 +721,6 @@ static __always_inline __u64 payload_sum(const char *rep, __u32 start, __u32 len
 	return sum;
 }
 
-/*
- * Turn the request frame into the reply: headers swapped, payload s->rep,
- * seq/ack as given, TS mirrored, full checksums. Returns XDP_TX or -1 (frame
- * untouched when -1).
- */
 /* Linux's TSval clock: CLOCK_MONOTONIC in ms (tcp_clock_ns() / NSEC_PER_MSEC) */
 static __always_inline __u32 ts_ms_now(void)
 {
@@ -785,6 +784,11 @@ static __always_inline __u32 ts_answer(struct erb_flow *f, __u32 tsecr)
 	return v;
 }
 
+/*
+ * Turn the request frame into the reply: headers swapped, payload s->rep,
+ * seq/ack as given, TSval o->ans_tsval and TSecr the request's TSval, full
+ * checksums. Returns XDP_TX or -1 (frame untouched when -1).
+ */
 static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 				     const char *rep, __u32 rstart, __u32 rlen,
 				     __u32 seq, __u32 ack, __u16 win)
@@ -2076,8 +2080,8 @@ static long ts_step(__u32 i, void *arg)
 	struct tsctx *x = arg;
 	__u8 o[8];
 
-	if (!x->skb || !x->f || !(x->f->flags & ERB_FLOW_TS) || x->olen < 12 || bpf_skb_load_bytes(x->skb, x->off & 127, o, sizeof(o)) ||
-	    o[0] != 1 || o[1] != 1 || o[2] != 8 || o[3] != 10)
+	if (!x->skb || !x->f || !(x->f->flags & ERB_FLOW_TS) || x->olen < 12 ||
+	    bpf_skb_load_bytes(x->skb, x->off & 127, o, sizeof(o)) || !nop_nop_ts(o))
 		return 1;
 	ts_learn(x->f, (__u32)o[4] << 24 | (__u32)o[5] << 16 | (__u32)o[6] << 8 | o[7]);
 	return 1;

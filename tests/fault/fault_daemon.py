@@ -133,6 +133,7 @@ def fix_tcp_checksum(frame):
 
 
 def ip_checksum(hdr):
+    """The IPv4 header checksum of hdr (its checksum field taken as zero)."""
     data = bytes(hdr[:10]) + b'\0\0' + bytes(hdr[12:])
     return ~fold(sum(array.array('H', data))) & 0xffff
 
@@ -160,7 +161,6 @@ def segments(frame, mtu=1500):
         f = bytearray(frame[:t + thl]) + chunk
         struct.pack_into('!H', f, 16, ihl + thl + len(chunk))
         struct.pack_into('!H', f, 18, (ip_id + i) & 0xffff)
-        struct.pack_into('!H', f, 24, 0)
         struct.pack_into('H', f, 24, ip_checksum(f[14:t]))
         struct.pack_into('!I', f, t + 4, (seq + off) & 0xffffffff)
         if not last:
