@@ -1723,9 +1723,11 @@ static enum verify_result cache_verify(struct agent *a, const char *key, size_t 
 
 		if (!entry_read(e, &v))
 			return V_RETRY;
-		if (v.state == ERB_ENTRY_EMPTY || v.gen != gen)
+		/* as in erb_cache.h: only a never-used slot ends a chain */
+		if (v.state == ERB_ENTRY_EMPTY)
 			break;
-		if (v.state != ERB_ENTRY_VALID || v.hash != h || v.klen != klen || memcmp(v.key, key, klen))
+		if (v.state != ERB_ENTRY_VALID || v.gen != gen || v.hash != h || v.klen != klen ||
+		    memcmp(v.key, key, klen))
 			continue;
 		if ((rv->string && rv->len == v.vlen && !memcmp(rv->buf, v.val, v.vlen)) ||
 		    v.wseq > load_applied(a)) {
@@ -1754,9 +1756,11 @@ static bool cache_has(struct agent *a, const char *key, size_t klen)
 		const struct erb_entry *e = cache_slot(a, h, i);
 		uint32_t state = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
 
-		if (state == ERB_ENTRY_EMPTY || __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen)
+		/* as in erb_cache.h: only a never-used slot ends a chain */
+		if (state == ERB_ENTRY_EMPTY)
 			return false;
-		if (state == ERB_ENTRY_VALID && __atomic_load_n(&e->hash, __ATOMIC_RELAXED) == h)
+		if (state == ERB_ENTRY_VALID && __atomic_load_n(&e->gen, __ATOMIC_RELAXED) == gen &&
+		    __atomic_load_n(&e->hash, __ATOMIC_RELAXED) == h)
 			return true;
 	}
 	return false;

@@ -412,7 +412,7 @@ static long key_step(__u32 i, void *arg)
 		bucket_fence(b);
 		stat_inc(ERB_STAT_UNTRACKED_WRITE);
 	}
-	cache_invalidate(h, g->cache_gen);
+	cache_invalidate(h);
 	return 0;
 }
 
@@ -624,7 +624,7 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	struct erb_entry *e;
 	__u32 idx, v1, vl, hl, d;
 
-	cache_probe(s, s->key, klen, h, gen);
+	cache_probe(s, s->key, klen, h, gen, 1);
 	if (s->pr.hit < 0)
 		return -1;
 	idx = s->pr.hit;

@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	5
+#define ERB_LAYOUT_VERSION	6
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -58,7 +58,7 @@ struct erb_entry {
 	__u16 vlen;
 	__u64 wseq;		/* write sequence (SET fast path, later) */
 	__u32 ref;		/* CLOCK reference bit: set by a hit, cleared by an eviction sweep */
-	__u32 pad;
+	__u32 slot;		/* its own index in erb_cache (where its erb_tags byte is) */
 	char key[ERB_KEY_MAX];	/* zero-padded to its last 8-byte word; the bytes after are stale */
 	char val[ERB_VAL_MAX];	/* vlen bytes; the bytes after are stale */
 };

@@ -15,6 +15,17 @@ struct {
 	__type(value, struct erb_entry);
 } erb_cache SEC(".maps");
 
+/*
+ * The cache slots' tags, eight to a word: max_entries = cache_entries / 8
+ * rounded up (set at load). See erb_cache.h, "The tags".
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 128);
+	__type(key, __u32);
+	__type(value, __u64);
+} erb_tags SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);

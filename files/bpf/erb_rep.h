@@ -74,7 +74,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	}
 	/* a write that raced the store must see no stale entry afterwards */
 	if (g->overflow || *ep != a->fill_epoch || g->cache_gen != gen || fenced(g, b)) {
-		cache_invalidate(a->fill_hash, gen);
+		cache_invalidate(a->fill_hash);
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}

@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 5
+ERB_LAYOUT_VERSION = 6
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -202,7 +202,7 @@ class ErbEntry(ctypes.Structure):
         ('vlen', u16),
         ('wseq', u64),
         ('ref', u32),
-        ('pad', u32),
+        ('slot', u32),
         ('key', ctypes.c_char * ERB_KEY_MAX),
         ('val', ctypes.c_char * ERB_VAL_MAX),
     ]
@@ -400,6 +400,7 @@ BPF_F_MMAPABLE = 1 << 10
 # name -> (map type, key size, value size).  max_entries is load-time config.
 MAPS = {
     'erb_cache': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbEntry)),
+    'erb_tags': (BPF_MAP_TYPE_ARRAY, 4, 8),
     'erb_flows': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbFlow)),
     'erb_aux': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbAux)),
     'erb_ooo': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbOoo)),

@@ -58,11 +58,21 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some dri
 # erb_events holds acknowledged SETs not yet in Redis and erb_locks guards
 # them: both are flow state too (an upgrade must never drop either).
 STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events',
-              'erb_locks', 'erb_ooo', 'erb_cache', 'erb_cmds', 'erb_stats', 'erb_parked')
+              'erb_locks', 'erb_ooo', 'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked')
 FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence',
                    'erb_events', 'erb_locks', 'erb_ooo')
 
 DEFAULT_RING_BYTES = 4 << 20
+# Maps reused only together: erb_tags holds the tags of erb_cache's slots (a
+# tag of 0 hides a slot from lookups and invalidations), so a cache kept with
+# new tags, or tags kept with a new cache, would hide live entries.
+COUPLED_MAPS = {'erb_cache': ('erb_tags',), 'erb_tags': ('erb_cache',)}
+
+
+def tag_words(cache_entries):
+    """erb_tags' max_entries: one byte per cache slot, eight to a word."""
+    return (cache_entries + 7) // 8
+
 
 # The erb_io kernel module (files/kmod) as the I/O path of fast SETs.
 IO_PATHS = ('auto', 'ring', 'kmod')
@@ -716,6 +726,7 @@ def _configure(obj, cfg):
     data[off:off + size] = bytes(bytearray(erb_config(cfg)))
     rodata.set_initial_value(bytes(data))
     obj.find_map('erb_cache').set_max_entries(cfg['cache_entries'])
+    obj.find_map('erb_tags').set_max_entries(tag_words(cfg['cache_entries']))
     obj.find_map('erb_flows').set_max_entries(cfg['max_flows'])
     obj.find_map('erb_aux').set_max_entries(cfg['max_flows'])
     obj.find_map('erb_events').set_max_entries(cfg.get('ring_bytes', DEFAULT_RING_BYTES))
@@ -725,14 +736,20 @@ def _reuse_maps(obj, target, held):
     """Reuse every compatible pinned state map; refuse incompatible flow state.
     Returns the names reused; their fds are appended to held."""
     reused = []
+    pinned = {}
     for name in STATE_MAPS:
         fd = open_pinned(target.map_pin(name))
         if fd is None:
             continue
         held.append(fd)
+        pinned[name] = (fd, B.map_info(fd))
+    for name in STATE_MAPS:
+        if name not in pinned:
+            continue
+        fd, info = pinned[name]
         m = obj.find_map(name)
-        info = B.map_info(fd)
-        if map_compatible(info, m):
+        if map_compatible(info, m) and all(n in pinned and map_compatible(pinned[n][1], obj.find_map(n))
+                                           for n in COUPLED_MAPS.get(name, ())):
             m.reuse_fd(fd)
             reused.append(name)
         elif name in FLOW_STATE_MAPS:

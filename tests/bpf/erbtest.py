@@ -141,6 +141,7 @@ class Erb(object):
                 B.map_delete(fd, ctypes.create_string_buffer(raw, ksize))
             assert not list(B.map_keys(fd, ksize)), '%s not empty after reset' % name
         _zero_array(self.fds['erb_cache'], self.config['cache_entries'], ctypes.sizeof(L.ErbEntry))
+        _zero_array(self.fds['erb_tags'], EL.tag_words(self.config['cache_entries']), 8)
         _zero_array(self.fds['erb_inflight'], L.ERB_INFLIGHT_BUCKETS, 4)
         _zero_array(self.fds['erb_ufence'], L.ERB_INFLIGHT_BUCKETS, 8)
         _zero_array(self.fds['erb_global'], 1, ctypes.sizeof(L.ErbGlobal))

@@ -209,7 +209,7 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     assert res['pin_dir'] == d
     expected = {'link_xdp', 'link_tc', 'meta'} | set('map_' + m for m in (
         'erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events', 'erb_locks',
-        'erb_ooo', 'erb_cache',
+        'erb_ooo', 'erb_cache', 'erb_tags',
         'erb_cmds', 'erb_stats', 'erb_parked'))
     assert set(os.listdir(d)) == expected
     links, progs = res['link_ids'], res['prog_ids']
@@ -219,6 +219,7 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     assert (li.type, li.ifindex, li.attach_type) == (libbpf.BPF_LINK_TYPE_TCX, net.ifindex(net.a),
                                                      libbpf.BPF_TCX_EGRESS)
     assert map_info_pinned(os.path.join(d, 'map_erb_cache')).max_entries == 1024
+    assert map_info_pinned(os.path.join(d, 'map_erb_tags')).max_entries == 1024 // 8
 
     # Second run: nothing to do.
     again = bpf(net, pins, objects['v0'])
@@ -243,8 +244,9 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     assert upd['link_ids'] == links
     assert upd['prog_ids']['xdp'] != progs['xdp'] and upd['prog_ids']['tc'] != progs['tc']
     assert upd['links'] == {'xdp': 'updated', 'tc': 'updated'}
-    assert 'erb_flows' in upd['maps_reused'] and upd['maps_created'] == ['erb_cache']
+    assert 'erb_flows' in upd['maps_reused'] and upd['maps_created'] == ['erb_cache', 'erb_tags']
     assert map_info_pinned(os.path.join(d, 'map_erb_cache')).max_entries == 4096
+    assert map_info_pinned(os.path.join(d, 'map_erb_tags')).max_entries == 4096 // 8
     assert map_info_pinned(os.path.join(d, 'map_erb_flows')).id == flows_id
     assert net.xdp_prog_id(net.a) == upd['prog_ids']['xdp']
 
