@@ -522,6 +522,8 @@ struct agent {
 	uint32_t cache_entries, hash_prime, max_probes;
 	uint32_t *wepoch;		/* erb_wepoch mmapped; NULL: not mmapable */
 	size_t wepoch_len;
+	const uint8_t *tags;		/* erb_tags mmapped (a byte per slot); NULL: read the entries */
+	size_t tags_len;
 	int stats_fd;			/* erb_stats (per-CPU), -1 when absent */
 	unsigned int ncpus;
 	/* hash entries: per slot, the ver verified to have no TTL (0 none) */
@@ -829,6 +831,36 @@ out:
 		close(fd);
 }
 
+/*
+ * erb_tags: a byte per cache slot (erb_cache.h, "The tags"). cache_has() skips
+ * slots whose tag is another key's, and stops at a never-written one, without
+ * touching their 1.7 KB entries (a cold one is a cache and TLB miss each, per
+ * invalidated key). Without it, the entries are read.
+ */
+static void open_tags(struct agent *a)
+{
+	struct bpf_map_info info;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	int fd = open_pin_optional(a, "map_erb_tags");
+
+	if (fd < 0 || map_info(fd, "erb_tags", &info)) {
+		log_info("no map_erb_tags: cache lookups read the entries");
+		goto out;
+	}
+	if (info.type != BPF_MAP_TYPE_ARRAY || info.value_size != 8 ||
+	    (uint64_t)info.max_entries * 8 < a->cache_entries || !(info.map_flags & BPF_F_MMAPABLE)) {
+		log_warn("map_erb_tags: type %u, value %u bytes, %u entries, flags 0x%x: not the tags of "
+			 "%u slots this agent knows; cache lookups read the entries", info.type,
+			 info.value_size, info.max_entries, info.map_flags, a->cache_entries);
+		goto out;
+	}
+	a->tags_len = page_round((size_t)info.max_entries * 8, page);
+	a->tags = map_mmap(fd, a->tags_len, PROT_READ, 0, "erb_tags");
+out:
+	if (fd >= 0)
+		close(fd);
+}
+
 /* erb_stats (per-CPU counters): fills tell when to look for new hash entries. */
 static void open_stats(struct agent *a)
 {
@@ -1116,6 +1148,7 @@ static int open_maps(struct agent *a)
 	if (read_meta(a) || open_ring(a) || open_global(a) || open_cache(a))
 		return -1;
 	open_wepoch(a);
+	open_tags(a);
 	open_stats(a);
 	open_park(a);
 	a->hash_ok = calloc(a->cache_entries, sizeof(*a->hash_ok));
@@ -1751,10 +1784,22 @@ static enum verify_result cache_verify(struct agent *a, const char *key, size_t 
 static bool cache_has(struct agent *a, const char *key, size_t klen)
 {
 	uint32_t h = fnv1a(key, klen), gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
+	uint8_t tag = h >> 24 ? h >> 24 : 1;
 
 	for (uint32_t i = 0; i < a->max_probes; i++) {
 		const struct erb_entry *e = cache_slot(a, h, i);
-		uint32_t state = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
+		uint32_t state;
+
+		if (a->tags) {
+			/* set by XDP before the entry shows the hash: never hides it */
+			uint8_t t = __atomic_load_n(&a->tags[e - a->cache], __ATOMIC_ACQUIRE);
+
+			if (!t)
+				return false;
+			if (t != tag)
+				continue;
+		}
+		state = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
 
 		/* as in erb_cache.h: only a never-used slot ends a chain */
 		if (state == ERB_ENTRY_EMPTY)

@@ -21,6 +21,7 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);	/* erb-agent reads them */
 	__uint(max_entries, 128);
 	__type(key, __u32);
 	__type(value, __u64);

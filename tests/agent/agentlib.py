@@ -82,6 +82,11 @@ def fnv1a(data):
     return h
 
 
+def tag_of(h):
+    """The erb_tags byte of a key hash (erb_cache.h hash_tag())."""
+    return (h >> 24) or 1
+
+
 def slot_of(h, i):
     return (h + i * (1 + h % HASH_PRIME)) % CACHE_ENTRIES
 
@@ -161,7 +166,7 @@ class BpfEnv(object):
         if self.lib.bpf_object__load(self.obj):
             raise OSError(ctypes.get_errno(), 'bpf_object__load %s' % obj_path)
         self.fds = {}
-        for name in ('erb_events', 'erb_global', 'erb_cache', 'erb_wepoch', 'erb_stats'):
+        for name in ('erb_events', 'erb_global', 'erb_cache', 'erb_tags', 'erb_wepoch', 'erb_stats'):
             m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
             if self.lib.bpf_map__pin(m, str(self.pin_dir / ('map_' + name)).encode()):
                 raise OSError(ctypes.get_errno(), 'pin %s' % name)
@@ -173,6 +178,8 @@ class BpfEnv(object):
                               mmap.PROT_READ | mmap.PROT_WRITE)
         self.cache = mmap.mmap(self.fds['erb_cache'], CACHE_ENTRIES * ENTRY_SIZE, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
+        self.tags = mmap.mmap(self.fds['erb_tags'], CACHE_ENTRIES, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
         self.wepochs = mmap.mmap(self.fds['erb_wepoch'], INFLIGHT_BUCKETS * 4, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
         self._in = _TestIn()
@@ -197,6 +204,7 @@ class BpfEnv(object):
     def close(self):
         self.glob.close()
         self.cache.close()
+        self.tags.close()
         self.wepochs.close()
         self.lib.bpf_object__close(self.obj)
         subprocess.run(['umount', str(self.root)], check=False)
@@ -273,15 +281,16 @@ class BpfEnv(object):
         for i in range(MAX_PROBES):
             idx = slot_of(h, i)
             e = self.entry(idx)
-            if e['state'] == ENTRY_EMPTY or e['gen'] != gen:
-                free = idx if free is None else free
-                break
-            if e['state'] == ENTRY_VALID and e['hash'] == h and e['key'] == key:
+            live = e['state'] == ENTRY_VALID and e['gen'] == gen
+            if live and e['hash'] == h and e['key'] == key:
                 free = idx
                 break
-            if e['state'] != ENTRY_VALID and free is None:
+            if not live and free is None:
                 free = idx
+            if e['state'] == ENTRY_EMPTY:      # only a never-written slot ends the chain
+                break
         assert free is not None, 'no free slot for %r' % key
+        self.tags[free] = tag_of(h)            # the tag first, as entry_write() does
         off = free * ENTRY_SIZE
         ver = self.entry(free)['ver']
         struct.pack_into('<I', self.cache, off + 4, ver + 1)

@@ -47,6 +47,15 @@ struct {
 	__type(value, struct erb_entry);
 } erb_cache SEC(".maps");
 
+/* The slots' tags, as erb.bpf.c's (erb_cache.h, "The tags"): the agent reads them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, CACHE_ENTRIES / 8);
+	__type(key, __u32);
+	__type(value, __u64);
+} erb_tags SEC(".maps");
+
 /* Per key-hash bucket write epochs, as erb.bpf.c's (mmapable: the agent bumps them). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

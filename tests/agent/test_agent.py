@@ -361,6 +361,32 @@ def test_daemon_mode_with_pidfile_and_auth(env, tmp_path):
 
 # ------------------------------------------------------ coherence with Redis
 
+def test_invalidation_reads_the_slot_tags(env):
+    # erb_tags says which key a slot last held: the agent reads an entry only
+    # when its slot's tag matches the key's hash. An entry behind a tag of
+    # another key is not looked at (counted as not cached, left as it is); with
+    # its own tag back, the next invalidation deletes it.
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    r.set(b'tagged', b'v1')
+    time.sleep(0.2)
+    slot = env.bpf.cache_put(b'tagged', b'v1')
+    own = env.bpf.tags[slot]
+    env.bpf.tags[slot] = (own % 255) + 1            # another key's tag
+    def not_cached():
+        return (agent.read_stats() or {}).get('invalidations_not_cached', 0)
+
+    before = not_cached()
+    r.set(b'tagged', b'v2')
+    wait_for(lambda: not_cached() > before, timeout=5,
+             what='invalidation of a slot tagged for another key counted as not cached')
+    assert env.bpf.cache_state(b'tagged') == 'valid'
+    env.bpf.tags[slot] = own
+    r.set(b'tagged', b'v3')
+    wait_for(lambda: env.bpf.cache_state(b'tagged') == 'gone', timeout=5, what='entry deleted by its own tag')
+
+
 def test_invalidation_of_an_uncached_key_bumps_its_write_epoch(env):
     # A write-through fill of k captured before another client's SET k is in
     # flight: the key is not cached yet, so only its bucket's write epoch can
