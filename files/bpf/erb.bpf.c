@@ -366,7 +366,7 @@ static long hold_step(__u32 i, void *arg)
 		}
 	}
 	x->s->cur.nlocked = i + 1;
-	if (x->s->cur.pending && key_pending(h, x->g->cache_gen, x->applied)) {
+	if (x->s->cur.pending && key_pending(h, x->applied)) {
 		x->s->cur.held = 1;
 		return 1;
 	}
@@ -412,7 +412,32 @@ static long key_step(__u32 i, void *arg)
 		bucket_fence(b);
 		stat_inc(ERB_STAT_UNTRACKED_WRITE);
 	}
-	cache_invalidate(h);
+	return 0;
+}
+
+/*
+ * Pass 3: the written keys' cache entries deleted, every probe of every key
+ * one step of one bpf_loop (step i: key i / ERB_MAX_PROBES, probe i %
+ * ERB_MAX_PROBES). Not a loop in key_step(): on 6.1 a fourth frame (erb_xdp,
+ * parse_step, key_step, its probe) is over the 512-byte stack limit.
+ */
+static long inval_key_step(__u32 i, void *arg)
+{
+	struct erb_scratch *s = ((struct kctx *)arg)->s;
+	__u32 k = (i / ERB_MAX_PROBES) & (KEYQ - 1), p = i % ERB_MAX_PROBES;
+
+	if (!s)
+		return 1;
+	if (p == 0) {
+		s->ic.skip = !s->keyq_w[k];
+		s->ic.h = s->keyq[k];
+		s->ic.tag = hash_tag(s->ic.h);
+		s->ic.n = 0;
+	}
+	if (!s->ic.skip && p < cfg.max_probes && inval_probe(s, p))
+		s->ic.skip = 1;
+	if (p == ERB_MAX_PROBES - 1 && s->ic.n)
+		stat_inc(ERB_STAT_INVALIDATE);
 	return 0;
 }
 
@@ -465,8 +490,11 @@ static __always_inline void xdp_effects(struct pctx *c, __u32 fl_orig)
 
 	x.tracked = u->tracked;
 	x.applied = c->g->applied_seq;
-	if (u->nkeys)
+	if (u->nkeys) {
 		bpf_loop(keyq_len(u), key_step, &x, 0);
+		c->s->ic.applied = x.applied;
+		bpf_loop(keyq_len(u) * ERB_MAX_PROBES, inval_key_step, &x, 0);
+	}
 	if (u->nlocked)
 		bpf_loop(u->nlocked > KEYQ ? KEYQ : u->nlocked, unlock_step, &x, 0);
 	if (u->flush || u->keyq_full || u->block) {

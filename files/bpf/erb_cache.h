@@ -103,51 +103,67 @@ static __always_inline int key_equal(const char *a, const char *b, __u32 klen)
  * entry whose fast-path write Redis does not have yet stays: its key is held
  * until it is applied (no write of it can pass meanwhile).
  */
-struct ictx {
-	__u32 h, tag, n;
-	__u64 applied;
-};
-
-/* One probe of an invalidation (a bpf_loop step: verified once, not per probe) */
-static long inval_step(__u32 i, void *arg)
+/*
+ * Probe i of the invalidation in s->ic (h, tag, applied; n counts the
+ * deletions). Returns 1 at the end of the chain.
+ */
+static __always_inline int inval_probe(struct erb_scratch *s, __u32 i)
 {
-	struct ictx *x = arg;
-	__u32 idx = slot_of(x->h, i);
 	struct erb_entry *e;
+	__u32 idx = slot_of(s->ic.h, i);
 	int end;
 
-	if (tag_skip(idx, x->tag, &end))
+	if (tag_skip(idx, s->ic.tag, &end))
 		return end;
 	e = bpf_map_lookup_elem(&erb_cache, &idx);
 	if (!e || entry_end(e))
 		return 1;
-	if (e->state == ERB_ENTRY_VALID && e->hash == x->h && e->wseq <= x->applied) {
+	if (e->state == ERB_ENTRY_VALID && e->hash == s->ic.h && e->wseq <= s->ic.applied) {
 		__sync_fetch_and_add(&e->ver, 1);
 		e->state = ERB_ENTRY_TOMB;
 		__sync_fetch_and_add(&e->ver, 1);
-		x->n++;
+		s->ic.n++;
 	}
 	return 0;
+}
+
+/*
+ * One probe of an invalidation (a bpf_loop step: verified once, not per
+ * probe). Its state is in the scratch (s->ic), its context one pointer: the
+ * stack of every frame counts against one 512-byte limit on older kernels.
+ */
+static long inval_step(__u32 i, void *arg)
+{
+	struct erb_scratch *s = *(struct erb_scratch **)arg;
+
+	if (!s)
+		return 1;
+	return inval_probe(s, i);
 }
 
 static __always_inline int cache_invalidate(__u32 h)
 {
 	struct erb_global *g = global();
-	struct ictx x = { .h = h, .tag = hash_tag(h), .applied = g ? g->applied_seq : 0 };
+	struct erb_scratch *s = scratch();
 	__u32 n = cfg.max_probes;
 
+	if (!s)
+		return 0;
+	s->ic.h = h;
+	s->ic.tag = hash_tag(h);
+	s->ic.n = 0;
+	s->ic.applied = g ? g->applied_seq : 0;
 	if (n > ERB_MAX_PROBES)
 		n = ERB_MAX_PROBES;
-	bpf_loop(n, inval_step, &x, 0);
-	if (x.n)
+	bpf_loop(n, inval_step, &s, 0);
+	if (s->ic.n)
 		stat_inc(ERB_STAT_INVALIDATE);
-	return x.n;
+	return s->ic.n;
 }
 
 struct fctx {
-	struct erb_scratch *s;
+	struct erb_scratch *s;	/* s->fnv_len: the key's length */
 	const char *buf;	/* ERB_KEY_MAX bytes, in a map value */
-	__u32 len;
 };
 
 /*
@@ -164,7 +180,7 @@ static long fnv_step(__u32 i, void *arg)
 	h = x->s->fnv;
 #pragma clang loop unroll(full)
 	for (__u32 j = 0; j < 8; j++) {
-		if (i * 8 + j >= x->len)
+		if (i * 8 + j >= x->s->fnv_len)
 			break;
 		h = (h ^ (__u8)x->buf[o + j]) * FNV_PRIME;
 	}
@@ -180,7 +196,7 @@ static __always_inline __u32 fnv_key(struct erb_scratch *s, const char *buf, __u
 	s->fnv = FNV_OFFSET;
 	if (len > ERB_KEY_MAX)
 		len = ERB_KEY_MAX;
-	x.len = len;
+	s->fnv_len = len;
 	bpf_loop((len + 7) / 8, fnv_step, &x, 0);
 	return s->fnv;
 }
@@ -195,10 +211,8 @@ struct prctx {
 	struct erb_scratch *s;
 	const char *key;	/* zero-padded, ERB_KEY_MAX bytes, in a map value */
 	__u32 h, klen, gen;
-	__u32 look;		/* a lookup: skip slots by their tags (pr.free then tells nothing) */
-	__u32 tag;
+	__u32 look_tag;		/* a lookup: the key's tag, to skip slots by (pr.free then tells nothing) */
 	__u64 applied;
-	__u64 touch;		/* sink of the value loads below */
 };
 
 /* One probe: stop at the key (pr.hit) or the end of the chain. */
@@ -212,10 +226,10 @@ static long probe_step(__u32 i, void *arg)
 	if (!s || !x->key)
 		return 1;
 	idx = slot_of(x->h, i);
-	if (x->look) {
+	if (x->look_tag) {
 		int end;
 
-		if (tag_skip(idx, x->tag, &end))
+		if (tag_skip(idx, x->look_tag, &end))
 			return end;
 	}
 	e = bpf_map_lookup_elem(&erb_cache, &idx);
@@ -226,7 +240,7 @@ static long probe_step(__u32 i, void *arg)
 	 * the header's: a hit (or a fill) reads them next, and a cold entry
 	 * would otherwise cost two misses in a row (perf: most of a GET hit).
 	 */
-	x->touch += *(volatile __u64 *)e->val + *(volatile __u64 *)(e->val + 64);
+	s->pr.touch += *(volatile __u64 *)e->val + *(volatile __u64 *)(e->val + 64);
 	/* ver before the fields: an insert re-checks it under the entry's lock */
 	ver = READ_ONCE(e->ver);
 	if (e->state == ERB_ENTRY_VALID && e->gen != x->gen && e->wseq > x->applied)
@@ -258,8 +272,8 @@ static long probe_step(__u32 i, void *arg)
 static __always_inline void cache_probe(struct erb_scratch *s, const char *key, __u32 klen,
 					__u32 h, __u32 gen, __u32 look)
 {
-	struct prctx x = { .s = s, .key = key, .h = h, .klen = klen, .gen = gen, .look = look,
-			   .tag = hash_tag(h) };
+	struct prctx x = { .s = s, .key = key, .h = h, .klen = klen, .gen = gen,
+			   .look_tag = look ? hash_tag(h) : 0 };
 	struct erb_global *g = global();
 	__u32 n = cfg.max_probes;
 
@@ -273,7 +287,7 @@ static __always_inline void cache_probe(struct erb_scratch *s, const char *key, 
 
 /* Is an acknowledged fast-path write of this key hash still not in Redis? */
 struct hctx {
-	__u32 h, gen, tag;
+	__u32 h, tag;
 	__u64 applied;
 	__u32 pending;
 };
@@ -298,9 +312,9 @@ static long pending_step(__u32 i, void *arg)
 	return 0;
 }
 
-static __always_inline int key_pending(__u32 h, __u32 gen, __u64 applied)
+static __always_inline int key_pending(__u32 h, __u64 applied)
 {
-	struct hctx x = { .h = h, .gen = gen, .tag = hash_tag(h), .applied = applied };
+	struct hctx x = { .h = h, .tag = hash_tag(h), .applied = applied };
 	__u32 n = cfg.max_probes;
 
 	if (n > ERB_MAX_PROBES)

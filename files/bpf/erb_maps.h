@@ -235,6 +235,7 @@ struct erb_scratch {
 	struct rhdr h;
 	__u8 opt[40];			/* TCP options being parsed */
 	__u32 fnv;			/* hash being computed by fnv_step */
+	__u32 fnv_len;			/* of the key it hashes */
 	struct {
 		__u32 i, len, ts_off, tsval, tsecr, sack_off, sack_n, bad;
 		__u32 wscale;		/* window scale option + 1, 0 none */
@@ -248,7 +249,12 @@ struct erb_scratch {
 		__s32 victim;		/* CLOCK victim of a full window, -1 none */
 		__u32 vver;		/* its ver */
 		__u32 evict;		/* the slot claimed for an insert is a victim */
+		__u64 touch;		/* sink of probe_step()'s value loads */
 	} pr;				/* cache probe result */
+	struct {
+		__u32 h, tag, n, skip;
+		__u64 applied;
+	} ic;				/* cache_invalidate()'s probe (off the stack: 6.1 counts 512 B for all frames) */
 	struct erb_aux zero_aux;	/* all zero: template for new aux entries */
 	struct erb_ooo ooo;		/* a new erb_ooo entry, built here */
 	__u32 hit_unsent;		/* a cached reply this segment could not be sent: no fill */

@@ -64,7 +64,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	 * A hash may carry a TTL TC cannot see: it is served only once the
 	 * agent has checked (PTTL -1) and made it ERB_TYPE_HASH.
 	 */
-	rc = key_pending(a->fill_hash, gen, g->applied_seq) ||
+	rc = key_pending(a->fill_hash, g->applied_seq) ||
 	     cache_store(c->s, a->fill_hash, a->fill_key, a->fill_klen, a->fill_val,
 			 a->fill_vlen, gen, type == ERB_TYPE_HASH ? ERB_TYPE_HASH_UNVERIFIED : type);
 	__sync_lock_test_and_set(bl, 0);

@@ -1,0 +1,172 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Where ERB's BPF time goes: perf samples per BPF program, callback and helper, per request.
+
+A profile, not a benchmark: on the local fleet host erb-r1 (ERB deployed),
+each load runs from erb-c1 while `perf record -a -e cpu-clock` samples both
+CPUs; the samples of every BPF program (erb_xdp, erb_tc_egress and each
+bpf_loop callback, which perf names bpf_prog_<tag>_<name>) and of the
+helpers they call are turned into nanoseconds per request:
+
+    share of all samples x (CPUs x seconds sampled) / requests in those seconds
+
+and, for the BPF programs that cost most, the offsets in their JIT image
+that took the most samples: one offset taking most of a program's samples is a
+stall (a cache miss on the load just before it), spread samples are work.
+
+Loads (redis-benchmark, 10,000 keys, 100-byte values):
+  get      GET hits, 50 connections (keys written first: SET fills the cache)
+  incr     INCR of uncached keys, 50 connections (passed writes)
+  incr-p16 INCR, 10 connections pipelining 16 (passed writes, many per segment)
+
+    .venv/bin/python bench/profile.py [--loads get,incr,incr-p16] [--seconds 8]
+
+Needs root, perf (apt-get install linux-perf) and the fleet up with ERB
+deployed (scripts/demo). Writes bench/results/profile.json.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, 'bench', 'results')
+SERVER, CLIENT, ADDR = 'erb-r1', 'erb-c1', '10.250.1.1'
+LOADS = {
+    'get': ['-t', 'get', '-c', '50', '-n', '5000000'],
+    'incr': ['-t', 'incr', '-c', '50', '-n', '5000000'],
+    'incr-p16': ['-t', 'incr', '-c', '10', '-P', '16', '-n', '50000000'],
+}
+# kernel functions the BPF programs call (helpers and what they run)
+HELPERS = re.compile(r'^(bpf_|__bpf_|copy_from_kernel_nofault$|csum_partial$)')
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def preflight():
+    if os.geteuid() != 0:
+        raise SystemExit('bench/profile.py needs root (perf -a, network namespaces)')
+    if not shutil.which('perf'):
+        raise SystemExit('bench/profile.py needs perf: apt-get install linux-perf')
+    if not shutil.which('redis-benchmark'):
+        raise SystemExit('bench/profile.py needs redis-benchmark: apt-get install redis-tools')
+    names = sh(['ip', 'netns', 'list'])
+    if SERVER not in names or CLIENT not in names:
+        raise SystemExit('the local fleet is not up: run scripts/demo (or inventory/local/fleet.sh up 2 and '
+                         'deploy with ansible-playbook -i inventory/local playbooks/deploy.yml)')
+    link = sh(['ip', 'netns', 'exec', SERVER, 'ip', 'link', 'show', 'erbs1'])
+    if 'prog/xdp' not in link:
+        raise SystemExit('ERB is not attached on %s (no XDP program on erbs1): deploy it first' % SERVER)
+
+
+def bench_cmd(args):
+    return ['ip', 'netns', 'exec', CLIENT, 'redis-benchmark', '-h', ADDR, '-r', '10000', '-d', '100', '-q'] + args
+
+
+def rps_of(text):
+    found = re.findall(r'([0-9.]+) requests per second', text.replace('\r', '\n'))
+    return float(found[-1]) if found else None
+
+
+def perf_report(data):
+    out = sh(['perf', 'report', '-i', data, '--sort', 'sym', '--stdio'], stderr=subprocess.DEVNULL)
+    rows = []
+    for line in out.splitlines():
+        m = re.match(r'\s*([0-9.]+)%\s+\[([k.])\]\s+(\S+)', line)
+        if m:
+            rows.append((m.group(3), float(m.group(1))))
+    return rows
+
+
+def hot_offsets(data, syms):
+    out = sh(['perf', 'script', '-i', data, '-F', 'ip,sym,symoff'], stderr=subprocess.DEVNULL)
+    counts = collections.defaultdict(collections.Counter)
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and '+0x' in parts[-1]:
+            sym, off = parts[-1].rsplit('+', 1)
+            if sym in syms:
+                counts[sym][off] += 1
+    return {s: c for s, c in counts.items()}
+
+
+def profile(name, seconds, tmp):
+    load = LOADS[name]
+    # the keys GETs hit: written once (fills)
+    subprocess.run(bench_cmd(['-t', 'set', '-n', '30000']), check=True, capture_output=True)
+    b = subprocess.Popen(bench_cmd(load), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    data = os.path.join(tmp, '%s.data' % name)
+    try:
+        time.sleep(1.5)
+        sh(['perf', 'record', '-a', '-F', '4999', '-e', 'cpu-clock', '-o', data, '--', 'sleep', str(seconds)],
+           stderr=subprocess.STDOUT)
+    finally:
+        b.terminate()
+        text = b.communicate()[0]
+    rps = rps_of(text)
+    if not rps:
+        raise SystemExit('%s: redis-benchmark printed no rate:\n%s' % (name, text[-2000:]))
+    ncpu = os.cpu_count()
+    per_req = 1e9 * ncpu / rps          # ns of all CPUs per request
+    rows = perf_report(data)
+    bpf = [(s, p) for s, p in rows if s.startswith('bpf_prog_') or HELPERS.match(s)]
+    top = [s for s, _p in bpf if s.startswith('bpf_prog_')][:3]
+    hot = hot_offsets(data, set(top))
+    res = {'load': ' '.join(load), 'rps': rps, 'cpu_ns_per_request': per_req, 'symbols': [], 'hot': {}}
+    for s, p in bpf:
+        res['symbols'].append({'symbol': s, 'share_pct': p, 'ns_per_request': p / 100 * per_req})
+    for s in top:
+        c = hot.get(s, collections.Counter())
+        total = sum(c.values()) or 1
+        res['hot'][s] = [{'offset': o, 'share_pct': 100.0 * n / total} for o, n in c.most_common(3)]
+    return res
+
+
+def show(res, name):
+    print('\n== %s: %s, %.0f req/s, %.0f ns of CPU per request (all CPUs)'
+          % (name, res['load'], res['rps'], res['cpu_ns_per_request']))
+    total = 0.0
+    for r in res['symbols']:
+        if r['ns_per_request'] >= 1:
+            print('  %-48s %5.2f%%  %6.0f ns/req' % (r['symbol'], r['share_pct'], r['ns_per_request']))
+        total += r['ns_per_request']
+    print('  %-48s         %6.0f ns/req' % ('BPF programs and helpers, total', total))
+    for s, offs in res['hot'].items():
+        print('  hottest in %s: %s' % (s, ', '.join('+%s %.0f%%' % (o['offset'], o['share_pct']) for o in offs)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--loads', default='get,incr,incr-p16', help='comma-separated: %s' % ', '.join(LOADS))
+    ap.add_argument('--seconds', type=float, default=8.0, help='perf sampling time per load (default 8)')
+    args = ap.parse_args()
+    loads = [n for n in args.loads.split(',') if n]
+    bad = [n for n in loads if n not in LOADS]
+    if bad:
+        raise SystemExit('unknown load(s) %s: choose from %s' % (', '.join(bad), ', '.join(LOADS)))
+    preflight()
+    started = time.time()
+    out = {}
+    with tempfile.TemporaryDirectory(prefix='erb-profile-') as tmp:
+        for i, name in enumerate(loads):
+            print('[%d/%d] %s: %.0f s of samples ...' % (i + 1, len(loads), name, args.seconds), flush=True)
+            out[name] = profile(name, args.seconds, tmp)
+            show(out[name], name)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, 'profile.json')
+    with open(path, 'w') as fh:
+        json.dump(out, fh, indent=1, sort_keys=True)
+    print('\ntotal %.0f s; %s' % (time.time() - started, os.path.relpath(path, REPO)))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
