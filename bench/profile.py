@@ -45,11 +45,11 @@ LOADS = {
     'incr-p16': ['-t', 'incr', '-c', '10', '-P', '16', '-n', '50000000'],
 }
 # kernel functions the BPF programs call (helpers and what they run)
-HELPERS = re.compile(r'^(bpf_|__bpf_|copy_from_kernel_nofault$|csum_partial$)')
+HELPERS = re.compile(r'^(bpf_(?!lsm_)|__bpf_|copy_from_kernel_nofault$|csum_partial$)')   # not LSM hooks
 
 
-def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+def sh(cmd, stderr=subprocess.PIPE):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=stderr, text=True).stdout
 
 
 def preflight():
@@ -96,7 +96,7 @@ def hot_offsets(data, syms):
             sym, off = parts[-1].rsplit('+', 1)
             if sym in syms:
                 counts[sym][off] += 1
-    return {s: c for s, c in counts.items()}
+    return dict(counts)
 
 
 def profile(name, seconds, tmp):
@@ -145,7 +145,7 @@ def show(res, name):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--loads', default='get,incr,incr-p16', help='comma-separated: %s' % ', '.join(LOADS))
     ap.add_argument('--seconds', type=float, default=8.0, help='perf sampling time per load (default 8)')
     args = ap.parse_args()

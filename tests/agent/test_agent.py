@@ -374,6 +374,7 @@ def test_invalidation_reads_the_slot_tags(env):
     slot = env.bpf.cache_put(b'tagged', b'v1')
     own = env.bpf.tags[slot]
     env.bpf.tags[slot] = (own % 255) + 1            # another key's tag
+
     def not_cached():
         return (agent.read_stats() or {}).get('invalidations_not_cached', 0)
 
