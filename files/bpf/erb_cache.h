@@ -69,6 +69,16 @@ static __always_inline __u32 slot_tag(__u32 idx)
 	return t ? READ_ONCE(t[idx & 7]) : TAG_UNKNOWN;
 }
 
+/* Tag slot idx with hash h: before the entry shows h (entry_write()). */
+static __always_inline void slot_tag_set(__u32 idx, __u32 h)
+{
+	__u32 w = idx / 8;
+	__u8 *t = bpf_map_lookup_elem(&erb_tags, &w);
+
+	if (t)
+		WRITE_ONCE(t[idx & 7], hash_tag(h));
+}
+
 /* Skip slot idx when looking for hash h? (its tag says another key, or none) */
 static __always_inline int tag_skip(__u32 idx, __u32 tag, int *end)
 {
@@ -343,13 +353,8 @@ static __always_inline void entry_write(struct erb_entry *e, __u32 h, const char
 	 * The tag first (cache_claim() noted the slot): a lookup that reads the
 	 * old tag skips a slot that does not hold this key yet.
 	 */
-	if (e->slot < cfg.cache_entries) {
-		__u32 w = e->slot / 8;
-		__u8 *t = bpf_map_lookup_elem(&erb_tags, &w);
-
-		if (t)
-			WRITE_ONCE(t[e->slot & 7], hash_tag(h));
-	}
+	if (e->slot < cfg.cache_entries)
+		slot_tag_set(e->slot, h);
 	__sync_fetch_and_add(&e->ver, 1);
 	e->state = ERB_ENTRY_VALID;
 	e->ref = 1;

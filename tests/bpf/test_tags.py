@@ -15,20 +15,10 @@ import ctypes
 
 import pytest
 
+from test_eviction import ENTRIES, OK, window  # the 64-slot cache's probe windows
 from erbtest import B, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, fnv1a, live_entries, resp, tcp_payload
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 from ansible_collections.erb.booster.plugins.module_utils import erb_loader as EL
-
-ENTRIES = 64
-PROBES = L.ERB_MAX_PROBES
-PRIME = EL.hash_prime(ENTRIES)
-OK = b'+OK\r\n'
-
-
-def window(key):
-    h = fnv1a(key)
-    return [(h + i * (1 + h % PRIME)) % ENTRIES for i in range(PROBES)]
-
 
 def hash_tag(key):
     return (fnv1a(key) >> 24) or 1
