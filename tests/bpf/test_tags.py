@@ -20,6 +20,7 @@ from erbtest import B, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, fnv1a, live_entr
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 from ansible_collections.erb.booster.plugins.module_utils import erb_loader as EL
 
+
 def hash_tag(key):
     return (fnv1a(key) >> 24) or 1
 
