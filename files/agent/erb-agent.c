@@ -871,7 +871,7 @@ static void open_stats(struct agent *a)
 	if (a->stats_fd < 0)
 		return;
 	if (map_info(a->stats_fd, "erb_stats", &info) || info.type != BPF_MAP_TYPE_PERCPU_ARRAY ||
-	    info.value_size != sizeof(uint64_t) || info.max_entries <= ERB_STAT_FILL || n < 1) {
+	    info.value_size != sizeof(uint64_t) || info.max_entries <= ERB_STAT_FILL_HASH || n < 1) {
 		close(a->stats_fd);
 		a->stats_fd = -1;
 		return;
@@ -2051,11 +2051,11 @@ static int verify_round(struct agent *a)
 
 /* ------------------------------------------------------- hashes with a TTL */
 
-/* Fills so far (sum of erb_stats[ERB_STAT_FILL] over the CPUs); 0 unknown. */
+/* HGETALL fills so far (sum of erb_stats[ERB_STAT_FILL_HASH] over the CPUs); 0 unknown. */
 static uint64_t fills_now(struct agent *a)
 {
 	uint64_t v[a->ncpus ? a->ncpus : 1], sum = 0;
-	__u32 key = ERB_STAT_FILL;
+	__u32 key = ERB_STAT_FILL_HASH;
 
 	if (a->stats_fd < 0 || bpf_map_lookup_elem(a->stats_fd, &key, v))
 		return 0;
@@ -2091,12 +2091,13 @@ struct hash_check {
 };
 
 /*
- * While fills happen (erb_stats' FILL counter moves; always when that map is
- * absent), look at the next HASH_SCAN_CHUNK cache slots every
+ * While HGETALL fills happen (erb_stats' FILL_HASH counter moves; always when
+ * that map is absent), look at the next HASH_SCAN_CHUNK cache slots every
  * HASH_SCAN_FAST_MS for hash entries not checked in their current version
  * and ask Redis their PTTL (pipelined, db 0): no TTL keeps the entry (and
  * makes an unverified fill servable), a TTL or a missing key deletes it.
- * A full pass with no fill since it began ends the scanning.
+ * A full pass with no HGETALL fill since it began ends the scanning (string
+ * fills need no check: a scan for them would walk the cache for nothing).
  * Returns -1 when the connection broke.
  */
 static int hash_scan(struct agent *a)

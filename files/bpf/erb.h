@@ -320,6 +320,7 @@ enum erb_stat {
 	ERB_STAT_PARKED,		/* held segment copied to erb_parked for the agent to replay */
 	ERB_STAT_OOO_KEPT,		/* segment after a gap passed, its bytes kept for the parser */
 	ERB_STAT_OOO_RESUMED,		/* gap filled: the kept bytes parsed, the flow still tracked */
+	ERB_STAT_FILL_HASH,		/* of ERB_STAT_FILL: HGETALL replies (served once erb-agent checked the TTL) */
 	ERB_STAT_MAX,
 };
 

@@ -79,6 +79,8 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		return;
 	}
 	stat_inc(ERB_STAT_FILL);
+	if (type == ERB_TYPE_HASH)
+		stat_inc(ERB_STAT_FILL_HASH);
 }
 
 struct rctx {

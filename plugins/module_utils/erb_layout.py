@@ -165,6 +165,7 @@ STAT_NAMES = (
     'parked',
     'ooo_kept',
     'ooo_resumed',
+    'fill_hash',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

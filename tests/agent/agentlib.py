@@ -57,7 +57,7 @@ def _stat_index(name):
     return re.findall(r'^\s*(ERB_STAT_\w+)', body, re.M).index('ERB_STAT_' + name)
 
 
-STAT_FILL = _stat_index('FILL')
+STAT_FILL_HASH = _stat_index('FILL_HASH')
 INFLIGHT_BUCKETS = 65536
 BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
@@ -250,11 +250,11 @@ class BpfEnv(object):
         return struct.unpack_from('<I', self.glob, G_CACHE_GEN)[0]
 
     # -- erb_stats
-    def count_fill(self):
-        """Add one to ERB_STAT_FILL (on CPU 0), as erb.bpf.c does after storing a fill."""
+    def count_hash_fill(self):
+        """Add one to ERB_STAT_FILL_HASH (on CPU 0), as erb.bpf.c does after storing an HGETALL fill."""
         ncpu = self.lib.libbpf_num_possible_cpus()
         vals = (ctypes.c_uint64 * ncpu)()
-        key = ctypes.c_uint32(STAT_FILL)
+        key = ctypes.c_uint32(STAT_FILL_HASH)
         if self.lib.bpf_map_lookup_elem(self.fds['erb_stats'], ctypes.byref(key), vals):
             raise OSError(ctypes.get_errno(), 'erb_stats lookup')
         vals[0] += 1

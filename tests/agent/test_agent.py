@@ -531,7 +531,7 @@ def test_hash_entries_of_keys_with_a_ttl_are_deleted(env):
     env.bpf.cache_put(b'h_new', HASH_REPLY, typ=T.TYPE_HASH_UNVERIFIED)
     env.bpf.cache_put(b'h_new_ttl', HASH_REPLY, typ=T.TYPE_HASH_UNVERIFIED)
     env.bpf.cache_put(b's_plain', b'v')
-    env.bpf.count_fill()      # as erb.bpf.c does after a fill: the agent looks for new entries
+    env.bpf.count_hash_fill()  # as erb.bpf.c does after an HGETALL fill: the agent looks for new entries
     for k in (b'h_ttl', b'h_gone', b'h_new_ttl'):
         wait_for(lambda k=k: env.bpf.cache_state(k) == 'gone', timeout=5, what='%r deleted' % k)
     wait_for(lambda: (env.bpf.cache_entry(b'h_new') or {}).get('type') == T.TYPE_HASH, timeout=5,

@@ -59,7 +59,9 @@ def test_hit_exact_reply(erb, size, ts):
     f = Flow(erb, ts=ts).handshake()
     value = value_of(size)
     f.set(b'key:%d' % size, value)
-    assert erb.stats()['fill'] == 1
+    st = erb.stats()
+    # a string fill: erb-agent's scan for unchecked hashes stays asleep
+    assert (st['fill'], st['fill_hash']) == (1, 0), st
     server_next = f.c_ack
     rc, out = f.get(b'key:%d' % size)
     assert rc == XDP_TX, XDP_NAMES.get(rc, rc)
