@@ -9,7 +9,7 @@ Run inside a client namespace, against one Redis (ERB or not) for a bounded time
     ip netns exec erb-c1 .venv/bin/python tests/fault/chaos_workload.py \
         --host 10.250.1.1 --prefix chaos:loss --seconds 25 --out /tmp/w1.json
 
-Clients (threads of this process):
+Clients (each a process of its own, see run_apart()):
   py<n>   redis-py, one command per round trip: plain SET (ERB's fast path), GET hits and
           misses, DEL of several keys, INCR, APPEND, MGET, and MULTI/EXEC transactions
   pipe    redis-py pipeline (no transaction) of 5-30 mixed commands per round trip
@@ -480,6 +480,57 @@ class CliClient(Client):
         self.kill()
 
 
+def run_apart(clients, limit):
+    """Run each client in a process of its own and return {name: {'summary', 'model', 'hung'}}.
+
+    Real clients are separate processes. As threads of one process they would share one GIL,
+    and a client served faster (an XDP answer) would take interpreter time from the others:
+    the pipelining client, many commands per round trip, would then count fewer ops although
+    nothing on the server side slowed it. A client still running after `limit` seconds is
+    reported hung, with what it recorded until then."""
+    import multiprocessing
+    ctx = multiprocessing.get_context('fork')
+    procs = []
+    for c in clients:
+        rx, tx = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=client_process, args=(c, limit, tx), name=c.name, daemon=True)
+        p.start()
+        tx.close()
+        procs.append((c, p, rx))
+    results = {}
+    for c, p, rx in procs:
+        # the child sends after its own bounded join, so this wait is bounded too
+        if rx.poll(limit + 30):
+            results[c.name] = rx.recv()
+        else:
+            c.crash = 'client process sent no result within %.0f s' % (limit + 30)
+            c.nerrors += 1
+            results[c.name] = {'summary': c.summary(), 'model': c.model.dump(), 'hung': True}
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return results
+
+
+def client_process(c, limit, tx):
+    """In the child: run client c in a thread, so that a hung one can still report; send its
+    result. (A Thread object made before the fork says it is not alive in the child after a
+    timed-out join, so completion is an Event.)"""
+    done = threading.Event()
+
+    def body():
+        c.run()
+        done.set()
+    threading.Thread(target=body, daemon=True).start()
+    hung = not done.wait(limit)
+    tx.send({'summary': c.summary(), 'model': c.model.dump(), 'hung': hung})
+    tx.close()
+    if hung and getattr(c, 'proc', None):
+        c.proc.kill()
+    os._exit(0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--host', required=True)
@@ -499,17 +550,14 @@ def main():
     clients.append(PipeClient('pipe', a.prefix, a.keys, deadline, a.seed * 100 + 50, **kw))
     clients.append(CliClient('cli', a.prefix, a.keys, deadline, a.seed * 100 + 60, **kw))
     t0 = time.monotonic()
-    for c in clients:
-        c.start()
-    for c in clients:
-        c.join(a.seconds + a.timeout * 3 + 30)
+    results = run_apart(clients, a.seconds + a.timeout * 3 + 30)
     elapsed = time.monotonic() - t0
     out = {'host': a.host, 'prefix': a.prefix, 'seconds': round(elapsed, 3),
-           'clients': {c.name: c.summary() for c in clients},
-           'hung': [c.name for c in clients if c.is_alive()],
+           'clients': {name: r['summary'] for name, r in results.items()},
+           'hung': [name for name, r in results.items() if r['hung']],
            'model': {}}
-    for c in clients:
-        out['model'].update(c.model.dump())
+    for r in results.values():
+        out['model'].update(r['model'])
     with open(a.out + '.tmp', 'w') as f:
         json.dump(out, f)
     os.replace(a.out + '.tmp', a.out)

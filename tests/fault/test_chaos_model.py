@@ -5,9 +5,12 @@
 """The chaos workload's reply model (chaos_workload.Model): it accepts exactly the replies
 Redis can give, and after a failed request both outcomes until a reply decides."""
 
+import os
+import time
+
 import pytest
 
-from chaos_workload import MAX_DETAILS, SLOW_DETAIL, Client, Model, Wrong
+from chaos_workload import MAX_DETAILS, SLOW_DETAIL, Client, Model, Wrong, run_apart
 
 
 def test_single_key_commands_are_modelled_exactly():
@@ -59,3 +62,35 @@ def test_slow_requests_are_listed_with_their_connection():
     assert (first['what'], first['lport'], first['after_s']) == ('SET p:py0:1', 40001, round(SLOW_DETAIL + 0.2, 3))
     assert s['slowest_what'] == 'SET p:py0:1'
     assert s['slow']['<=0.7'][0] == 1 and s['slow']['<=0.3'][0] == MAX_DETAILS + 5
+
+
+class Counting(Client):
+    """Sets its keys and records one request per key, in the child process."""
+
+    def work(self):
+        for k in self.keys:
+            self.model.check('SET', [k, str(os.getpid())], 'OK')
+            self.ops += 1
+            self.record(0.001, 'SET ' + k)
+
+
+class Stuck(Counting):
+    def work(self):
+        super().work()
+        time.sleep(30)
+
+
+def test_each_client_runs_in_a_process_of_its_own_and_reports_back():
+    clients = [Counting('a', 'p', 2, 0, 1), Counting('b', 'p', 2, 0, 2), Stuck('s', 'p', 1, 0, 3)]
+    t = time.monotonic()
+    res = run_apart(clients, 2)
+    assert time.monotonic() - t < 20, 'a stuck client held the run past its limit'
+    assert sorted(res) == ['a', 'b', 's']
+    pids = set()
+    for name, r in res.items():
+        assert r['summary']['ops'] == len(r['model']) and r['summary']['requests'] == r['summary']['ops']
+        pids.update(v[0] for v in r['model'].values())
+        assert r['hung'] == (name == 's'), r
+    # the keys were written in three other processes (none in this one)
+    assert len(pids) == 3 and str(os.getpid()) not in pids
+    assert clients[0].ops == 0, 'the parent\'s copy of a client must not have run'
