@@ -957,21 +957,28 @@ static __always_inline struct erb_flow *flow_create(struct erb_flow_key *key,
 	return bpf_map_lookup_elem(&erb_flows, key);
 }
 
-/* Answer the request again from the copy of its reply (client lost it). */
+/*
+ * Answer the request again from the copy of its reply (client lost it).
+ * -1: no copy (another CPU is writing a newer answer's), -2: the frame cannot
+ * grow to the answer's size (the frame is untouched).
+ */
 static __always_inline int xdp_reanswer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 					struct erb_flow *f, struct erb_flow_key *key)
 {
 	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, key);
 	int rc;
 
-	if (!a || a->last_rep_len != f->last_rep_len || !a->last_rep_len)
+	if (!a || a->last_rep_len != f->last_rep_len || !a->last_rep_len) {
+		stat_inc(ERB_STAT_REANSWER_NO_COPY);
 		return -1;
+	}
 	rc = xdp_reply(ctx, k, o, a->last_rep, a->last_rep_off, a->last_rep_len,
 		       f->last_rep_seq, f->last_req_seq + f->last_req_len, f->s_win);
 	if (rc == XDP_TX)
 		stat_inc(ERB_STAT_RETRANSMIT_ANSWER);
-	return rc;
+	return rc == -1 ? -2 : rc;
 }
+
 
 /*
  * Is the payload exactly "*3\r\n$3\r\nSET\r\n$<n>\r\n<key>\r\n$<m>\r\n<value>\r\n"?
@@ -1595,6 +1602,20 @@ static __always_inline void park(struct xdp_md *ctx, __u64 bound)
 	stat_inc(ERB_STAT_PARKED);
 }
 
+/*
+ * An answer to send again did not fit in this frame: a veth frame that kept
+ * its skb's buffer has only XDP_PACKET_HEADROOM and what the skb left at its
+ * tail, less than a long value needs, however often the client sends it. A
+ * copy goes to erb-agent, which runs it through this program again in a page
+ * of its own (BPF_PROG_TEST_RUN, live frames), where the answer fits and its
+ * XDP_TX goes out of this interface.
+ */
+static __always_inline void reanswer_park(struct xdp_md *ctx)
+{
+	stat_inc(ERB_STAT_REANSWER_PARKED);
+	park(ctx, 0);
+}
+
 /* Parse the client's new bytes; rc XDP_DROP when the hold rule applies. */
 static long parse_step(__u32 i, void *arg)
 {
@@ -1892,6 +1913,9 @@ int erb_xdp(struct xdp_md *ctx)
 					stat_inc(ERB_STAT_ANSWER_RESENT);
 				return rc;
 			}
+			/* the ACK goes on to Redis; the copy brings the answer */
+			if (rc == -2)
+				reanswer_park(ctx);
 			if (pkt_reload(ctx, &k))
 				return XDP_PASS;
 		}
@@ -1911,6 +1935,8 @@ int erb_xdp(struct xdp_md *ctx)
 			if (seq != f->last_req_seq || k.plen != f->last_req_len)
 				stat_inc(ERB_STAT_DROP_OVERLAP);
 			rc = xdp_reanswer(ctx, &k, o, f, &key);
+			if (rc == -2)
+				reanswer_park(ctx);
 			return rc < 0 ? XDP_DROP : rc;
 		}
 		if (seq != f->c_nxt && !(fl & ERB_FLOW_UNTRACKED))

@@ -321,6 +321,8 @@ enum erb_stat {
 	ERB_STAT_OOO_KEPT,		/* segment after a gap passed, its bytes kept for the parser */
 	ERB_STAT_OOO_RESUMED,		/* gap filled: the kept bytes parsed, the flow still tracked */
 	ERB_STAT_FILL_HASH,		/* of ERB_STAT_FILL: HGETALL replies (served once erb-agent checked the TTL) */
+	ERB_STAT_REANSWER_PARKED,	/* answer to send again, no room in the frame: parked for erb-agent to run */
+	ERB_STAT_REANSWER_NO_COPY,	/* answer to send again, its copy not (yet) there: the segment dropped */
 	ERB_STAT_MAX,
 };
 

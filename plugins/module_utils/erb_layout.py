@@ -166,6 +166,8 @@ STAT_NAMES = (
     'ooo_kept',
     'ooo_resumed',
     'fill_hash',
+    'reanswer_parked',
+    'reanswer_no_copy',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

@@ -433,7 +433,7 @@ def count_flows(fd):
 # ERB cannot parse), segments held for pending writes or a bucket lock another CPU kept.
 RECOVERY_STATS = ('retransmit_answer', 'answer_resent', 'drop_overlap', 'ack_held', 'ts_clamped',
                   'ooo_kept', 'ooo_resumed', 'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold',
-                  'hold_waited', 'hold_busy', 'parked')
+                  'hold_waited', 'hold_busy', 'parked', 'reanswer_parked', 'reanswer_no_copy')
 
 
 def recovery(stats):
