@@ -17,6 +17,7 @@
 """
 
 
+import json
 import os
 import re
 import shutil
@@ -235,6 +236,11 @@ class FleetHost:
     def run(self, cmd, **kw):
         """Run in the Redis host's namespace."""
         return netns_run(self.ns, cmd, **kw)
+
+    def has_xdp(self):
+        """An XDP program is attached to the server's veth (ERB, or one left behind)."""
+        link = json.loads(self.run(['ip', '-j', '-d', 'link', 'show', self.iface]).stdout)[0]
+        return bool(link.get('xdp'))
 
     def client_run(self, cmd, **kw):
         """Run in the client's namespace."""

@@ -116,20 +116,15 @@ def agent_stats(h):
         return {}
 
 
-def has_xdp(h):
-    link = json.loads(h.run(['ip', '-j', '-d', 'link', 'show', h.iface]).stdout)[0]
-    return bool(link.get('xdp'))
-
-
 @pytest.fixture(scope='module')
 def chaos(fleet, ansible_playbook):
     erb, alone = fleet.hosts[0], fleet.hosts[1]
-    if has_xdp(alone):  # left by another test: this one must be Redis alone
+    if alone.has_xdp():  # left by another test: this one must be Redis alone
         rb = ansible_playbook('rollback.yml', limit=alone.name)
         assert rb.rc == 0, rb.output[-4000:]
     dep = ansible_playbook('deploy.yml', limit=erb.name)
     assert dep.rc == 0, 'deploy.yml on %s failed:\n%s' % (erb.name, dep.output[-6000:])
-    assert has_xdp(erb) and not has_xdp(alone)
+    assert erb.has_xdp() and not alone.has_xdp()
     att = ErbAttachment(erb)
     OUT.mkdir(parents=True, exist_ok=True)
     try:

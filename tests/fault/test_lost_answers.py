@@ -19,7 +19,6 @@ Deterministic: the answer is dropped by the fault harness (every Redis-to-client
 50 ms), and only requests XDP did answer (the hit counter moved) are judged.
 """
 
-import json
 import socket
 import sys
 import threading
@@ -41,17 +40,12 @@ WANT = 4                    # answered-and-lost requests to judge at least
 BOUND = 1.5                 # s: a lost answer must be back within a few RTOs, not a client timeout
 
 
-def has_xdp(h):
-    link = json.loads(h.run(['ip', '-j', '-d', 'link', 'show', h.iface]).stdout)[0]
-    return bool(link.get('xdp'))
-
-
 @pytest.fixture(scope='module')
 def deployed(fleet, ansible_playbook):
     h = fleet.hosts[0]
     dep = ansible_playbook('deploy.yml', limit=h.name)
     assert dep.rc == 0, 'deploy.yml on %s failed:\n%s' % (h.name, dep.output[-6000:])
-    assert has_xdp(h)
+    assert h.has_xdp()
     with Faults([h.index]) as faults:
         yield h, ErbAttachment(h), faults
 
