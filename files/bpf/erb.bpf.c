@@ -430,9 +430,7 @@ static long inval_key_step(__u32 i, void *arg)
 		return 1;
 	if (p == 0) {
 		s->ic.skip = !s->keyq_w[k];
-		s->ic.h = s->keyq[k];
-		s->ic.tag = hash_tag(s->ic.h);
-		s->ic.n = 0;
+		inval_start(s, s->keyq[k]);
 	}
 	if (!s->ic.skip && p < cfg.max_probes && inval_probe(s, p))
 		s->ic.skip = 1;
@@ -978,7 +976,6 @@ static __always_inline int xdp_reanswer(struct xdp_md *ctx, struct pkt *k, struc
 		stat_inc(ERB_STAT_RETRANSMIT_ANSWER);
 	return rc == -1 ? -2 : rc;
 }
-
 
 /*
  * Is the payload exactly "*3\r\n$3\r\nSET\r\n$<n>\r\n<key>\r\n$<m>\r\n<value>\r\n"?

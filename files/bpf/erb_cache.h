@@ -113,6 +113,14 @@ static __always_inline int key_equal(const char *a, const char *b, __u32 klen)
  * entry whose fast-path write Redis does not have yet stays: its key is held
  * until it is applied (no write of it can pass meanwhile).
  */
+/* Start the invalidation of key hash h in s->ic (s->ic.applied: the caller's). */
+static __always_inline void inval_start(struct erb_scratch *s, __u32 h)
+{
+	s->ic.h = h;
+	s->ic.tag = hash_tag(h);
+	s->ic.n = 0;
+}
+
 /*
  * Probe i of the invalidation in s->ic (h, tag, applied; n counts the
  * deletions). Returns 1 at the end of the chain.
@@ -159,9 +167,7 @@ static __always_inline int cache_invalidate(__u32 h)
 
 	if (!s)
 		return 0;
-	s->ic.h = h;
-	s->ic.tag = hash_tag(h);
-	s->ic.n = 0;
+	inval_start(s, h);
 	s->ic.applied = g ? g->applied_seq : 0;
 	if (n > ERB_MAX_PROBES)
 		n = ERB_MAX_PROBES;
