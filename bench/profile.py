@@ -17,13 +17,14 @@ stall (a cache miss on the load just before it), spread samples are work.
 
 Loads (redis-benchmark, 10,000 keys, 100-byte values):
   get      GET hits, 50 connections (keys written first: SET fills the cache)
+  set      SETs of cached keys, 50 connections (the fast-SET path: XDP answers, erb-agent applies)
   incr     INCR of uncached keys, 50 connections (passed writes)
   incr-p16 INCR, 10 connections pipelining 16 (passed writes, many per segment)
 
-    .venv/bin/python bench/profile.py [--loads get,incr,incr-p16] [--seconds 8]
+    .venv/bin/python bench/profile.py [--loads get,set,incr,incr-p16] [--seconds 8] [--keys 10000]
 
 Needs root, perf (apt-get install linux-perf) and the fleet up with ERB
-deployed (scripts/demo). Writes bench/results/profile.json.
+deployed (scripts/demo). Writes bench/results/profile.json (profile-keys<N>.json with --keys N).
 """
 import argparse
 import collections
@@ -41,6 +42,7 @@ RESULTS = os.path.join(REPO, 'bench', 'results')
 SERVER, CLIENT, ADDR = 'erb-r1', 'erb-c1', '10.250.1.1'
 LOADS = {
     'get': ['-t', 'get', '-c', '50', '-n', '5000000'],
+    'set': ['-t', 'set', '-c', '50', '-n', '5000000'],
     'incr': ['-t', 'incr', '-c', '50', '-n', '5000000'],
     'incr-p16': ['-t', 'incr', '-c', '10', '-P', '16', '-n', '50000000'],
 }
@@ -68,12 +70,18 @@ def preflight():
         raise SystemExit('ERB is not attached on %s (no XDP program on erbs1): deploy it first' % SERVER)
 
 
+KEYS = 10000   # key space of every load (--keys)
+
+
 def bench_cmd(args):
-    return ['ip', 'netns', 'exec', CLIENT, 'redis-benchmark', '-h', ADDR, '-r', '10000', '-d', '100', '-q'] + args
+    return ['ip', 'netns', 'exec', CLIENT, 'redis-benchmark', '-h', ADDR, '-r', str(KEYS), '-d', '100', '-q'] + args
 
 
 def rps_of(text):
-    found = re.findall(r'([0-9.]+) requests per second', text.replace('\r', '\n'))
+    """The rate redis-benchmark printed: its summary, or (stopped before one) its last
+    progress line's overall rate."""
+    text = text.replace('\r', '\n')
+    found = re.findall(r'([0-9.]+) requests per second', text) or re.findall(r'rps=[0-9.]+ \(overall: ([0-9.]+)\)', text)
     return float(found[-1]) if found else None
 
 
@@ -132,8 +140,8 @@ def profile(name, seconds, tmp):
 
 
 def show(res, name):
-    print('\n== %s: %s, %.0f req/s, %.0f ns of CPU per request (all CPUs)'
-          % (name, res['load'], res['rps'], res['cpu_ns_per_request']))
+    print('\n== %s: %s, %d keys, %.0f req/s, %.0f ns of CPU per request (all CPUs)'
+          % (name, res['load'], res['keys'], res['rps'], res['cpu_ns_per_request']))
     total = 0.0
     for r in res['symbols']:
         if r['ns_per_request'] >= 1:
@@ -145,10 +153,17 @@ def show(res, name):
 
 
 def main():
+    global KEYS  # pylint: disable=global-statement
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
-    ap.add_argument('--loads', default='get,incr,incr-p16', help='comma-separated: %s' % ', '.join(LOADS))
+    ap.add_argument('--loads', default='get,set,incr,incr-p16', help='comma-separated: %s' % ', '.join(LOADS))
+    ap.add_argument('--keys', type=int, default=KEYS,
+                    help='key space (redis-benchmark -r; default %(default)s): fewer keys, fewer cache '
+                         'and TLB misses in the cache array')
     ap.add_argument('--seconds', type=float, default=8.0, help='perf sampling time per load (default 8)')
     args = ap.parse_args()
+    if args.keys < 1:
+        raise SystemExit('--keys must be at least 1')
+    KEYS = args.keys
     loads = [n for n in args.loads.split(',') if n]
     bad = [n for n in loads if n not in LOADS]
     if bad:
@@ -159,10 +174,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix='erb-profile-') as tmp:
         for i, name in enumerate(loads):
             print('[%d/%d] %s: %.0f s of samples ...' % (i + 1, len(loads), name, args.seconds), flush=True)
-            out[name] = profile(name, args.seconds, tmp)
+            out[name] = dict(profile(name, args.seconds, tmp), keys=KEYS)
             show(out[name], name)
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, 'profile.json')
+    path = os.path.join(RESULTS, 'profile.json' if KEYS == 10000 else 'profile-keys%d.json' % KEYS)
     with open(path, 'w') as fh:
         json.dump(out, fh, indent=1, sort_keys=True)
     print('\ntotal %.0f s; %s' % (time.time() - started, os.path.relpath(path, REPO)))
