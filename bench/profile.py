@@ -12,8 +12,9 @@ helpers they call are turned into nanoseconds per request:
     share of all samples x (CPUs x seconds sampled) / requests in those seconds
 
 and, for the BPF programs that cost most, the offsets in their JIT image
-that took the most samples: one offset taking most of a program's samples is a
-stall (a cache miss on the load just before it), spread samples are work.
+that took the most samples, with their source lines (bench/jitlines.py): one
+offset taking most of a program's samples is a stall (a cache miss on the load
+at or just before it), spread samples are work.
 
 Loads (redis-benchmark, 10,000 keys, 100-byte values):
   get      GET hits, 50 connections (keys written first: SET fills the cache)
@@ -36,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import jitlines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'bench', 'results')
@@ -132,10 +135,15 @@ def profile(name, seconds, tmp):
     res = {'load': ' '.join(load), 'rps': rps, 'cpu_ns_per_request': per_req, 'symbols': [], 'hot': {}}
     for s, p in bpf:
         res['symbols'].append({'symbol': s, 'share_pct': p, 'ns_per_request': p / 100 * per_req})
+    lines = jitlines.LineMap()     # the programs are loaded now: their JIT addresses are valid
     for s in top:
         c = hot.get(s, collections.Counter())
         total = sum(c.values()) or 1
-        res['hot'][s] = [{'offset': o, 'share_pct': 100.0 * n / total} for o, n in c.most_common(3)]
+        res['hot'][s] = []
+        for o, n in c.most_common(3):
+            where = lines.line(s, int(o, 16))
+            res['hot'][s].append({'offset': o, 'share_pct': 100.0 * n / total,
+                                  'line': '%s  %s' % where if where else None})
     return res
 
 
@@ -149,7 +157,9 @@ def show(res, name):
         total += r['ns_per_request']
     print('  %-48s         %6.0f ns/req' % ('BPF programs and helpers, total', total))
     for s, offs in res['hot'].items():
-        print('  hottest in %s: %s' % (s, ', '.join('+%s %.0f%%' % (o['offset'], o['share_pct']) for o in offs)))
+        print('  hottest in %s:' % s)
+        for o in offs:
+            print('    +%-7s %3.0f%%  %s' % (o['offset'], o['share_pct'], o['line'] or '(no line info)'))
 
 
 def main():
