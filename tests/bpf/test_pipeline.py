@@ -333,3 +333,22 @@ def test_retransmitted_sets_resent_without_new_records(fast):
     assert rc == XDP_TX and tcp_payload(out) == OK * 3
     assert Ether(out)[TCP].seq == Ether(ans)[TCP].seq
     assert fast.ring().peek() == [] and fast.glob().write_seq == 3
+
+
+@pytest.mark.parametrize('first', [resp('INCR', 'n'), resp('MGET', 'a', 'b'), resp('ECHO', 'hello there'),
+                                   b'*10\r\n' + b''.join(b'$1\r\nx\r\n' for _unused in range(10))],
+                         ids=['incr', 'mget', 'echo', 'argc-10'])
+@pytest.mark.parametrize('rest', [b'', gets([b'a', b'b'])], ids=['alone', 'then-gets'])
+def test_other_first_command_passed_after_one_look(erb, first, rest):
+    """A segment whose first command is no GET or SET can be neither a single answer nor an
+    answered pipeline (each of whose commands is one): passed, counted once, as before."""
+    f, _unused = filled(erb, [b'a', b'b'])
+    assert_passed(erb, f, first + rest, 'pass_not_single')
+
+
+def test_pipeline_of_lowercase_gets_still_answered(erb):
+    f, values = filled(erb, [b'a', b'b'])
+    req = resp(b'get', b'a') + resp(b'gEt', b'b')
+    rc, out = f.send(req)
+    assert rc == XDP_TX, name(rc)
+    assert tcp_payload(out) == bulk(values[b'a']) + bulk(values[b'b'])
