@@ -1255,15 +1255,13 @@ static __always_inline int answer_ready(struct pkt *k, struct erb_flow *f, struc
  */
 static __always_inline int not_get_rc(struct erb_scratch *s, __u32 plen)
 {
-	const char *b = s->buf;
-	int set, get;
+	__u32 i;
+	int set;
 
 	if (plen < 19 || plen > WIN)
 		return -1;
-	set = b[1] == '3' && upper(b[8]) == 'S' && upper(b[9]) == 'E' && upper(b[10]) == 'T';
-	get = b[1] == '2' && upper(b[8]) == 'G' && upper(b[9]) == 'E' && upper(b[10]) == 'T';
-	if (b[0] != '*' || b[2] != '\r' || b[3] != '\n' || b[4] != '$' || b[5] != '3' ||
-	    b[6] != '\r' || b[7] != '\n' || b[11] != '\r' || b[12] != '\n' || !(set || get)) {
+	set = parse_head(s->buf, '3', 'S', 'E', 'T', &i) > 0;
+	if (!set && parse_head(s->buf, '2', 'G', 'E', 'T', &i) <= 0) {
 		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
 		return -1;
 	}

@@ -247,19 +247,9 @@ static long req_step(__u32 unused, void *arg)
 		if (p->argc == 0) {
 			if (ch == '*') {
 				p->resync = 0;
-				p->type = '*';
-				p->state = ERB_P_NUM;
-				p->num = 0;
-				p->neg = 0;
 				c->u->a1_off = -1;
 				c->u->a2_off = -1;
-				pos++;
-				if (pos >= end) {
-					c->u->pos = pos;
-					return 0;
-				}
-				ch = s->buf[pos & WIN_MASK];
-				goto num;
+				goto length;
 			} else if (p->resync) {
 				/* skip until a command starts; unknown bytes may write */
 				c->u->flush = 1;
@@ -274,25 +264,26 @@ static long req_step(__u32 unused, void *arg)
 				p->arg_len = 1;
 			}
 		} else if (ch == '$') {
-			p->type = '$';
-			p->state = ERB_P_NUM;
-			p->num = 0;
-			p->neg = 0;
-			/* on in this step: the length and its CRLF */
-			pos++;
-			if (pos >= end) {
-				c->u->pos = pos;
-				return 0;
-			}
-			ch = s->buf[pos & WIN_MASK];
-			goto num;
+			goto length;
 		} else {
 			req_error(c, p);
 		}
 		c->u->pos = pos + 1;
 		return 0;
+length:
+		/* a '*' or '$': on in this step over its length's digits and CRLF */
+		p->type = ch;
+		p->state = ERB_P_NUM;
+		p->num = 0;
+		p->neg = 0;
+		pos++;
+		if (pos >= end) {
+			c->u->pos = pos;
+			return 0;
+		}
+		ch = s->buf[pos & WIN_MASK];
+		/* fall through */
 	case ERB_P_NUM:
-num:
 		for (int j = 0; j < 4; j++) {
 			if (ch >= '0' && ch <= '9') {
 				if (p->num > (1U << 28)) {
