@@ -25,7 +25,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'plugins', 'module_utils'))
 import libbpf as lb  # noqa: E402  pylint: disable=import-error,wrong-import-position
 
-BPF_BTF_GET_FD_BY_ID = 19
 BTF_MAGIC = 0xeB9F
 
 
@@ -52,24 +51,12 @@ class BtfInfo(ctypes.Structure):
                 ('name', ctypes.c_uint64), ('name_len', ctypes.c_uint32), ('kernel_btf', ctypes.c_uint32)]
 
 
-class GetFdByIdAttr(ctypes.Structure):
-    _fields_ = [('id', ctypes.c_uint32), ('next_id', ctypes.c_uint32), ('open_flags', ctypes.c_uint32)]
-
-
-def _get_info(fd, info, what):
-    attr = lb._InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))  # pylint: disable=protected-access
-    lb.sys_bpf(lb.BPF_OBJ_GET_INFO_BY_FD, attr, what)
-
-
 def btf_strings(btf_id):
     """The string section of BTF object btf_id."""
-    fd = lb.sys_bpf(BPF_BTF_GET_FD_BY_ID, GetFdByIdAttr(id=btf_id), 'open BTF id %d' % btf_id)
-    with lb.fd_closing(fd):
-        info = BtfInfo()
-        _get_info(fd, info, 'BTF info')
-        buf = ctypes.create_string_buffer(info.btf_size)
-        info = BtfInfo(btf=ctypes.addressof(buf), btf_size=info.btf_size)
-        _get_info(fd, info, 'BTF data')
+    with lb.fd_closing(lb.btf_fd_by_id(btf_id)) as fd:
+        size = lb.obj_info(fd, BtfInfo(), 'BTF info').btf_size
+        buf = ctypes.create_string_buffer(size)
+        lb.obj_info(fd, BtfInfo(btf=ctypes.addressof(buf), btf_size=size), 'BTF data')
     raw = buf.raw
     magic, _ver, _flags, hdr_len, _toff, _tlen, str_off, str_len = struct.unpack_from('<HBBIIIII', raw)
     if magic != BTF_MAGIC:
@@ -84,10 +71,8 @@ def _string(strs, off):
 
 def prog_lines(prog_id):
     """[(jit address, 'file:line', source text)] of program prog_id, by address."""
-    fd = lb.prog_fd_by_id(prog_id)
-    with lb.fd_closing(fd):
-        info = ProgInfo()
-        _get_info(fd, info, 'program info')
+    with lb.fd_closing(lb.prog_fd_by_id(prog_id)) as fd:
+        info = lb.obj_info(fd, ProgInfo(), 'program info')
         n, nj = info.nr_line_info, info.nr_jited_line_info
         if not n or n != nj or not info.btf_id:
             return []
@@ -98,7 +83,7 @@ def prog_lines(prog_id):
         info = ProgInfo(nr_line_info=n, line_info_rec_size=rec, line_info=ctypes.addressof(lines),
                         nr_jited_line_info=nj, jited_line_info_rec_size=jrec,
                         jited_line_info=ctypes.addressof(jlines))
-        _get_info(fd, info, 'program line info')
+        lb.obj_info(fd, info, 'program line info')
     strs = btf_strings(btf_id)
     out = []
     for i in range(n):

@@ -28,6 +28,7 @@ BPF_MAP_CREATE = 0
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
+BPF_BTF_GET_FD_BY_ID = 19
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
@@ -416,11 +417,16 @@ def obj_get(path):
 
 # -- info and ids -------------------------------------------------------------
 
-def _info(fd, cls, what):
-    info = cls()
+def obj_info(fd, info, what):
+    """BPF_OBJ_GET_INFO_BY_FD into info (a ctypes structure, which may carry buffer
+    pointers and counts for the kernel to fill); returns info."""
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, attr, what)
     return info
+
+
+def _info(fd, cls, what):
+    return obj_info(fd, cls(), what)
 
 
 def prog_info(fd):
@@ -445,6 +451,10 @@ def prog_fd_by_id(prog_id):
 
 def map_fd_by_id(map_id):
     return _fd_by_id(BPF_MAP_GET_FD_BY_ID, map_id, 'open map id')
+
+
+def btf_fd_by_id(btf_id):
+    return _fd_by_id(BPF_BTF_GET_FD_BY_ID, btf_id, 'open BTF id')
 
 
 def link_fd_by_id(link_id):
