@@ -73,11 +73,11 @@ def preflight():
         raise SystemExit('ERB is not attached on %s (no XDP program on erbs1): deploy it first' % SERVER)
 
 
-KEYS = 10000   # key space of every load (--keys)
+KEYS = 10000   # default key space of the loads (--keys)
 
 
-def bench_cmd(args):
-    return ['ip', 'netns', 'exec', CLIENT, 'redis-benchmark', '-h', ADDR, '-r', str(KEYS), '-d', '100', '-q'] + args
+def bench_cmd(args, keys):
+    return ['ip', 'netns', 'exec', CLIENT, 'redis-benchmark', '-h', ADDR, '-r', str(keys), '-d', '100', '-q'] + args
 
 
 def rps_of(text):
@@ -110,11 +110,11 @@ def hot_offsets(data, syms):
     return dict(counts)
 
 
-def profile(name, seconds, tmp):
+def profile(name, seconds, tmp, keys):
     load = LOADS[name]
     # the keys GETs hit: written once (fills)
-    subprocess.run(bench_cmd(['-t', 'set', '-n', '30000']), check=True, capture_output=True)
-    b = subprocess.Popen(bench_cmd(load), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    subprocess.run(bench_cmd(['-t', 'set', '-n', '30000'], keys), check=True, capture_output=True)
+    b = subprocess.Popen(bench_cmd(load, keys), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     data = os.path.join(tmp, '%s.data' % name)
     try:
         time.sleep(1.5)
@@ -163,7 +163,6 @@ def show(res, name):
 
 
 def main():
-    global KEYS  # pylint: disable=global-statement
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--loads', default='get,set,incr,incr-p16', help='comma-separated: %s' % ', '.join(LOADS))
     ap.add_argument('--keys', type=int, default=KEYS,
@@ -173,7 +172,6 @@ def main():
     args = ap.parse_args()
     if args.keys < 1:
         raise SystemExit('--keys must be at least 1')
-    KEYS = args.keys
     loads = [n for n in args.loads.split(',') if n]
     bad = [n for n in loads if n not in LOADS]
     if bad:
@@ -184,10 +182,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix='erb-profile-') as tmp:
         for i, name in enumerate(loads):
             print('[%d/%d] %s: %.0f s of samples ...' % (i + 1, len(loads), name, args.seconds), flush=True)
-            out[name] = dict(profile(name, args.seconds, tmp), keys=KEYS)
+            out[name] = dict(profile(name, args.seconds, tmp, args.keys), keys=args.keys)
             show(out[name], name)
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, 'profile.json' if KEYS == 10000 else 'profile-keys%d.json' % KEYS)
+    path = os.path.join(RESULTS, 'profile.json' if args.keys == KEYS else 'profile-keys%d.json' % args.keys)
     with open(path, 'w') as fh:
         json.dump(out, fh, indent=1, sort_keys=True)
     print('\ntotal %.0f s; %s' % (time.time() - started, os.path.relpath(path, REPO)))
