@@ -226,19 +226,19 @@ static __always_inline void xdp_correct(struct xdp_md *ctx, struct pkt *k,
 	stat_inc(ERB_STAT_CORRECTED_IN);
 }
 
-/* Parse the client's new bytes [from, plen) of this segment. */
-static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *k, struct pctx *c,
+/* Parse the client's new bytes [from, plen) of this segment (its payload at poff). */
+static __always_inline int xdp_parse(struct xdp_md *ctx, __u32 poff, __u32 plen, struct pctx *c,
 				     __u32 from)
 {
 	for (int w = 0; w < 2; w++) {
 		__u32 base = from + w * WIN, n;
 
-		if (base >= k->plen)
+		if (base >= plen)
 			break;
-		n = k->plen - base;
+		n = plen - base;
 		if (n > WIN)
 			n = WIN;
-		if (!len_in(n, 1, WIN) || bpf_xdp_load_bytes(ctx, k->poff + base, c->s->buf, arg_len(n, 1, WIN)))
+		if (!len_in(n, 1, WIN) || bpf_xdp_load_bytes(ctx, poff + base, c->s->buf, arg_len(n, 1, WIN)))
 			return -1;
 		c->u->pos = 0;
 		c->u->end = n;
@@ -246,7 +246,7 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *k, struct p
 		c->u->a1_off = c->u->a2_off = -1;
 		bpf_loop(MAX_STEPS, req_step, c, 0);
 	}
-	if (k->plen - from > 2 * WIN) {
+	if (plen - from > 2 * WIN) {
 		/* jumbo segment: we cannot see it all */
 		req_error(c, &c->f->req);
 	}
@@ -518,37 +518,53 @@ static __always_inline void xdp_effects(struct pctx *c, __u32 fl_orig)
 		stat_add(ERB_STAT_CMDS_PASSED, u->ncmds);
 }
 
-/* Copy a captured SET into erb_aux; its +OK will fill the cache. */
-static __always_inline void xdp_capture(struct xdp_md *ctx, struct pkt *k,
-					struct erb_flow_key *key, struct pctx *c)
+/*
+ * Copy a captured SET (or HGETALL) into erb_aux; its +OK (or reply) will fill
+ * the cache. Returns the flow's new fill_idx (the command's index + 1), 0 for
+ * no fill.
+ *
+ * A global function, like erb_parse() (see global_env()): inline in
+ * parse_step, its branches were checked again on every path of the parser
+ * that reaches it. So it gets no pointer but to plain memory (the flow holds
+ * a timer and a lock: the caller stores the result) and looks the maps up
+ * itself.
+ */
+__attribute__((noinline)) int erb_capture(struct xdp_md *ctx, struct pcur *u, __u32 poff)
 {
-	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, key);
-	__u32 kl = c->u->cap_klen, vl = c->u->cap_vlen, h = FNV_OFFSET, b, *cnt, *ep;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+	struct erb_aux *a;
+	__u32 kl, vl, h, b, *cnt, *ep;
 
+	if (!u || !s || !g)
+		return 0;
+	a = bpf_map_lookup_elem(&erb_aux, &s->pa.key);
+	kl = u->cap_klen;
+	vl = u->cap_vlen;
 	if (!a || kl == 0 || kl > ERB_KEY_MAX || vl > ERB_VAL_MAX)
-		return;
+		return 0;
 	__builtin_memset(a->fill_key, 0, ERB_KEY_MAX);
 	if (!len_in(kl, 1, ERB_KEY_MAX) ||
-	    bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_koff, a->fill_key, arg_len(kl, 1, ERB_KEY_MAX)))
-		return;
+	    bpf_xdp_load_bytes(ctx, poff + u->cap_koff, a->fill_key, arg_len(kl, 1, ERB_KEY_MAX)))
+		return 0;
 	if (vl && (!len_in(vl, 1, ERB_VAL_MAX) ||
-		   bpf_xdp_load_bytes(ctx, k->poff + c->u->cap_voff, a->fill_val, arg_len(vl, 1, ERB_VAL_MAX))))
-		return;
-	h = fnv_key(c->s, a->fill_key, kl);
+		   bpf_xdp_load_bytes(ctx, poff + u->cap_voff, a->fill_val, arg_len(vl, 1, ERB_VAL_MAX))))
+		return 0;
+	h = fnv_key(s, a->fill_key, kl);
 	b = bucket_of(h);
 	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
 	/* another write of this bucket is in flight: Redis may run it after */
-	if (!cnt || !ep || *cnt != (c->u->cap == 2 ? 0 : 1))
-		return;
-	a->fill_type = c->u->cap == 2 ? ERB_TYPE_HASH : ERB_TYPE_STRING;
+	if (!cnt || !ep || *cnt != (u->cap == 2 ? 0 : 1))
+		return 0;
+	a->fill_type = u->cap == 2 ? ERB_TYPE_HASH : ERB_TYPE_STRING;
 	a->fill_hash = h;
 	a->fill_bucket = b;
 	a->fill_klen = kl;
 	a->fill_vlen = vl;
 	a->fill_epoch = *ep;
-	a->fill_gen = c->g->cache_gen;
-	c->f->fill_idx = c->u->cap_idx + 1;
+	a->fill_gen = g->cache_gen;
+	return u->cap_idx + 1;
 }
 
 /*
@@ -1531,12 +1547,7 @@ struct actx {
 	struct pkt *k;
 	struct erb_flow *f;
 	struct erb_flow_key *key;
-	int rc;
-	__u32 from;		/* parse_step: first new byte of the payload */
-	__u32 waited;		/* parse_step: the hold's wait is spent */
-	__u32 end;		/* parse_step: client seq after the segment's last byte */
 	struct erb_ooo *ooo;	/* parse_step: kept bytes that follow the segment's, or NULL */
-	__u32 ooo_from;		/* parse_step: the first of them not in the segment */
 };
 
 #define RC_PARSE_AGAIN	(-3)	/* parse_step: writes applied while it waited */
@@ -1637,7 +1648,12 @@ static __always_inline void reanswer_park(struct xdp_md *ctx)
 	park(ctx, 0);
 }
 
-/* Parse the client's new bytes; rc XDP_DROP when the hold rule applies. */
+/*
+ * Parse the client's new bytes; rc XDP_DROP when the hold rule applies. The
+ * second step (i 1) runs only after the first waited for the writes the
+ * segment was held for (RC_PARSE_AGAIN): it parses the segment again. One
+ * bpf_loop of two steps, not two calls: the verifier checks the body once.
+ */
 static long parse_step(__u32 i, void *arg)
 {
 	struct actx *a = arg;
@@ -1648,8 +1664,14 @@ static long parse_step(__u32 i, void *arg)
 	__u32 fl_orig;
 	__u64 bound;
 
-	if (!a->ctx || !a->k || !f || !a->key || !s || !g)
+	if (!a->ctx || !f || !a->key || !s || !g)
 		return 1;
+	if (i) {
+		if (s->a_rc != RC_PARSE_AGAIN)
+			return 1;
+		stat_inc(ERB_STAT_HOLD_WAITED);
+		s->a_rc = -1;
+	}
 	c.f = f;
 	c.s = s;
 	c.g = g;
@@ -1661,43 +1683,41 @@ static long parse_step(__u32 i, void *arg)
 	 * Bounded: a held segment waits only for the writes acknowledged
 	 * before it first arrived, never for later ones (no starvation).
 	 */
-	bound = hold_bound(f, g, a->end);
+	bound = hold_bound(f, g, s->pa.end);
 	s->cur.pending = g->applied_seq < bound;
 	s->cur.fl = fl_orig;
 	s->cur.a1_off = -1;
 	s->cur.a2_off = -1;
 	__builtin_memcpy(&s->req_saved, &f->req, sizeof(f->req));
 
-	xdp_parse(a->ctx, a->k, &c, a->from);
+	xdp_parse(a->ctx, s->pa.poff, s->pa.plen, &c, s->pa.from);
 	if (a->ooo)
-		ooo_parse(&c, a->ooo, a->ooo_from);
+		ooo_parse(&c, a->ooo, s->pa.ooo_from);
 	if (xdp_hold(&c)) {
 		int busy = s->cur.held == 2;
 
 		/* as if never seen: the retransmission is parsed again */
 		__builtin_memcpy(&f->req, &s->req_saved, sizeof(f->req));
-		hold_mark(f, bound, a->end);
+		hold_mark(f, bound, s->pa.end);
 		/*
 		 * Once per segment: wait for the I/O path (or the busy lock's
 		 * holder), then parse it again.
 		 */
-		if (!a->waited) {
-			a->waited = 1;
+		if (!s->a_waited) {
+			s->a_waited = 1;
 			if (hold_wait(g, busy, s->cur.busy_b, bound)) {
-				a->rc = RC_PARSE_AGAIN;
-				return 1;
+				s->a_rc = RC_PARSE_AGAIN;
+				return 0;	/* on to step 1: parse it again */
 			}
 		}
 		stat_inc(busy ? ERB_STAT_HOLD_BUSY : ERB_STAT_HOLD);
 		if (!busy)
 			park(a->ctx, bound);
-		a->rc = XDP_DROP;
+		s->a_rc = XDP_DROP;
 		return 1;
 	}
 	f->hold_wseq = 0;
 	xdp_effects(&c, fl_orig);
-	if (c.u->cap && c.u->tracked && !c.u->err && !s->hit_unsent)
-		xdp_capture(a->ctx, a->k, a->key, &c);
 	return 1;
 }
 
@@ -1752,41 +1772,7 @@ static __always_inline void ooo_to_gap(struct erb_flow *f, struct erb_flow_key *
 	ooo_forget(f, key);
 }
 
-/* GET; rc -2 when the segment is not a GET and SETs may be answered */
-static long get_step(__u32 i, void *arg)
-{
-	struct actx *a = arg;
-	struct erb_scratch *s = scratch();
-	struct erb_global *g = global();
-
-	if (!a->ctx || !a->k || !a->f || !a->key || !s || !g)
-		return 1;
-	a->rc = try_answer(a->ctx, a->k, &s->o, a->f, a->key, s, g, 0);
-	return 1;
-}
-
-static long set_step(__u32 i, void *arg)
-{
-	struct actx *a = arg;
-	struct erb_scratch *s = scratch();
-	struct erb_global *g = global();
-
-	if (!a->ctx || !a->k || !a->f || !a->key || !s || !g)
-		return 1;
-	a->rc = try_answer(a->ctx, a->k, &s->o, a->f, a->key, s, g, 1);
-	return 1;
-}
-
 #include "erb_pipe.h"
-
-/* Several commands in one segment: all answered in one reply, or all passed */
-static long pipe_step(__u32 i, void *arg)
-{
-	struct actx *a = arg;
-
-	a->rc = pipe_answer(a);
-	return 1;
-}
 
 /* Helpers invalidate packet pointers: derive k's again (IPv4 without options). */
 static __always_inline int pkt_reload(struct xdp_md *ctx, struct pkt *k)
@@ -1801,6 +1787,202 @@ static __always_inline int pkt_reload(struct xdp_md *ctx, struct pkt *k)
 	return 0;
 }
 
+/* The segment erb_xdp hands to its global functions (in s->pa). */
+static __always_inline void pa_set(struct erb_scratch *s, struct erb_flow_key *key, struct pkt *k,
+				   __u32 seq)
+{
+	s->pa.key = *key;
+	s->pa.thl = k->thl;
+	s->pa.poff = k->poff;
+	s->pa.plen = k->plen;
+	s->pa.odd = k->odd;
+	s->pa.seq = seq;
+}
+
+/*
+ * What erb_get(), erb_set(), erb_pipe() and erb_parse() start from: the flow found
+ * again by its key and (k) the packet's pointers derived again. 0, else what
+ * to return: XDP_DROP when the flow is gone (closed on another CPU since
+ * erb_xdp found it: the client resends, and erb_xdp sees it has no flow), -1
+ * (answer nothing, parse) when the frame is not what erb_xdp saw.
+ *
+ * They are global functions: the verifier checks each once, on its own. As
+ * bpf_loop callbacks of erb_xdp they were checked again for each state
+ * erb_xdp reaches them in (kept bytes or none, a new flow or not, packet
+ * pointers valid or spent, ...): under the loop checks of this machine's
+ * 6.18 kernel (SCCs, as of 2026-12-05) erb_xdp took more than the verifier's
+ * 1M instructions that way. So they get the flow's key, not the flow (which
+ * holds a timer and a lock, not plain memory), and find the flow again: one
+ * hash lookup more per call.
+ */
+static __always_inline int global_env(struct xdp_md *ctx, struct erb_scratch *s,
+				      struct erb_global *g, struct pkt *k, struct erb_flow **fp)
+{
+	struct erb_flow *f;
+
+	*fp = NULL;
+	if (!s || !g)
+		return XDP_DROP;
+	f = bpf_map_lookup_elem(&erb_flows, &s->pa.key);
+	if (!f)
+		return XDP_DROP;
+	if (k) {
+		k->thl = s->pa.thl;
+		k->poff = s->pa.poff;
+		k->plen = s->pa.plen;
+		k->odd = s->pa.odd;
+		if (pkt_reload(ctx, k))
+			return -1;
+	}
+	*fp = f;
+	return 0;
+}
+
+#ifndef ERB_CALLBACKS
+static __always_inline int answer_one(struct xdp_md *ctx, int want_set)
+{
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+	struct pkt k = {};
+	struct erb_flow *f;
+	int rc = global_env(ctx, s, g, &k, &f);
+
+	if (rc || !s || !g || !f)
+		return rc ? rc : XDP_DROP;
+	return try_answer(ctx, &k, &s->o, f, &s->pa.key, s, g, want_set);
+}
+
+/*
+ * Answer one GET or HGETALL in XDP: an XDP action, or < 0 to pass it on (-2:
+ * not one, try erb_set()). Two functions, not one with want_set: each frame
+ * then holds only its own command's locals (6.1 adds the frames of a call
+ * chain, global functions' too, against one 512-byte stack).
+ */
+__attribute__((noinline)) int erb_get(struct xdp_md *ctx)
+{
+	return answer_one(ctx, 0);
+}
+
+/* Answer one SET in XDP: an XDP action, or < 0 (RC_PIPELINE: not one, try erb_pipe()). */
+__attribute__((noinline)) int erb_set(struct xdp_md *ctx)
+{
+	return answer_one(ctx, 1);
+}
+
+/* Several commands in one segment: all answered in one reply, or all passed. */
+__attribute__((noinline)) int erb_pipe(struct xdp_md *ctx)
+{
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+	struct pkt k = {};
+	struct actx a = {};
+	int rc = global_env(ctx, s, g, &k, &a.f);
+
+	if (rc || !s || !g || !a.f)
+		return rc ? rc : XDP_DROP;
+	a.ctx = ctx;
+	a.k = &k;
+	a.key = &s->pa.key;
+	return pipe_answer(&a);
+}
+
+#endif
+
+/*
+ * Parse a client segment's new bytes (parse_step, twice at most), a's flow,
+ * ctx and key set. Returns an XDP action, or -1: parsed, go on (s->pa.end,
+ * s->pa.ooo say how far).
+ */
+static __always_inline int parse_seg(struct actx *a, struct erb_scratch *s)
+{
+	struct pcur *u = &s->cur;
+	int rc;
+
+	s->pa.end = s->pa.seq + s->pa.plen;
+	s->pa.ooo = 0;
+	a->ooo = NULL;
+	if (a->f->flags & ERB_FLOW_OOO) {
+		struct erb_ooo *st = bpf_map_lookup_elem(&erb_ooo, &s->pa.key);
+
+		/* this segment reaches the kept bytes: parse on over them */
+		if (st && !before(s->pa.seq + s->pa.plen, st->seq)) {
+			a->ooo = st;
+			s->pa.ooo_from = s->pa.seq + s->pa.plen - st->seq;
+			if (after(st->seq + st->len, s->pa.end))
+				s->pa.end = st->seq + st->len;
+			s->pa.ooo = 1;
+		}
+	}
+	s->a_rc = -1;
+	s->a_waited = 0;
+	bpf_loop(2, parse_step, a, 0);
+	rc = s->a_rc;
+	/* parsed (not held): a SET (or HGETALL) it captured fills the cache */
+	if (rc < 0 && u->cap && u->tracked && !u->err && !s->hit_unsent) {
+		int fill = erb_capture(a->ctx, u, s->pa.poff);
+
+		if (fill)
+			a->f->fill_idx = fill;
+	}
+	return rc;
+}
+
+#ifndef ERB_CALLBACKS
+/* See global_env(). */
+__attribute__((noinline)) int erb_parse(struct xdp_md *ctx)
+{
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+	struct actx a = {};
+	int rc = global_env(ctx, s, g, NULL, &a.f);
+
+	if (rc || !s || !g || !a.f)
+		return rc ? rc : XDP_DROP;
+	a.ctx = ctx;
+	a.key = &s->pa.key;
+	return parse_seg(&a, s);
+}
+#else
+/*
+ * ERB_CALLBACKS (erb-compat.bpf.o, for Linux 6.1): the answers as bpf_loop
+ * callbacks of erb_xdp, on erb_xdp's struct pkt and actx. 6.1 adds every
+ * frame of a call chain against one 512-byte stack, a global function's too,
+ * and the global functions above each need a struct pkt of their own.
+ */
+static long get_step(__u32 i, void *arg)
+{
+	struct actx *a = arg;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+
+	if (!a->ctx || !a->k || !a->f || !s || !g)
+		return 1;
+	s->a_rc = try_answer(a->ctx, a->k, &s->o, a->f, &s->pa.key, s, g, 0);
+	return 1;
+}
+
+static long set_step(__u32 i, void *arg)
+{
+	struct actx *a = arg;
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+
+	if (!a->ctx || !a->k || !a->f || !s || !g)
+		return 1;
+	s->a_rc = try_answer(a->ctx, a->k, &s->o, a->f, &s->pa.key, s, g, 1);
+	return 1;
+}
+
+static long pipe_step(__u32 i, void *arg)
+{
+	struct erb_scratch *s = scratch();
+
+	if (s)
+		s->a_rc = pipe_answer(arg);
+	return 1;
+}
+#endif
+
 SEC("xdp")
 int erb_xdp(struct xdp_md *ctx)
 {
@@ -1812,7 +1994,9 @@ int erb_xdp(struct xdp_md *ctx)
 	struct tcp_opts *o;
 	struct pkt k;
 	__u32 seq, tot;
+#ifdef ERB_CALLBACKS
 	struct actx ac = {};
+#endif
 	int rc, last, kept = 0;
 
 	k.eth = data;
@@ -1971,25 +2155,37 @@ int erb_xdp(struct xdp_md *ctx)
 		}
 		/* kept bytes wait for this segment: it is parsed, never answered */
 		if (seq == f->c_nxt && !(fl & (ERB_FLOW_UNTRACKED | ERB_FLOW_OOO))) {
+			pa_set(s, &key, &k, seq);
+			/* a GET; else (-2) a SET; else maybe a pipeline */
+#ifndef ERB_CALLBACKS
+			rc = erb_get(ctx);
+			if (rc == -2)
+				rc = erb_set(ctx);
+			if (rc == RC_PIPELINE)
+				rc = erb_pipe(ctx);
+#else
 			ac.ctx = ctx;
 			ac.k = &k;
 			ac.f = f;
-			ac.key = &key;
-			ac.rc = -1;
-			/*
-			 * In a bpf_loop callback: the verifier then continues
-			 * after it from one state, not from each of its exits.
-			 */
+			ac.key = &s->pa.key;
+			s->a_rc = -1;
 			bpf_loop(1, get_step, &ac, 0);
-			if (ac.rc == -2) {
-				ac.rc = -1;
+			rc = s->a_rc;
+			if (rc == -2) {
+				if (pkt_reload(ctx, &k))
+					return XDP_PASS;
+				s->a_rc = -1;
 				bpf_loop(1, set_step, &ac, 0);
+				rc = s->a_rc;
 			}
-			if (ac.rc == RC_PIPELINE) {
-				ac.rc = -1;
+			if (rc == RC_PIPELINE) {
+				if (pkt_reload(ctx, &k))
+					return XDP_PASS;
+				s->a_rc = -1;
 				bpf_loop(1, pipe_step, &ac, 0);
+				rc = s->a_rc;
 			}
-			rc = ac.rc;
+#endif
 			if (rc >= 0)
 				return rc;
 			/* the frame is untouched: reload the pointers */
@@ -2024,37 +2220,23 @@ int erb_xdp(struct xdp_md *ctx)
 			f->c_nxt = seq;
 		}
 		if (!kept && after(seq + k.plen, f->c_nxt)) {
+			int prc;
+
+			pa_set(s, &key, &k, seq);
+			s->pa.from = f->c_nxt - seq;
+#ifndef ERB_CALLBACKS
+			prc = erb_parse(ctx);
+#else
 			ac.ctx = ctx;
 			ac.k = &k;
 			ac.f = f;
-			ac.key = &key;
-			ac.rc = -1;
-			ac.from = f->c_nxt - seq;
-			ac.waited = 0;
-			ac.end = seq + k.plen;
-			ac.ooo = NULL;
-			ac.ooo_from = 0;
-			if (f->flags & ERB_FLOW_OOO) {
-				struct erb_ooo *st = bpf_map_lookup_elem(&erb_ooo, &key);
-
-				/* this segment reaches the kept bytes: parse on over them */
-				if (st && !before(seq + k.plen, st->seq)) {
-					ac.ooo = st;
-					ac.ooo_from = seq + k.plen - st->seq;
-					if (after(st->seq + st->len, ac.end))
-						ac.end = st->seq + st->len;
-				}
-			}
-			bpf_loop(1, parse_step, &ac, 0);
-			if (ac.rc == RC_PARSE_AGAIN) {
-				stat_inc(ERB_STAT_HOLD_WAITED);
-				ac.rc = -1;
-				bpf_loop(1, parse_step, &ac, 0);
-			}
-			if (ac.rc >= 0)
-				return ac.rc;
-			f->c_nxt = ac.end;
-			if (ac.ooo && ooo_forget(f, &key))
+			ac.key = &s->pa.key;
+			prc = parse_seg(&ac, s);
+#endif
+			if (prc >= 0)
+				return prc;
+			f->c_nxt = s->pa.end;
+			if (s->pa.ooo && ooo_forget(f, &key))
 				stat_inc(ERB_STAT_OOO_RESUMED);
 			if (pkt_reload(ctx, &k))
 				return XDP_PASS;

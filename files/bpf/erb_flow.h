@@ -52,20 +52,52 @@ static __always_inline int fenced(struct erb_global *g, __u32 b)
 	       (t && now - *t < UNTRACKED_QUIET_NS);
 }
 
+/*
+ * A walk over a flow's write slots (wr_walk()): one slot per bpf_loop step,
+ * so the verifier checks a step once per call site instead of walking all
+ * ERB_WR_RING slots on every path that gives a flow up (parse_step reaches
+ * it on many).
+ */
+#define WR_ALL		1	/* every slot, not only the answered ones */
+#define WR_FENCE	2	/* fence each slot's bucket before releasing it */
+
+struct wr_walk {
+	struct erb_flow *f;
+	__u32 replies;		/* without WR_ALL: release the slots with idx < replies */
+	__u32 how;		/* WR_* */
+};
+
+static long wr_step(__u32 i, void *arg)
+{
+	struct wr_walk *w = arg;
+	struct erb_flow *f = w->f;
+	__u32 b, *cnt;
+
+	if (i >= ERB_WR_RING)
+		return 1;
+	b = f->wr[i].bucket;
+	if (b == SLOT_FREE || (!(w->how & WR_ALL) && !before(f->wr[i].idx, w->replies)))
+		return 0;
+	if (w->how & WR_FENCE)
+		bucket_fence(b & (ERB_INFLIGHT_BUCKETS - 1));
+	f->wr[i].bucket = SLOT_FREE;
+	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+	if (cnt)
+		__sync_fetch_and_sub(cnt, 1);
+	return 0;
+}
+
+static __always_inline void wr_walk(struct erb_flow *f, __u32 replies, __u32 how)
+{
+	struct wr_walk w = { .f = f, .replies = replies, .how = how };
+
+	bpf_loop(ERB_WR_RING, wr_step, &w, 0);
+}
+
 /* Release the slots of writes Redis has answered (idx < replies), or all. */
 static __always_inline void wr_release(struct erb_flow *f, __u32 replies, int all)
 {
-	for (int i = 0; i < ERB_WR_RING; i++) {
-		__u32 b = f->wr[i].bucket;
-		__u32 *cnt;
-
-		if (b == SLOT_FREE || (!all && !before(f->wr[i].idx, replies)))
-			continue;
-		f->wr[i].bucket = SLOT_FREE;
-		cnt = bpf_map_lookup_elem(&erb_inflight, &b);
-		if (cnt)
-			__sync_fetch_and_sub(cnt, 1);
-	}
+	wr_walk(f, replies, all ? WR_ALL : 0);
 }
 
 static __always_inline void wr_unblock(struct erb_flow *f, struct erb_global *g)
@@ -87,13 +119,12 @@ static __always_inline void flow_release(struct erb_flow *f, struct erb_global *
  */
 static __always_inline void flow_unmatched(struct erb_flow *f, struct erb_global *g)
 {
-	for (int i = 0; i < ERB_WR_RING; i++)
-		if (f->wr[i].bucket != SLOT_FREE)
-			bucket_fence(f->wr[i].bucket & (ERB_INFLIGHT_BUCKETS - 1));
 	/* a blocked flow (MULTI, unknown keys): its writes may touch any bucket */
 	if (f->flags & ERB_FLOW_WR_OVERFLOW)
 		g->untracked_wr_ns = bpf_ktime_get_ns();
-	flow_release(f, g);
+	/* each slot's bucket is fenced before its in-flight count goes down */
+	wr_walk(f, 0, WR_ALL | WR_FENCE);
+	wr_unblock(f, g);
 }
 
 /* Give up a tracked flow: never answer it again, parse it for writes only. */

@@ -258,6 +258,22 @@ struct erb_scratch {
 	struct erb_aux zero_aux;	/* all zero: template for new aux entries */
 	struct erb_ooo ooo;		/* a new erb_ooo entry, built here */
 	__u32 hit_unsent;		/* a cached reply this segment could not be sent: no fill */
+	/*
+	 * parse_step's result (an XDP action, or -1, or RC_PARSE_AGAIN) and its
+	 * spent wait: here, not in its caller's stack, where the verifier would
+	 * go on after the bpf_loop once for each value the step can leave.
+	 */
+	__s32 a_rc;
+	__u32 a_waited;
+	struct {
+		struct erb_flow_key key;	/* the flow's (a map value: 6.1 takes no other memory as a map key) */
+		__u32 thl, poff, plen, odd;	/* struct pkt's lengths */
+		__u32 seq;		/* of the segment */
+		__u32 from;		/* its first new byte */
+		__u32 end;		/* client seq after the last byte to parse (of the kept ones too) */
+		__u32 ooo;		/* kept out-of-order bytes follow the segment's: parse on over them */
+		__u32 ooo_from;		/* the first of them not in the segment */
+	} pa;				/* the segment erb_xdp hands to its global functions */
 	struct pipe_cmd pc[ERB_PIPE_MAX];	/* a pipelined segment's commands */
 	struct {
 		__u32 n, nset, off, tot, fail, gen;

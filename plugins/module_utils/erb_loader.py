@@ -998,7 +998,27 @@ def _deploy(target, desired, state, ifindex, meta):
         _check_object(obj)
         _configure(obj, desired['config'])
         reused = _reuse_maps(obj, target, held)
-        _load(obj)
+        try:
+            _load(obj)
+        except LoaderError as e:
+            alt = compat_object(obj.path, e)
+            if not alt:
+                raise
+            # this kernel's verifier refused the object's layout: the other build
+            for fd in held:
+                B.close_fd(fd)
+            del held[:]
+            obj.close()
+            obj = B.BpfObject(alt)
+            _check_object(obj)
+            _configure(obj, desired['config'])
+            reused = _reuse_maps(obj, target, held)
+            try:
+                _load(obj)
+            except LoaderError as e2:
+                raise LoaderError('%s; and %s (the build for older kernels)' % (e, e2), log=e2.log,
+                                  err=e2.errno)
+        loaded = obj.path
         fill_cmds(obj.find_map('erb_cmds').fd, 'erb_cmds' in reused)
         _make_pin_dir(target, undo)
         created = _pin_new_maps(obj, target, reused, undo, renames)
@@ -1014,7 +1034,7 @@ def _deploy(target, desired, state, ifindex, meta):
         undo.actions = []
         write_meta(meta_fd, meta)
         _clear_drain(target)
-        return {'maps_reused': reused, 'maps_created': created, 'links': links}
+        return {'maps_reused': reused, 'maps_created': created, 'links': links, 'object_loaded': loaded}
     except Exception as e:
         errors = undo.run()
         if errors and isinstance(e, LoaderError):
@@ -1024,6 +1044,26 @@ def _deploy(target, desired, state, ifindex, meta):
         for fd in held:
             B.close_fd(fd)
         obj.close()
+
+
+# The same programs built two ways (files/bpf/Makefile): erb.bpf.o with global
+# functions (the newer verifiers' loop checks re-verify bpf_loop callbacks per
+# caller state: over their 1M-instruction limit otherwise), erb-compat.bpf.o
+# with bpf_loop callbacks (Linux 6.1 sums a call chain's frames, global
+# functions' too, against one 512-byte stack: over it otherwise).
+COMPAT_SUFFIX = '-compat.bpf.o'
+
+
+def compat_object(path, err):
+    """The compat build beside path, when the kernel refused path as too large or too deep (E2BIG,
+    EACCES with the verifier's complexity or stack message); else None."""
+    if not path.endswith('.bpf.o') or path.endswith(COMPAT_SUFFIX):
+        return None
+    alt = path[:-len('.bpf.o')] + COMPAT_SUFFIX
+    log = '\n'.join(getattr(err, 'log', None) or [])
+    refused = (getattr(err, 'errno', None) == errno.E2BIG or
+               'combined stack size' in log or 'BPF program is too large' in log)
+    return alt if refused and os.path.exists(alt) else None
 
 
 def _load(obj):

@@ -218,6 +218,13 @@ links:
   returned: when O(state=attached) and something changed (not in check mode)
   type: dict
   sample: {"xdp": "created", "tc": "created"}
+object_loaded:
+  description: >-
+    The BPF object that was loaded: O(object), or the build for older kernels beside it
+    (C(erb-compat.bpf.o)) when the kernel's verifier refused O(object) for its size or stack.
+  returned: when O(state=attached) and something changed (not in check mode)
+  type: str
+  sample: /usr/lib/erb/erb.bpf.o
 maps_reused:
   description: Pinned state maps reused by the new programs.
   returned: when O(state=attached) and something changed (not in check mode)

@@ -7,7 +7,7 @@ The guest boots Debian's 6.1 kernel into this machine's userland, read-only over
 with a tmpfs overlay (tests/guest/sys-init.sh), so the repository's venv, Ansible,
 dkms, gcc and redis run there unchanged, on a kernel that loads modules. There
 tests/guest/sys-test.sh
-- loads erb.bpf.o and its verifier-test variants (files/bpf `make variants`) with
+- loads erb-compat.bpf.o (the build 6.1 takes) and its verifier-test variants (files/bpf `make variants`) with
   bpftool: without erb_io the ring-buffer builds load and the kfunc build does not;
   with erb_io loaded the kfunc build loads too;
 - runs `ansible localhost -c local -m erb.booster.kmod` (build with DKMS + load; the
@@ -61,7 +61,8 @@ def sysguest(tmp_path_factory):
     make = subprocess.run(["make", "-s", "-C", str(ROOT / "files" / "bpf"), "all", "variants",
                            "VARIANT_DIR=%s" % (out / "v")], capture_output=True, text=True, check=False)
     assert make.returncode == 0, make.stderr
-    shutil.copy(ROOT / "files" / "bpf" / "erb.bpf.o", out / "v" / "erb.bpf.o")
+    for name in ("erb.bpf.o", "erb-compat.bpf.o"):
+        shutil.copy(ROOT / "files" / "bpf" / name, out / "v" / name)
     build_s = time.monotonic() - t0
     console, values, guest_s = qemu_guest(
         env["KERNEL"], env["SYS_INITRD"],
@@ -89,7 +90,7 @@ def test_guest_runs_debians_kernel_with_modules(sysguest):
 
 
 def test_erb_object_passes_the_61_verifier_without_erb_io(sysguest):
-    # the default object (ring buffer) and the SET fast path build both load on 6.1
+    # the compat build (ring buffer) and its SET fast path variant both load on 6.1
     assert sysguest["verify_nomod_ring"] == "0", (sysguest["_out"] / "verify-nomod_ring.log").read_text()[-3000:]
     assert sysguest["verify_nomod_set"] == "0", (sysguest["_out"] / "verify-nomod_set.log").read_text()[-3000:]
 

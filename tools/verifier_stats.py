@@ -1,0 +1,135 @@
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What the kernel's verifier spends on ERB's programs: instructions processed, stack per frame,
+and (--where) which subprograms and source lines took the instructions.
+
+usage: python3 tools/verifier_stats.py [--object files/bpf/erb.bpf.o] [--prog erb_xdp] [--where N]
+
+Loads only the named programs of the object (libbpf.so.1 through ctypes, default .rodata: the
+build's ERB_DEFAULT_FLAGS) and prints the verifier's closing statistics. With --where, the
+verifier's instruction-level log (level 2, the kernel keeps its last 1 GiB) is read back and the
+processed instructions are counted per subprogram (how many times each was entered, too) and
+for the N busiest source lines. A subprogram entered many times is verified again for each state
+its callers reach it in: the place to cut (a global function is verified once, on its own).
+Needs root.
+"""
+import argparse
+import collections
+import ctypes
+import re
+import subprocess
+import sys
+
+LOG_MAX = (1 << 30) - 1          # the kernel's limit for a verifier log
+
+
+def libbpf():
+    b = ctypes.CDLL('libbpf.so.1', use_errno=True)
+    vp, cp = ctypes.c_void_p, ctypes.c_char_p
+    for name, res, args in (('bpf_object__open', vp, [cp]), ('bpf_object__next_program', vp, [vp, vp]),
+                            ('bpf_program__name', cp, [vp]), ('bpf_program__set_autoload', ctypes.c_int,
+                                                              [vp, ctypes.c_bool]),
+                            ('bpf_program__set_log_level', ctypes.c_int, [vp, ctypes.c_uint32]),
+                            ('bpf_program__set_log_buf', ctypes.c_int, [vp, cp, ctypes.c_size_t]),
+                            ('bpf_object__load', ctypes.c_int, [vp]), ('bpf_object__close', None, [vp])):
+        getattr(b, name).restype = res
+        getattr(b, name).argtypes = args
+    return b
+
+
+def verify(path, progs, level):
+    """Load progs of path at log level; {prog: log text}, load rc."""
+    b = libbpf()
+    obj = b.bpf_object__open(path.encode())
+    if not obj:
+        sys.exit('cannot open %s' % path)
+    bufs, p = {}, None
+    while True:
+        p = b.bpf_object__next_program(obj, p)
+        if not p:
+            break
+        name = b.bpf_program__name(p).decode()
+        b.bpf_program__set_autoload(p, name in progs)
+        if name in progs:
+            bufs[name] = ctypes.create_string_buffer(LOG_MAX if level & 2 else 16 << 20)
+            b.bpf_program__set_log_buf(p, bufs[name], len(bufs[name]))
+            b.bpf_program__set_log_level(p, level)
+    missing = set(progs) - set(bufs)
+    if missing:
+        sys.exit('no program %s in %s' % (', '.join(sorted(missing)), path))
+    rc = b.bpf_object__load(obj)
+    logs = {n: buf.value for n, buf in bufs.items()}
+    b.bpf_object__close(obj)
+    return logs, rc
+
+
+def subprog_starts(path, prog):
+    """{instruction index: subprogram} of prog, from libbpf's debug output of bpftool: libbpf
+    appends each program's subprograms ("prog 'P': added N insns from sub-prog 'S'") and then
+    relocates the calls into them ("points to subprog 'S' (now at I offset)")."""
+    pin = '/sys/fs/bpf/erb-verifier-stats'
+    out = subprocess.run(['bpftool', '-d', 'prog', 'loadall', path, pin],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False).stdout
+    subprocess.run(['rm', '-rf', pin], check=False)
+    starts, main = {0: prog}, None
+    for line in out.splitlines():
+        m = re.search(r"prog '(\w+)': added \d+ insns from sub-prog", line)
+        if m:
+            main = m.group(1)       # libbpf names the program it links the subprogram into
+        m = re.search(r"points to subprog '(\w+)' \(now at (\d+) offset\)", line)
+        if m and main == prog:
+            starts[int(m.group(2))] = m.group(1)
+    return starts
+
+
+def where(log, starts, top):
+    ins = re.compile(rb'^(\d+): \(')
+    bounds = sorted(starts)
+    per_sub, entries, per_line, src, last = (collections.Counter(), collections.Counter(),
+                                             collections.Counter(), {}, None)
+    for line in log.splitlines():
+        if line.startswith(b'; '):
+            last = line.rsplit(b'@', 1)[-1].strip().decode(errors='replace')
+            continue
+        m = ins.match(line)
+        if not m:
+            continue
+        i = int(m.group(1))
+        sub = starts[max(b for b in bounds if b <= i)]
+        per_sub[sub] += 1
+        if i in starts and i:
+            entries[sub] += 1
+        src.setdefault(i, last)
+        per_line[src[i]] += 1
+    total = sum(per_sub.values())
+    print('instructions in the log: %d (the kernel keeps the last 1 GiB of it)' % total)
+    for sub, n in per_sub.most_common():
+        print('  %-20s %8d  %5.1f%%  entered %d' % (sub, n, 100.0 * n / total, entries[sub]))
+    print('busiest source lines:')
+    for line, n in per_line.most_common(top):
+        print('  %8d  %s' % (n, line))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--object', default='files/bpf/erb.bpf.o')
+    ap.add_argument('--prog', action='append', help='program(s) to load (default erb_xdp and erb_tc_egress)')
+    ap.add_argument('--where', type=int, metavar='N', help='count instructions per subprogram and source line')
+    args = ap.parse_args()
+    progs = args.prog or ['erb_xdp', 'erb_tc_egress']
+    logs, rc = verify(args.object, progs, 2 if args.where else 4 | 1)
+    for name in progs:
+        text = logs[name].decode(errors='replace').splitlines()
+        stats = [l for l in text if l.startswith(('processed ', 'stack depth ', 'combined stack'))]
+        print('%s: %s' % (name, '; '.join(stats[-3:]) or '(no statistics: see the log)'))
+    print('load: %s' % ('ok' if rc == 0 else 'failed (%d)' % rc))
+    if args.where:
+        for name in progs:
+            print('--- %s' % name)
+            where(logs[name], subprog_starts(args.object, name), args.where)
+    return 0 if rc == 0 else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
