@@ -995,11 +995,8 @@ def _deploy(target, desired, state, ifindex, meta):
     renames = []
     obj = B.BpfObject(desired['object']['path'])
     try:
-        _check_object(obj)
-        _configure(obj, desired['config'])
-        reused = _reuse_maps(obj, target, held)
         try:
-            _load(obj)
+            reused = _prepare(obj, target, desired, held)
         except LoaderError as e:
             alt = compat_object(obj.path, e)
             if not alt:
@@ -1010,11 +1007,8 @@ def _deploy(target, desired, state, ifindex, meta):
             del held[:]
             obj.close()
             obj = B.BpfObject(alt)
-            _check_object(obj)
-            _configure(obj, desired['config'])
-            reused = _reuse_maps(obj, target, held)
             try:
-                _load(obj)
+                reused = _prepare(obj, target, desired, held)
             except LoaderError as e2:
                 raise LoaderError('%s; and %s (the build for older kernels)' % (e, e2), log=e2.log,
                                   err=e2.errno)
@@ -1044,6 +1038,15 @@ def _deploy(target, desired, state, ifindex, meta):
         for fd in held:
             B.close_fd(fd)
         obj.close()
+
+
+def _prepare(obj, target, desired, held):
+    """Check, configure and load obj, reusing target's pinned maps (their fds into held); the reused names."""
+    _check_object(obj)
+    _configure(obj, desired['config'])
+    reused = _reuse_maps(obj, target, held)
+    _load(obj)
+    return reused
 
 
 # The same programs built two ways (files/bpf/Makefile): erb.bpf.o with global
