@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	6
+#define ERB_LAYOUT_VERSION	7
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -188,7 +188,7 @@ struct erb_flow {
 	__u32 hold_end;		/* end (client seq) of the bytes that bound covers */
 	__u32 ts_base;		/* Redis's TSval minus the ms clock (ERB_FLOW_TSCLK) */
 	__u32 ts_last;		/* the TSval ts_base was last checked with (0: none yet) */
-	__u32 ts_pad;
+	__u32 wr_mask;		/* bit i: wr[i] may be in use (set after, cleared before it is) */
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */

@@ -26,6 +26,7 @@ static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 		if (f->wr[i].bucket == SLOT_FREE) {
 			f->wr[i].idx = idx;
 			f->wr[i].bucket = bucket;
+			__sync_fetch_and_or(&f->wr_mask, 1U << i);
 			__sync_fetch_and_add(cnt, 1);
 			return;
 		}
@@ -56,7 +57,12 @@ static __always_inline int fenced(struct erb_global *g, __u32 b)
  * A walk over a flow's write slots (wr_walk()): one slot per bpf_loop step,
  * so the verifier checks a step once per call site instead of walking all
  * ERB_WR_RING slots on every path that gives a flow up (parse_step reaches
- * it on many).
+ * it on many). f->wr_mask says which slots may be in use: the walk ends after
+ * the last of them (wr_acquire takes the lowest free slot, so a flow with
+ * one write outstanding costs one step), and a flow with none costs no loop.
+ * A slot is marked after it is filled and unmarked before it is freed; a
+ * walk that misses a slot being filled on another CPU at that moment misses
+ * a write whose reply cannot have come yet.
  */
 #define WR_ALL		1	/* every slot, not only the answered ones */
 #define WR_FENCE	2	/* fence each slot's bucket before releasing it */
@@ -73,13 +79,14 @@ static long wr_step(__u32 i, void *arg)
 	struct erb_flow *f = w->f;
 	__u32 b, *cnt;
 
-	if (i >= ERB_WR_RING)
+	if (i >= ERB_WR_RING || !(READ_ONCE(f->wr_mask) >> i))
 		return 1;
 	b = f->wr[i].bucket;
 	if (b == SLOT_FREE || (!(w->how & WR_ALL) && !before(f->wr[i].idx, w->replies)))
 		return 0;
 	if (w->how & WR_FENCE)
 		bucket_fence(b & (ERB_INFLIGHT_BUCKETS - 1));
+	__sync_fetch_and_and(&f->wr_mask, ~(1U << i));
 	f->wr[i].bucket = SLOT_FREE;
 	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
 	if (cnt)
@@ -91,7 +98,8 @@ static __always_inline void wr_walk(struct erb_flow *f, __u32 replies, __u32 how
 {
 	struct wr_walk w = { .f = f, .replies = replies, .how = how };
 
-	bpf_loop(ERB_WR_RING, wr_step, &w, 0);
+	if (READ_ONCE(f->wr_mask))
+		bpf_loop(ERB_WR_RING, wr_step, &w, 0);
 }
 
 /* Release the slots of writes Redis has answered (idx < replies), or all. */

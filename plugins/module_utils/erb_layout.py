@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 6
+ERB_LAYOUT_VERSION = 7
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -303,7 +303,7 @@ class ErbFlow(ctypes.Structure):
         ('hold_end', u32),
         ('ts_base', u32),
         ('ts_last', u32),
-        ('ts_pad', u32),
+        ('wr_mask', u32),
         ('wr', ErbWr * ERB_WR_RING),
         ('req', ErbParser),
         ('rep', ErbParser),
