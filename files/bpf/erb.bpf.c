@@ -1051,14 +1051,15 @@ static __always_inline void answered(struct erb_flow *f, struct erb_aux *a, stru
 	bpf_probe_read_kernel(a->last_rep, n, s->rep);
 	a->last_rep_off = rstart;
 	a->last_rep_len = rlen;
-	bpf_spin_lock(&f->lock);
+	/* adj_seq odd while c and s change (a fetching atomic orders like a full barrier) */
+	__sync_fetch_and_add(&f->adj_seq, 1);
 	f->c.off_before = f->c.off_after;
 	f->c.off_after += k->plen;
 	f->c.pos = ack;
 	f->s.pos = seq - f->s.off_after;
 	f->s.off_before = f->s.off_after;
 	f->s.off_after += rlen;
-	bpf_spin_unlock(&f->lock);
+	__sync_fetch_and_add(&f->adj_seq, 1);
 	f->last_req_seq = ack - k->plen;
 	f->last_req_len = k->plen;
 	f->last_rep_seq = seq;
@@ -2352,6 +2353,57 @@ static long ts_step(__u32 i, void *arg)
 	return 1;
 }
 
+/*
+ * A consistent copy of f->c and f->s for TC egress, which may run on another
+ * CPU than the XDP answer changing them: a sequence count read (adj_seq even
+ * and the same before and after the copy). The fetching atomics order the
+ * copy between the two reads on every JIT. XDP keeps adj_seq odd for a few
+ * stores, so a step rarely fails; -1 if none of ADJ_TRIES saw it stable.
+ */
+#define ADJ_TRIES	1024
+
+struct adjr {
+	struct erb_flow *f;
+	struct erb_seqadj c, s;
+	int ok;
+};
+
+static __always_inline int adj_try(struct adjr *r)
+{
+	struct erb_flow *f = r->f;
+	__u32 v = __sync_fetch_and_add(&f->adj_seq, 0);
+
+	if (v & 1)
+		return 0;
+	r->c = f->c;
+	r->s = f->s;
+	return __sync_fetch_and_add(&f->adj_seq, 0) == v;
+}
+
+static long adj_step(__u32 i, void *arg)
+{
+	struct adjr *r = arg;
+
+	r->ok = adj_try(r);
+	return r->ok;
+}
+
+static __always_inline int adj_read(struct erb_flow *f, struct erb_seqadj *c, struct erb_seqadj *s)
+{
+	struct adjr r = { .f = f };
+
+	/* the first try inline (it nearly always succeeds), the retries in a loop */
+	if (!adj_try(&r))
+		bpf_loop(ADJ_TRIES, adj_step, &r, 0);
+	else
+		r.ok = 1;
+	if (!r.ok)
+		return -1;
+	*c = r.c;
+	*s = r.s;
+	return 0;
+}
+
 SEC("tc")
 int erb_tc_egress(struct __sk_buff *skb)
 {
@@ -2400,10 +2452,8 @@ int erb_tc_egress(struct __sk_buff *skb)
 	csum_off = toff + __builtin_offsetof(struct tcphdr, check);
 	olen = (thl - sizeof(*t)) & 63;
 
-	bpf_spin_lock(&f->lock);
-	cadj = f->c;
-	sadj = f->s;
-	bpf_spin_unlock(&f->lock);
+	if (adj_read(f, &cadj, &sadj))
+		return TC_ACT_SHOT;	/* never seen stable: Redis's TCP sends it again */
 
 	if ((flags & 0x12) == 0x12) {	/* SYN-ACK */
 		if (f->flags & ERB_FLOW_SYN) {

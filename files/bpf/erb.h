@@ -161,8 +161,14 @@ struct erb_wr {
 	__u32 bucket;		/* erb_inflight bucket; ~0 = unused */
 };
 
+/*
+ * c and s are written by XDP (answered(), one CPU per flow at a time) and read
+ * by TC egress on any CPU: adj_seq is their sequence count (odd while XDP
+ * changes them; see adj_read() in erb.bpf.c). No bpf_spin_lock: it disabled
+ * interrupts around every TC segment's read.
+ */
 struct erb_flow {
-	struct bpf_spin_lock lock;	/* guards c and s below */
+	__u32 adj_seq;		/* sequence count of c and s */
 	__u32 flags;		/* ERB_FLOW_* */
 	struct bpf_timer timer;	/* deletes the flow a while after it closed */
 	__u32 c_nxt;		/* next expected client seq (client view) */

@@ -276,7 +276,7 @@ class BpfTimer(ctypes.Structure):
 
 class ErbFlow(ctypes.Structure):
     _fields_ = [
-        ('lock', BpfSpinLock),
+        ('adj_seq', u32),
         ('flags', u32),
         ('timer', BpfTimer),
         ('c_nxt', u32),

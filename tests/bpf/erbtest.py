@@ -47,6 +47,7 @@ BPF_OBJECT = os.path.join(REPO, 'files', 'bpf', 'erb.bpf.o')
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 XDP_NAMES = {0: 'XDP_ABORTED', 1: 'XDP_DROP', 2: 'XDP_PASS', 3: 'XDP_TX'}
 TC_ACT_OK = 0
+TC_ACT_SHOT = 2
 
 BPF_PROG_TEST_RUN = 10
 BPF_MAP_UPDATE_BATCH = 26
@@ -163,6 +164,12 @@ class Erb(object):
             key = key.key
         f = L.ErbFlow()
         return f if B.map_lookup(self.fds['erb_flows'], key, f) else None
+
+    def put_flow(self, key, f):
+        """Overwrite the erb_flows entry of an ErbFlowKey (or a Flow) with f (an ErbFlow)."""
+        if isinstance(key, Flow):
+            key = key.key
+        B.map_update(self.fds['erb_flows'], key, f)
 
     def ooo(self, key):
         """erb_ooo entry (bytes kept after a gap) of an ErbFlowKey or a Flow, None when absent."""

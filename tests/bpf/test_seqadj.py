@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import (M32, TC_ACT_OK, XDP_PASS, XDP_TX, Flow, assert_checksums, bulk, resp, sack_blocks,
+from erbtest import (M32, TC_ACT_OK, TC_ACT_SHOT, XDP_PASS, XDP_TX, Flow, assert_checksums, bulk, resp, sack_blocks,
                      tcp_payload)
 
 
@@ -73,6 +73,28 @@ def test_pure_acks_are_corrected_both_ways(erb):
     assert_checksums(out)
     sack = f.server_frame(flags='A')
     rc, out = erb.tc(sack)
+    assert seg(out) == ((f.s_seq + rlen) & M32, (f.s_ack + qlen) & M32)
+    assert_checksums(out)
+
+
+def test_a_server_segment_waits_while_an_answer_changes_the_corrections(erb):
+    """XDP changes a flow's corrections (c and s) with adj_seq odd; TC egress, on another CPU,
+    copies them only when adj_seq is even and the same before and after. Caught odd for good,
+    the segment is dropped (Redis's TCP resends it), never sent with half-written corrections
+    or none; even again, the same segment goes out corrected."""
+    f, qlen, rlen = answered_flow(erb)
+    assert erb.xdp(f.client_frame(flags='A'))[0] == XDP_PASS  # the client acknowledges the answer
+    fl = erb.flow(f)
+    assert fl.adj_seq == 2  # one answer: one change, begun and ended
+    frame = f.server_frame(flags='A')
+    fl.adj_seq += 1
+    erb.put_flow(f, fl)
+    rc, _unused = erb.tc(frame)
+    assert rc == TC_ACT_SHOT
+    fl.adj_seq += 1
+    erb.put_flow(f, fl)
+    rc, out = erb.tc(frame)
+    assert rc == TC_ACT_OK
     assert seg(out) == ((f.s_seq + rlen) & M32, (f.s_ack + qlen) & M32)
     assert_checksums(out)
 
