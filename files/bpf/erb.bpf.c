@@ -1096,25 +1096,17 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	struct erb_record *rec;
 	struct erb_entry *e;
 	__u32 b = bucket_of(h), *bl, *cnt, seq, ack;
-	__u64 wseq, *t;
+	__u64 wseq;
 	int rc;
 
 	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
 	bl = bpf_map_lookup_elem(&erb_locks, &b);
-	t = bpf_map_lookup_elem(&erb_ufence, &b);
-	if (!cnt || !bl || !t)
+	if (!cnt || !bl)
 		return -1;
 	if (vlen > cfg.max_value_len) {
 		stat_inc(ERB_STAT_PASS_TOO_BIG);
 		return -1;
 	}
-	/*
-	 * The bucket's count, fence and lock sit in three arrays, each line
-	 * likely cold: load all three now, so that their misses overlap,
-	 * before the locked cmpxchg (after which every load waits its turn).
-	 * The values are read again under the lock.
-	 */
-	s->pr.touch += READ_ONCE(*cnt) + READ_ONCE(*t) + READ_ONCE(*bl);
 	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return -1;
