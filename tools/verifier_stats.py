@@ -4,7 +4,7 @@
 """What the kernel's verifier spends on ERB's programs: instructions processed, stack per frame,
 and (--where) which subprograms and source lines took the instructions.
 
-usage: python3 tools/verifier_stats.py [--object files/bpf/erb.bpf.o] [--prog erb_xdp] [--where N]
+usage: python3 tools/verifier_stats.py [--object files/bpf/erb.bpf.o] [--prog erb_xdp] [--where N] [--chains N]
 
 Loads only the named programs of the object (libbpf.so.1 through ctypes, default .rodata: the
 build's ERB_DEFAULT_FLAGS) and prints the verifier's closing statistics. With --where, the
@@ -12,6 +12,11 @@ verifier's instruction-level log (level 2, the kernel keeps its last 1 GiB) is r
 processed instructions are counted per subprogram (how many times each was entered, too) and
 for the N busiest source lines. A subprogram entered many times is verified again for each state
 its callers reach it in: the place to cut (a global function is verified once, on its own).
+With --chains, the N deepest call chains from each program (direct calls, global functions and
+bpf_loop callbacks, from llvm-objdump's relocations) with their frames, each rounded up to 16
+bytes as a JIT kernel does, against the 512-byte limit of check_max_stack_depth(). The kernel's
+walk over the call graph does not always reach every chain (6.18.44 loads an erb_xdp whose
+deepest chain is over 512), so a chain over the limit is a refusal waiting for a small change.
 Needs root.
 """
 import argparse
@@ -83,6 +88,61 @@ def subprog_starts(path, prog):
     return starts
 
 
+def call_graph(path):
+    """{function: set of callees} of an object: bpf2bpf calls (R_BPF_64_32 relocations) and the
+    functions whose address is loaded (bpf_loop and timer callbacks: R_BPF_64_64 into .text)."""
+    syms = {}
+    for line in subprocess.run(['llvm-objdump', '-t', path], stdout=subprocess.PIPE, text=True,
+                               check=True).stdout.splitlines():
+        m = re.match(r'([0-9a-f]+) .* F (\S+)\s+[0-9a-f]+ (\w+)$', line)
+        if m:
+            syms[(m.group(2), int(m.group(1), 16))] = m.group(3)
+    text = {off: name for (sec, off), name in syms.items() if sec == '.text'}
+    names, graph, fn, imm = set(syms.values()), {}, None, None
+    for line in subprocess.run(['llvm-objdump', '-dr', '--no-show-raw-insn', path], stdout=subprocess.PIPE,
+                               text=True, check=True).stdout.splitlines():
+        m = re.match(r'^[0-9a-f]+ <(\w+)>:', line)
+        if m:
+            if m.group(1) in names:
+                fn = m.group(1)
+                graph.setdefault(fn, set())
+            continue
+        m = re.search(r'r\d+ = (\d+) ll', line)
+        if m:
+            imm = int(m.group(1))
+            continue
+        if fn and re.search(r'R_BPF_64_64\s+\.text$', line) and imm in text:
+            graph[fn].add(text[imm])
+        m = re.search(r'R_BPF_64_32\s+(\w+)$', line)
+        if fn and m and m.group(1) in names:
+            graph[fn].add(m.group(1))
+    return graph
+
+
+def chains(log, path, prog, top):
+    """Print prog's top deepest call chains (frames rounded up to 16 bytes)."""
+    m = re.findall(rb'stack depth ([\d+]+)', log)
+    if not m:
+        print('  (no stack depths in the log)')
+        return
+    depths = [int(x) for x in m[-1].split(b'+')]
+    order = [name for _unused, name in sorted(subprog_starts(path, prog).items())]
+    frame = {name: -(-d // 16) * 16 for name, d in zip(order, depths)}
+    graph, found = call_graph(path), []
+
+    def walk(fn, trail, total):
+        trail, total = trail + [fn], total + frame[fn]
+        found.append((total, trail))
+        for callee in sorted(graph.get(fn, ())):
+            if callee in frame and callee not in trail:
+                walk(callee, trail, total)
+    walk(prog, [], 0)
+    found.sort(key=lambda c: -c[0])
+    for total, trail in found[:top]:
+        print('  %4d bytes%s  %s' % (total, ' OVER 512' if total > 512 else '',
+                                     ' -> '.join('%s (%d)' % (f, frame[f]) for f in trail)))
+
+
 def where(log, starts, top):
     ins = re.compile(rb'^(\d+): \(')
     bounds = sorted(starts)
@@ -116,6 +176,7 @@ def main():
     ap.add_argument('--object', default='files/bpf/erb.bpf.o')
     ap.add_argument('--prog', action='append', help='program(s) to load (default erb_xdp and erb_tc_egress)')
     ap.add_argument('--where', type=int, metavar='N', help='count instructions per subprogram and source line')
+    ap.add_argument('--chains', type=int, metavar='N', help='the N deepest call chains and their stack')
     args = ap.parse_args()
     progs = args.prog or ['erb_xdp', 'erb_tc_egress']
     logs, rc = verify(args.object, progs, 2 if args.where else 4 | 1)
@@ -124,6 +185,10 @@ def main():
         stats = [l for l in text if l.startswith(('processed ', 'stack depth ', 'combined stack'))]
         print('%s: %s' % (name, '; '.join(stats[-3:]) or '(no statistics: see the log)'))
     print('load: %s' % ('ok' if rc == 0 else 'failed (%d)' % rc))
+    if args.chains:
+        for name in progs:
+            print('--- %s: deepest call chains' % name)
+            chains(logs[name], args.object, name, args.chains)
     if args.where:
         for name in progs:
             print('--- %s' % name)
