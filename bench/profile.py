@@ -148,15 +148,18 @@ def profile(name, seconds, tmp, keys):
     return res
 
 
+def bpf_total(res):
+    """ns per request of every BPF program and helper of a profile() result."""
+    return sum(r['ns_per_request'] for r in res['symbols'])
+
+
 def show(res, name):
     print('\n== %s: %s, %d keys, %.0f req/s, %.0f ns of CPU per request (all CPUs)'
           % (name, res['load'], res['keys'], res['rps'], res['cpu_ns_per_request']))
-    total = 0.0
     for r in res['symbols']:
         if r['ns_per_request'] >= 1:
             print('  %-48s %5.2f%%  %6.0f ns/req' % (r['symbol'], r['share_pct'], r['ns_per_request']))
-        total += r['ns_per_request']
-    print('  %-48s         %6.0f ns/req' % ('BPF programs and helpers, total', total))
+    print('  %-48s         %6.0f ns/req' % ('BPF programs and helpers, total', bpf_total(res)))
     for s, offs in res['hot'].items():
         print('  hottest in %s:' % s)
         for o in offs:

@@ -2385,10 +2385,9 @@ static __always_inline int adj_read(struct erb_flow *f, struct erb_seqadj *c, st
 	struct adjr r = { .f = f };
 
 	/* the first try inline (it nearly always succeeds), the retries in a loop */
-	if (!adj_try(&r))
+	r.ok = adj_try(&r);
+	if (!r.ok)
 		bpf_loop(ADJ_TRIES, adj_step, &r, 0);
-	else
-		r.ok = 1;
 	if (!r.ok)
 		return -1;
 	*c = r.c;

@@ -264,11 +264,6 @@ class ErbWr(ctypes.Structure):
     ]
 
 
-class BpfSpinLock(ctypes.Structure):
-    """struct bpf_spin_lock (uapi linux/bpf.h)."""
-    _fields_ = [('val', u32)]
-
-
 class BpfTimer(ctypes.Structure):
     """struct bpf_timer (uapi linux/bpf.h): opaque, 16 bytes, 8-aligned."""
     _fields_ = [('opaque', ctypes.c_uint64 * 2)]

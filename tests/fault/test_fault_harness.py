@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from erb_conftest import REPO, wait_for
+from erb_conftest import REDIS_PORT, REPO, wait_for
 from fault_harness import FaultError, FaultLink, nstat_values
 
 sys.path.insert(0, str(REPO / 'tests' / 'integration'))
@@ -145,7 +145,7 @@ def live_redis_connections(h):
     out = []
     for run in (h.run, h.client_run):
         for line in run(['ss', '-Htn', 'state', 'connected', 'exclude', 'time-wait']).stdout.splitlines():
-            if ':6379' in line:
+            if any(col.endswith(':%d' % REDIS_PORT) for col in line.split()):
                 out.append(line.strip())
     return out
 
