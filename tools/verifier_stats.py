@@ -13,11 +13,14 @@ processed instructions are counted per subprogram (how many times each was enter
 for the N busiest source lines. A subprogram entered many times is verified again for each state
 its callers reach it in: the place to cut (a global function is verified once, on its own).
 With --chains, the N deepest call chains from each program (direct calls, global functions and
-bpf_loop callbacks, from llvm-objdump's relocations) with their frames, each rounded up to 16
-bytes as a JIT kernel does, against the 512-byte limit of check_max_stack_depth(). Which chains
-a kernel counts is not fully understood: 6.18.44 loads an erb_xdp whose deepest chain so counted
-is 576 bytes, yet refused a variant with the timer moved out of struct erb_flow for a chain of
-528 that this listing shows exactly. Treat a chain over the limit as a refusal waiting to happen.
+bpf_loop callbacks, from llvm-objdump's relocations) with their frames as check_max_stack_depth()
+adds them against its 512-byte limit: each rounded up to 16 bytes (a JIT kernel), and as they are
+before the verifier inlines bpf_loop. The depths of a loaded program's closing line include the
+24 bytes (three u64 slots) that inlining adds to each function with a bpf_loop call (ERB's all
+qualify: constant callback, flags 0), so those are taken off again; a refused program's line
+has them without. Checked on 6.18.44: erb_xdp -> erb_pipe -> pipe_check_step -> probe_step counted
+176 + 160 + 160 + 16 = 512 and loaded; 8 bytes more in erb_pipe made it 528 and the kernel refused
+the object ("combined stack size of 4 calls is 528").
 Needs root.
 """
 import argparse
@@ -44,9 +47,27 @@ def libbpf():
     return b
 
 
+LIBBPF_LOG = {}                   # object path: libbpf's own messages of its last verify()
+PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
 def verify(path, progs, level):
-    """Load progs of path at log level; {prog: log text}, load rc."""
+    """Load progs of path at log level; {prog: log text}, load rc. libbpf's own messages (debug
+    level: which subprograms it appends where) are kept in LIBBPF_LOG[path]."""
     b = libbpf()
+    libc = ctypes.CDLL(None)
+    libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+    msgs, line = [], ctypes.create_string_buffer(4096)
+
+    def printer(_level, fmt, args):
+        # args is the callback's va_list (on x86-64 a pointer to its state): vsnprintf reads it
+        libc.vsnprintf(line, len(line), fmt, args)
+        msgs.append(line.value.decode(errors='replace'))
+        return 0
+    callback = PRINT_FN(printer)
+    b.libbpf_set_print.restype = ctypes.c_void_p
+    b.libbpf_set_print.argtypes = [PRINT_FN]
+    old = b.libbpf_set_print(callback)
     obj = b.bpf_object__open(path.encode())
     if not obj:
         sys.exit('cannot open %s' % path)
@@ -67,19 +88,20 @@ def verify(path, progs, level):
     rc = b.bpf_object__load(obj)
     logs = {n: buf.value for n, buf in bufs.items()}
     b.bpf_object__close(obj)
+    ctypes.cast(b.libbpf_set_print, ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p))(old)
+    LIBBPF_LOG[path] = ''.join(msgs)
     return logs, rc
 
 
 def subprog_starts(path, prog):
-    """{instruction index: subprogram} of prog, from libbpf's debug output of bpftool: libbpf
-    appends each program's subprograms ("prog 'P': added N insns from sub-prog 'S'") and then
-    relocates the calls into them ("points to subprog 'S' (now at I offset)")."""
-    pin = '/sys/fs/bpf/erb-verifier-stats'
-    out = subprocess.run(['bpftool', '-d', 'prog', 'loadall', path, pin],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False).stdout
-    subprocess.run(['rm', '-rf', pin], check=False)
+    """{instruction index: subprogram} of prog, from libbpf's debug messages of the last verify()
+    of path that loaded prog: libbpf appends each program's subprograms ("prog 'P': added N insns
+    from sub-prog 'S'") and then relocates the calls into them ("points to subprog 'S' (now at I
+    offset)")."""
+    if not re.search(r"prog '%s': " % prog, LIBBPF_LOG.get(path, '')):
+        verify(path, [prog], 4 | 1)
     starts, main = {0: prog}, None
-    for line in out.splitlines():
+    for line in LIBBPF_LOG[path].splitlines():
         m = re.search(r"prog '(\w+)': added \d+ insns from sub-prog", line)
         if m:
             main = m.group(1)       # libbpf names the program it links the subprogram into
@@ -120,15 +142,53 @@ def call_graph(path):
     return graph
 
 
-def chains(log, path, prog, top):
-    """Print prog's top deepest call chains (frames rounded up to 16 bytes)."""
+def bpf_loop_callers(path):
+    """Functions of an object with a bpf_loop call (helper 181)."""
+    out, fn = set(), None
+    for line in subprocess.run(['llvm-objdump', '-d', '--no-show-raw-insn', path], stdout=subprocess.PIPE,
+                               text=True, check=True).stdout.splitlines():
+        m = re.match(r'^[0-9a-f]+ <(\w+)>:', line)
+        if m:
+            if not m.group(1).startswith('LBB'):     # a label inside the function, not one
+                fn = m.group(1)
+        elif fn and re.search(r'\tcall 181$', line):
+            out.add(fn)
+    return out
+
+
+def stack_reach(path):
+    """{function: deepest r10 offset its instructions name}: a floor for its verified depth."""
+    out, fn = collections.Counter(), None
+    for line in subprocess.run(['llvm-objdump', '-d', '--no-show-raw-insn', path], stdout=subprocess.PIPE,
+                               text=True, check=True).stdout.splitlines():
+        m = re.match(r'^[0-9a-f]+ <(\w+)>:', line)
+        if m:
+            if not m.group(1).startswith('LBB'):
+                fn = m.group(1)
+            continue
+        m = re.search(r'r10 - (\d+)\)', line)
+        if fn and m:
+            out[fn] = max(out[fn], int(m.group(1)))
+    return out
+
+
+def frames(log, path, prog, loaded):
+    """{function: bytes check_max_stack_depth() counts for its frame}, or None without depths."""
     m = re.findall(rb'stack depth ([\d+]+)', log)
     if not m:
-        print('  (no stack depths in the log)')
-        return
+        return None
     depths = [int(x) for x in m[-1].split(b'+')]
     order = [name for _unused, name in sorted(subprog_starts(path, prog).items())]
-    frame = {name: -(-d // 16) * 16 for name, d in zip(order, depths)}
+    inlined, reach = bpf_loop_callers(path) if loaded else set(), stack_reach(path)
+    return {name: -(-max(d - (24 if name in inlined else 0), reach[name]) // 16) * 16
+            for name, d in zip(order, depths)}
+
+
+def deepest_chains(log, path, prog, loaded):
+    """[(bytes, [function, ...])] of prog's call chains, deepest first."""
+    frame = frames(log, path, prog, loaded)
+    if frame is None:
+        return None, []
     graph, found = call_graph(path), []
 
     def walk(fn, trail, total):
@@ -139,6 +199,15 @@ def chains(log, path, prog, top):
                 walk(callee, trail, total)
     walk(prog, [], 0)
     found.sort(key=lambda c: -c[0])
+    return frame, found
+
+
+def chains(log, path, prog, top, loaded):
+    """Print prog's top deepest call chains."""
+    frame, found = deepest_chains(log, path, prog, loaded)
+    if frame is None:
+        print('  (no stack depths in the log)')
+        return
     for total, trail in found[:top]:
         print('  %4d bytes%s  %s' % (total, ' OVER 512' if total > 512 else '',
                                      ' -> '.join('%s (%d)' % (f, frame[f]) for f in trail)))
@@ -189,7 +258,7 @@ def main():
     if args.chains:
         for name in progs:
             print('--- %s: deepest call chains' % name)
-            chains(logs[name], args.object, name, args.chains)
+            chains(logs[name], args.object, name, args.chains, rc == 0)
     if args.where:
         for name in progs:
             print('--- %s' % name)

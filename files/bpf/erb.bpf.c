@@ -1870,21 +1870,49 @@ __attribute__((noinline)) int erb_set(struct xdp_md *ctx)
 	return answer_one(ctx, 1);
 }
 
-/* Several commands in one segment: all answered in one reply, or all passed. */
-__attribute__((noinline)) int erb_pipe(struct xdp_md *ctx)
+/* erb_pipe()'s and erb_pipe_reply()'s start: global_env() into a. */
+static __always_inline int pipe_env(struct xdp_md *ctx, struct pkt *k, struct actx *a)
 {
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
+	int rc = global_env(ctx, s, g, k, &a->f);
+
+	if (rc || !s || !g || !a->f)
+		return rc ? rc : XDP_DROP;
+	a->ctx = ctx;
+	a->k = k;
+	a->key = &s->pa.key;
+	return 0;
+}
+
+/*
+ * Several commands in one segment: all answered in one reply, or all passed,
+ * in three steps (erb_pipe.h): erb_pipe() (RC_PIPE_CHECK: go on), then
+ * erb_pipe_check() (RC_PIPE_REPLY: go on, locks held), then erb_pipe_reply().
+ */
+__attribute__((noinline)) int erb_pipe(struct xdp_md *ctx)
+{
 	struct pkt k = {};
 	struct actx a = {};
-	int rc = global_env(ctx, s, g, &k, &a.f);
+	int rc = pipe_env(ctx, &k, &a);
 
-	if (rc || !s || !g || !a.f)
-		return rc ? rc : XDP_DROP;
-	a.ctx = ctx;
-	a.k = &k;
-	a.key = &s->pa.key;
-	return pipe_answer(&a);
+	return rc ? rc : pipe_prepare(&a);
+}
+
+/* The smallest frame there is above pipe_check_step and its probes. */
+__attribute__((noinline)) int erb_pipe_check(struct xdp_md *ctx)
+{
+	return ctx ? pipe_check() : -1;
+}
+
+/* Called only after erb_pipe_check() said RC_PIPE_REPLY: releases its locks on every path. */
+__attribute__((noinline)) int erb_pipe_reply(struct xdp_md *ctx)
+{
+	struct pkt k = {};
+	struct actx a = {};
+	int rc = pipe_env(ctx, &k, &a);
+
+	return rc ? pipe_unlock(rc) : pipe_reply(&a);
 }
 
 #endif
@@ -2164,6 +2192,10 @@ int erb_xdp(struct xdp_md *ctx)
 				rc = erb_set(ctx);
 			if (rc == RC_PIPELINE)
 				rc = erb_pipe(ctx);
+			if (rc == RC_PIPE_CHECK)
+				rc = erb_pipe_check(ctx);
+			if (rc == RC_PIPE_REPLY)
+				rc = erb_pipe_reply(ctx);
 #else
 			ac.ctx = ctx;
 			ac.k = &k;

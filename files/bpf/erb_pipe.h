@@ -16,9 +16,15 @@
 #define ERB_PIPE_H
 
 /*
- * The nested bpf_loop callbacks get erb_xdp's struct actx (no context of
- * their own on the stack: the four frames of the deepest call chain must
- * stay within 512 bytes) and look the per-CPU scratch and erb_global up.
+ * Three steps, each a global function of its own (erb_pipe(),
+ * erb_pipe_check(), erb_pipe_reply(), called in turn by erb_xdp): the
+ * kernel adds the frames of a call chain against one 512-byte stack, before
+ * it inlines bpf_loop, and erb_xdp -> erb_pipe -> pipe_check_step ->
+ * probe_step was 512 to the byte when one function did all three (8 bytes
+ * more in any of them and erb.bpf.o was refused). The checks' frame is now
+ * the smallest there is. The nested bpf_loop callbacks take no context (NULL)
+ * and look the per-CPU scratch and erb_global up; s->pp carries the segment
+ * from one step to the next (same CPU, same packet).
  */
 
 /* "$<n>\r\n" at b[*pi]: n (no leading zero; "$0" only when zero_ok), *pi past it; else -1. */
@@ -153,8 +159,7 @@ static long pipe_holder_step(__u32 j, void *arg)
  * follows it (its entry written again, its record after the other's), any
  * other key of the bucket passes the segment. Returns 0 when it follows.
  */
-static __always_inline int pipe_dup_set(struct actx *x, struct erb_scratch *s,
-					struct pipe_cmd *c, __u32 i, __u32 b)
+static __always_inline int pipe_dup_set(struct erb_scratch *s, struct pipe_cmd *c, __u32 i, __u32 b)
 {
 	struct pipe_cmd *o;
 	__u32 kl;
@@ -162,7 +167,7 @@ static __always_inline int pipe_dup_set(struct actx *x, struct erb_scratch *s,
 	s->pp.cur = i;
 	s->pp.b = b;
 	s->pp.holder = i;
-	bpf_loop(ERB_PIPE_MAX, pipe_holder_step, x, 0);
+	bpf_loop(ERB_PIPE_MAX, pipe_holder_step, NULL, 0);
 	if (s->pp.holder >= i)
 		return -1;
 	o = &s->pc[s->pp.holder & (ERB_PIPE_MAX - 1)];
@@ -184,9 +189,8 @@ static __always_inline int pipe_dup_set(struct actx *x, struct erb_scratch *s,
  * its bucket and entry locks as do_set() would (held until committed or
  * released) and appends +OK. Nothing is written anywhere else.
  */
-static long pipe_check_step(__u32 i, void *arg)
+static long pipe_check_step(__u32 i, void *unused)
 {
-	struct actx *x = arg;
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
 	__u32 klen, h, b, rstart = 0, rlen = 0, tot, idx, *bl, *cnt;
@@ -235,7 +239,7 @@ static long pipe_check_step(__u32 i, void *arg)
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		/* taken: by an earlier SET of this very key here, or passed */
-		if (pipe_dup_set(x, s, c, i, b))
+		if (pipe_dup_set(s, c, i, b))
 			return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 		goto ok;
 	}
@@ -287,9 +291,9 @@ static long pipe_unlock_step(__u32 i, void *arg)
 	return 0;
 }
 
-static __always_inline int pipe_unlock(struct actx *x, int rc)
+static __always_inline int pipe_unlock(int rc)
 {
-	bpf_loop(ERB_PIPE_MAX, pipe_unlock_step, x, 0);
+	bpf_loop(ERB_PIPE_MAX, pipe_unlock_step, NULL, 0);
 	return rc;
 }
 
@@ -360,7 +364,8 @@ static long pipe_commit_step(__u32 i, void *arg)
 
 /*
  * Answer a segment of 2..ERB_PIPE_MAX GET hits and fast SETs (s->buf holds its
- * payload) in one reply, or return -1 with nothing changed (frame untouched).
+ * payload) in one reply (pipe_prepare(), pipe_check(), pipe_reply() in turn:
+ * pipe_answer()), or pass it with nothing changed (frame untouched).
  *
  * Ring buffer path: a record is reserved per SET when it is committed, after
  * the reply is built; the segment is answered only while the ring is at most
@@ -370,15 +375,18 @@ static long pipe_commit_step(__u32 i, void *arg)
  * anew. erb_io path: its kfifo reports no room in advance, so at most one SET
  * per segment, queued before the reply is built, as do_set() does.
  */
-static __always_inline int pipe_answer(struct actx *x)
+#define RC_PIPE_CHECK	(-5)	/* pipe_prepare(): parsed, go on to pipe_check() */
+#define RC_PIPE_REPLY	(-6)	/* pipe_check(): all good, locks held: pipe_reply() must follow */
+
+/*
+ * Step 1: split the segment into commands and check what concerns it as a
+ * whole. RC_PIPE_CHECK: go on; -1: pass it (nothing taken, nothing changed).
+ */
+static __always_inline int pipe_prepare(struct actx *x)
 {
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
-	struct erb_aux *a;
-	__u32 tot;
-	int rc;
 
-	/* few values live across the loops: the deepest call chain's stack is tight */
 	if (!s || !g || !x->k || !x->f || !x->key || !x->ctx)
 		return -1;
 	__builtin_memset(&s->pp, 0, sizeof(s->pp));
@@ -405,19 +413,51 @@ static __always_inline int pipe_answer(struct actx *x)
 		stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
 		return -1;
 	}
-	bpf_loop(ERB_PIPE_MAX, pipe_check_step, x, 0);
+	return RC_PIPE_CHECK;
+}
+
+/*
+ * Step 2: each command a GET hit or a fast SET, its locks taken, the reply
+ * built in s->prep. RC_PIPE_REPLY: pipe_reply() must follow (locks held);
+ * -1: pass the segment (every lock released).
+ */
+static __always_inline int pipe_check(void)
+{
+	struct erb_scratch *s = scratch();
+
+	if (!s)
+		return -1;
+	bpf_loop(ERB_PIPE_MAX, pipe_check_step, NULL, 0);
 	if (s->pp.fail)
-		return pipe_unlock(x, -1);
+		return pipe_unlock(-1);
+	return RC_PIPE_REPLY;
+}
+
+/*
+ * Step 3, after pipe_check() (locks held): the reply sent, the SETs
+ * committed, every lock released on every path. An XDP action, else -1 with
+ * nothing changed (frame untouched).
+ */
+static __always_inline int pipe_reply(struct actx *x)
+{
+	struct erb_scratch *s = scratch();
+	struct erb_global *g = global();
+	struct erb_aux *a;
+	__u32 tot;
+	int rc;
+
+	if (!s || !g || !x->k || !x->f || !x->key || !x->ctx)
+		return pipe_unlock(-1);
 	if (!client_takes(x->f, x->k, &s->o, s->pp.tot))
-		return pipe_unlock(x, -1);
+		return pipe_unlock(-1);
 	/* erb_io: the record is queued first, so the reply must not need more room */
 	if (s->pp.nset && (cfg.flags & ERB_CFG_KMOD) && s->pp.tot > x->k->plen) {
 		stat_inc(ERB_STAT_PASS_NO_ROOM);
-		return pipe_unlock(x, -1);
+		return pipe_unlock(-1);
 	}
 	tot = s->pp.tot;
 	if (!len_in(tot, 1, ERB_REPLY_MAX - 8))
-		return pipe_unlock(x, -1);
+		return pipe_unlock(-1);
 	bpf_probe_read_kernel(s->rep, arg_len(tot, 1, ERB_REPLY_MAX - 8), s->prep);
 	tot = arg_len(tot, 1, ERB_REPLY_MAX - 8);
 	/* zero pad read by the checksum */
@@ -427,26 +467,26 @@ static __always_inline int pipe_answer(struct actx *x)
 	s->pp.seq = x->f->s_nxt;
 	s->pp.ack = bpf_ntohl(x->k->tcp->seq) + x->k->plen;
 	if (s->pp.nset && (cfg.flags & ERB_CFG_KMOD)) {
-		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, x, 0);
+		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, NULL, 0);
 		if (s->pp.fail)
-			return pipe_unlock(x, -1);
+			return pipe_unlock(-1);
 		rc = xdp_reply(x->ctx, x->k, &s->o, s->rep, 0, s->pp.tot, s->pp.seq, s->pp.ack,
 			       x->f->s_win);
 		/* cannot fail (the reply is smaller); if it did, as in do_set() */
 		if (rc != XDP_TX)
-			return pipe_unlock(x, XDP_DROP);
-		pipe_unlock(x, 0);
+			return pipe_unlock(XDP_DROP);
+		pipe_unlock(0);
 	} else {
 		rc = xdp_reply(x->ctx, x->k, &s->o, s->rep, 0, s->pp.tot, s->pp.seq, s->pp.ack,
 			       x->f->s_win);
 		if (rc < 0)
 			stat_inc(ERB_STAT_PASS_NO_ROOM);
 		if (rc != XDP_TX)
-			return pipe_unlock(x, rc);
-		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, x, 0);
+			return pipe_unlock(rc);
+		bpf_loop(ERB_PIPE_MAX, pipe_commit_step, NULL, 0);
 		if (s->pp.fail)
-			return pipe_unlock(x, XDP_DROP);
-		pipe_unlock(x, 0);
+			return pipe_unlock(XDP_DROP);
+		pipe_unlock(0);
 	}
 	a = bpf_map_lookup_elem(&erb_aux, x->key);
 	if (!a)
@@ -457,6 +497,18 @@ static __always_inline int pipe_answer(struct actx *x)
 	stat_inc(ERB_STAT_PIPELINED);
 	stat_add(ERB_STAT_PIPELINED_CMDS, s->pp.n);
 	return XDP_TX;
+}
+
+/* The three steps in one (erb-compat.bpf.o, whose frames are its callers'). */
+static __always_inline int pipe_answer(struct actx *x)
+{
+	int rc = pipe_prepare(x);
+
+	if (rc == RC_PIPE_CHECK)
+		rc = pipe_check();
+	if (rc == RC_PIPE_REPLY)
+		rc = pipe_reply(x);
+	return rc;
 }
 
 #endif /* ERB_PIPE_H */

@@ -9,6 +9,11 @@ erb_xdp from ~470k past 1M overnight, and every deploy failed). This fails while
 room, at 80% of the limit, for the builds the role deploys here: erb.bpf.o with its built-in
 flags (GET answers and fills) and with the SET fast path over the ring buffer (`make variants`).
 The figures come from the verifier's own closing line, through tools/verifier_stats.py.
+
+The same goes for the stack: the kernel adds the frames of every call chain (bpf_loop callbacks
+and global functions included) against 512 bytes, and refuses the object past it. erb_xdp's
+deepest chain was once 512 to the byte (8 bytes more in one frame and 6.18.44 refused it): the
+deepest chain must leave 32 bytes free.
 """
 
 import os
@@ -25,6 +30,8 @@ import verifier_stats  # noqa: E402
 
 LIMIT = 1000000
 BUDGET = int(LIMIT * 0.8)
+STACK = 512
+STACK_BUDGET = STACK - 32
 
 
 @pytest.fixture(scope='module')
@@ -35,10 +42,19 @@ def variants(tmp_path_factory):
     return out
 
 
-def processed(path, prog):
+def build_path(variants, build):
+    return os.path.join(REPO, 'files', 'bpf', build) if build == 'erb.bpf.o' else str(variants / build)
+
+
+def loaded_log(path, prog):
     logs, rc = verifier_stats.verify(path, [prog], 4 | 1)
     text = logs[prog].decode(errors='replace')
     assert rc == 0, 'the kernel refused %s of %s:\n%s' % (prog, path, text[-2000:])
+    return logs[prog], text
+
+
+def processed(path, prog):
+    text = loaded_log(path, prog)[1]
     m = re.search(r'^processed (\d+) insns', text, re.M)
     assert m, 'no verifier statistics for %s:\n%s' % (prog, text[-2000:])
     return int(m.group(1))
@@ -47,9 +63,26 @@ def processed(path, prog):
 @pytest.mark.parametrize('build', ['erb.bpf.o', 'erb-set.bpf.o'])
 @pytest.mark.parametrize('prog', ['erb_xdp', 'erb_tc_egress'])
 def test_verification_leaves_a_fifth_of_the_limit(variants, build, prog):
-    path = os.path.join(REPO, 'files', 'bpf', build) if build == 'erb.bpf.o' else str(variants / build)
+    path = build_path(variants, build)
     n = processed(path, prog)
     print('%s %s: %d verifier instructions (%.0f%% of the limit)' % (build, prog, n, 100.0 * n / LIMIT))
     assert n <= BUDGET, ('%s of %s took %d of the verifier\'s %d instructions: over the %d budget; '
                          'see python3 tools/verifier_stats.py --object %s --prog %s --where 30'
                          % (prog, build, n, LIMIT, BUDGET, path, prog))
+
+
+@pytest.mark.parametrize('build', ['erb.bpf.o', 'erb-set.bpf.o'])
+@pytest.mark.parametrize('prog', ['erb_xdp', 'erb_tc_egress'])
+def test_the_deepest_call_chain_leaves_stack_free(variants, build, prog):
+    path = build_path(variants, build)
+    log = loaded_log(path, prog)[0]
+    frame, found = verifier_stats.deepest_chains(log, path, prog, True)
+    assert frame and found, 'no stack depths in the verifier log of %s of %s' % (prog, build)
+    total, trail = found[0]
+    chain = ' -> '.join('%s (%d)' % (f, frame[f]) for f in trail)
+    print('%s %s: deepest call chain %d of %d bytes: %s' % (build, prog, total, STACK, chain))
+    # every function of the chain has a frame, and the program's own is the first
+    assert trail[0] == prog and all(frame[f] >= 0 for f in trail)
+    assert total <= STACK_BUDGET, ('%s of %s: its deepest call chain takes %d of the kernel\'s %d stack '
+                                   'bytes (budget %d): %s; see python3 tools/verifier_stats.py --object %s '
+                                   '--chains 5' % (prog, build, total, STACK, STACK_BUDGET, chain, path))
