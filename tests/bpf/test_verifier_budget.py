@@ -86,3 +86,31 @@ def test_the_deepest_call_chain_leaves_stack_free(variants, build, prog):
     assert total <= STACK_BUDGET, ('%s of %s: its deepest call chain takes %d of the kernel\'s %d stack '
                                    'bytes (budget %d): %s; see python3 tools/verifier_stats.py --object %s '
                                    '--chains 5' % (prog, build, total, STACK, STACK_BUDGET, chain, path))
+
+
+@pytest.mark.parametrize('cb_frame, loads', [(168, True), (184, False)])
+def test_chains_are_counted_as_the_kernel_counts_them(tmp_path, cb_frame, loads):
+    """The budget above is only as good as the count: top (176 bytes) -> mid (152, whose bpf_loop
+    the verifier inlines: 24 bytes more once it has loaded) -> cb. With cb at 168 the kernel
+    counts 176 + 160 + 176 = 512 and loads it (the frames after inlining would add up to 528);
+    at 184, 528: refused, and the kernel's message names the same figure."""
+    obj = str(tmp_path / 'stack_chain.bpf.o')
+    subprocess.run(['clang', '-g', '-O2', '-target', 'bpf', '-mcpu=v3', '-Wall', '-Werror',
+                    '-I/usr/include/%s-linux-gnu' % os.uname().machine, '-DSTK_A=176', '-DSTK_B=152',
+                    '-DSTK_C=%d' % cb_frame, '-c', os.path.join(REPO, 'tests', 'bpf', 'stack_chain.bpf.c'),
+                    '-o', obj], check=True)
+    logs, rc = verifier_stats.verify(obj, ['top'], 4 | 1)
+    text = logs['top'].decode(errors='replace')
+    frame, found = verifier_stats.deepest_chains(logs['top'], obj, 'top', rc == 0)
+    total, trail = found[0]
+    assert trail == ['top', 'mid', 'cb'], trail
+    print('cb %d: counted %d (%s), kernel: %s' % (cb_frame, total, frame, 'loaded' if rc == 0 else text[-300:]))
+    if loads:
+        assert rc == 0, 'the kernel refused a chain counted at %d bytes:\n%s' % (total, text[-1000:])
+        assert total == STACK
+        reported = [int(x) for x in re.findall(r'stack depth ([\d+]+)', text)[-1].split('+')]
+        assert sum(-(-d // 16) * 16 for d in reported) > STACK, 'mid\'s bpf_loop was not inlined: %s' % reported
+    else:
+        assert rc != 0, 'the kernel loaded a chain counted at %d bytes' % total
+        m = re.search(r'combined stack size of 3 calls is (\d+)', text)
+        assert m and int(m.group(1)) == total, text[-1000:]
