@@ -1973,10 +1973,12 @@ __attribute__((noinline)) int erb_parse(struct xdp_md *ctx)
 }
 #else
 /*
- * ERB_CALLBACKS (erb-compat.bpf.o, for Linux 6.1): the answers as bpf_loop
- * callbacks of erb_xdp, on erb_xdp's struct pkt and actx. 6.1 adds every
- * frame of a call chain against one 512-byte stack, a global function's too,
- * and the global functions above each need a struct pkt of their own.
+ * ERB_CALLBACKS (erb-compat.bpf.o, the fallback for kernels that refuse
+ * erb.bpf.o): the answers as bpf_loop callbacks of erb_xdp, on erb_xdp's
+ * struct pkt and actx. 6.1 adds every frame of a call chain against one
+ * 512-byte stack, a global function's too (rounded to 32 bytes), and the
+ * global functions above each need a struct pkt of their own; it refused
+ * erb.bpf.o for the chain through erb_pipe until erb_pipe_check.
  */
 static long get_step(__u32 i, void *arg)
 {

@@ -73,9 +73,9 @@ v kernel "$(uname -r)"
 v modules_before "$(grep -c . /proc/modules)"
 
 # 1. without erb_io: the ring-buffer objects load; the kmod variant cannot.
-#    These are the compat builds (bpf_loop callbacks, not global functions):
-#    with the SET fast path's defaults, 6.1 refuses erb.bpf.o's call chains as
-#    over 512 bytes of stack, and the loader then falls back to erb-compat.bpf.o
+#    These are the compat builds (bpf_loop callbacks, not global functions),
+#    which the loader falls back to where a kernel refuses erb.bpf.o (6.1 did,
+#    for a call chain over 512 bytes of stack, until erb_pipe_check)
 verify nomod_ring "$OUT/v/erb-compat.bpf.o"
 verify nomod_set "$OUT/v/erb-compat-set.bpf.o"
 verify nomod_kmod "$OUT/v/erb-compat-kmod.bpf.o"
