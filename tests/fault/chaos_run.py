@@ -11,6 +11,7 @@ it; shared by tests/fault/test_chaos.py and bench/chaos.py.
 - redis_values(socket, keys): the keys' values read from Redis over its unix socket.
 - lost_writes(model, values): keys whose value in Redis the model does not allow.
 - totals(workload JSON): ops, requests, wrong, errors, slowest, p99 of all clients.
+- window_order(rounds): which host takes each window of a throughput comparison.
 """
 
 import json
@@ -67,6 +68,15 @@ def run_workloads(hosts, tag, seconds, out_dir, python=None):
     if failed:
         raise RuntimeError('\n'.join(failed))
     return res
+
+
+def window_order(rounds):
+    """The labels ('erb', 'alone') of the windows of a throughput comparison: A B B A, then
+    B A A B, and so on, so that neither side takes more of the machine's early or late spells."""
+    out = []
+    for r in range(rounds):
+        out += ['erb', 'alone', 'alone', 'erb'] if r % 2 == 0 else ['alone', 'erb', 'erb', 'alone']
+    return out
 
 
 def _read_reply(f):
@@ -145,4 +155,13 @@ def table(results):
             lines.append('| %s | %s | %d | %.0f | %d | %d | %d | %.3f | %.4f |' % (
                 mix, 'Redis alone' if label == 'alone' else 'ERB', t['ops'], t['requests'] / t['seconds'],
                 t['wrong'], t['errors'], t.get('lost', 0), t['slowest'], t['p99']))
+    if any('median' in r for r in results.values()):
+        lines += ['', '| mix | Redis alone ops per window (median) | ERB ops per window (median) | ERB / Redis alone |',
+                  '| --- | --- | --- | --- |']
+        for mix, r in results.items():
+            if 'median' in r:
+                m = r['median']
+                lines.append('| %s | %s (%.0f) | %s (%.0f) | %.3f |' % (
+                    mix, ', '.join(map(str, r['windows']['alone'])), m['alone'],
+                    ', '.join(map(str, r['windows']['erb'])), m['erb'], m['erb'] / max(1, m['alone'])))
     return '\n'.join(lines) + '\n'

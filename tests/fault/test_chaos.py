@@ -13,10 +13,17 @@ modelling every reply of its own keys) runs against both hosts at the same time 
 ERB_CHAOS_SECONDS (default 20); then the faults stop, ERB's I/O path catches up and every
 key is compared with Redis over its unix socket.
 
-Per mix, ERB must show: no wrong reply, no error, no lost acknowledged write, no request
-slower than Redis alone's slowest x 2 + one RTO (200 ms, Linux's minimum), and at least
-Redis alone's throughput. Redis alone must show no wrong reply, error or lost write either
-(else the workload or its model is wrong). Results go to the test output and to
+Throughput is compared apart from that run, in alternating windows (ERB_CHAOS_WINDOWS rounds
+of A B B A / B A A B, ERB_CHAOS_WINDOW seconds each, defaults 2 and 4): one host under the
+workload at a time, both links under the mix's faults. At once, the two hosts' clients, Redis
+servers and softirqs compete for this machine's two cores, and one window each is at the
+mercy of its spells (Redis alone's ops in the duplication mix were 113,050 in one CI run and
+256,716 in the one before); the medians of alternating windows are not.
+
+Per mix, ERB must show: no wrong reply, no error, no lost acknowledged write (in every
+window too), no request slower than Redis alone's slowest x 2 + one RTO (200 ms, Linux's
+minimum), and a median of operations per window at least Redis alone's. Redis alone must
+show no wrong reply, error or lost write either (else the workload or its model is wrong). Results go to the test output and to
 tests/output/chaos/ (one JSON per mix and table.md; with ERB_CHAOS_PCAP=1 also a tcpdump
 capture of each client end per mix).
 
@@ -25,6 +32,7 @@ Run it alone:  .venv/bin/python -m pytest tests/fault/test_chaos.py -s
 
 import json
 import os
+import statistics
 import shutil
 import signal
 import subprocess
@@ -34,7 +42,7 @@ import time
 import pytest
 
 from erb_conftest import REPO, wait_for
-from chaos_run import RTO, details, lost_writes, mixes, redis_values, run_workloads, table, totals
+from chaos_run import RTO, details, lost_writes, mixes, redis_values, run_workloads, table, totals, window_order
 from chaos_workload import MAX_DETAILS, SLOW_DETAIL
 from fault_harness import Faults, nstat_values
 
@@ -46,6 +54,8 @@ pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
 
 OUT = REPO / 'tests' / 'output' / 'chaos'
 SECONDS = float(os.environ.get('ERB_CHAOS_SECONDS', '20'))
+WINDOW = float(os.environ.get('ERB_CHAOS_WINDOW', '4'))
+WINDOWS = int(os.environ.get('ERB_CHAOS_WINDOWS', '2'))    # rounds of four windows
 RATE = float(os.environ.get('ERB_CHAOS_RATE', '0.02'))
 MIXES = mixes(RATE)
 # fault counters each mix must have moved on both hosts, both ways (else it tested nothing)
@@ -147,9 +157,25 @@ def chaos(fleet, ansible_playbook):
 # write, and the I/O path caught up: those fail the test. The speed bounds (slowest request,
 # throughput) end it as an expected failure when missed, with the figures in the reason.
 SPEED = ('speed bounds not met yet: a command right after its key\'s SET answered in XDP waits for the '
-         'I/O path (held, then replayed by the agent once the SET is in Redis); on this 2-vCPU machine the '
-         'agent\'s round trip to Redis has spikes of tens to hundreds of ms under the chaos load, and ERB\'s '
-         'per-packet work shares both cores with Redis alone\'s workload')
+         'I/O path (held, then replayed by the agent once the SET is in Redis), whose round trip to Redis has '
+         'spikes of tens to hundreds of ms under the chaos load; and where no RTO dominates (duplication, '
+         'reordering) the 2-vCPU machine is CPU-bound: the agent\'s own connection applies every fast SET '
+         'to Redis, and every passed command pays the BPF parse and sequence mapping')
+
+
+def throughput_windows(erb, alone, mix):
+    """The workload on one host at a time (window_order), the faults of mix already set: per
+    label, each window's ops, requests, wrong replies and errors, and the models of its keys."""
+    by = {'erb': erb, 'alone': alone}
+    out = {'erb': [], 'alone': []}
+    for n, label in enumerate(window_order(WINDOWS)):
+        h = by[label]
+        w = run_workloads([(h.index, h.client_ns, h.server_ip)], '%s-w%d' % (mix, n), WINDOW, OUT)[h.index]
+        t = totals(w)
+        out[label].append({'ops': t['ops'], 'requests': t['requests'], 'wrong': t['wrong'], 'errors': t['errors'],
+                           'hung': t['hung'], 'model': w['model'], 'wrong_details': details(w, 'wrong')[:3],
+                           'error_details': details(w, 'error')[:3]})
+    return out
 
 
 @pytest.mark.parametrize('mix', list(MIXES))
@@ -164,6 +190,8 @@ def test_chaos(chaos, mix):
     faults.set(**MIXES[mix])
     try:
         w = run_workloads([(h.index, h.client_ns, h.server_ip) for h in hosts], mix, SECONDS, OUT)
+        f_mid = faults.stats()
+        win = throughput_windows(erb, alone, mix)
     finally:
         faults.set()
         stop_pcaps(pcaps)
@@ -184,13 +212,22 @@ def test_chaos(chaos, mix):
         model = w[h.index]['model']
         lost[h.index] = lost_writes(model, redis_values(h.socket, model))
         t[h.index] = dict(totals(w[h.index]), lost=len(lost[h.index]))
+    for label, h in (('erb', erb), ('alone', alone)):
+        for x in win[label]:
+            x['lost'] = lost_writes(x['model'], redis_values(h.socket, x['model']))[:3]
+            del x['model']
+    median = {label: statistics.median(x['ops'] for x in win[label]) for label in win}
     te, ta = t[erb.index], t[alone.index]
     fd, sd, nd = fault_delta(f1, f0), dict_delta(s1, s0), nstat_delta(n1, n0)
     a1 = agent_stats(erb)
     # this mix's counts; the apply delays are the agent's since it started
     ad = dict(dict_delta({k: a1.get(k, 0) for k in AGENT_KEYS}, a0), apply_delay_us=a1.get('apply_delay_us'))
-    RESULTS[mix] = {'erb': te, 'alone': ta}
+    RESULTS[mix] = {'erb': te, 'alone': ta, 'windows': {k: [x['ops'] for x in v] for k, v in win.items()},
+                    'median': median}
     report = {'mix': mix, 'faults': MIXES[mix], 'seconds': SECONDS, 'erb': te, 'alone': ta,
+              'windows': {'seconds': WINDOW, 'order': window_order(WINDOWS), 'erb': win['erb'],
+                          'alone': win['alone'], 'median_ops': median,
+                          'fault_counters': fault_delta(f1, f_mid)},
               'erb_wrong': details(w[erb.index], 'wrong'), 'erb_errors': details(w[erb.index], 'error'),
               'alone_wrong': details(w[alone.index], 'wrong'), 'alone_errors': details(w[alone.index], 'error'),
               'erb_slow': details(w[erb.index], 'slow'), 'alone_slow': details(w[alone.index], 'slow'),
@@ -206,6 +243,11 @@ def test_chaos(chaos, mix):
                  x['slowest'], x['slowest_what'], x['p99']))
     for label, x in (('Redis alone', ta), ('ERB', te)):
         print('%-11s latency [requests, seconds] by bucket: %s' % (label, json.dumps(x['slow'])))
+    print('throughput windows (%g s each, one host at a time, order %s): Redis alone ops %s, median %.0f; '
+          'ERB ops %s, median %.0f; ERB / Redis alone %.3f'
+          % (WINDOW, ' '.join('A' if x == 'erb' else 'B' for x in window_order(WINDOWS)),
+             [x['ops'] for x in win['alone']], median['alone'], [x['ops'] for x in win['erb']], median['erb'],
+             median['erb'] / max(1, median['alone'])))
     print('fault counters (this mix): %s' % json.dumps(fd))
     print('ERB counters (%s, this mix): %s' % (erb.name, json.dumps(sd)))
     print('erb-agent (%s, this mix): %s' % (erb.name, json.dumps(ad)))
@@ -241,6 +283,12 @@ def test_chaos(chaos, mix):
                             % (label, x['lost'], lost[i][:3]))
         if x['hung']:
             problems.append('%s: clients still hung at the end: %s' % (label, x['hung']))
+    for label, name in (('alone', 'Redis alone'), ('erb', 'ERB')):
+        for n, x in enumerate(win[label]):
+            if x['wrong'] or x['errors'] or x['lost'] or x['hung']:
+                problems.append('%s, throughput window %d: %d wrong, %d failed, lost %s, hung %s; first: %s'
+                                % (name, n, x['wrong'], x['errors'], x['lost'], x['hung'],
+                                   (x['wrong_details'] + x['error_details'])[:3]))
     if not applied:
         problems.append('ERB: the I/O path did not apply every acknowledged SET within 30 s (%s)' % (seqs(att),))
     assert not problems, 'chaos mix %s:\n- %s' % (mix, '\n- '.join(problems))
@@ -250,7 +298,9 @@ def test_chaos(chaos, mix):
     if te['slowest'] > bound:
         slow.append('ERB: slowest request %.3f s (%s) > Redis alone slowest %.3f s x 2 + RTO = %.3f s'
                     % (te['slowest'], te['slowest_what'], ta['slowest'], bound))
-    if te['ops'] < ta['ops']:
-        slow.append('ERB: %d ops < Redis alone %d ops under the same faults' % (te['ops'], ta['ops']))
+    if median['erb'] < median['alone']:
+        slow.append('ERB: median %.0f ops per %g s window < Redis alone %.0f under the same faults (ERB %s, '
+                    'Redis alone %s)' % (median['erb'], WINDOW, median['alone'], [x['ops'] for x in win['erb']],
+                                         [x['ops'] for x in win['alone']]))
     if slow:
         pytest.xfail('%s (issue 10): chaos mix %s: %s' % (SPEED, mix, '; '.join(slow)))

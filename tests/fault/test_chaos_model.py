@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from chaos_run import window_order
 from chaos_workload import MAX_DETAILS, SLOW_DETAIL, Client, Model, Wrong, run_apart
 
 
@@ -94,3 +95,11 @@ def test_each_client_runs_in_a_process_of_its_own_and_reports_back():
     # the keys were written in three other processes (none in this one)
     assert len(pids) == 3 and str(os.getpid()) not in pids
     assert clients[0].ops == 0, 'the parent\'s copy of a client must not have run'
+
+
+def test_throughput_windows_alternate_evenly():
+    order = window_order(2)
+    assert order == ['erb', 'alone', 'alone', 'erb', 'alone', 'erb', 'erb', 'alone']
+    # each side as often as the other, and as often first as last
+    assert order.count('erb') == order.count('alone') == 4
+    assert sum(i for i, x in enumerate(order) if x == 'erb') == sum(i for i, x in enumerate(order) if x == 'alone')
