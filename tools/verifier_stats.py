@@ -142,34 +142,25 @@ def call_graph(path):
     return graph
 
 
-def bpf_loop_callers(path):
-    """Functions of an object with a bpf_loop call (helper 181)."""
-    out, fn = set(), None
+def disasm_facts(path):
+    """From one disassembly of path: the functions with a bpf_loop call (helper 181), and
+    {function: deepest r10 offset its instructions name}, a floor for its verified depth."""
+    callers, reach, fn = set(), collections.Counter(), None
     for line in subprocess.run(['llvm-objdump', '-d', '--no-show-raw-insn', path], stdout=subprocess.PIPE,
                                text=True, check=True).stdout.splitlines():
         m = re.match(r'^[0-9a-f]+ <(\w+)>:', line)
         if m:
             if not m.group(1).startswith('LBB'):     # a label inside the function, not one
                 fn = m.group(1)
-        elif fn and re.search(r'\tcall 181$', line):
-            out.add(fn)
-    return out
-
-
-def stack_reach(path):
-    """{function: deepest r10 offset its instructions name}: a floor for its verified depth."""
-    out, fn = collections.Counter(), None
-    for line in subprocess.run(['llvm-objdump', '-d', '--no-show-raw-insn', path], stdout=subprocess.PIPE,
-                               text=True, check=True).stdout.splitlines():
-        m = re.match(r'^[0-9a-f]+ <(\w+)>:', line)
-        if m:
-            if not m.group(1).startswith('LBB'):
-                fn = m.group(1)
             continue
+        if not fn:
+            continue
+        if re.search(r'\tcall 181$', line):
+            callers.add(fn)
         m = re.search(r'r10 - (\d+)\)', line)
-        if fn and m:
-            out[fn] = max(out[fn], int(m.group(1)))
-    return out
+        if m:
+            reach[fn] = max(reach[fn], int(m.group(1)))
+    return callers, reach
 
 
 def frames(log, path, prog, loaded):
@@ -179,7 +170,8 @@ def frames(log, path, prog, loaded):
         return None
     depths = [int(x) for x in m[-1].split(b'+')]
     order = [name for _unused, name in sorted(subprog_starts(path, prog).items())]
-    inlined, reach = bpf_loop_callers(path) if loaded else set(), stack_reach(path)
+    callers, reach = disasm_facts(path)
+    inlined = callers if loaded else set()
     return {name: -(-max(d - (24 if name in inlined else 0), reach[name]) // 16) * 16
             for name, d in zip(order, depths)}
 
