@@ -1964,6 +1964,21 @@ __attribute__((noinline)) int erb_parse(struct xdp_md *ctx)
 	struct erb_global *g = global();
 	struct actx a = {};
 	int rc = global_env(ctx, s, g, NULL, &a.f);
+#ifdef ERB_TEST_STACK_PAD
+	/*
+	 * Test builds only (files/bpf `make variants`: erb-deep.bpf.o): this many
+	 * bytes more in erb_parse's frame put erb_xdp's deepest call chain over
+	 * 512 on every kernel, so that the loader's fallback to the compat build
+	 * is exercised on a real kernel (tests/guest/sys-test.sh).
+	 */
+	volatile __u64 test_pad[ERB_TEST_STACK_PAD / 8];
+
+#pragma unroll
+	for (int i = 0; i < ERB_TEST_STACK_PAD / 8; i++)
+		test_pad[i] = rc;
+	if (test_pad[ctx->rx_queue_index & (ERB_TEST_STACK_PAD / 8 - 1)] != (__u64)rc)
+		return XDP_PASS;
+#endif
 
 	if (rc || !s || !g || !a.f)
 		return rc ? rc : XDP_DROP;

@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from erbtest import REPO
+from erbtest import EL, REPO
 
 sys.path.insert(0, os.path.join(REPO, 'tools'))
 import verifier_stats  # noqa: E402
@@ -114,3 +114,19 @@ def test_chains_are_counted_as_the_kernel_counts_them(tmp_path, cb_frame, loads)
         assert rc != 0, 'the kernel loaded a chain counted at %d bytes' % total
         m = re.search(r'combined stack size of 3 calls is (\d+)', text)
         assert m and int(m.group(1)) == total, text[-1000:]
+
+
+def test_the_deep_build_is_refused_for_its_stack_and_the_loader_names_its_compat_build(variants):
+    """erb-deep.bpf.o (`make variants`: erb_xdp's frame 128 bytes deeper) is what the 6.1 system
+    guest attaches to see the loader fall back to the compat build beside it on a real kernel
+    (tests/guest/sys-test.sh): it is only a test of the fallback if kernels refuse it, and for
+    the reason the fallback is for."""
+    path = str(variants / 'erb-deep.bpf.o')
+    obj = EL.B.BpfObject(path)
+    try:
+        with pytest.raises(EL.LoaderError) as e:
+            EL._load(obj)
+    finally:
+        obj.close()
+    assert 'combined stack size' in '\n'.join(e.value.log), str(e.value)[-1000:]
+    assert EL.compat_object(path, e.value) == str(variants / 'erb-deep-compat.bpf.o')

@@ -113,6 +113,15 @@ rmmod erb_io 2>"$OUT/rmmod-attached.err"
 v rmmod_attached_rc $?
 bpfmod detach_apply "$DETACH"
 
+stage fallback
+# 4b. a build this kernel refuses for its stack (erb-deep.bpf.o, `make variants`:
+#     erb_parse's frame 128 bytes deeper): the loader attaches the compat build
+#     beside it (erb-deep-compat.bpf.o) and SETs are answered as with erb.bpf.o
+bpfmod attach_fallback "${ATTACH/erb.bpf.o/erb-deep.bpf.o}"
+client sets fallback 100
+client delivered fallback apply
+bpfmod detach_fallback "$DETACH"
+
 stage reload
 # 5. changed parameters reload it: the aof_direct sink (Redis's AOF, found
 #    through Redis's pid), a kfifo of 64, batches of 32. The pid given is 1,

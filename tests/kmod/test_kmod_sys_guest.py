@@ -15,7 +15,8 @@ tests/guest/sys-test.sh
 - runs ERB itself on a fleet host (inventory/local/fleet.sh up 2) with erb_io as its
   I/O path: erb.booster.bpf attaches (io_path=auto -> kmod, TC on clsact: 6.1 has no
   tcx); SETs from the client namespace are answered by XDP and reach Redis through
-  the apply sink, then, after a reload with sink=aof_direct, land in Redis's AOF and
+  the apply sink; a build the kernel refuses for its stack (erb-deep.bpf.o) attaches
+  as the compat build beside it and answers the same way; then, after a reload with sink=aof_direct, land in Redis's AOF and
   come back when Redis restarts; redis-benchmark SET runs against ERB (apply, then
   aof_direct) and against the second host's Redis alone, and the ratios are printed.
 Results come back as "ERB-V name value" lines on the serial console and the Ansible
@@ -179,6 +180,24 @@ def test_erb_attaches_on_61_with_erb_io_and_clsact(sysguest, tag):
     d = bpf_run(sysguest, f"detach_{tag}")
     assert d["changed"] is True and d["drain"]["drained"] is True
     assert {"link_xdp", "tc_filter", "clsact_qdisc"} <= set(d["removed"])
+
+
+FALLBACK_SETS = 100
+
+
+def test_a_build_the_kernel_refuses_for_its_stack_falls_back_to_the_compat_build(sysguest):
+    # erb-deep.bpf.o: erb.bpf.o with erb_parse's frame 128 bytes deeper (tests/bpf/
+    # test_verifier_budget.py: refused here too); the loader takes the build beside it
+    r = bpf_run(sysguest, "attach_fallback")
+    assert r["changed"] is True and r["io_path"] == "kmod", r
+    assert r["object_loaded"].endswith("/erb-deep-compat.bpf.o"), r["object_loaded"]
+    g, s = sysguest, sets_result(sysguest, "fallback")
+    assert g["fallback_wrong"] == "0"  # every SET answered +OK and read back by GET
+    assert s["delivered"] == FALLBACK_SETS, s
+    assert s["erb_stats"]["set_fast"] >= FALLBACK_SETS * 9 // 10, s  # answered by the compat build's XDP
+    assert s["erb_io_stats"]["lost"] == 0 and s["erb_io_stats"]["apply_errors"] == 0, s
+    d = bpf_run(sysguest, "detach_fallback")
+    assert d["changed"] is True and d["drain"]["drained"] is True
 
 
 def test_xdp_sets_reach_redis_through_the_apply_sink(sysguest):
