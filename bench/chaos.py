@@ -7,12 +7,15 @@ On the local fleet: host erb-r1 with ERB (deployed with playbooks/deploy.yml if 
 attached), host erb-r2 as Redis alone (ERB must not be attached there). The fault harness
 (tests/fault/fault_harness.py) gives both client links the same faults; for each mix the
 chaos workload (tests/fault/chaos_workload.py: redis-py, a pipelining client, redis-cli,
-every reply checked against a model) runs against both hosts at once. Reported per mix:
-operations, requests/s, wrong replies, failed requests, writes lost, slowest request and
-p99, and the ratio ERB / Redis alone.
+every reply checked against a model) runs against both hosts at once (wrong replies, failed
+requests, writes lost, slowest request and p99 under contention), then on one host at a time
+in alternating windows (--windows rounds of A B B A / B A A B, --window seconds each, as
+tests/fault/test_chaos.py does): throughput is the median of each side's windows, and the
+ratio ERB / Redis alone is of those medians (when both run at once, whichever side wins the
+two vCPUs wins the window). Mix `none` (no fault) is the baseline: `--mixes none,loss,dup`.
 
     .venv/bin/python bench/chaos.py [--seconds 20] [--rate 0.02] [--mixes loss,dup,reorder,all]
-                   [--delay-ms 0] [--jitter-ms 0]
+                   [--windows 2] [--window 4] [--delay-ms 0] [--jitter-ms 0]
 
 --delay-ms adds a fixed delay each way on top of every mix (without reordering, which the
 harness cannot combine with a fixed delay: the reorder mixes then use jitter instead).
@@ -30,7 +33,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'fault'))
 
-from chaos_run import lost_writes, mixes, redis_values, run_workloads, table, totals  # noqa: E402
+from chaos_run import (lost_writes, mixes, redis_values, run_windows, run_workloads, table,  # noqa: E402
+                       totals, window_medians, window_order)
 from fault_harness import Faults  # noqa: E402
 import benchplot  # noqa: E402
 
@@ -78,11 +82,11 @@ def plot(result, path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     x = range(len(names))
     for off, label, color in ((-0.2, 'alone', 'grey'), (0.2, 'erb', 'tab:green')):
-        rates = [result['mixes'][n][label]['requests'] / result['mixes'][n][label]['seconds'] for n in names]
+        rates = [result['mixes'][n]['windows']['median_ops'][label] / result['window'] for n in names]
         a.bar([i + off for i in x], rates, 0.4, color=color,
               label='Redis alone' if label == 'alone' else 'Redis + ERB')
         b.bar([i + off for i in x], [result['mixes'][n][label]['slowest'] for n in names], 0.4, color=color)
-    for ax, title in ((a, 'requests/s'), (b, 'slowest request (s)')):
+    for ax, title in ((a, 'ops/s (median of alternating windows)'), (b, 'slowest request (s), both at once')):
         ax.set_xticks(list(x))
         ax.set_xticklabels(names)
         ax.set_title(title)
@@ -96,10 +100,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--seconds', type=float, default=20)
     ap.add_argument('--rate', type=float, default=0.02)
-    ap.add_argument('--mixes', default='loss,dup,reorder,all')
+    ap.add_argument('--mixes', default='loss,dup,reorder,all', help='of none (no fault), loss, dup, reorder, all')
+    ap.add_argument('--windows', type=int, default=2, help='rounds of four alternating windows (default 2)')
+    ap.add_argument('--window', type=float, default=4, help='seconds per window (default 4)')
     ap.add_argument('--delay-ms', type=float, default=0)
     ap.add_argument('--jitter-ms', type=float, default=0)
     args = ap.parse_args()
+    if args.windows < 1 or args.window <= 0 or args.seconds <= 0:
+        raise SystemExit('--windows must be at least 1, --window and --seconds more than 0')
     if os.geteuid() != 0:
         raise SystemExit('run as root (network namespaces, BPF)')
     if erb_attached(ALONE):
@@ -107,12 +115,18 @@ def main():
                          '--limit erb-r2 playbooks/rollback.yml')
     if not erb_attached(ERB):
         deploy(ERB)
-    all_mixes = mixes(args.rate)
+    all_mixes = dict(none={}, **mixes(args.rate))
     chosen = [m.strip() for m in args.mixes.split(',') if m.strip()]
     unknown = set(chosen) - set(all_mixes)
     if unknown:
         raise SystemExit('unknown mix(es): %s (known: %s)' % (', '.join(sorted(unknown)), ', '.join(all_mixes)))
     hosts = [(i, 'erb-c%d' % i, '10.250.%d.1' % i) for i in (ERB, ALONE)]
+    by_label = {'erb': hosts[0], 'alone': hosts[1]}
+    per_mix = args.seconds + 4 * args.windows * args.window
+    print('%d mix(es), %.0f s of workload each (%g s both at once, then %d windows of %g s); about %.0f s in all'
+          % (len(chosen), per_mix, args.seconds, 4 * args.windows, args.window, len(chosen) * per_mix),
+          flush=True)
+    t_start = time.monotonic()
     results, counters = {}, {}
     out_dir = tempfile.mkdtemp(prefix='erb-chaos-')
     with Faults([ERB, ALONE]) as f:
@@ -122,6 +136,7 @@ def main():
             f.set(**knobs)
             try:
                 w = run_workloads(hosts, m, args.seconds, out_dir)
+                win = run_windows(by_label, m, args.windows, args.window, out_dir)
             finally:
                 f.set()
             after = f.stats()
@@ -129,26 +144,36 @@ def main():
                            for i in after}
             results[m] = {}
             for i, label in ((ALONE, 'alone'), (ERB, 'erb')):
-                model, sock = w[i]['model'], '%s/r%d/redis.sock' % (FLEET, i)
+                sock = '%s/r%d/redis.sock' % (FLEET, i)
                 deadline = time.monotonic() + 20  # ERB's I/O path applies what it acknowledged
                 while True:
-                    lost = lost_writes(model, redis_values(sock, model))
+                    # the concurrent run's keys and every window's (their key prefixes differ)
+                    lost = [k for model in [w[i]['model']] + [x['model'] for x in win[label]]
+                            for k in lost_writes(model, redis_values(sock, model))]
                     if not lost or time.monotonic() > deadline:
                         break
                     time.sleep(0.2)
-                results[m][label] = dict(totals(w[i]), lost=len(lost), faults=knobs)
+                results[m][label] = dict(totals(w[i]), lost=len(lost), faults=knobs,
+                                         window_wrong=sum(x['wrong'] for x in win[label]),
+                                         window_errors=sum(x['errors'] for x in win[label]))
+            med = results[m]['median'] = window_medians(win)
+            results[m]['windows'] = {'order': window_order(args.windows), 'median_ops': med,
+                                     'erb': [x['ops'] for x in win['erb']], 'alone': [x['ops'] for x in win['alone']],
+                                     'ratio': med['erb'] / max(1, med['alone'])}
             e, a = results[m]['erb'], results[m]['alone']
-            print('%-8s Redis alone %6.0f req/s slowest %.3f s | ERB %6.0f req/s slowest %.3f s | x%.2f  '
-                  'wrong %d/%d errors %d/%d lost %d/%d' % (
-                      m, a['requests'] / a['seconds'], a['slowest'], e['requests'] / e['seconds'], e['slowest'],
-                      (e['requests'] / e['seconds']) / max(1e-9, a['requests'] / a['seconds']),
-                      a['wrong'], e['wrong'], a['errors'], e['errors'], a['lost'], e['lost']), flush=True)
+            print('%-8s Redis alone %6.0f ops/s slowest %.3f s | ERB %6.0f ops/s slowest %.3f s | x%.2f  '
+                  'wrong %d/%d errors %d/%d lost %d/%d  (%.0f s)' % (
+                      m, med['alone'] / args.window, a['slowest'], med['erb'] / args.window, e['slowest'],
+                      results[m]['windows']['ratio'], a['wrong'] + a['window_wrong'], e['wrong'] + e['window_wrong'],
+                      a['errors'] + a['window_errors'], e['errors'] + e['window_errors'], a['lost'], e['lost'],
+                      time.monotonic() - t_start), flush=True)
     print('\n' + table(results))
-    result = {'benchmark': 'chaos', 'rate': args.rate, 'seconds': args.seconds, 'delay_ms': args.delay_ms,
+    print('total %.0f s; %s' % (time.monotonic() - t_start, os.path.join(RESULTS, 'chaos.json')))
+    result = {'benchmark': 'chaos', 'rate': args.rate, 'seconds': args.seconds, 'window': args.window,
+              'windows': args.windows, 'delay_ms': args.delay_ms,
               'jitter_ms': args.jitter_ms, 'machine': '%d cores, veth in netns' % os.cpu_count(),
               'mixes': results, 'fault_counters': counters,
-              'ratio_requests': {m: (r['erb']['requests'] / r['erb']['seconds']) /
-                                 max(1e-9, r['alone']['requests'] / r['alone']['seconds']) for m, r in results.items()},
+              'ratio_ops': {m: r['windows']['ratio'] for m, r in results.items()},
               'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, 'chaos.json'), 'w') as fh:

@@ -11,11 +11,13 @@ it; shared by tests/fault/test_chaos.py and bench/chaos.py.
 - redis_values(socket, keys): the keys' values read from Redis over its unix socket.
 - lost_writes(model, values): keys whose value in Redis the model does not allow.
 - totals(workload JSON): ops, requests, wrong, errors, slowest, p99 of all clients.
-- window_order(rounds): which host takes each window of a throughput comparison.
+- window_order(rounds): which host takes each window of a throughput comparison;
+  run_windows(...) runs them, window_medians(...) sums them up.
 """
 
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -77,6 +79,28 @@ def window_order(rounds):
     for r in range(rounds):
         out += ['erb', 'alone', 'alone', 'erb'] if r % 2 == 0 else ['alone', 'erb', 'erb', 'alone']
     return out
+
+
+def run_windows(hosts, tag, rounds, seconds, out_dir, python=None):
+    """Throughput apart from any concurrent run: the workload on one host at a time, for
+    seconds each, in window_order(rounds). hosts: {'erb': (index, client namespace, server
+    address), 'alone': (...)}, the faults already set. Returns, per label, each window's
+    ops, requests, wrong replies, errors, hung clients, model (its keys, to compare with
+    Redis at the end) and the first wrong replies and errors."""
+    out = {'erb': [], 'alone': []}
+    for n, label in enumerate(window_order(rounds)):
+        index = hosts[label][0]
+        w = run_workloads([hosts[label]], '%s-w%d' % (tag, n), seconds, out_dir, python)[index]
+        t = totals(w)
+        out[label].append({'ops': t['ops'], 'requests': t['requests'], 'wrong': t['wrong'], 'errors': t['errors'],
+                           'hung': t['hung'], 'model': w['model'], 'wrong_details': details(w, 'wrong')[:3],
+                           'error_details': details(w, 'error')[:3]})
+    return out
+
+
+def window_medians(win):
+    """{label: median ops per window} of run_windows()' result."""
+    return {label: statistics.median(x['ops'] for x in runs) for label, runs in win.items()}
 
 
 def _read_reply(f):

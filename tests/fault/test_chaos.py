@@ -32,7 +32,6 @@ Run it alone:  .venv/bin/python -m pytest tests/fault/test_chaos.py -s
 
 import json
 import os
-import statistics
 import shutil
 import signal
 import subprocess
@@ -42,7 +41,8 @@ import time
 import pytest
 
 from erb_conftest import REPO, wait_for
-from chaos_run import RTO, details, lost_writes, mixes, redis_values, run_workloads, table, totals, window_order
+from chaos_run import (RTO, details, lost_writes, mixes, redis_values, run_windows, run_workloads, table, totals,
+                       window_medians, window_order)
 from chaos_workload import MAX_DETAILS, SLOW_DETAIL
 from fault_harness import Faults, nstat_values
 
@@ -164,18 +164,9 @@ SPEED = ('speed bounds not met yet: a command right after its key\'s SET answere
 
 
 def throughput_windows(erb, alone, mix):
-    """The workload on one host at a time (window_order), the faults of mix already set: per
-    label, each window's ops, requests, wrong replies and errors, and the models of its keys."""
-    by = {'erb': erb, 'alone': alone}
-    out = {'erb': [], 'alone': []}
-    for n, label in enumerate(window_order(WINDOWS)):
-        h = by[label]
-        w = run_workloads([(h.index, h.client_ns, h.server_ip)], '%s-w%d' % (mix, n), WINDOW, OUT)[h.index]
-        t = totals(w)
-        out[label].append({'ops': t['ops'], 'requests': t['requests'], 'wrong': t['wrong'], 'errors': t['errors'],
-                           'hung': t['hung'], 'model': w['model'], 'wrong_details': details(w, 'wrong')[:3],
-                           'error_details': details(w, 'error')[:3]})
-    return out
+    """The workload on one host at a time (chaos_run.run_windows), the faults of mix already set."""
+    hosts = {'erb': (erb.index, erb.client_ns, erb.server_ip), 'alone': (alone.index, alone.client_ns, alone.server_ip)}
+    return run_windows(hosts, mix, WINDOWS, WINDOW, OUT)
 
 
 @pytest.mark.parametrize('mix', list(MIXES))
@@ -216,7 +207,7 @@ def test_chaos(chaos, mix):
         for x in win[label]:
             x['lost'] = lost_writes(x['model'], redis_values(h.socket, x['model']))[:3]
             del x['model']
-    median = {label: statistics.median(x['ops'] for x in win[label]) for label in win}
+    median = window_medians(win)
     te, ta = t[erb.index], t[alone.index]
     fd, sd, nd = fault_delta(f1, f0), dict_delta(s1, s0), nstat_delta(n1, n0)
     a1 = agent_stats(erb)
