@@ -70,6 +70,14 @@ netns:
   returned: always
   type: str
   sample: host
+layout_version:
+  description:
+    - Version of the shared BPF layout (C(ERB_LAYOUT_VERSION) of C(erb.h)) this collection writes. Pinned
+      state of another version (C(meta.layout_version)) cannot be taken over by an attach; the role then
+      detaches it first.
+  returned: always
+  type: int
+  sample: 7
 interfaces:
   description: By interface name, what ERB has there; each value has the keys listed below.
   returned: always
@@ -145,6 +153,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout
 from ansible_collections.erb.booster.plugins.module_utils import erb_loader
 from ansible_collections.erb.booster.plugins.module_utils import libbpf
 
@@ -186,7 +195,7 @@ def run(params):
             out[name] = {'attached': False, 'pin_dir': target.pin_dir, 'error': str(e)}
     if params['agent_stats'] and params['interface']:
         out[params['interface']]['agent'] = agent_stats(params['agent_stats'])
-    return {'changed': False, 'netns': netns, 'interfaces': out}
+    return {'changed': False, 'netns': netns, 'interfaces': out, 'layout_version': erb_layout.ERB_LAYOUT_VERSION}
 
 
 def main():

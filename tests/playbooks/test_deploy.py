@@ -119,6 +119,33 @@ class TestDeployRollback:
         assert {h.name: link_state(h) for h in fleet.hosts} == ids_before, \
             'programs were replaced on an unchanged run'
 
+    def test_an_upgrade_across_a_layout_version_detaches_then_attaches(self, fleet, deployed, ansible_playbook):
+        """Pinned state of another erb.h layout version (as an older release left it: another
+        layout_version and object in its meta) cannot be taken over: deploy.yml drains and detaches
+        it, stops the old agent and attaches afresh, instead of failing and rolling the host back."""
+        assert deployed.rc == 0, deployed.output[-6000:]
+        h = fleet.hosts[0]
+        before = link_state(h)
+        old = _write_meta(h, layout_version=_layout_version() - 1, object_sha256='0' * 64)
+        assert old['layout_version'] == _layout_version() - 1
+        up = ansible_playbook('deploy.yml', limit=h.name)
+        assert up.rc == 0, up.output[-6000:]
+        out = up.output
+        assert 'Drain and detach the state of another layout version on %s' % h.iface in out
+        assert 'Stop the I/O agent of the old layout' in out
+        meta = _meta(h)
+        assert meta['layout_version'] == _layout_version() and meta['object']['sha256'] != '0' * 64
+        after = link_state(h)
+        assert after['xdp'] and after['xdp'][1] == 'erb_xdp' and after['tc'] and after['tc'][1] == 'erb_tc_egress'
+        assert after['xdp'][0] != before['xdp'][0], 'the programs were not attached afresh'
+        assert meta['config']['set_fast_path'] is True  # the I/O path proved itself again
+        # answering again: a SET through XDP, then GETs answered in XDP
+        assert h.redis_cli('SET', 'upgrade:k', 'v2') == 'OK'
+        calls = _get_calls(h.redis_cli_local('INFO', 'commandstats'))
+        assert h.redis_cli('GET', 'upgrade:k') == 'v2'
+        assert _get_calls(h.redis_cli_local('INFO', 'commandstats')) == calls
+        assert h.redis_cli('DEL', 'upgrade:k') == '1'
+
     def test_rollback_leaves_no_program_and_no_pin(self, fleet, deployed, ansible_playbook):
         assert deployed.rc == 0, deployed.output[-6000:]
         attached = {h.name: link_state(h) for h in fleet.hosts}
@@ -141,13 +168,40 @@ class TestDeployRollback:
             assert counts['changed'] == 0, (host, counts)
 
 
-def _meta(h):
-    """The meta record erb.booster.bpf pinned for h's interface."""
+def _collection():
+    """The collection's erb_loader and erb_layout modules."""
     sys.path.insert(0, str(REPO / 'tests' / 'loader'))
     from collection_path import ensure_collection_path
     ensure_collection_path()
-    from ansible_collections.erb.booster.plugins.module_utils import erb_loader
-    return erb_loader.read_meta('/run/erb/bpffs/erb/%s/%s' % (h.ns, h.iface))
+    from ansible_collections.erb.booster.plugins.module_utils import erb_layout, erb_loader
+    return erb_loader, erb_layout
+
+
+def _meta(h):
+    """The meta record erb.booster.bpf pinned for h's interface."""
+    return _collection()[0].read_meta('/run/erb/bpffs/erb/%s/%s' % (h.ns, h.iface))
+
+
+def _write_meta(h, **changes):
+    """Rewrite h's pinned meta record (layout_version=..., object_sha256=...); returns it."""
+    erb_loader = _collection()[0]
+    d = '/run/erb/bpffs/erb/%s/%s' % (h.ns, h.iface)
+    meta = erb_loader.read_meta(d)
+    if 'layout_version' in changes:
+        meta['layout_version'] = changes['layout_version']
+    if 'object_sha256' in changes:
+        meta['object']['sha256'] = changes['object_sha256']
+    fd = erb_loader.open_pinned(os.path.join(d, erb_loader.META))
+    assert fd is not None, 'no meta pinned in %s' % d
+    try:
+        erb_loader.write_meta(fd, meta)
+    finally:
+        os.close(fd)
+    return erb_loader.read_meta(d)
+
+
+def _layout_version():
+    return _collection()[1].ERB_LAYOUT_VERSION
 
 
 def _get_calls(commandstats):
