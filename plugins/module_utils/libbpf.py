@@ -354,6 +354,12 @@ class _Lib(object):
         return 0
 
     def take_log(self):
+        """What libbpf printed since the last call. Called before every libbpf operation, it
+        also makes libbpf's print callback ours again: another copy of this module in the
+        process (bench/jitlines.py imports it by file name) registers its own, and a load
+        whose verifier log went elsewhere could not tell why the kernel refused it (the
+        fallback to the compat build reads that log)."""
+        self.bpf.libbpf_set_print(self._print_cb)
         log, self.log = self.log, []
         return log
 

@@ -117,7 +117,7 @@ def test_chains_are_counted_as_the_kernel_counts_them(tmp_path, cb_frame, loads)
 
 
 def test_the_deep_build_is_refused_for_its_stack_and_the_loader_names_its_compat_build(variants):
-    """erb-deep.bpf.o (`make variants`: erb_xdp's frame 128 bytes deeper) is what the 6.1 system
+    """erb-deep.bpf.o (`make variants`: erb_parse's frame 128 bytes deeper) is what the 6.1 system
     guest attaches to see the loader fall back to the compat build beside it on a real kernel
     (tests/guest/sys-test.sh): it is only a test of the fallback if kernels refuse it, and for
     the reason the fallback is for."""
