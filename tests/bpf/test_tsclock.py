@@ -43,9 +43,36 @@ class ClockFlow(Flow):
         self.offset, self.clock = offset, clock
 
     def server_frame(self, payload=b'', **kw):
-        if self.ts and kw.get('options') is None:
+        stamp = self.ts and kw.get('options') is None
+        if stamp:
             self.s_tsval = (self.offset + self.clock() - S_TS_STEP) & M32  # server_frame adds S_TS_STEP
-        return super().server_frame(payload, **kw)
+        frame = super().server_frame(payload, **kw)
+        if stamp:
+            # stamped again once built: building a frame takes milliseconds on a loaded machine
+            # (Linux stamps a segment microseconds before TC runs on it), and a resend stamped
+            # that early looks to TC like a clock that went back (the clock is then not trusted)
+            self.s_tsval = (self.offset + self.clock()) & M32
+            frame = restamp(frame, self.s_tsval)
+        return frame
+
+
+TS_AT = 14 + 20 + 20       # NOP NOP TS of server_frame: after the Ethernet, IP and TCP headers
+TCP_CSUM_AT = 14 + 20 + 16
+
+
+def restamp(frame, tsval):
+    """frame with its TSval replaced and the TCP checksum updated (RFC 1624)."""
+    assert frame[TS_AT:TS_AT + 4] == b'\x01\x01\x08\x0a', frame[TS_AT:TS_AT + 4]
+    old, new = frame[TS_AT + 4:TS_AT + 8], tsval.to_bytes(4, 'big')
+    csum = ~int.from_bytes(frame[TCP_CSUM_AT:TCP_CSUM_AT + 2], 'big') & 0xffff
+    for i in (0, 2):
+        csum += (~int.from_bytes(old[i:i + 2], 'big') & 0xffff) + int.from_bytes(new[i:i + 2], 'big')
+    while csum >> 16:
+        csum = (csum & 0xffff) + (csum >> 16)
+    out = bytearray(frame)
+    out[TS_AT + 4:TS_AT + 8] = new
+    out[TCP_CSUM_AT:TCP_CSUM_AT + 2] = (~csum & 0xffff).to_bytes(2, 'big')
+    return bytes(out)
 
 
 def clocked(erb, at_least=6, trust=True, **kw):
