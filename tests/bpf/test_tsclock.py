@@ -14,9 +14,10 @@ TC egress now learns the offset from Redis's segments; once two of them at least
 agree on it, answers carry the TSval Redis would send now (less 1 ms, which PAWS forgives).
 A connection on another clock (tcp_usec_ts) never agrees and keeps the old rule."""
 
+import struct
 import time
 
-from erbtest import M32, S_TS_STEP, TC_ACT_OK, XDP_TX, Flow, L, resp, ts_option
+from erbtest import M32, S_TS_STEP, TC_ACT_OK, XDP_TX, Flow, L, _ones_sum, resp, ts_option
 
 PONG = b'+PONG\r\n'
 
@@ -61,17 +62,14 @@ TCP_CSUM_AT = 14 + 20 + 16
 
 
 def restamp(frame, tsval):
-    """frame with its TSval replaced and the TCP checksum updated (RFC 1624)."""
+    """frame with its TSval replaced and its TCP checksum computed again."""
     assert frame[TS_AT:TS_AT + 4] == b'\x01\x01\x08\x0a', frame[TS_AT:TS_AT + 4]
-    old, new = frame[TS_AT + 4:TS_AT + 8], tsval.to_bytes(4, 'big')
-    csum = ~int.from_bytes(frame[TCP_CSUM_AT:TCP_CSUM_AT + 2], 'big') & 0xffff
-    for i in (0, 2):
-        csum += (~int.from_bytes(old[i:i + 2], 'big') & 0xffff) + int.from_bytes(new[i:i + 2], 'big')
-    while csum >> 16:
-        csum = (csum & 0xffff) + (csum >> 16)
     out = bytearray(frame)
-    out[TS_AT + 4:TS_AT + 8] = new
-    out[TCP_CSUM_AT:TCP_CSUM_AT + 2] = (~csum & 0xffff).to_bytes(2, 'big')
+    out[TS_AT + 4:TS_AT + 8] = tsval.to_bytes(4, 'big')
+    out[TCP_CSUM_AT:TCP_CSUM_AT + 2] = b'\0\0'
+    seg = bytes(out[34:14 + struct.unpack('!H', frame[16:18])[0]])
+    pseudo = frame[26:34] + struct.pack('!BBH', 0, 6, len(seg))
+    out[TCP_CSUM_AT:TCP_CSUM_AT + 2] = (~_ones_sum(pseudo + seg) & 0xffff).to_bytes(2, 'big')
     return bytes(out)
 
 
