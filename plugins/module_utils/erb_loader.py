@@ -695,9 +695,15 @@ def _check_tc_change(target, state, desired):
                           % (cur['attach'], want, target.ifname, want))
 
 
+def other_layout(meta):
+    """The pinned state (its meta record) was written by another layout version: an attach
+    cannot take it over. A meta without layout_version counts as this version's."""
+    return bool(meta) and meta.get('layout_version', L.ERB_LAYOUT_VERSION) != L.ERB_LAYOUT_VERSION
+
+
 def _check_layout_version(state):
     meta = state['meta']
-    if meta and meta.get('layout_version', L.ERB_LAYOUT_VERSION) != L.ERB_LAYOUT_VERSION:
+    if other_layout(meta):
         raise LoaderError('pinned state has layout version %s, this loader writes %d: live flows would be '
                           'misread. Detach first (state=detached), then attach the new object'
                           % (meta.get('layout_version'), L.ERB_LAYOUT_VERSION))
@@ -1183,13 +1189,25 @@ def our_pins():
     return names + [n + PIN_TMP_SUFFIX for n in names]
 
 
-def detach(target, drain_timeout=30, check_mode=False, progress=None):
-    """Drain, then remove exactly ERB's links and pins on target."""
+def detach(target, drain_timeout=30, check_mode=False, progress=None, discard_pending=False):
+    """Drain, then remove exactly ERB's links and pins on target.
+
+    Acknowledged SETs the I/O path has not applied when the drain ends keep ERB
+    attached (answering off) and raise, unless discard_pending: unpinned, the
+    ring (or erb_io's kfifo) would go with the last agent or program holding it."""
     with locked(target):
-        return _detach(target, drain_timeout, check_mode, progress)
+        return _detach(target, drain_timeout, check_mode, progress, discard_pending)
 
 
-def _detach(target, drain_timeout, check_mode, progress):
+class PendingWrites(LoaderError):
+    """The drain ended with acknowledged SETs not yet in Redis."""
+
+    def __init__(self, msg, drain):
+        super(PendingWrites, self).__init__(msg)
+        self.drain = drain
+
+
+def _detach(target, drain_timeout, check_mode, progress, discard_pending=False):
     result = {'changed': False, 'pin_dir': target.pin_dir, 'netns': target.netns, 'removed': []}
     state = current_state(target)  # raises when a pinned link is not ERB's
     tc = state['links']['tc']
@@ -1205,6 +1223,13 @@ def _detach(target, drain_timeout, check_mode, progress):
     if check_mode:
         return result
     result['drain'] = drain(target, drain_timeout, progress=progress)
+    pending = result['drain'].get('writes_pending', 0)
+    if pending and not discard_pending:
+        raise PendingWrites(
+            '%d acknowledged SET(s) were not applied to Redis within drain_timeout (%ds): ERB stays attached '
+            'to %s with answering off, so that none is lost. Check the I/O path (erb-agent, or erb_io) and '
+            'Redis, then detach again; discard_pending_writes detaches anyway and loses them'
+            % (pending, drain_timeout, target.ifname), result['drain'])
     for _kind, name, _prog in reversed(LINKS):  # XDP first: stop ingress before egress
         if _remove_link(target.path(name)):
             result['removed'].append(name)
@@ -1248,7 +1273,8 @@ def describe(target):
     state = current_state(target)
     out = {'ifname': target.ifname, 'netns': target.netns, 'pin_dir': target.pin_dir,
            'attached': bool(state['links']['xdp'] or state['links']['tc']),
-           'meta': state['meta'], 'links': state['links'], 'maps': _maps_info(target)}
+           'meta': state['meta'], 'other_layout': other_layout(state['meta']),
+           'links': state['links'], 'maps': _maps_info(target)}
     try:
         out['xdp'] = B.xdp_query(socket.if_nametoindex(target.ifname))
     except (OSError, B.BpfError) as e:

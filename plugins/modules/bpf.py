@@ -26,6 +26,10 @@ description:
   - O(state=detached) first stops answering (drain), waits up to O(drain_timeout) seconds for flows with
     sequence corrections to end and for acknowledged SETs to be applied, then removes exactly ERB's links
     and pins. Links and pins it does not own are never touched.
+  - If acknowledged SETs are still not applied to Redis when O(drain_timeout) passes, O(state=detached)
+    fails and leaves ERB attached with answering off (the ring or C(erb_io) still holds them and the I/O
+    path keeps applying them), unless O(discard_pending_writes) is set. Flows still carrying corrections
+    do not stop it (they are warned about).
 version_added: "0.1.0"
 author:
   - ERB developers (!UNKNOWN)
@@ -124,6 +128,13 @@ options:
     description: Seconds O(state=detached) waits for flows with sequence corrections to end before detaching.
     type: int
     default: 30
+  discard_pending_writes:
+    description:
+      - With O(state=detached), detach even when acknowledged SETs are still not applied to Redis after
+        O(drain_timeout); they are lost (a warning says how many). Only for a host whose Redis is gone
+        for good.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -239,7 +250,7 @@ maps_created:
   sample: ["erb_cache"]
 drain:
   description: Outcome of the drain before the detach.
-  returned: when O(state=detached) and something was removed
+  returned: when O(state=detached) and something was removed, and when the detach failed for acknowledged SETs not yet applied
   type: dict
   sample: {"drained": true, "flows_remaining": 0, "writes_pending": 0, "waited": 0.0,
            "recovery": {"retransmit_answer": 2, "answer_resent": 1, "ack_held": 3, "flow_given_up": 0}}
@@ -317,6 +328,7 @@ ARGUMENT_SPEC = dict(
     xdp_mode=dict(type='str', choices=['native', 'generic'], default='native'),
     bpffs_root=dict(type='path', default='/sys/fs/bpf'),
     drain_timeout=dict(type='int', default=30),
+    discard_pending_writes=dict(type='bool', default=False),
 )
 
 
@@ -334,7 +346,8 @@ def run(module):
     if p['state'] == 'detached':
         if p['drain_timeout'] < 0:
             raise erb_loader.LoaderError('drain_timeout must be >= 0')
-        return erb_loader.detach(target, p['drain_timeout'], module.check_mode)
+        return erb_loader.detach(target, p['drain_timeout'], module.check_mode,
+                                 discard_pending=p['discard_pending_writes'])
     desired = desired_state(p)
     erb_loader.ifindex_of(p['interface'])
     result = erb_loader.attach(target, desired, module.check_mode)
@@ -346,6 +359,8 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
         result = run(module)
+    except erb_loader.PendingWrites as e:
+        module.fail_json(msg=str(e), drain=e.drain)
     except erb_loader.LoaderError as e:
         module.fail_json(msg=str(e), errno=e.errno, libbpf_log=e.log)
     except libbpf.BpfError as e:
@@ -360,8 +375,8 @@ def main():
             module.warn('drain_timeout passed with %d flow(s) still carrying sequence corrections: those '
                         'connections will break' % result['drain']['flows_remaining'])
         if result['drain'].get('writes_pending'):
-            module.warn('drain_timeout passed with %d acknowledged SET(s) not yet applied to Redis: keep '
-                        'the I/O agent running until its lag_records is 0, it still holds the ring'
+            module.warn('discard_pending_writes: detached with %d acknowledged SET(s) not applied to Redis; '
+                        'they are lost once the I/O agent stops (it still holds the ring)'
                         % result['drain']['writes_pending'])
     if result.get('left_behind'):
         module.warn('%s holds files ERB does not own, left in place: %s'

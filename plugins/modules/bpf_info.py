@@ -73,8 +73,8 @@ netns:
 layout_version:
   description:
     - Version of the shared BPF layout (C(ERB_LAYOUT_VERSION) of C(erb.h)) this collection writes. Pinned
-      state of another version (C(meta.layout_version)) cannot be taken over by an attach; the role then
-      detaches it first.
+      state of another version (C(meta.layout_version), see C(other_layout)) cannot be taken over by an
+      attach; the role then detaches it first.
   returned: always
   type: int
   sample: 7
@@ -102,6 +102,11 @@ interfaces:
     meta:
       description: The meta JSON written by M(erb.booster.bpf) (object, sha256, config, previous).
       type: dict
+      returned: when the interface has a pin directory
+    other_layout:
+      description: The pinned state was written by another layout version than this collection's
+        (C(layout_version)); M(erb.booster.bpf) refuses to attach over it until it is detached.
+      type: bool
       returned: when the interface has a pin directory
     links:
       description: Per link (V(xdp), V(tc)) its id, program id, program name and ifindex, or V(null).

@@ -556,6 +556,77 @@ def test_detach_drains_then_times_out(net, pins, objects):
     assert not os.path.exists(d)
 
 
+SET_SEQS = r'''
+import ctypes, sys
+from ansible_collections.erb.booster.plugins.module_utils import libbpf as B, erb_loader
+fd = B.obj_get(sys.argv[1])
+g = erb_loader.read_global(fd)
+g.write_seq, g.applied_seq = int(sys.argv[2]), int(sys.argv[3])
+B.map_update(fd, ctypes.c_uint32(0), g)
+'''
+
+
+def test_detach_keeps_erb_attached_while_acknowledged_sets_are_pending(net, pins, objects):
+    assert_ok(bpf(net, pins, objects['v0']))
+    d = pin_dir(net, pins)
+    glob = os.path.join(d, 'map_erb_global')
+    run_script(SET_SEQS, glob, 7, 4)  # 3 SETs acknowledged in XDP, not yet applied by the I/O path
+    res = bpf(net, pins, objects['v0'], state='detached', drain_timeout=1)
+    assert res.get('failed'), res
+    assert '3 acknowledged SET(s)' in res['msg'] and 'stays attached' in res['msg'], res['msg']
+    assert res['drain']['writes_pending'] == 3 and res['drain']['drained'] is False
+    assert res['drain']['waited'] >= 1
+    # nothing removed: the ring stays pinned for the I/O path, answering is off
+    st = info(net, pins)['interfaces'][net.a]
+    assert st['attached'] and st['drain'] is True
+    assert st['global']['write_seq'] == 7 and st['global']['applied_seq'] == 4
+    # the I/O path caught up: the next detach removes everything
+    run_script(SET_SEQS, glob, 7, 7)
+    res = bpf(net, pins, objects['v0'], state='detached', drain_timeout=5)
+    assert_ok(res)
+    assert res['drain']['drained'] is True and res['drain']['writes_pending'] == 0
+    assert not res.get('warnings')
+    assert not os.path.exists(d)
+
+
+def test_detach_discards_pending_sets_only_when_told(net, pins, objects):
+    assert_ok(bpf(net, pins, objects['v0']))
+    d = pin_dir(net, pins)
+    run_script(SET_SEQS, os.path.join(d, 'map_erb_global'), 5, 3)
+    res = bpf(net, pins, objects['v0'], state='detached', drain_timeout=0, discard_pending_writes=True)
+    assert_ok(res)
+    assert res['drain']['writes_pending'] == 2
+    assert '2 acknowledged SET(s)' in warnings_text(res)
+    assert not os.path.exists(d)
+
+
+OLD_LAYOUT_META = r'''
+import os, sys
+from ansible_collections.erb.booster.plugins.module_utils import erb_loader
+d = sys.argv[1]
+meta = erb_loader.read_meta(d)
+meta['layout_version'] -= 1
+fd = erb_loader.open_pinned(os.path.join(d, erb_loader.META))
+erb_loader.write_meta(fd, meta)
+os.close(fd)
+'''
+
+
+def test_state_of_another_layout_version_is_reported_and_not_taken_over(net, pins, objects):
+    assert_ok(bpf(net, pins, objects['v0']))
+    res = info(net, pins)
+    assert res['interfaces'][net.a]['other_layout'] is False
+    run_script(OLD_LAYOUT_META, pin_dir(net, pins))
+    res = info(net, pins)
+    st = res['interfaces'][net.a]
+    assert st['other_layout'] is True and st['meta']['layout_version'] == res['layout_version'] - 1
+    res = bpf(net, pins, objects['v1'])
+    assert res.get('failed') and 'layout version' in res['msg'] and 'Detach first' in res['msg'], res
+    assert_ok(bpf(net, pins, objects['v0'], state='detached', drain_timeout=0))
+    assert_ok(bpf(net, pins, objects['v1']))
+    assert info(net, pins)['interfaces'][net.a]['other_layout'] is False
+
+
 DEL_FLOWS_LATER = r'''
 import sys, time
 from ansible_collections.erb.booster.plugins.module_utils import libbpf as B, erb_layout as L

@@ -7,7 +7,9 @@ profile. The release artifact is tested in test_artifact.py."""
 
 import json
 import os
+import signal
 import sys
+import time
 
 import pytest
 
@@ -146,6 +148,37 @@ class TestDeployRollback:
         assert _get_calls(h.redis_cli_local('INFO', 'commandstats')) == calls
         assert h.redis_cli('DEL', 'upgrade:k') == '1'
 
+    def test_a_rollback_with_unapplied_sets_keeps_erb_attached_until_they_are_in_redis(
+            self, fleet, deployed, ansible_playbook):
+        """A SET answered in XDP while the agent cannot apply it (stopped): the rollback's drain
+        times out with it pending, and detaching would unpin the ring it sits in. The host's
+        rollback fails saying so, ERB stays attached with answering off, and once the agent runs
+        again the SET reaches Redis (the next test's rollback then detaches)."""
+        assert deployed.rc == 0, deployed.output[-6000:]
+        h = fleet.hosts[0]
+        assert _meta(h)['config']['set_fast_path'] is True
+        agent = _agent_pid(h)
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            assert h.redis_cli('SET', 'rollback:pending', 'acknowledged') == 'OK'
+            assert h.redis_cli_local('EXISTS', 'rollback:pending') == '0'  # answered in XDP, not applied
+            rb = ansible_playbook('rollback.yml', limit=h.name, extra_vars={'erb_drain_timeout': 2})
+            assert rb.rc != 0, rb.output[-6000:]
+            assert '1 acknowledged SET(s) were not applied to Redis' in rb.output, rb.output[-6000:]
+            assert 'ERB stays attached to %s with answering off' % h.iface in rb.output
+            st = link_state(h)
+            assert st['xdp'] and st['tc'], st
+            assert _meta(h)['config']['answer'] is False
+            assert h.redis_cli_local('EXISTS', 'rollback:pending') == '0'
+        finally:
+            os.kill(agent, signal.SIGCONT)
+        deadline = time.time() + 30
+        while h.redis_cli_local('GET', 'rollback:pending') != 'acknowledged':
+            assert time.time() < deadline, 'the acknowledged SET never reached Redis'
+            time.sleep(0.1)
+        assert h.redis_cli('GET', 'rollback:pending') == 'acknowledged'  # Redis answers now
+        assert h.redis_cli('DEL', 'rollback:pending') == '1'
+
     def test_rollback_leaves_no_program_and_no_pin(self, fleet, deployed, ansible_playbook):
         assert deployed.rc == 0, deployed.output[-6000:]
         attached = {h.name: link_state(h) for h in fleet.hosts}
@@ -198,6 +231,15 @@ def _write_meta(h, **changes):
     finally:
         os.close(fd)
     return erb_loader.read_meta(d)
+
+
+def _agent_pid(h):
+    """The erb-agent process its supervisor (pid file) runs for h."""
+    with open('/run/erb/fleet/r%d/run/agent-%s.pid' % (h.index, h.iface)) as f:
+        supervisor = int(f.read())
+    pids = run(['pgrep', '-P', str(supervisor), '-x', 'erb-agent']).stdout.split()
+    assert len(pids) == 1, pids
+    return int(pids[0])
 
 
 def _layout_version():

@@ -88,6 +88,8 @@ def test_failed_agent_answers_no_set_and_rolls_back(fleet, ansible_playbook, bro
     line = report[-1]
     assert 'ERB attached' in line and 'SET fast path off' in line, line
     assert 'SETs answered in XDP: 0;' in line, line
+    # the cause comes before the rollback runs (a rollback that fails too cannot hide it)
+    assert 'It failed at "Build the agent on the host"' in line.replace('\\"', '"'), line
     fills = int(line.split('SETs filled after Redis\'s +OK:')[1].split(';')[0])
     assert fills > 0, 'no SET crossed ERB during the deployment: %s' % line
     # every SET acknowledged during the deployment is in Redis
