@@ -125,7 +125,7 @@ options:
     type: path
     default: /sys/fs/bpf
   drain_timeout:
-    description: Seconds O(state=detached) waits for flows with sequence corrections to end before detaching.
+    description: Seconds O(state=detached) waits for flows with sequence corrections to end and for acknowledged SETs to reach Redis before detaching.
     type: int
     default: 30
   discard_pending_writes:
