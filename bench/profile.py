@@ -4,12 +4,19 @@
 """Where ERB's BPF time goes: perf samples per BPF program, callback and helper, per request.
 
 A profile, not a benchmark: on the local fleet host erb-r1 (ERB deployed),
-each load runs from erb-c1 while `perf record -a -e cpu-clock` samples both
-CPUs; the samples of every BPF program (erb_xdp, erb_tc_egress and each
-bpf_loop callback, which perf names bpf_prog_<tag>_<name>) and of the
-helpers they call are turned into nanoseconds per request:
+each load runs from erb-c1 while `perf record -a -g -e cpu-clock` samples both
+CPUs with their call chains; the samples of every BPF program (erb_xdp,
+erb_tc_egress, their global functions and bpf_loop callbacks, which perf names
+bpf_prog_<tag>_<name>) and of the helpers they call are turned into
+nanoseconds per request:
 
     share of all samples x (CPUs x seconds sampled) / requests in those seconds
+
+Those are self figures of symbols named like BPF programs and helpers. The
+call chains give the whole of it: every sample with erb_xdp or erb_tc_egress
+in its chain, whatever kernel function it was in (hash map code, memcpy, the
+interrupt a ring buffer wakeup raises), with the leaf functions of those
+samples;
 
 and, for the BPF programs that cost most, the offsets in their JIT image
 that took the most samples, with their source lines (bench/jitlines.py): one
@@ -51,6 +58,7 @@ LOADS = {
 }
 # kernel functions the BPF programs call (helpers and what they run)
 # helpers and what they call; not LSM hooks, nor the verifier (a program loaded meanwhile elsewhere)
+PROGRAM = re.compile(r'^bpf_prog_[0-9a-f]+_(erb_xdp|erb_tc_egress)$')
 HELPERS = re.compile(r'^(bpf_(?!lsm_|verifier_|check$)|__bpf_|copy_from_kernel_nofault$|csum_partial$)')
 
 
@@ -90,7 +98,9 @@ def rps_of(text):
 
 
 def perf_report(data):
-    out = sh(['perf', 'report', '-i', data, '--sort', 'sym', '--stdio'], stderr=subprocess.DEVNULL)
+    """(symbol, self share %) of every sampled symbol."""
+    out = sh(['perf', 'report', '-i', data, '--no-children', '--sort', 'sym', '--stdio', '-g', 'none'],
+             stderr=subprocess.DEVNULL)
     rows = []
     for line in out.splitlines():
         m = re.match(r'\s*([0-9.]+)%\s+\[([k.])\]\s+(\S+)', line)
@@ -99,16 +109,43 @@ def perf_report(data):
     return rows
 
 
-def hot_offsets(data, syms):
+def stacks(data):
+    """Every sample's call chain, leaf first, as (symbol, offset) frames."""
     out = sh(['perf', 'script', '-i', data, '-F', 'ip,sym,symoff'], stderr=subprocess.DEVNULL)
-    counts = collections.defaultdict(collections.Counter)
-    for line in out.splitlines():
+    chain = []
+    for line in out.splitlines() + ['']:
         parts = line.split()
-        if len(parts) >= 2 and '+0x' in parts[-1]:
-            sym, off = parts[-1].rsplit('+', 1)
-            if sym in syms:
-                counts[sym][off] += 1
+        if not parts:
+            if chain:
+                yield chain
+            chain = []
+        elif len(parts) >= 2 and '+0x' in parts[-1]:
+            chain.append(tuple(parts[-1].rsplit('+', 1)))
+        else:
+            chain.append((parts[-1], None))
+
+
+def hot_offsets(chains, syms):
+    """Per symbol of syms, samples per JIT offset where it was the leaf (its own work)."""
+    counts = collections.defaultdict(collections.Counter)
+    for chain in chains:
+        sym, off = chain[0]
+        if sym in syms and off:
+            counts[sym][off] += 1
     return dict(counts)
+
+
+def under_programs(chains):
+    """Samples inside each attached program (erb_xdp, erb_tc_egress) with everything it
+    calls, kernel functions included (the hash map code, memcpy, an IPI raised by a
+    ring buffer wakeup), and the leaf symbols of those samples."""
+    inside, leaves = collections.Counter(), collections.Counter()
+    for chain in chains:
+        progs = [sym for sym, _off in chain if PROGRAM.match(sym)]
+        if progs:
+            inside[PROGRAM.match(progs[-1]).group(1)] += 1
+            leaves[chain[0][0]] += 1
+    return inside, leaves
 
 
 def profile(name, seconds, tmp, keys):
@@ -119,7 +156,7 @@ def profile(name, seconds, tmp, keys):
     data = os.path.join(tmp, '%s.data' % name)
     try:
         time.sleep(1.5)
-        sh(['perf', 'record', '-a', '-F', '4999', '-e', 'cpu-clock', '-o', data, '--', 'sleep', str(seconds)],
+        sh(['perf', 'record', '-a', '-g', '-F', '4999', '-e', 'cpu-clock', '-o', data, '--', 'sleep', str(seconds)],
            stderr=subprocess.STDOUT)
     finally:
         b.terminate()
@@ -132,10 +169,19 @@ def profile(name, seconds, tmp, keys):
     rows = perf_report(data)
     bpf = [(s, p) for s, p in rows if s.startswith('bpf_prog_') or HELPERS.match(s)]
     top = [s for s, _p in bpf if s.startswith('bpf_prog_')][:3]
-    hot = hot_offsets(data, set(top))
-    res = {'load': ' '.join(load), 'rps': rps, 'cpu_ns_per_request': per_req, 'symbols': [], 'hot': {}}
+    chains = list(stacks(data))
+    hot = hot_offsets(chains, set(top))
+    inside, leaves = under_programs(chains)
+    nsamples = len(chains) or 1
+    res = {'load': ' '.join(load), 'rps': rps, 'cpu_ns_per_request': per_req, 'symbols': [], 'hot': {},
+           'programs': {}, 'under_programs': []}
     for s, p in bpf:
         res['symbols'].append({'symbol': s, 'share_pct': p, 'ns_per_request': p / 100 * per_req})
+    for prog, n in sorted(inside.items()):
+        res['programs'][prog] = {'share_pct': 100.0 * n / nsamples, 'ns_per_request': n / nsamples * per_req}
+    for s, n in leaves.most_common(20):
+        res['under_programs'].append({'symbol': s, 'share_pct': 100.0 * n / nsamples,
+                                      'ns_per_request': n / nsamples * per_req})
     lines = jitlines.LineMap()     # the programs are loaded now: their JIT addresses are valid
     for s in top:
         c = hot.get(s, collections.Counter())
@@ -160,6 +206,13 @@ def show(res, name):
         if r['ns_per_request'] >= 1:
             print('  %-48s %5.2f%%  %6.0f ns/req' % (r['symbol'], r['share_pct'], r['ns_per_request']))
     print('  %-48s         %6.0f ns/req' % ('BPF programs and helpers, total', bpf_total(res)))
+    for prog, r in sorted(res['programs'].items()):
+        print('  %-48s         %6.0f ns/req' % (prog + ' with all it calls (call chains)', r['ns_per_request']))
+    if res['under_programs']:
+        print('  where that time is (the leaf function of those samples):')
+        for r in res['under_programs']:
+            if r['ns_per_request'] >= 5:
+                print('    %-46s %5.2f%%  %6.0f ns/req' % (r['symbol'], r['share_pct'], r['ns_per_request']))
     for s, offs in res['hot'].items():
         print('  hottest in %s:' % s)
         for o in offs:

@@ -958,8 +958,9 @@ static __always_inline struct erb_flow *flow_create(struct erb_flow_key *key,
 	/* struct erb_flow is too big for the stack: build it in scratch */
 	struct erb_flow *tmp = (struct erb_flow *)s->zero_aux.last_rep;
 
-	if (sizeof(struct erb_flow) > sizeof(s->zero_aux.last_rep))
-		return 0;
+	/* else no flow could ever be created, and nothing answered */
+	_Static_assert(sizeof(struct erb_flow) <= sizeof(s->zero_aux.last_rep),
+		       "struct erb_flow must fit erb_aux.last_rep (ERB_REPLY_MAX)");
 	flow_init(tmp, flags, c_nxt);
 	if (bpf_map_update_elem(&erb_flows, key, tmp, BPF_ANY)) {
 		stat_inc(ERB_STAT_FLOW_FULL);
