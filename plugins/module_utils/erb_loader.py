@@ -1228,7 +1228,8 @@ def _detach(target, drain_timeout, check_mode, progress, discard_pending=False):
         raise PendingWrites(
             '%d acknowledged SET(s) were not applied to Redis within drain_timeout (%ds): ERB stays attached '
             'to %s with answering off, so that none is lost. Check the I/O path (erb-agent, or erb_io) and '
-            'Redis, then detach again; discard_pending_writes detaches anyway and loses them'
+            'Redis; erb.booster.bpf_info shows writes_pending going down. Then detach again; '
+            'discard_pending_writes detaches anyway and loses them'
             % (pending, drain_timeout, target.ifname), result['drain'])
     for _kind, name, _prog in reversed(LINKS):  # XDP first: stop ingress before egress
         if _remove_link(target.path(name)):
@@ -1283,6 +1284,8 @@ def describe(target):
     out['drain'] = bool(g and g.ctl & L.ERB_CTL_DRAIN)
     out['global'] = ({'cache_gen': g.cache_gen, 'overflow': g.overflow, 'ctl': g.ctl,
                       'write_seq': g.write_seq, 'applied_seq': g.applied_seq} if g else None)
+    # acknowledged SETs the I/O path in use has not applied (erb_io's own applied_seq under kmod)
+    out['writes_pending'] = (g.write_seq - applied_seq_of(g)) if g else 0
     out['counters'] = _with_pinned(target, 'erb_stats', read_stats, {})
     flows = _with_pinned(target, 'erb_flows', count_flows, (0, 0))
     out['flows'] = {'tracked': flows[0], 'answered': flows[1],

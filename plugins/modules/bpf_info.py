@@ -129,6 +129,12 @@ interfaces:
         C(applied_seq)), or V(null) without a pinned C(erb_global).
       type: dict
       returned: when the interface has a pin directory
+    writes_pending:
+      description: SETs answered in XDP and not yet applied to Redis by the I/O path in use (under
+        C(erb_io), its own applied sequence; C(global.applied_seq) is a mirror the programs update as
+        packets arrive). A detach waits for V(0).
+      type: int
+      returned: when the interface has a pin directory
     counters:
       description: C(erb_stats) summed over CPUs, by name (for example C(hit), C(miss), C(pass_outstanding)).
       type: dict

@@ -580,8 +580,10 @@ def test_detach_keeps_erb_attached_while_acknowledged_sets_are_pending(net, pins
     st = info(net, pins)['interfaces'][net.a]
     assert st['attached'] and st['drain'] is True
     assert st['global']['write_seq'] == 7 and st['global']['applied_seq'] == 4
+    assert st['writes_pending'] == 3
     # the I/O path caught up: the next detach removes everything
     run_script(SET_SEQS, glob, 7, 7)
+    assert info(net, pins)['interfaces'][net.a]['writes_pending'] == 0
     res = bpf(net, pins, objects['v0'], state='detached', drain_timeout=5)
     assert_ok(res)
     assert res['drain']['drained'] is True and res['drain']['writes_pending'] == 0
