@@ -579,6 +579,11 @@ def applied_seq_of(g, sysfs='/sys'):
     return g.applied_seq
 
 
+def writes_pending(g, sysfs='/sys'):
+    """Acknowledged SETs the I/O path in use has not applied (0 without erb_global)."""
+    return (g.write_seq - applied_seq_of(g, sysfs)) if g else 0
+
+
 def _wait_applied(gfd, sysfs, timeout):
     """Wait until the I/O path in use applied every write_seq."""
     start = time.time()
@@ -1120,7 +1125,7 @@ def drain(target, timeout, poll=0.2, progress=None):
             answered = count_flows(ffd)[1]
             # acknowledged SETs still in erb_events/erb_io: the I/O path must apply them
             g = read_global(gfd)
-            lag = (g.write_seq - applied_seq_of(g)) if g else 0
+            lag = writes_pending(g)
             waited = time.time() - start
             if progress:
                 progress(answered, waited)
@@ -1284,8 +1289,7 @@ def describe(target):
     out['drain'] = bool(g and g.ctl & L.ERB_CTL_DRAIN)
     out['global'] = ({'cache_gen': g.cache_gen, 'overflow': g.overflow, 'ctl': g.ctl,
                       'write_seq': g.write_seq, 'applied_seq': g.applied_seq} if g else None)
-    # acknowledged SETs the I/O path in use has not applied (erb_io's own applied_seq under kmod)
-    out['writes_pending'] = (g.write_seq - applied_seq_of(g)) if g else 0
+    out['writes_pending'] = writes_pending(g)
     out['counters'] = _with_pinned(target, 'erb_stats', read_stats, {})
     flows = _with_pinned(target, 'erb_flows', count_flows, (0, 0))
     out['flows'] = {'tracked': flows[0], 'answered': flows[1],
