@@ -97,18 +97,6 @@ def rps_of(text):
     return float(found[-1]) if found else None
 
 
-def perf_report(data):
-    """(symbol, self share %) of every sampled symbol."""
-    out = sh(['perf', 'report', '-i', data, '--no-children', '--sort', 'sym', '--stdio', '-g', 'none'],
-             stderr=subprocess.DEVNULL)
-    rows = []
-    for line in out.splitlines():
-        m = re.match(r'\s*([0-9.]+)%\s+\[([k.])\]\s+(\S+)', line)
-        if m:
-            rows.append((m.group(3), float(m.group(1))))
-    return rows
-
-
 def stacks(data):
     """Every sample's call chain, leaf first, as (symbol, offset) frames."""
     out = sh(['perf', 'script', '-i', data, '-F', 'ip,sym,symoff'], stderr=subprocess.DEVNULL)
@@ -141,9 +129,9 @@ def under_programs(chains):
     ring buffer wakeup), and the leaf symbols of those samples."""
     inside, leaves = collections.Counter(), collections.Counter()
     for chain in chains:
-        progs = [sym for sym, _off in chain if PROGRAM.match(sym)]
+        progs = [m.group(1) for m in (PROGRAM.match(sym) for sym, _off in chain) if m]
         if progs:
-            inside[PROGRAM.match(progs[-1]).group(1)] += 1
+            inside[progs[-1]] += 1
             leaves[chain[0][0]] += 1
     return inside, leaves
 
@@ -166,13 +154,14 @@ def profile(name, seconds, tmp, keys):
         raise SystemExit('%s: redis-benchmark printed no rate:\n%s' % (name, text[-2000:]))
     ncpu = os.cpu_count()
     per_req = 1e9 * ncpu / rps          # ns of all CPUs per request
-    rows = perf_report(data)
-    bpf = [(s, p) for s, p in rows if s.startswith('bpf_prog_') or HELPERS.match(s)]
-    top = [s for s, _p in bpf if s.startswith('bpf_prog_')][:3]
     chains = list(stacks(data))
+    nsamples = len(chains) or 1
+    # each symbol's own samples (where it was the leaf), as a share of all samples
+    own = collections.Counter(chain[0][0] for chain in chains)
+    bpf = [(s, 100.0 * n / nsamples) for s, n in own.most_common() if s.startswith('bpf_prog_') or HELPERS.match(s)]
+    top = [s for s, _p in bpf if s.startswith('bpf_prog_')][:3]
     hot = hot_offsets(chains, set(top))
     inside, leaves = under_programs(chains)
-    nsamples = len(chains) or 1
     res = {'load': ' '.join(load), 'rps': rps, 'cpu_ns_per_request': per_req, 'symbols': [], 'hot': {},
            'programs': {}, 'under_programs': []}
     for s, p in bpf:
