@@ -1143,7 +1143,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	rec->vlen = vlen;
 	rec->db = 0;
 	rec->pad = 0;
-	bpf_probe_read_kernel(rec->key, ERB_KEY_MAX, s->key);
+	bpf_probe_read_kernel(rec->key, arg_len(klen, 1, ERB_KEY_MAX), s->key);
 	if (vlen && (!len_in(vlen, 1, ERB_VAL_MAX) ||
 		     bpf_xdp_load_bytes(ctx, k->poff + (voff & 2047), rec->val,
 						 arg_len(vlen, 1, ERB_VAL_MAX)))) {

@@ -344,7 +344,7 @@ static long pipe_commit_step(__u32 i, void *arg)
 	rec->pad = 0;
 	__builtin_memset(s->key, 0, ERB_KEY_MAX);
 	bpf_probe_read_kernel(s->key, arg_len(klen, 1, ERB_KEY_MAX), s->buf + (c->koff & WIN_MASK));
-	bpf_probe_read_kernel(rec->key, ERB_KEY_MAX, s->key);
+	bpf_probe_read_kernel(rec->key, arg_len(klen, 1, ERB_KEY_MAX), s->key);
 	if (len_in(vlen, 1, ERB_VAL_MAX))
 		bpf_probe_read_kernel(rec->val, arg_len(vlen, 1, ERB_VAL_MAX),
 				      s->buf + (c->voff & WIN_MASK));

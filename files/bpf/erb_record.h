@@ -35,6 +35,10 @@ struct erb_record {
 	__u32 db;		/* Redis logical database */
 	__u32 pad;		/* zero */
 	__u64 seq;		/* global write sequence (erb_global.write_seq) */
+	/*
+	 * The first klen / vlen bytes only: the programs copy no more (a
+	 * ring slot or erb_kmrec keeps an older record's bytes after them).
+	 */
 	char key[ERB_KEY_MAX];
 	char val[ERB_VAL_MAX];
 };

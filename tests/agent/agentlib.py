@@ -212,7 +212,9 @@ class BpfEnv(object):
     # -- producer
     def produce(self, key, val, db=0, seq=0):
         """Queue one record; False when the ring is full."""
-        ctypes.memset(ctypes.addressof(self._in), 0, ctypes.sizeof(_TestIn))
+        # bytes past klen / vlen are not the record's: erb_xdp copies only klen and vlen
+        # bytes into the ring, so a slot holds an older record's there; consumers must not read them
+        ctypes.memset(ctypes.addressof(self._in), 0xa5, ctypes.sizeof(_TestIn))
         self._in.seq, self._in.db, self._in.klen, self._in.vlen = seq, db, len(key), len(val)
         ctypes.memmove(ctypes.addressof(self._in) + _TestIn.key.offset, key, len(key))
         ctypes.memmove(ctypes.addressof(self._in) + _TestIn.val.offset, val, len(val))
