@@ -737,6 +737,20 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	return 0;
 }
 
+/*
+ * The ones' complement sum of n 4-byte words of a header, as bpf_csum_diff()
+ * gives it (csum_partial()), for csum_fold(), without a helper call.
+ */
+static __always_inline __u64 hdr_sum(const __u32 *w, int n)
+{
+	__u64 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < n; i++)
+		sum += w[i];
+	return sum;
+}
+
 /* Sum of the reply payload (s->rep + start, len) for the TCP checksum. */
 static __always_inline __u64 payload_sum(const char *rep, __u32 start, __u32 len)
 {
@@ -894,7 +908,7 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	ip->saddr = h->daddr;
 	ip->daddr = h->saddr;
 	ip->check = 0;
-	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+	ip->check = csum_fold(hdr_sum((__u32 *)ip, sizeof(*ip) / 4));
 
 	t->source = h->dport;
 	t->dest = h->sport;
@@ -930,11 +944,11 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	if (h->thl == 32) {
 		if ((void *)t + 32 > end)
 			return XDP_DROP;
-		sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)t, 32, 0);
+		sum += hdr_sum((__u32 *)t, 8);
 	} else {
 		if ((void *)t + 20 > end)
 			return XDP_DROP;
-		sum += (__u32)bpf_csum_diff(0, 0, (__be32 *)t, 20, 0);
+		sum += hdr_sum((__u32 *)t, 5);
 	}
 	sum += payload_sum(rep, rstart, rlen);
 	t->check = csum_fold(sum);
