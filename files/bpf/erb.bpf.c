@@ -876,8 +876,9 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	h->ack = ack;
 	h->win = win;
 	h->rlen = rlen;
+	/* the frame is linear (these programs do not take XDP frags): its length, without a helper */
 	delta = (int)(sizeof(struct ethhdr) + sizeof(struct iphdr) + h->thl + rlen) -
-		(int)bpf_xdp_get_buff_len(ctx);
+		(int)(ctx->data_end - ctx->data);
 	/*
 	 * Grow at the tail, else at the head: every header is rewritten below,
 	 * so where the frame gained its room does not matter. A veth frame that

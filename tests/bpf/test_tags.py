@@ -72,6 +72,25 @@ def test_every_written_slot_carries_its_keys_tag(fast):
             assert t[i] != 0 and e.slot == i
 
 
+@pytest.mark.parametrize('lengths', [range(1, 41), (63, 64, 65, 127, 128)], ids=['1-40', 'long'])
+def test_entry_hash_is_fnv1a_at_every_key_length(erb_fast_config, lengths):
+    """fnv_key() hashes the first 16 bytes inline and the rest 8 a bpf_loop step: at each
+    length around those edges the entry's hash is the FNV-1a erb-agent and the loader compute,
+    and a GET of the key finds it."""
+    erb = erb_fast_config(ring_bytes=1 << 20)
+    f = Flow(erb).handshake()
+    keys = [bytes((n * 7 + i * 13 + 1) % 256 for i in range(n)) for n in lengths]
+    for key in keys:
+        fast_set(erb, f, key, b'v%d' % len(key))
+    live = {k: e.hash for _i, e, k, _v in live_entries(erb)}
+    assert sorted(live) == sorted(keys)
+    for key in keys:
+        assert live[key] == fnv1a(key), 'key of %d bytes: hash %#x, FNV-1a %#x' % (
+            len(key), live[key], fnv1a(key))
+        rc, out = f.get(key)
+        assert rc == XDP_TX and tcp_payload(out) == bulk(b'v%d' % len(key)), len(key)
+
+
 def test_a_slot_tagged_for_another_key_is_skipped_not_trusted(fast):
     """A wrong tag on the key's own slot hides the entry (no hit), an untagged
     slot ends the chain: both are safe misses, never a wrong answer."""
