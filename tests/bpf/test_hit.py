@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from erbtest import (CIP, CMAC, SIP, SMAC, TC_ACT_OK, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums,
                      M32, bulk, resp, tcp_payload, ts_option)
 
-VALUE_SIZES = [0, 1, 9, 10, 99, 100, 999, 1000, 1024]
+VALUE_SIZES = [0, 1, 9, 10, 99, 100, 118, 120, 121, 999, 1000, 1024]  # 120: a 128-byte reply
 
 
 def value_of(n):
