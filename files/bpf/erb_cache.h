@@ -179,9 +179,16 @@ static __always_inline int cache_invalidate(__u32 h)
 
 /* key bytes fnv_key() hashes inline, before any fnv_step: redis-benchmark's keys are 16 */
 #define FNV_INLINE	16
-#define FNV_BYTE(j)	do { if ((j) < len) h = (h ^ (__u8)buf[(j)]) * FNV_PRIME; } while (0)
-#define FNV_BYTES_8(j)	do { FNV_BYTE((j)); FNV_BYTE((j) + 1); FNV_BYTE((j) + 2); FNV_BYTE((j) + 3); \
-			     FNV_BYTE((j) + 4); FNV_BYTE((j) + 5); FNV_BYTE((j) + 6); FNV_BYTE((j) + 7); } while (0)
+
+/* FNV-1a over the first n (up to 8) bytes of b, from h. */
+static __always_inline __u32 fnv_word(__u32 h, const char *b, __u32 n)
+{
+#pragma clang loop unroll(full)
+	for (__u32 j = 0; j < 8; j++)
+		if (j < n)
+			h = (h ^ (__u8)b[j]) * FNV_PRIME;
+	return h;
+}
 
 struct fctx {
 	struct erb_scratch *s;	/* s->fnv_len: the key's length */
@@ -196,18 +203,11 @@ struct fctx {
 static long fnv_step(__u32 i, void *arg)
 {
 	struct fctx *x = arg;
-	__u32 w = i + x->from, o = (w * 8) & (ERB_KEY_MAX - 8), h;
+	__u32 w = i + x->from, o = (w * 8) & (ERB_KEY_MAX - 8);
 
 	if (!x->s || !x->buf)
 		return 1;
-	h = x->s->fnv;
-#pragma clang loop unroll(full)
-	for (__u32 j = 0; j < 8; j++) {
-		if (w * 8 + j >= x->s->fnv_len)
-			break;
-		h = (h ^ (__u8)x->buf[o + j]) * FNV_PRIME;
-	}
-	x->s->fnv = h;
+	x->s->fnv = fnv_word(x->s->fnv, x->buf + o, x->s->fnv_len - w * 8);
 	return 0;
 }
 
@@ -220,9 +220,9 @@ static __always_inline __u32 fnv_key(struct erb_scratch *s, const char *buf, __u
 	if (len > ERB_KEY_MAX)
 		len = ERB_KEY_MAX;
 	/* the first FNV_INLINE bytes here: a short key takes no bpf_loop step (a call and a return) */
-	FNV_BYTES_8(0);
+	h = fnv_word(h, buf, len);
 	if (len > 8)
-		FNV_BYTES_8(8);
+		h = fnv_word(h, buf + 8, len - 8);
 	if (len <= FNV_INLINE)
 		return h;
 	s->fnv = h;
