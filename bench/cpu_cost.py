@@ -12,17 +12,30 @@ core one request takes. One run, side by side, on the local fleet host erb-r1
   redis-benchmark, this script and the client veth's NAPI (erbc1, threaded
   here so that the client's receive work is not done on the server core where
   the peer's XDP_TX or Redis's send raised it) run on the other CPUs;
-- server CPU per request: busy time of the server core (/proc/stat: all but
-  idle and iowait) over the requests of the run; for SET the window ends when
+- server CPU per request: busy time of the server core (the wall clock minus
+  the core's cpuidle residency; /proc/stat's tick-sampled busy fields where
+  there is no cpuidle) over the requests of the run; for SET the window ends when
   the agent has applied every acknowledged write, so its work is in it;
 - bpf_stats (kernel.bpf_stats_enabled, on for the run, restored after):
   erb_xdp and erb_tc_egress ns per run and runs per request;
 - for SET, the agent's CPU (schedstat of its threads) per write it applied;
+- redis-server's own CPU (schedstat of its threads) per request, both sides:
+  with ERB, for SET, what Redis spends executing the acknowledged writes the
+  agent applies (Redis stays the source of truth: every fast SET runs there);
 - the floor: bench/bpf/reflector.bpf.c, a stateless XDP answerer (every
   request segment turned around with a fixed reply of the same size, no flow
   state, parsing, cache or sequence mapping) attached in erb_xdp's place and
   driven by the same redis-benchmark runs: what veth, NAPI and XDP_TX cost
   per request on this core before any of ERB's work;
+- the server veth's NAPI thread's CPU (schedstat) per request, both sides and
+  the floor: veth receive, GRO, XDP (erb_xdp or the reflector) and XDP_TX;
+- the bound: the least server CPU per request ERB could take if erb_xdp and
+  erb_tc_egress cost nothing, and the CPU ratio to Redis alone it leaves
+  reachable: for GET hits the floor's (Redis idle on both); for SET what
+  redis-server and the agent spend per request with ERB, executing and
+  applying the acknowledged writes (their own time on the server core, so a
+  strict lower bound; the NAPI thread's share is left out, it shrinks as
+  Redis and the agent keep the core busy and the NAPI thread batches more);
 - idle: the server core's busy time with no load, per second (the noise of
   the rest of the machine in every figure).
 
@@ -48,6 +61,7 @@ BUILD = os.path.join(gt.REPO, 'bench', 'build')
 REFLECTOR_OBJ = os.path.join(BUILD, 'reflector.bpf.o')
 CLIENT_VETH, SERVER_VETH = 'erbc1', 'erbs1'
 REDIS_SOCKET = '/run/erb/fleet/r1/redis.sock'
+REDIS_PIDFILE = '/run/erb/fleet/r1/redis.pid'
 TICK_NS = 1e9 / os.sysconf('SC_CLK_TCK')
 OPS = ('get', 'set')
 
@@ -100,9 +114,40 @@ def agent_pids():
     return pids
 
 
+def napi_pids():
+    """The threaded NAPI kthreads of the server veth."""
+    return [pid for pid, comm in processes() if comm.startswith('napi/%s-' % SERVER_VETH)]
+
+
+def redis_pids():
+    with open(REDIS_PIDFILE) as f:
+        return [int(f.read().split()[0])]
+
+
 # -- counters ----------------------------------------------------------------
 
+def cpuidle_us(cpu):
+    """Time the CPU spent idle (all cpuidle states, polling included), microseconds;
+    None without cpuidle statistics."""
+    base = '/sys/devices/system/cpu/cpu%s/cpuidle' % cpu
+    try:
+        states = [d for d in os.listdir(base) if d.startswith('state')]
+        total = 0
+        for d in states:
+            with open(os.path.join(base, d, 'time')) as f:
+                total += int(f.read())
+        return total if states else None
+    except OSError:
+        return None
+
+
 def cpu_busy_ns(cpu):
+    """Busy time of the CPU so far (ns, any origin): the wall clock minus cpuidle's
+    idle residency, exact to the microsecond (this VM's haltpoll driver keeps it); without
+    cpuidle, /proc/stat's busy fields, which are sampled at the tick (HZ)."""
+    idle = cpuidle_us(cpu)
+    if idle is not None:
+        return time.monotonic_ns() - idle * 1000
     with open('/proc/stat') as f:
         for line in f:
             parts = line.split()
@@ -148,7 +193,8 @@ def prog_stats(ids):
 
 def snapshot(ids, agents):
     return {'cpu_ns': cpu_busy_ns(gt.PLACEMENT.server_cpu), 'progs': prog_stats(ids),
-            'agent_ns': task_ns(agents), 'calls': sm.cmd_calls(), 'erb': sm.erb_counters(),
+            'agent_ns': task_ns(agents), 'redis_ns': task_ns(redis_pids()), 'napi_ns': task_ns(napi_pids()),
+            'calls': sm.cmd_calls(), 'erb': sm.erb_counters(),
             't': time.time()}
 
 
@@ -184,6 +230,8 @@ def point(args, op, attached):
     n = args.requests
     res.update(op=op, erb=attached, requests=n,
                server_us_per_req=(s1['cpu_ns'] - s0['cpu_ns']) / n / 1e3,
+               redis_us_per_req=(s1['redis_ns'] - s0['redis_ns']) / n / 1e3,
+               napi_us_per_req=(s1['napi_ns'] - s0['napi_ns']) / n / 1e3,
                window_s=s1['t'] - s0['t'],
                redis_calls=s1['calls'].get(op, 0) - s0['calls'].get(op, 0))
     for name in ids:
@@ -229,11 +277,13 @@ def floor(args):
     try:
         gt.PLACEMENT.apply()
         ids = {'reflect': json.loads(gt.in_host(['bpftool', '-j', 'net', 'show', 'dev', SERVER_VETH]))[0]['xdp'][0]['id']}
+        napi = napi_pids()
         for op in OPS:
-            c0, p0 = cpu_busy_ns(gt.PLACEMENT.server_cpu), prog_stats(ids)['reflect']
+            c0, p0, n0 = cpu_busy_ns(gt.PLACEMENT.server_cpu), prog_stats(ids)['reflect'], task_ns(napi)
             res = redis_benchmark(args, op)
-            c1, p1 = cpu_busy_ns(gt.PLACEMENT.server_cpu), prog_stats(ids)['reflect']
+            c1, p1, n1 = cpu_busy_ns(gt.PLACEMENT.server_cpu), prog_stats(ids)['reflect'], task_ns(napi)
             res['server_us_per_req'] = (c1 - c0) / args.requests / 1e3
+            res['napi_us_per_req'] = (n1 - n0) / args.requests / 1e3
             res['xdp_ns_per_run'] = (p1[0] - p0[0]) / (p1[1] - p0[1]) if p1[1] > p0[1] else None
             out[op] = res
     finally:
@@ -266,16 +316,34 @@ def summarize(runs, floors):
     for op in OPS:
         plain = [r for r in runs if r['op'] == op and not r['erb']]
         erb = [r for r in runs if r['op'] == op and r['erb']]
-        o = {'plain': {k: med(plain, k) for k in ('rps', 'p50_ms', 'p99_ms', 'server_us_per_req')},
-             'erb': {k: med(erb, k) for k in ('rps', 'p50_ms', 'p99_ms', 'server_us_per_req', 'agent_us_per_write')}}
+        cols = ('rps', 'p50_ms', 'p99_ms', 'server_us_per_req', 'redis_us_per_req', 'napi_us_per_req')
+        o = {'plain': {k: med(plain, k) for k in cols},
+             'erb': {k: med(erb, k) for k in cols + ('agent_us_per_write',)}}
         for prog in ('erb_xdp', 'erb_tc_egress'):
             o['erb'][prog] = {k: med(erb, prog, k) for k in ('ns_per_run', 'runs_per_req')}
         if o['plain']['server_us_per_req'] and o['erb']['server_us_per_req']:
             o['cpu_ratio'] = o['plain']['server_us_per_req'] / o['erb']['server_us_per_req']
             o['rps_ratio'] = o['erb']['rps'] / o['plain']['rps']
-        o['floor'] = {k: med([f[op] for f in floors], k) for k in ('rps', 'p99_ms', 'server_us_per_req', 'xdp_ns_per_run')}
+        o['floor'] = {k: med([f[op] for f in floors], k)
+                      for k in ('rps', 'p99_ms', 'server_us_per_req', 'napi_us_per_req', 'xdp_ns_per_run')}
+        o['bound'] = bound(op, o)
         out[op] = o
     return out
+
+
+def bound(op, o):
+    """The least server CPU per request ERB could take with erb_xdp and erb_tc_egress free
+    (see the module's doc), and the CPU ratio to Redis alone it leaves reachable."""
+    if op == 'get':
+        us = o['floor']['server_us_per_req']
+        what = 'the floor (reflector)'
+    else:
+        us = (o['erb'].get('redis_us_per_req') or 0) + (o['erb'].get('agent_us_per_write') or 0)
+        what = 'redis-server + erb-agent applying the writes'
+    plain = o['plain']['server_us_per_req']
+    if not us or not plain:
+        return None
+    return {'server_us_per_req': us, 'cpu_ratio': plain / us, 'what': what}
 
 
 def plot(result, path):
@@ -286,10 +354,11 @@ def plot(result, path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     labels, vals, colors = [], [], []
     for op in OPS:
-        labels += ['%s\nRedis' % op.upper(), '%s\nERB' % op.upper(), '%s\nfloor' % op.upper()]
+        labels += ['%s\nRedis' % op.upper(), '%s\nERB' % op.upper(), '%s\nfloor' % op.upper(),
+                   '%s\nbound' % op.upper()]
         vals += [s[op]['plain']['server_us_per_req'], s[op]['erb']['server_us_per_req'],
-                 s[op]['floor']['server_us_per_req']]
-        colors += ['grey', 'tab:green', 'tab:blue']
+                 s[op]['floor']['server_us_per_req'], (s[op]['bound'] or {}).get('server_us_per_req')]
+        colors += ['grey', 'tab:green', 'tab:blue', 'tab:orange']
     a.bar(labels, [v or 0 for v in vals], color=colors)
     a.set_ylabel('server CPU per request (us)')
     a.set_title('GET x%.1f less, SET x%.1f less' % (s['get'].get('cpu_ratio', 0), s['set'].get('cpu_ratio', 0)))
@@ -310,15 +379,17 @@ def plot(result, path):
 def line(r):
     x = r.get('erb_xdp') or {}
     t = r.get('erb_tc_egress') or {}
-    s = '%-3s %-5s %8.0f rps p99 %.3f ms  server %6.2f us/req' % (
-        r['op'].upper(), 'erb' if r['erb'] else 'plain', r['rps'], r['p99_ms'], r['server_us_per_req'])
+    s = '%-3s %-5s %8.0f rps p99 %.3f ms  server %6.2f us/req (NAPI %.2f)' % (
+        r['op'].upper(), 'erb' if r['erb'] else 'plain', r['rps'], r['p99_ms'], r['server_us_per_req'],
+        r['napi_us_per_req'])
     if r['erb']:
         s += '  erb_xdp %s ns x %.2f/req  tc %s ns x %.2f/req' % (
             '%.0f' % x['ns_per_run'] if x.get('ns_per_run') else '-', x.get('runs_per_req', 0),
             '%.0f' % t['ns_per_run'] if t.get('ns_per_run') else '-', t.get('runs_per_req', 0))
         if r.get('agent_us_per_write'):
             s += '  agent %.2f us/write' % r['agent_us_per_write']
-    return s + '  Redis %s calls %d' % (r['op'].upper(), r['redis_calls'])
+    return s + '  redis-server %.2f us/req  Redis %s calls %d' % (r['redis_us_per_req'], r['op'].upper(),
+                                                                  r['redis_calls'])
 
 
 def main():
@@ -345,8 +416,9 @@ def main():
             floors.append(f)
             idle.append(idle_us_per_s())
             for op in OPS:
-                print('round %d %s floor %8.0f rps p99 %.3f ms  server %6.2f us/req  reflector %s ns/run'
+                print('round %d %s floor %8.0f rps p99 %.3f ms  server %6.2f us/req (NAPI %.2f)  reflector %s ns/run'
                       % (r + 1, op.upper(), f[op]['rps'], f[op]['p99_ms'], f[op]['server_us_per_req'],
+                         f[op]['napi_us_per_req'],
                          '%.0f' % f[op]['xdp_ns_per_run'] if f[op]['xdp_ns_per_run'] else '-'), flush=True)
             print('round %d idle server core %.0f us/s' % (r + 1, idle[-1]), flush=True)
     finally:
@@ -379,6 +451,13 @@ def main():
                  ('   agent %.2f us/write' % s['erb']['agent_us_per_write'])
                  if s['erb'].get('agent_us_per_write') else ''))
     refl = summary['get']['floor']['xdp_ns_per_run']
+    for op in OPS:
+        s, b = summary[op], summary[op]['bound']
+        if b:
+            print('%-4s redis-server %.2f us/req alone, %.2f with ERB; with erb_xdp and erb_tc_egress free, '
+                  'ERB would still take %.2f us/req (%s): at most CPU x%.2f less'
+                  % (op.upper(), s['plain']['redis_us_per_req'] or 0, s['erb']['redis_us_per_req'] or 0,
+                     b['server_us_per_req'], b['what'], b['cpu_ratio']))
     print('floor: bench/bpf/reflector.bpf.c answering the same redis-benchmark statelessly, %s ns per run '
           '(GET); idle server core %.0f us/s' % ('%.0f' % refl if refl else '-', result['idle_server_us_per_s']))
     print('total %.0f s; bench/results/cpu_cost.json, cpu_cost.png' % (time.time() - started))
