@@ -1320,6 +1320,39 @@ static __always_inline int not_get_rc(struct erb_scratch *s, __u32 plen)
 	return RC_PIPELINE;
 }
 
+/*
+ * Can the segment be a GET or an HGETALL, alone or first of a pipeline (the
+ * only segments erb_get() may answer or route to erb_pipe())? Its first 11
+ * bytes, read in place; 1 when they are not all there.
+ */
+static __always_inline int get_head(struct xdp_md *ctx, struct pkt *k)
+{
+	const char *b = (const char *)k->tcp + (k->thl & 63);
+	void *end = (void *)(long)ctx->data_end;
+
+	if ((void *)(b + 11) > end)
+		return 1;
+	if (b[0] != '*' || b[1] != '2' || b[2] != '\r' || b[3] != '\n' || b[4] != '$')
+		return 0;
+	if (b[5] == '3')
+		return upper(b[8]) == 'G' && upper(b[9]) == 'E' && upper(b[10]) == 'T';
+	return b[5] == '7' && upper(b[8]) == 'H' && upper(b[9]) == 'G' && upper(b[10]) == 'E';
+}
+
+/*
+ * What erb_get() returns for a segment get_head() ruled out, without its
+ * flow lookup: -2 (a SET: erb_set()), RC_PIPELINE or -1. Like try_answer(),
+ * it leaves the segment in s->buf for erb_pipe().
+ */
+static __always_inline int not_get(struct xdp_md *ctx, struct pkt *k, struct erb_scratch *s)
+{
+	int n = k->plen;
+
+	if (!len_in(n, 19, WIN) || bpf_xdp_load_bytes(ctx, k->poff, s->buf, arg_len(n, 19, WIN)))
+		return -1;
+	return not_get_rc(s, k->plen);
+}
+
 static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct tcp_opts *o,
 				      struct erb_flow *f, struct erb_flow_key *key,
 				      struct erb_scratch *s, struct erb_global *g, int want_set)
@@ -2237,7 +2270,7 @@ int erb_xdp(struct xdp_md *ctx)
 			pa_set(s, &key, &k, seq);
 			/* a GET; else (-2) a SET; else maybe a pipeline */
 #ifndef ERB_CALLBACKS
-			rc = erb_get(ctx);
+			rc = get_head(ctx, &k) ? erb_get(ctx) : not_get(ctx, &k, s);
 			if (rc == -2)
 				rc = erb_set(ctx);
 			if (rc == RC_PIPELINE)
