@@ -43,7 +43,8 @@ Rounds alternate ERB / Redis alone; medians are reported, with the ratios.
 
     .venv/bin/python bench/cpu_cost.py [--rounds 2] [--requests 200000] [--clients 50]
 
-Needs the fleet up with ERB deployed (scripts/demo). Writes bench/results/cpu_cost.json and .png.
+Needs the fleet up with ERB deployed (scripts/demo). Writes bench/results/cpu_cost.json and .png
+(cpu_cost-keys<N>.json and .png with --keys N other than 10,000).
 """
 import json
 import os
@@ -434,9 +435,10 @@ def main():
               'idle_server_us_per_s': statistics.median(idle), 'runs': runs, 'floors': floors,
               'summary': summary, 'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
     os.makedirs(gt.RESULTS, exist_ok=True)
-    with open(os.path.join(gt.RESULTS, 'cpu_cost.json'), 'w') as f:
+    name = 'cpu_cost' if args.keys == 10000 else 'cpu_cost-keys%d' % args.keys
+    with open(os.path.join(gt.RESULTS, name + '.json'), 'w') as f:
         json.dump(result, f, indent=2)
-    plot(result, os.path.join(gt.RESULTS, 'cpu_cost.png'))
+    plot(result, os.path.join(gt.RESULTS, name + '.png'))
     print('\n%-4s %-28s %-28s %-28s %s' % ('', 'Redis alone', 'ERB', 'floor (reflector)', 'ERB erb_xdp / erb_tc_egress'))
     for op in OPS:
         s = summary[op]
@@ -460,7 +462,7 @@ def main():
                      b['server_us_per_req'], b['what'], b['cpu_ratio']))
     print('floor: bench/bpf/reflector.bpf.c answering the same redis-benchmark statelessly, %s ns per run '
           '(GET); idle server core %.0f us/s' % ('%.0f' % refl if refl else '-', result['idle_server_us_per_s']))
-    print('total %.0f s; bench/results/cpu_cost.json, cpu_cost.png' % (time.time() - started))
+    print('total %.0f s; bench/results/%s.json, %s.png' % (time.time() - started, name, name))
 
 
 if __name__ == '__main__':
