@@ -1320,6 +1320,16 @@ static __always_inline int not_get_rc(struct erb_scratch *s, __u32 plen)
 	return RC_PIPELINE;
 }
 
+/* The segment into s->buf, when it is 19 to WIN bytes (the shortest GET); else -1. */
+static __always_inline int seg_load(struct xdp_md *ctx, struct pkt *k, struct erb_scratch *s)
+{
+	int n = k->plen;
+
+	if (!len_in(n, 19, WIN) || bpf_xdp_load_bytes(ctx, k->poff, s->buf, arg_len(n, 19, WIN)))
+		return -1;
+	return 0;
+}
+
 /*
  * Can the segment be a GET or an HGETALL, alone or first of a pipeline (the
  * only segments erb_get() may answer or route to erb_pipe())? Its first 11
@@ -1346,9 +1356,7 @@ static __always_inline int get_head(struct xdp_md *ctx, struct pkt *k)
  */
 static __always_inline int not_get(struct xdp_md *ctx, struct pkt *k, struct erb_scratch *s)
 {
-	int n = k->plen;
-
-	if (!len_in(n, 19, WIN) || bpf_xdp_load_bytes(ctx, k->poff, s->buf, arg_len(n, 19, WIN)))
+	if (seg_load(ctx, k, s))
 		return -1;
 	return not_get_rc(s, k->plen);
 }
@@ -1362,8 +1370,7 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	int n, rc, is_set = 0, is_hash = 0;
 
 	/* cheap reject before touching the payload */
-	n = k->plen;
-	if (!len_in(n, 19, WIN) || bpf_xdp_load_bytes(ctx, k->poff, s->buf, arg_len(n, 19, WIN)))
+	if (seg_load(ctx, k, s))
 		return -1;
 	if (!want_set) {
 		n = parse_get(s, k->plen, &koff);
