@@ -62,7 +62,6 @@ BUILD = os.path.join(gt.REPO, 'bench', 'build')
 REFLECTOR_OBJ = os.path.join(BUILD, 'reflector.bpf.o')
 CLIENT_VETH, SERVER_VETH = 'erbc1', 'erbs1'
 REDIS_SOCKET = '/run/erb/fleet/r1/redis.sock'
-REDIS_PIDFILE = '/run/erb/fleet/r1/redis.pid'
 TICK_NS = 1e9 / os.sysconf('SC_CLK_TCK')
 OPS = ('get', 'set')
 
@@ -118,11 +117,6 @@ def agent_pids():
 def napi_pids():
     """The threaded NAPI kthreads of the server veth."""
     return [pid for pid, comm in processes() if comm.startswith('napi/%s-' % SERVER_VETH)]
-
-
-def redis_pids():
-    with open(REDIS_PIDFILE) as f:
-        return [int(f.read().split()[0])]
 
 
 # -- counters ----------------------------------------------------------------
@@ -192,9 +186,9 @@ def prog_stats(ids):
     return out
 
 
-def snapshot(ids, agents):
+def snapshot(ids, agents, napi):
     return {'cpu_ns': cpu_busy_ns(gt.PLACEMENT.server_cpu), 'progs': prog_stats(ids),
-            'agent_ns': task_ns(agents), 'redis_ns': task_ns(redis_pids()), 'napi_ns': task_ns(napi_pids()),
+            'agent_ns': task_ns(agents), 'redis_ns': task_ns([gt.PLACEMENT.redis_pid]), 'napi_ns': task_ns(napi),
             'calls': sm.cmd_calls(), 'erb': sm.erb_counters(),
             't': time.time()}
 
@@ -222,12 +216,13 @@ def point(args, op, attached):
     """One measured redis-benchmark run of op; the deltas around it."""
     ids = prog_ids() if attached else {}
     agents = agent_pids() if attached else []
+    napi = napi_pids()
     sm.wait_applied()
-    s0 = snapshot(ids, agents)
+    s0 = snapshot(ids, agents, napi)
     res = redis_benchmark(args, op)
     if op == 'set':
         sm.wait_applied()
-    s1 = snapshot(ids, agents)
+    s1 = snapshot(ids, agents, napi)
     n = args.requests
     res.update(op=op, erb=attached, requests=n,
                server_us_per_req=(s1['cpu_ns'] - s0['cpu_ns']) / n / 1e3,
