@@ -2169,6 +2169,22 @@ int erb_xdp(struct xdp_md *ctx)
 
 	if (k.tcp->syn && !k.tcp->ack) {
 		f = bpf_map_lookup_elem(&erb_flows, &key);
+		/*
+		 * This flow's own SYN again: a copy the network delivered late
+		 * (after answers, maybe), or the client's retransmission. Redis's
+		 * stack does not take it as a new connection (established: an ACK;
+		 * SYN-RECV: its SYN-ACK again; TIME-WAIT: an ACK), so the flow
+		 * stays as it is: made anew, the answered bytes' corrections would
+		 * be lost, and every later segment would reach Redis off its
+		 * sequence. A SYN of another ISN starts the flow afresh (a new
+		 * connection; if Redis's stack still has the old one, its ACK gets
+		 * the client's RST, which closes it). Data in a SYN (Fast Open)
+		 * takes the path below, whose hold sees it.
+		 */
+		if (f && !k.plen && (f->flags & ERB_FLOW_SYN) && seq == f->c_isn) {
+			stat_inc(ERB_STAT_SYN_KEPT);
+			return XDP_PASS;
+		}
 		if (f) {
 			flow_release(f, g);
 			ooo_forget(f, &key);
@@ -2180,6 +2196,7 @@ int erb_xdp(struct xdp_md *ctx)
 				(k.plen ? ERB_FLOW_UNTRACKED | ERB_FLOW_PUSHES : 0), seq + 1);
 		if (f) {
 			stat_inc(ERB_STAT_FLOW_NEW);
+			f->c_isn = seq;
 			f->c_mss = o->mss;
 			f->c_wshift = o->wscale;
 		}
@@ -2569,7 +2586,12 @@ int erb_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;	/* never seen stable: Redis's TCP sends it again */
 
 	if ((flags & 0x12) == 0x12) {	/* SYN-ACK */
-		if (f->flags & ERB_FLOW_SYN) {
+		/*
+		 * Sent again by a stack still in SYN-RECV (the client's third ACK
+		 * was lost) after XDP answered the client's first requests: s_nxt
+		 * and c_ack are past it, and stay there.
+		 */
+		if ((f->flags & ERB_FLOW_SYN) && !(f->flags & ERB_FLOW_ANSWERED)) {
 			__u32 win = bpf_ntohs(t->window), shift = 0;
 
 			/* the SYN-ACK's window is not scaled (RFC 7323): scale it */

@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	7
+#define ERB_LAYOUT_VERSION	8
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -195,6 +195,8 @@ struct erb_flow {
 	__u32 ts_base;		/* Redis's TSval minus the ms clock (ERB_FLOW_TSCLK) */
 	__u32 ts_last;		/* the TSval ts_base was last checked with (0: none yet) */
 	__u32 wr_mask;		/* bit i: wr[i] may be in use (set after, cleared before it is) */
+	__u32 c_isn;		/* seq of the client's SYN (with ERB_FLOW_SYN) */
+	__u32 pad;
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */
@@ -329,6 +331,7 @@ enum erb_stat {
 	ERB_STAT_FILL_HASH,		/* of ERB_STAT_FILL: HGETALL replies (served once erb-agent checked the TTL) */
 	ERB_STAT_REANSWER_PARKED,	/* answer to send again, no room in the frame: parked for erb-agent to run */
 	ERB_STAT_REANSWER_NO_COPY,	/* answer to send again, its copy not (yet) there: the segment dropped */
+	ERB_STAT_SYN_KEPT,		/* SYN on an established flow (a late copy, sent again): flow kept */
 	ERB_STAT_MAX,
 };
 

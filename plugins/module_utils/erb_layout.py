@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 7
+ERB_LAYOUT_VERSION = 8
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -168,6 +168,7 @@ STAT_NAMES = (
     'fill_hash',
     'reanswer_parked',
     'reanswer_no_copy',
+    'syn_kept',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 
@@ -299,6 +300,8 @@ class ErbFlow(ctypes.Structure):
         ('ts_base', u32),
         ('ts_last', u32),
         ('wr_mask', u32),
+        ('c_isn', u32),
+        ('pad', u32),
         ('wr', ErbWr * ERB_WR_RING),
         ('req', ErbParser),
         ('rep', ErbParser),

@@ -430,10 +430,11 @@ def count_flows(fd):
 # What TCP faults did to the answered flows, for an operator: answers sent
 # again (the client's retransmission, a duplicate ACK, a collapsed segment),
 # Redis ACKs held below an answer the client lacked, flows given up (a gap, bytes
-# ERB cannot parse), segments held for pending writes or a bucket lock another CPU kept.
+# ERB cannot parse), segments held for pending writes or a bucket lock another CPU kept,
+# late or repeated SYNs that left an established flow as it was.
 RECOVERY_STATS = ('retransmit_answer', 'answer_resent', 'drop_overlap', 'ack_held', 'ts_clamped',
                   'ooo_kept', 'ooo_resumed', 'pass_ooo', 'flow_given_up', 'unseen_passed', 'pass_client_limit', 'hold',
-                  'hold_waited', 'hold_busy', 'parked', 'reanswer_parked', 'reanswer_no_copy')
+                  'hold_waited', 'hold_busy', 'parked', 'reanswer_parked', 'reanswer_no_copy', 'syn_kept')
 
 
 def recovery(stats):

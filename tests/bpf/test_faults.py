@@ -303,3 +303,82 @@ def test_reset_after_an_answer_is_in_the_server_view(erb):
     assert rc == XDP_PASS
     assert Ether(out)[TCP].seq == f.s_ack
     assert erb.flow(f) is None
+
+
+# ------------------------------------------------------------------ late SYNs
+
+def syn_frame(f):
+    return f.client_frame(flags='S', seq=f.c_isn, ack=0,
+                          options=[('MSS', 1460), ('SAckOK', b''), ('WScale', 7)])
+
+
+def test_late_duplicate_syn_keeps_an_answered_flow(erb):
+    """The network duplicates the client's SYN and delivers the copy late, after a GET was
+    answered in XDP. Redis's stack answers it with a challenge ACK and keeps the connection;
+    ERB must keep the flow too, or the next request reaches Redis uncorrected (beyond its
+    rcv_nxt by the answered bytes) and the client stalls for good."""
+    f, ack0, req_seq, ans = answered(erb)
+    before = erb.flow(f)
+    rc, out = erb.xdp(syn_frame(f))
+    assert rc == XDP_PASS
+    after = erb.flow(f)
+    assert after is not None and after.flags & L.ERB_FLOW_ANSWERED, 'a late SYN copy reset the flow'
+    assert erb.stats()['syn_kept'] == 1
+    assert (after.c_nxt, after.s_nxt) == (before.c_nxt, before.s_nxt)
+    # the next request reaches Redis on its rcv_nxt
+    rc, out = f.send(resp('APPEND', 'k', 'x'))
+    assert rc == XDP_PASS, name(rc)
+    assert seg(out)[0] == f.s_ack - len(resp('APPEND', 'k', 'x')) & M32, \
+        'the request after a late SYN copy lands off the server\'s rcv_nxt'
+    # and Redis's reply reaches the client on its sequence space
+    rc, out = f.reply(b':2\r\n')
+    assert rc == TC_ACT_OK
+    assert Ether(out)[TCP].seq == (f.c_ack - 4) & M32
+
+
+def test_syn_ack_sent_again_keeps_an_answered_flow(erb):
+    """The client's third ACK is lost and its first request is answered in XDP: Redis's stack,
+    still in SYN-RECV, sends its SYN-ACK again. That must not set the flow's view of the
+    server's next byte back to before the answer, or the next answer lands on bytes the
+    client already has and is ignored, every time it is sent again."""
+    f, ack0, req_seq, ans = answered(erb)
+    synack = f.server_frame(flags='SA', seq=f.s_isn, ack=f.c_isn + 1,
+                            options=[('MSS', 1460), ('SAckOK', b''), ('WScale', 7)])
+    rc, out = erb.tc(synack)
+    assert (rc, out) == (TC_ACT_OK, synack)
+    rc, out = f.get(b'k')
+    assert rc == XDP_TX, name(rc)
+    assert seg(out) == ((f.c_ack - len(bulk(b'v'))) & M32, f.c_seq), \
+        'the answer after a SYN-ACK sent again is not on the client\'s next byte'
+
+
+def test_syn_of_a_new_connection_after_both_fins_starts_a_new_flow(erb):
+    """After both FINs the tuple may carry a new connection (Redis's side in TIME-WAIT takes
+    a SYN with a newer sequence): its SYN, of another ISN, starts the flow afresh."""
+    f, ack0, req_seq, ans = answered(erb)
+    rc, _unused = erb.xdp(f.client_frame(flags='FA'))
+    assert rc == XDP_PASS
+    f.c_seq = (f.c_seq + 1) & M32
+    f.s_ack = (f.s_ack + 1) & M32
+    rc, _unused = f.reply(b'', flags='FA')
+    assert rc == TC_ACT_OK
+    assert erb.flow(f).flags & L.ERB_FLOW_S_FIN
+    g = Flow(erb, c_isn=f.c_seq + 100000, s_isn=f.s_isn + 7777777).handshake()
+    fl = erb.flow(g)
+    assert not fl.flags & L.ERB_FLOW_ANSWERED and fl.c_nxt == (g.c_isn + 1) & M32
+    g.set(b'k', b'w')
+    rc, out = g.get(b'k')
+    assert rc == XDP_TX and seg(out) == ((g.c_ack - len(bulk(b'w'))) & M32, g.c_seq)
+
+
+def test_syn_sent_again_before_the_syn_ack_keeps_the_flow(erb):
+    """The SYN-ACK is lost and the client sends its SYN again: the flow goes on, and the
+    connection is answered once it is set up."""
+    f = Flow(erb)
+    syn = syn_frame(f)
+    assert erb.xdp(syn) == (XDP_PASS, syn)
+    f.handshake()
+    assert erb.stats()['syn_kept'] == 1 and erb.stats()['flow_new'] == 1
+    f.set(b'k', b'v')
+    rc, out = f.get(b'k')
+    assert rc == XDP_TX and tcp_payload(out) == bulk(b'v')
