@@ -331,7 +331,7 @@ enum erb_stat {
 	ERB_STAT_FILL_HASH,		/* of ERB_STAT_FILL: HGETALL replies (served once erb-agent checked the TTL) */
 	ERB_STAT_REANSWER_PARKED,	/* answer to send again, no room in the frame: parked for erb-agent to run */
 	ERB_STAT_REANSWER_NO_COPY,	/* answer to send again, its copy not (yet) there: the segment dropped */
-	ERB_STAT_SYN_KEPT,		/* SYN on an established flow (a late copy, sent again): flow kept */
+	ERB_STAT_SYN_KEPT,		/* the flow's own SYN again (a late copy, sent again): flow kept */
 	ERB_STAT_MAX,
 };
 
