@@ -47,7 +47,7 @@ from chaos_workload import MAX_DETAILS, SLOW_DETAIL
 from fault_harness import Faults, nstat_values
 
 sys.path.insert(0, str(REPO / 'tests' / 'integration'))
-from erb_itest import ErbAttachment  # noqa: E402
+from erb_itest import deploy_default  # noqa: E402
 from erb_settest import role_agent_file, seqs  # noqa: E402
 
 pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
@@ -132,10 +132,8 @@ def chaos(fleet, ansible_playbook):
     if alone.has_xdp():  # left by another test: this one must be Redis alone
         rb = ansible_playbook('rollback.yml', limit=alone.name)
         assert rb.rc == 0, rb.output[-4000:]
-    dep = ansible_playbook('deploy.yml', limit=erb.name)
-    assert dep.rc == 0, 'deploy.yml on %s failed:\n%s' % (erb.name, dep.output[-6000:])
-    assert erb.has_xdp() and not alone.has_xdp()
-    att = ErbAttachment(erb)
+    att = deploy_default(ansible_playbook, erb)
+    assert not alone.has_xdp()
     OUT.mkdir(parents=True, exist_ok=True)
     try:
         with Faults([erb.index, alone.index]) as faults:

@@ -30,7 +30,7 @@ from erb_conftest import REPO
 from fault_harness import Faults
 
 sys.path.insert(0, str(REPO / 'tests' / 'integration'))
-from erb_itest import ErbAttachment, RespConn, resp_encode  # noqa: E402
+from erb_itest import RespConn, deploy_default, resp_encode  # noqa: E402
 
 pytestmark = [pytest.mark.fleet, pytest.mark.bpf]
 
@@ -43,11 +43,9 @@ BOUND = 1.5                 # s: a lost answer must be back within a few RTOs, n
 @pytest.fixture(scope='module')
 def deployed(fleet, ansible_playbook):
     h = fleet.hosts[0]
-    dep = ansible_playbook('deploy.yml', limit=h.name)
-    assert dep.rc == 0, 'deploy.yml on %s failed:\n%s' % (h.name, dep.output[-6000:])
-    assert h.has_xdp()
+    att = deploy_default(ansible_playbook, h)
     with Faults([h.index]) as faults:
-        yield h, ErbAttachment(h), faults
+        yield h, att, faults
 
 
 def delta(after, before, names):

@@ -222,6 +222,15 @@ def _loader():
     return erb_loader
 
 
+def deploy_default(ansible_playbook, host):
+    """ERB on fleet host the default way (playbooks/deploy.yml: GET answers, the SET fast path and
+    the I/O agent); its ErbAttachment."""
+    dep = ansible_playbook('deploy.yml', limit=host.name)
+    assert dep.rc == 0, 'deploy.yml on %s failed:\n%s' % (host.name, dep.output[-6000:])
+    assert host.has_xdp()
+    return ErbAttachment(host)
+
+
 class ErbAttachment(object):
     """ERB attached by erb.booster.bpf to a fleet host's interface."""
 
