@@ -506,6 +506,7 @@ struct park {
 	unsigned int head, n;
 	int kmod_fd;			/* erb_io's applied_seq (sysfs), -1 when not read */
 	bool warned;
+	__u32 seen_prog, seen_ifindex;	/* erb_xdp found attached here, in our namespace */
 };
 
 struct agent {
@@ -1060,19 +1061,72 @@ static void park_read(struct agent *a)
 }
 
 /* fd of the program link_xdp runs now (followed across upgrades), or -1. */
-static int park_prog(struct agent *a)
+/*
+ * The erb_xdp program to replay parked segments through, or -1 with *why set.
+ * It must be the program attached to ifindex in this process's network
+ * namespace: BPF_PROG_TEST_RUN resolves ingress_ifindex here, and from another
+ * namespace (an agent started outside the interface's) the index names another
+ * device or none. erb_xdp would then take the segment as passed to Redis while
+ * the frame goes nowhere, and the client's retransmissions of it find a flow
+ * that no longer waits for them.
+ */
+static int park_prog(struct agent *a, __u32 ifindex, const char **why)
 {
 	struct bpf_link_info li;
 	__u32 len = sizeof(li);
-	int lfd = open_pin_optional(a, "link_xdp"), pfd = -1;
+	int lfd = open_pin_optional(a, "link_xdp"), pfd;
+	LIBBPF_OPTS(bpf_xdp_query_opts, q);
 
+	*why = "no erb_xdp program (link_xdp) to run it through";
 	if (lfd < 0)
 		return -1;
 	memset(&li, 0, sizeof(li));
-	if (!bpf_obj_get_info_by_fd(lfd, &li, &len) && li.prog_id)
-		pfd = bpf_prog_get_fd_by_id(li.prog_id);
+	pfd = bpf_obj_get_info_by_fd(lfd, &li, &len);
 	close(lfd);
+	if (pfd || !li.prog_id)
+		return -1;
+	if (li.xdp.ifindex != ifindex) {
+		*why = "it came in on another interface than the one erb_xdp's link is on";
+		return -1;
+	}
+	if (a->park.seen_prog != li.prog_id || a->park.seen_ifindex != ifindex) {
+		if (bpf_xdp_query((int)ifindex, 0, &q) ||
+		    (q.prog_id != li.prog_id && q.drv_prog_id != li.prog_id && q.skb_prog_id != li.prog_id)) {
+			*why = "erb_xdp is not attached to that ifindex in this agent's network namespace: "
+			       "run erb-agent in the interface's namespace";
+			return -1;
+		}
+		a->park.seen_prog = li.prog_id;
+		a->park.seen_ifindex = ifindex;
+	}
+	pfd = bpf_prog_get_fd_by_id(li.prog_id);
+	if (pfd < 0)
+		*why = "erb_xdp's program cannot be opened";
 	return pfd;
+}
+
+/* At start: say so at once when replays cannot work from this namespace. */
+static void park_check(struct agent *a)
+{
+	struct bpf_link_info li;
+	__u32 len = sizeof(li);
+	const char *why;
+	int lfd, pfd;
+
+	if (a->park.ring.fd < 0 || (lfd = open_pin_optional(a, "link_xdp")) < 0)
+		return;
+	memset(&li, 0, sizeof(li));
+	pfd = bpf_obj_get_info_by_fd(lfd, &li, &len);
+	close(lfd);
+	if (pfd || !li.prog_id)
+		return;
+	pfd = park_prog(a, li.xdp.ifindex, &why);
+	if (pfd < 0) {
+		log_err("parked segments will not be replayed (%s); clients wait for their own "
+			"retransmissions instead", why);
+		return;
+	}
+	close(pfd);
 }
 
 static int park_run(int prog, struct erb_park *p)
@@ -1092,6 +1146,7 @@ static void park_replay(struct agent *a)
 	uint64_t applied, now;
 	int prog = -1;
 	bool looked = false;
+	const char *prog_why = NULL;
 
 	if (!pk->n)
 		return;
@@ -1107,11 +1162,13 @@ static void park_replay(struct agent *a)
 			break;
 		} else {
 			if (!looked) {
-				prog = park_prog(a);
+				prog = park_prog(a, p->ifindex, &prog_why);
 				looked = true;
 			}
 			if (prog < 0)
-				why = "no erb_xdp program (link_xdp) to run it through";
+				why = prog_why;
+			else if (p->ifindex != a->park.seen_ifindex)
+				why = "it came in on another interface than the one erb_xdp's link is on";
 			else if (park_csum(p->frame, p->len))
 				why = "not TCP, or its checksum is neither complete nor partial";
 			else if (park_run(prog, p))
@@ -1151,6 +1208,7 @@ static int open_maps(struct agent *a)
 	open_tags(a);
 	open_stats(a);
 	open_park(a);
+	park_check(a);
 	a->hash_ok = calloc(a->cache_entries, sizeof(*a->hash_ok));
 	if (!a->hash_ok) {
 		log_err("out of memory for %u cache slots", a->cache_entries);

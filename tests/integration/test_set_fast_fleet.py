@@ -212,6 +212,20 @@ def conn_retransmissions(c):
     return struct.unpack_from('I', info, 100)[0]
 
 
+def park_an_incr(erb, agent, c, k, parked):
+    """SET k (answered in XDP), then INCR k sent while the agent is stopped: the INCR is held
+    and parked (erb_xdp's `parked` counter passes `parked`); the agent goes on; the reply is
+    the caller's to read."""
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        assert c.cmd('SET', k, '1') == OK
+        c.send(resp_encode('INCR', k))
+        wait_for(lambda: erb.stats()['parked'] > parked, timeout=10, interval=0.01,
+                 what='INCR %s to be held and parked' % k)
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+
+
 def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
     """SET k (answered in XDP) and INCR k on the same connection while the agent is stopped:
     the INCR is held (its key's write is not in Redis) and parked. Once the agent runs again
@@ -229,14 +243,7 @@ def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
         r0, s0, a0 = conn_retransmissions(c), erb.stats(), erb.agent.fresh_stats()
         for i in range(5):
             k = 'parked:%d' % i
-            os.kill(erb.agent.pid, signal.SIGSTOP)
-            try:
-                assert c.cmd('SET', k, '1') == OK
-                c.send(resp_encode('INCR', k))
-                wait_for(lambda: erb.stats()['parked'] > s0['parked'] + i, timeout=10, interval=0.01,
-                         what='INCR %s to be held and parked' % k)
-            finally:
-                os.kill(erb.agent.pid, signal.SIGCONT)
+            park_an_incr(erb, erb.agent, c, k, s0['parked'] + i)
             assert c.read_reply() == integer(2), k
         agent_ok(erb)
         d, a1 = stat_delta(s0, erb.stats()), erb.agent.fresh_stats()
@@ -249,6 +256,50 @@ def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
         c.close()
     finally:
         subprocess.run(['ip', '-n', h.client_ns, 'route', 'del'] + route, check=True)
+
+
+class RootNsAgent(AgentProc):
+    """erb-agent started outside the interface's network namespace (a misconfigured container)."""
+
+    def argv(self):
+        return super().argv()[4:]  # without `ip netns exec <ns>`
+
+
+def test_agent_outside_the_interfaces_namespace_never_replays_a_held_segment(erb, tmp_path):
+    """An agent started in another network namespace than the interface's (here the root
+    namespace) cannot replay parked segments: BPF_PROG_TEST_RUN would resolve their ifindex
+    to another device there (on this machine ifindex 2 is ifb0), and erb_xdp would take the
+    segment as passed to Redis while the frame went nowhere; the client's retransmission of it
+    then found a flow no longer waiting for it (requests stalled 8 s this way). The agent must
+    say so at start, count every parked segment as not replayed, and leave it to the client's
+    retransmission: every INCR answered right, within a few RTOs."""
+    erb.agent.stop()
+    agent = RootNsAgent(erb, tmp_path)
+    try:
+        agent.start()
+        c = tcp(erb)
+        assert c.cmd('PING') == b'+PONG\r\n'
+        c.sock.settimeout(3.0)
+        s0, a0 = erb.stats(), agent.fresh_stats()
+        for i in range(5):
+            k = 'outside:%d' % i
+            park_an_incr(erb, agent, c, k, s0['parked'] + i)
+            t0 = time.monotonic()
+            assert c.read_reply() == integer(2), k
+            assert time.monotonic() - t0 < 2.5, 'INCR %s took %.2f s' % (k, time.monotonic() - t0)
+        c.close()
+        assert agent.alive(), agent.log_tail()
+        d, a1 = stat_delta(s0, erb.stats()), agent.fresh_stats()
+        report('agent outside the namespace', parked=d.get('parked', 0), replayed=a1['replayed'] - a0['replayed'],
+               replay_dropped=a1['replay_dropped'] - a0['replay_dropped'])
+        assert d.get('parked', 0) >= 5, d
+        assert a1['replayed'] == a0['replayed'], 'a parked segment was replayed from the wrong namespace'
+        assert a1['replay_dropped'] - a0['replay_dropped'] >= 5, (a0, a1)
+        assert "not attached to that ifindex in this agent's network namespace" in agent.log_tail(), \
+            agent.log_tail()
+    finally:
+        agent.stop()
+        erb.agent.start()
 
 
 def test_tracking_connection_gets_the_invalidation_of_a_fast_set_before_its_next_reply(erb):
