@@ -97,6 +97,12 @@ ensure_veth() {
 	ip -n "$cs" link set "$c" up
 	# partial checksums from the client's TX offload would reach XDP on the server end
 	ip netns exec "$cs" ethtool -K "$c" tx off >/dev/null
+	# Linux seeds a new connection's first RTO from the RTT it cached for the destination
+	# when an earlier connection closed: one closed with an inflated RTT (a lost SYN-ACK
+	# makes the client's first sample ~1 s) gives later connections a first RTO of seconds.
+	# Tests compare hosts side by side; keep that history out of the client namespaces.
+	ip netns exec "$cs" sysctl -qw net.ipv4.tcp_no_metrics_save=1
+	ip -n "$cs" tcp_metrics flush all 2>/dev/null || true
 }
 
 ensure_xdp_pass() {

@@ -64,6 +64,19 @@ def test_redis_reachable_from_client_over_veth(fleet):
         assert h.redis_cli_local('DEL', 'fleet:test') == '1'
 
 
+def test_client_namespaces_keep_no_rtt_history(fleet):
+    """Linux caches a destination's RTT when a connection closes and seeds the next
+    connection's first RTO with about three times it: after one connection that took a ~1 s
+    RTT sample (a lost SYN-ACK), new connections started with a first RTO of 1-2 s, and a lost
+    first request cost that (seen in the chaos test, on either host). The client namespaces
+    keep no such history (net.ipv4.tcp_no_metrics_save), so side-by-side runs start alike."""
+    for h in fleet.hosts:
+        assert h.client_run(['sysctl', '-n', 'net.ipv4.tcp_no_metrics_save']).stdout.strip() == '1'
+        assert h.redis_cli('PING') == 'PONG'  # a connection made and closed
+        cached = h.client_run(['ip', 'tcp_metrics', 'show']).stdout
+        assert h.server_ip not in cached, 'the client namespace cached an RTT for %s: %s' % (h.server_ip, cached)
+
+
 def test_hosts_are_isolated(fleet):
     if len(fleet.hosts) < 2:
         pytest.fail('fleet too small for this test')
