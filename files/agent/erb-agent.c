@@ -1060,7 +1060,20 @@ static void park_read(struct agent *a)
 	__atomic_store_n(r->consumer_pos, pos, __ATOMIC_RELEASE);
 }
 
-/* fd of the program link_xdp runs now (followed across upgrades), or -1. */
+/* link_xdp's info: the program it runs now (followed across upgrades) and its ifindex. */
+static int xdp_link_info(struct agent *a, struct bpf_link_info *li)
+{
+	__u32 len = sizeof(*li);
+	int lfd = open_pin_optional(a, "link_xdp"), rc;
+
+	if (lfd < 0)
+		return -1;
+	memset(li, 0, sizeof(*li));
+	rc = bpf_obj_get_info_by_fd(lfd, li, &len);
+	close(lfd);
+	return rc || !li->prog_id ? -1 : 0;
+}
+
 /*
  * The erb_xdp program to replay parked segments through, or -1 with *why set.
  * It must be the program attached to ifindex in this process's network
@@ -1073,17 +1086,11 @@ static void park_read(struct agent *a)
 static int park_prog(struct agent *a, __u32 ifindex, const char **why)
 {
 	struct bpf_link_info li;
-	__u32 len = sizeof(li);
-	int lfd = open_pin_optional(a, "link_xdp"), pfd;
 	LIBBPF_OPTS(bpf_xdp_query_opts, q);
+	int pfd;
 
 	*why = "no erb_xdp program (link_xdp) to run it through";
-	if (lfd < 0)
-		return -1;
-	memset(&li, 0, sizeof(li));
-	pfd = bpf_obj_get_info_by_fd(lfd, &li, &len);
-	close(lfd);
-	if (pfd || !li.prog_id)
+	if (xdp_link_info(a, &li))
 		return -1;
 	if (li.xdp.ifindex != ifindex) {
 		*why = "it came in on another interface than the one erb_xdp's link is on";
@@ -1109,16 +1116,10 @@ static int park_prog(struct agent *a, __u32 ifindex, const char **why)
 static void park_check(struct agent *a)
 {
 	struct bpf_link_info li;
-	__u32 len = sizeof(li);
 	const char *why;
-	int lfd, pfd;
+	int pfd;
 
-	if (a->park.ring.fd < 0 || (lfd = open_pin_optional(a, "link_xdp")) < 0)
-		return;
-	memset(&li, 0, sizeof(li));
-	pfd = bpf_obj_get_info_by_fd(lfd, &li, &len);
-	close(lfd);
-	if (pfd || !li.prog_id)
+	if (a->park.ring.fd < 0 || xdp_link_info(a, &li))
 		return;
 	pfd = park_prog(a, li.xdp.ifindex, &why);
 	if (pfd < 0) {
