@@ -1083,7 +1083,7 @@ static int xdp_link_info(struct agent *a, struct bpf_link_info *li)
  * the frame goes nowhere, and the client's retransmissions of it find a flow
  * that no longer waits for them.
  */
-static int park_prog(struct agent *a, __u32 ifindex, const char **why)
+static int park_prog(struct agent *a, const char **why)
 {
 	struct bpf_link_info li;
 	LIBBPF_OPTS(bpf_xdp_query_opts, q);
@@ -1092,19 +1092,15 @@ static int park_prog(struct agent *a, __u32 ifindex, const char **why)
 	*why = "no erb_xdp program (link_xdp) to run it through";
 	if (xdp_link_info(a, &li))
 		return -1;
-	if (li.xdp.ifindex != ifindex) {
-		*why = "it came in on another interface than the one erb_xdp's link is on";
-		return -1;
-	}
-	if (a->park.seen_prog != li.prog_id || a->park.seen_ifindex != ifindex) {
-		if (bpf_xdp_query((int)ifindex, 0, &q) ||
+	if (a->park.seen_prog != li.prog_id || a->park.seen_ifindex != li.xdp.ifindex) {
+		if (bpf_xdp_query((int)li.xdp.ifindex, 0, &q) ||
 		    (q.prog_id != li.prog_id && q.drv_prog_id != li.prog_id && q.skb_prog_id != li.prog_id)) {
 			*why = "erb_xdp is not attached to that ifindex in this agent's network namespace: "
 			       "run erb-agent in the interface's namespace";
 			return -1;
 		}
 		a->park.seen_prog = li.prog_id;
-		a->park.seen_ifindex = ifindex;
+		a->park.seen_ifindex = li.xdp.ifindex;
 	}
 	pfd = bpf_prog_get_fd_by_id(li.prog_id);
 	if (pfd < 0)
@@ -1121,7 +1117,7 @@ static void park_check(struct agent *a)
 
 	if (a->park.ring.fd < 0 || xdp_link_info(a, &li))
 		return;
-	pfd = park_prog(a, li.xdp.ifindex, &why);
+	pfd = park_prog(a, &why);
 	if (pfd < 0) {
 		log_err("parked segments will not be replayed (%s); clients wait for their own "
 			"retransmissions instead", why);
@@ -1163,7 +1159,7 @@ static void park_replay(struct agent *a)
 			break;
 		} else {
 			if (!looked) {
-				prog = park_prog(a, p->ifindex, &prog_why);
+				prog = park_prog(a, &prog_why);
 				looked = true;
 			}
 			if (prog < 0)
