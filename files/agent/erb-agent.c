@@ -78,6 +78,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <poll.h>
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
@@ -1449,6 +1450,44 @@ static bool reply_ok(const redisReply *r)
 	return r && r->type == REDIS_REPLY_STATUS && !strcmp(r->str, "OK");
 }
 
+/*
+ * The next reply on a blocking connection, like redisGetReply(), but waiting
+ * for it in poll(POLLIN) rather than in a blocking read(). On a unix socket a
+ * reader blocked in read() is also woken each time the peer consumes what
+ * this side wrote (unix_write_space wakes every sleeper, whatever it waits
+ * for), so Redis paid a wakeup of the agent for reading each pipeline and
+ * another for answering it; poll()'s wait entry is woken only for POLLIN.
+ */
+static int get_reply(redisContext *c, redisReply **out)
+{
+	void *r = NULL;
+	int done = 0;
+
+	*out = NULL;
+	while (!done)
+		if (redisBufferWrite(c, &done) != REDIS_OK)
+			return REDIS_ERR;
+	if (redisGetReplyFromReader(c, &r) != REDIS_OK)
+		return REDIS_ERR;
+	while (!r) {
+		struct pollfd p = { .fd = c->fd, .events = POLLIN };
+		int n = poll(&p, 1, COMMAND_TIMEOUT_MS);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			c->err = REDIS_ERR_IO;
+			snprintf(c->errstr, sizeof(c->errstr), "%s", n ? strerror(errno) :
+				 "no reply within the command timeout");
+			return REDIS_ERR;
+		}
+		if (redisBufferRead(c) != REDIS_OK || redisGetReplyFromReader(c, &r) != REDIS_OK)
+			return REDIS_ERR;
+	}
+	*out = r;
+	return REDIS_OK;
+}
+
 /* Run one command; NULL (and a log line) on I/O error or unexpected error reply. */
 static redisReply *command(redisContext *c, const char *what, int argc, const char **argv)
 {
@@ -2008,7 +2047,7 @@ static int select_db0(struct agent *a)
 
 	if (a->cur_db == 0)
 		return 0;
-	if (append_select(a, 0) || redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+	if (append_select(a, 0) || get_reply(a->apply, &r) != REDIS_OK) {
 		a->cur_db = -1;
 		return -1;
 	}
@@ -2077,12 +2116,12 @@ static int verify_round(struct agent *a)
 		redisReply *r, *t;
 		struct redis_value rv = { 0 };
 
-		if (redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+		if (get_reply(a->apply, &r) != REDIS_OK) {
 			log_warn("Redis GET (verify): %s", a->apply->errstr);
 			rc = -1;
 			break;
 		}
-		if (redisGetReply(a->apply, (void **)&t) != REDIS_OK) {
+		if (get_reply(a->apply, &t) != REDIS_OK) {
 			log_warn("Redis PTTL (verify): %s", a->apply->errstr);
 			freeReplyObject(r);
 			rc = -1;
@@ -2221,7 +2260,7 @@ static int hash_scan(struct agent *a)
 		redisReply *r;
 		uint32_t ver = c[i].ver;
 
-		if (redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+		if (get_reply(a->apply, &r) != REDIS_OK) {
 			log_warn("Redis PTTL (hash check): %s", a->apply->errstr);
 			rc = -1;
 			break;
@@ -2371,7 +2410,7 @@ static enum round_result apply_round(struct agent *a, unsigned int from, unsigne
 		for (; e < nexp && a->exp[e].slot == i; e++) {
 			redisReply *r;
 
-			if (redisGetReply(a->apply, (void **)&r) != REDIS_OK) {
+			if (get_reply(a->apply, &r) != REDIS_OK) {
 				log_warn("Redis connection lost while applying: %s", a->apply->errstr);
 				*acked = rd.acked;
 				return ROUND_BROKEN;

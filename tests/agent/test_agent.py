@@ -196,6 +196,28 @@ def test_redis_killed_and_restarted_midstream_loses_nothing(env):
     assert 'Redis unreachable' in agent.log_text()
 
 
+def test_frozen_redis_times_out_the_apply_and_loses_nothing(env):
+    """The agent waits for Redis's replies in poll(), with the command timeout
+    (10 s) as the bound: a Redis that stops answering mid-batch (SIGSTOP) is
+    given up on, the connection opened again, and every record applied once
+    Redis runs again, in order."""
+    agent = env.agent()
+    w = Workload(env, nkeys=300)
+    w.start_thread(3000)
+    env.wait_applied(500)
+    env.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: 'no reply within the command timeout' in agent.log_text(), timeout=25,
+                 what='the apply to give up on a frozen Redis after the command timeout')
+    finally:
+        env.redis.proc.send_signal(signal.SIGCONT)
+    w.join()
+    env.wait_applied(3000, timeout=60)
+    w.check_redis()
+    check_replay(aof_seqs(env.redis), 3000, max_rewinds=1)
+    assert agent.alive()
+
+
 def test_agent_sigkilled_and_restarted_loses_nothing_and_keeps_order(env):
     agent = env.agent()
     w = Workload(env, nkeys=300)
