@@ -15,7 +15,13 @@ ratio ERB / Redis alone is of those medians (when both run at once, whichever si
 two vCPUs wins the window). Mix `none` (no fault) is the baseline: `--mixes none,loss,dup`.
 
     .venv/bin/python bench/chaos.py [--seconds 20] [--rate 0.02] [--mixes loss,dup,reorder,all]
-                   [--windows 2] [--window 4] [--delay-ms 0] [--jitter-ms 0]
+                   [--windows 2] [--window 4] [--delay-ms 0] [--jitter-ms 0] [--control]
+
+--control runs the same procedure with ERB rolled back on erb-r1 (it refuses to run while ERB is
+attached there): two plain Redis hosts, so its ratio (written to chaos-control.json and .png) is
+what the method reads when there is no difference to find. On this 2-vCPU machine that spread is
+wide (README, "Under the chaos workload"): judge an ERB ratio against it, measured in the same
+session.
 
 --delay-ms adds a fixed delay each way on top of every mix (without reordering, which the
 harness cannot combine with a fixed delay: the reorder mixes then use jitter instead).
@@ -84,7 +90,8 @@ def plot(result, path):
     for off, label, color in ((-0.2, 'alone', 'grey'), (0.2, 'erb', 'tab:green')):
         rates = [result['mixes'][n]['median'][label] / result['window'] for n in names]
         a.bar([i + off for i in x], rates, 0.4, color=color,
-              label='Redis alone' if label == 'alone' else 'Redis + ERB')
+              label='Redis alone' if label == 'alone' else
+              'erb-r1, Redis alone (control)' if result.get('control') else 'Redis + ERB')
         b.bar([i + off for i in x], [result['mixes'][n][label]['slowest'] for n in names], 0.4, color=color)
     for ax, title in ((a, 'ops/s (median of alternating windows)'), (b, 'slowest request (s), both at once')):
         ax.set_xticks(list(x))
@@ -105,6 +112,8 @@ def main():
     ap.add_argument('--window', type=float, default=4, help='seconds per window (default 4)')
     ap.add_argument('--delay-ms', type=float, default=0)
     ap.add_argument('--jitter-ms', type=float, default=0)
+    ap.add_argument('--control', action='store_true',
+                    help='A/A: erb-r1 without ERB against erb-r2 (roll ERB back on erb-r1 first)')
     args = ap.parse_args()
     if args.windows < 1 or args.window <= 0 or args.seconds <= 0:
         raise SystemExit('--windows must be at least 1, --window and --seconds more than 0')
@@ -113,8 +122,14 @@ def main():
     if erb_attached(ALONE):
         raise SystemExit('ERB is attached on erb-r2, which must be Redis alone: ansible-playbook -i inventory/local '
                          '--limit erb-r2 playbooks/rollback.yml')
-    if not erb_attached(ERB):
+    if args.control:
+        if erb_attached(ERB):
+            raise SystemExit('--control compares two hosts without ERB: roll it back on erb-r1 first '
+                             '(ansible-playbook -i inventory/local --limit erb-r1 playbooks/rollback.yml)')
+    elif not erb_attached(ERB):
         deploy(ERB)
+    name = 'chaos-control' if args.control else 'chaos'
+    side = 'erb-r1 (no ERB)' if args.control else 'ERB'
     all_mixes = dict(none={}, **mixes(args.rate))
     chosen = [m.strip() for m in args.mixes.split(',') if m.strip()]
     unknown = set(chosen) - set(all_mixes)
@@ -161,23 +176,23 @@ def main():
                                      'erb': [x['ops'] for x in win['erb']], 'alone': [x['ops'] for x in win['alone']],
                                      'ratio': med['erb'] / max(1, med['alone'])}
             e, a = results[m]['erb'], results[m]['alone']
-            print('%-8s Redis alone %6.0f ops/s slowest %.3f s | ERB %6.0f ops/s slowest %.3f s | x%.2f  '
+            print('%-8s Redis alone %6.0f ops/s slowest %.3f s | %s %6.0f ops/s slowest %.3f s | x%.2f  '
                   'wrong %d/%d errors %d/%d lost %d/%d  (%.0f s)' % (
-                      m, med['alone'] / args.window, a['slowest'], med['erb'] / args.window, e['slowest'],
+                      m, med['alone'] / args.window, a['slowest'], side, med['erb'] / args.window, e['slowest'],
                       results[m]['windows']['ratio'], a['wrong'] + a['window_wrong'], e['wrong'] + e['window_wrong'],
                       a['errors'] + a['window_errors'], e['errors'] + e['window_errors'], a['lost'], e['lost'],
                       time.monotonic() - t_start), flush=True)
-    print('\n' + table(results))
-    print('total %.0f s; %s' % (time.monotonic() - t_start, os.path.join(RESULTS, 'chaos.json')))
-    result = {'benchmark': 'chaos', 'rate': args.rate, 'seconds': args.seconds, 'window': args.window,
+    print('\n' + table(results, side))
+    print('total %.0f s; %s' % (time.monotonic() - t_start, os.path.join(RESULTS, name + '.json')))
+    result = {'benchmark': name, 'control': args.control, 'rate': args.rate, 'seconds': args.seconds, 'window': args.window,
               'windows': args.windows, 'delay_ms': args.delay_ms,
               'jitter_ms': args.jitter_ms, 'machine': '%d cores, veth in netns' % os.cpu_count(),
               'mixes': results, 'fault_counters': counters,
               'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, 'chaos.json'), 'w') as fh:
+    with open(os.path.join(RESULTS, name + '.json'), 'w') as fh:
         json.dump(result, fh, indent=2)
-    plot(result, os.path.join(RESULTS, 'chaos.png'))
+    plot(result, os.path.join(RESULTS, name + '.png'))
 
 
 if __name__ == '__main__':

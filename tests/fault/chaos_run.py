@@ -169,18 +169,20 @@ def details(w, what):
     return out
 
 
-def table(results):
-    """Markdown table of {mix: {'alone': totals, 'erb': totals}} (totals with 'lost')."""
+def table(results, erb='ERB'):
+    """Markdown table of {mix: {'alone': totals, 'erb': totals}} (totals with 'lost'); erb names
+    the side under test (bench/chaos.py --control: a second host without ERB)."""
     lines = ['| mix | host | ops | req/s | wrong | errors | lost writes | slowest (s) | p99 (s) |',
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     for mix, r in results.items():
         for label in ('alone', 'erb'):
             t = r[label]
             lines.append('| %s | %s | %d | %.0f | %d | %d | %d | %.3f | %.4f |' % (
-                mix, 'Redis alone' if label == 'alone' else 'ERB', t['ops'], t['requests'] / t['seconds'],
+                mix, 'Redis alone' if label == 'alone' else erb, t['ops'], t['requests'] / t['seconds'],
                 t['wrong'], t['errors'], t.get('lost', 0), t['slowest'], t['p99']))
     if any('median' in r for r in results.values()):
-        lines += ['', '| mix | Redis alone ops per window (median) | ERB ops per window (median) | ERB / Redis alone |',
+        lines += ['', '| mix | Redis alone ops per window (median) | %s ops per window (median) | %s / Redis alone |'
+                  % (erb, erb),
                   '| --- | --- | --- | --- |']
         for mix, r in results.items():
             if 'median' in r:
