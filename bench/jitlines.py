@@ -98,12 +98,14 @@ def prog_lines(prog_id):
 
 
 def kallsyms(prefix='bpf_prog_'):
+    """{name: [addresses]}: two programs' copies of one function (same instructions, same
+    tag: erb_xdp's and erb_tc_egress's probe_step) share a name."""
     syms = {}
     with open('/proc/kallsyms') as fh:
         for line in fh:
             parts = line.split()
             if len(parts) >= 3 and parts[2].startswith(prefix):
-                syms[parts[2]] = int(parts[0], 16)
+                syms.setdefault(parts[2], []).append(int(parts[0], 16))
     return syms
 
 
@@ -120,21 +122,22 @@ class LineMap:
                 self.lines.extend(prog_lines(p['id']))
         self.lines.sort()
         self.addrs = [a for a, _w, _t in self.lines]
+        self.starts = set(self.addrs)
 
     def line(self, sym, off):
         """('file:line', text) of sym+off, or None when unknown."""
-        base = self.syms.get(sym)
-        if base is None:
+        bases = self.syms.get(sym)
+        if bases is None:
             # a main program: perf names it by its first function's tag, kallsyms by the program's
             func = sym.split('_', 3)[-1]
             same = [a for n, a in self.syms.items() if n.split('_', 3)[-1] == func]
-            base = same[0] if len(same) == 1 else None
-        if base is None or not self.addrs:
-            return None
-        i = bisect.bisect_right(self.addrs, base + off) - 1
-        if i < 0 or self.addrs[i] < base:
-            return None
-        return self.lines[i][1], self.lines[i][2]
+            bases = same[0] if len(same) == 1 else []
+        # of a name's copies, the one in the programs named (its first instruction has a line)
+        for base in bases:
+            i = bisect.bisect_right(self.addrs, base + off) - 1
+            if i >= 0 and self.addrs[i] >= base and base in self.starts:
+                return self.lines[i][1], self.lines[i][2]
+        return None
 
 
 def main():

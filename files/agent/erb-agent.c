@@ -51,11 +51,13 @@
  * 5. Fills in flight.  Every invalidated key, cached or not, bumps the write
  *    epoch of its bucket (erb_wepoch, when the map is mmapable): a
  *    write-through fill captured before Redis's change is then not stored.
- * 6. Hashes with a TTL.  Cache entries of hashes (HGETALL fills) are checked
- *    with PTTL as the agent finds them; an entry whose key has a TTL or is
- *    gone is deleted (Redis expires it lazily, and XDP hits never reach
- *    Redis), one without TTL is kept; a fill stored as "not verified yet"
- *    (entry type 2, never served) is marked verified (type 1).
+ * 6. Keys with a TTL.  Cache entries of hashes (HGETALL fills) and GET fills
+ *    are checked with PTTL as the agent finds them; an entry whose key has a
+ *    TTL or is gone is deleted (Redis expires it lazily, and XDP hits never
+ *    reach Redis), one without TTL is kept; a fill stored as "not verified
+ *    yet" (entry type 2 or 3, never served) is marked verified (type 1, a
+ *    hash, or 0, a string). SET write-through fills need no check (a plain
+ *    SET drops any TTL).
  * Not guaranteed: while no agent runs, keys changed outside XDP's sight
  * (expiry, Lua, other interfaces) are not invalidated; the agent flushes on
  * start.  Persistence is Redis's appendfsync policy plus the apply delay.
@@ -113,6 +115,8 @@
 #define HASH_SCAN_FAST_MS	10		/* rounds this far apart while fills happen */
 /* erb_entry.type of an HGETALL fill not verified yet: never served by XDP */
 #define TYPE_HASH_UNVERIFIED	2
+/* erb_entry.type of a GET fill not verified yet: never served by XDP */
+#define TYPE_STRING_UNVERIFIED	3
 
 /* ------------------------------------------------------------------ logging */
 
@@ -441,6 +445,8 @@ struct stats {
 	uint64_t epoch_bumps;		/* write epochs bumped (fills in flight cancelled) */
 	uint64_t hash_verified;		/* hash entries checked: no TTL, kept */
 	uint64_t hash_deleted;		/* hash entries deleted: TTL, or key gone */
+	uint64_t get_verified;		/* GET fills checked: no TTL, made servable */
+	uint64_t get_deleted;		/* GET fills deleted: TTL, or key gone */
 	uint64_t parked;		/* held segments read from erb_parked */
 	uint64_t replayed;		/* ... replayed through erb_xdp */
 	uint64_t replay_expired;	/* ... older than PARK_MAX_AGE_NS: left to the client's retransmission */
@@ -873,7 +879,7 @@ static void open_stats(struct agent *a)
 	if (a->stats_fd < 0)
 		return;
 	if (map_info(a->stats_fd, "erb_stats", &info) || info.type != BPF_MAP_TYPE_PERCPU_ARRAY ||
-	    info.value_size != sizeof(uint64_t) || info.max_entries <= ERB_STAT_FILL_HASH || n < 1) {
+	    info.value_size != sizeof(uint64_t) || info.max_entries <= ERB_STAT_FILL_GET || n < 1) {
 		close(a->stats_fd);
 		a->stats_fd = -1;
 		return;
@@ -2145,32 +2151,42 @@ static int verify_round(struct agent *a)
 
 /* ------------------------------------------------------- hashes with a TTL */
 
-/* HGETALL fills so far (sum of erb_stats[ERB_STAT_FILL_HASH] over the CPUs); 0 unknown. */
+/*
+ * HGETALL and GET fills so far (erb_stats[ERB_STAT_FILL_HASH] and
+ * [ERB_STAT_FILL_GET] summed over the CPUs); 0 unknown.
+ */
 static uint64_t fills_now(struct agent *a)
 {
 	uint64_t v[a->ncpus ? a->ncpus : 1], sum = 0;
-	__u32 key = ERB_STAT_FILL_HASH;
+	const __u32 keys[] = { ERB_STAT_FILL_HASH, ERB_STAT_FILL_GET };
 
-	if (a->stats_fd < 0 || bpf_map_lookup_elem(a->stats_fd, &key, v))
-		return 0;
-	for (unsigned int i = 0; i < a->ncpus; i++)
-		sum += v[i];
+	for (unsigned int k = 0; k < 2; k++) {
+		if (a->stats_fd < 0 || bpf_map_lookup_elem(a->stats_fd, &keys[k], v))
+			return 0;
+		for (unsigned int i = 0; i < a->ncpus; i++)
+			sum += v[i];
+	}
 	return sum;
 }
 
-/* Mark a verified HGETALL fill servable: type 2 -> 1 if it still is version ver. */
+/*
+ * Mark a verified fill servable if it still is version ver: an HGETALL fill
+ * (type 2) becomes a hash (1), a GET fill (3) a string (0).
+ */
 static bool cache_mark_verified(struct erb_entry *e, uint32_t ver, uint32_t *new_ver)
 {
-	uint32_t zero = 0;
+	uint32_t zero = 0, type;
 	bool done = false;
 
 	if (!__atomic_compare_exchange_n(&e->lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
 		return false;
+	type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
 	if (__atomic_load_n(&e->ver, __ATOMIC_ACQUIRE) == ver &&
 	    __atomic_load_n(&e->state, __ATOMIC_RELAXED) == ERB_ENTRY_VALID &&
-	    __atomic_load_n(&e->type, __ATOMIC_RELAXED) == TYPE_HASH_UNVERIFIED) {
+	    (type == TYPE_HASH_UNVERIFIED || type == TYPE_STRING_UNVERIFIED)) {
 		__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
-		__atomic_store_n(&e->type, ERB_TYPE_HASH, __ATOMIC_RELEASE);
+		__atomic_store_n(&e->type, type == TYPE_HASH_UNVERIFIED ? ERB_TYPE_HASH : ERB_TYPE_STRING,
+				 __ATOMIC_RELEASE);
 		*new_ver = __atomic_add_fetch(&e->ver, 1, __ATOMIC_ACQ_REL);
 		done = true;
 	}
@@ -2185,13 +2201,14 @@ struct hash_check {
 };
 
 /*
- * While HGETALL fills happen (erb_stats' FILL_HASH counter moves; always when
- * that map is absent), look at the next HASH_SCAN_CHUNK cache slots every
- * HASH_SCAN_FAST_MS for hash entries not checked in their current version
- * and ask Redis their PTTL (pipelined, db 0): no TTL keeps the entry (and
- * makes an unverified fill servable), a TTL or a missing key deletes it.
- * A full pass with no HGETALL fill since it began ends the scanning (string
- * fills need no check: a scan for them would walk the cache for nothing).
+ * While HGETALL or GET fills happen (erb_stats' FILL_HASH or FILL_GET counter
+ * moves; always when that map is absent), look at the next HASH_SCAN_CHUNK
+ * cache slots every HASH_SCAN_FAST_MS for hash entries and unverified GET
+ * fills not checked in their current version and ask Redis their PTTL
+ * (pipelined, db 0): no TTL keeps the entry (and makes an unverified fill
+ * servable), a TTL or a missing key deletes it. A full pass with no such
+ * fill since it began ends the scanning (SET write-through fills need no
+ * check: a scan for them would walk the cache for nothing).
  * Returns -1 when the connection broke.
  */
 static int hash_scan(struct agent *a)
@@ -2226,7 +2243,7 @@ static int hash_scan(struct agent *a)
 		if (!a->scan_pos)
 			a->fills_moved = false;		/* a full pass since */
 		type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
-		if ((type != ERB_TYPE_HASH && type != TYPE_HASH_UNVERIFIED) ||
+		if ((type != ERB_TYPE_HASH && type != TYPE_HASH_UNVERIFIED && type != TYPE_STRING_UNVERIFIED) ||
 		    __atomic_load_n(&e->state, __ATOMIC_RELAXED) != ERB_ENTRY_VALID ||
 		    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen ||
 		    __atomic_load_n(&e->ver, __ATOMIC_RELAXED) == a->hash_ok[i])
@@ -2268,14 +2285,22 @@ static int hash_scan(struct agent *a)
 		if (r->type == REDIS_REPLY_INTEGER && r->integer == -1) {
 			if (c[i].type == ERB_TYPE_HASH || cache_mark_verified(e, ver, &ver)) {
 				a->hash_ok[c[i].slot] = ver;
-				a->st.hash_verified++;
+				if (c[i].type == TYPE_STRING_UNVERIFIED)
+					a->st.get_verified++;
+				else
+					a->st.hash_verified++;
 			} else {
 				a->fills_moved = true;	/* busy or changed: again */
 			}
 		} else if (r->type == REDIS_REPLY_INTEGER) {
 			/* a TTL (Redis expires it unseen by XDP hits) or gone */
 			switch (cache_delete(a, e, ver)) {
-			case DEL_DONE: a->st.hash_deleted++; break;
+			case DEL_DONE:
+				if (c[i].type == TYPE_STRING_UNVERIFIED)
+					a->st.get_deleted++;
+				else
+					a->st.hash_deleted++;
+				break;
 			case DEL_BUSY: a->fills_moved = true; break;	/* again next pass */
 			case DEL_CHANGED: break;
 			}
@@ -2480,7 +2505,8 @@ static void write_stats(struct agent *a)
 		     "\"invalidations_not_cached\":%llu,\"invalidations_queued\":%zu,\"flushes\":%llu,"
 		     "\"cache_gen\":%u,\"errors\":%llu,\"bad_records\":%llu,\"retries\":%llu,"
 		     "\"reconnects\":%llu,\"redis_restarts\":%llu,\"epoch_bumps\":%llu,"
-		     "\"hash_verified\":%llu,\"hash_deleted\":%llu,\"parked\":%llu,\"replayed\":%llu,"
+		     "\"hash_verified\":%llu,\"hash_deleted\":%llu,\"get_verified\":%llu,\"get_deleted\":%llu,"
+		     "\"parked\":%llu,\"replayed\":%llu,"
 		     "\"replay_expired\":%llu,\"replay_dropped\":%llu,\"replay_queued\":%u}\n",
 		     getpid(), (double)(now_ns() - a->started_ns) / 1e9, a->apply ? "true" : "false",
 		     (unsigned long long)s->applied, (unsigned long long)s->batches,
@@ -2499,6 +2525,7 @@ static void write_stats(struct agent *a)
 		     (unsigned long long)s->retries, (unsigned long long)s->reconnects,
 		     (unsigned long long)s->redis_restarts, (unsigned long long)s->epoch_bumps,
 		     (unsigned long long)s->hash_verified, (unsigned long long)s->hash_deleted,
+		     (unsigned long long)s->get_verified, (unsigned long long)s->get_deleted,
 		     (unsigned long long)s->parked, (unsigned long long)s->replayed,
 		     (unsigned long long)s->replay_expired, (unsigned long long)s->replay_dropped, a->park.n);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", a->opt.stats_file);

@@ -73,6 +73,7 @@ const volatile struct erb_config cfg = {
 #define HASH_REPLY	0xd3d94fc7U	/* FNV-1a("REPLY") */
 #define HASH_HELLO	0x32543b0bU	/* FNV-1a("HELLO") */
 #define HASH_HGETALL	0x2004caf8U	/* FNV-1a("HGETALL") */
+#define HASH_GET	0x96e6be77U	/* FNV-1a("GET") */
 #define HASH_TRACKING	0xfb4df9fcU	/* FNV-1a("TRACKING") */
 #define HASH_CACHING	0x3f76dfbeU	/* FNV-1a("CACHING") */
 #define RC_PIPELINE	(-4)		/* try_answer: not one command, maybe a pipeline (erb_pipe.h) */
@@ -519,8 +520,8 @@ static __always_inline void xdp_effects(struct pctx *c, __u32 fl_orig)
 }
 
 /*
- * Copy a captured SET (or HGETALL) into erb_aux; its +OK (or reply) will fill
- * the cache. Returns the flow's new fill_idx (the command's index + 1), 0 for
+ * Copy a captured SET (or HGETALL, or GET) into erb_aux; its +OK (or reply)
+ * will fill the cache. Returns the flow's new fill_idx (the command's index + 1), 0 for
  * no fill.
  *
  * A global function, like erb_parse() (see global_env()): inline in
@@ -555,9 +556,9 @@ __attribute__((noinline)) int erb_capture(struct xdp_md *ctx, struct pcur *u, __
 	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
 	/* another write of this bucket is in flight: Redis may run it after */
-	if (!cnt || !ep || *cnt != (u->cap == 2 ? 0 : 1))
+	if (!cnt || !ep || *cnt != (u->cap == 1 ? 1 : 0))
 		return 0;
-	a->fill_type = u->cap == 2 ? ERB_TYPE_HASH : ERB_TYPE_STRING;
+	a->fill_type = u->cap == 2 ? ERB_TYPE_HASH : u->cap == 3 ? ERB_TYPE_STRING_UNVERIFIED : ERB_TYPE_STRING;
 	a->fill_hash = h;
 	a->fill_bucket = b;
 	a->fill_klen = kl;

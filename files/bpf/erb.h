@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	8
+#define ERB_LAYOUT_VERSION	9
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -68,6 +68,7 @@ enum erb_entry_type {
 	ERB_TYPE_STRING = 0,	/* a string value (GET, SET) */
 	ERB_TYPE_HASH = 1,	/* Redis's whole RESP2 reply to HGETALL key */
 	ERB_TYPE_HASH_UNVERIFIED = 2,	/* an HGETALL fill the agent has not checked for a TTL: never served */
+	ERB_TYPE_STRING_UNVERIFIED = 3,	/* a GET fill the agent has not checked for a TTL: never served */
 };
 
 /* Flow key: the client->server 4-tuple as seen at ingress, network order. */
@@ -332,6 +333,7 @@ enum erb_stat {
 	ERB_STAT_REANSWER_PARKED,	/* answer to send again, no room in the frame: parked for erb-agent to run */
 	ERB_STAT_REANSWER_NO_COPY,	/* answer to send again, its copy not (yet) there: the segment dropped */
 	ERB_STAT_SYN_KEPT,		/* the flow's own SYN again (a late copy, sent again): flow kept */
+	ERB_STAT_FILL_GET,		/* of ERB_STAT_FILL: GET replies (served once erb-agent checked the TTL) */
 	ERB_STAT_MAX,
 };
 

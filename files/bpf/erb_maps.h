@@ -158,18 +158,18 @@ struct pcur {
 	__s32 a1_off, a2_off;
 	__u32 a1_len, a2_len;
 	/* last complete plain SET (or HGETALL) of this segment */
-	__u32 cap;		/* 1 = SET captured, 2 = HGETALL captured */
+	__u32 cap;		/* 1 = SET captured, 2 = HGETALL, 3 = GET */
 	__u32 cap_idx, cap_koff, cap_klen, cap_voff, cap_vlen;
 	__u32 win_base;		/* payload offset of s->buf[0] */
 	__u32 flushed;		/* flushed for skipped bytes already */
 	__u32 nkeys;		/* queued in s->keyq */
 	__u32 keyq_full;
-	__u32 fill_due;		/* a fill is due (egress): 1 SET +OK, 2 HGETALL reply */
+	__u32 fill_due;		/* a fill is due (egress): 1 SET +OK, 2 HGETALL reply, 3 GET reply */
 	/* egress: the top-level reply being parsed, when it began in this skb */
 	__u32 rep_here;		/* it began in this invocation */
 	__u32 rep_start;	/* its payload offset */
 	__u32 rep_n;		/* element count of a top-level '*' */
-	__u32 fill_off, fill_len;	/* the HGETALL reply to store (fill_due 2) */
+	__u32 fill_off, fill_len;	/* the HGETALL or GET reply to store (fill_due 2, 3) */
 	/* effects of the parsed commands, applied only if the segment passes */
 	__u32 pending;		/* fast-path writes not yet in Redis */
 	__u32 ncmds;		/* complete commands */

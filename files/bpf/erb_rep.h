@@ -9,6 +9,40 @@
 
 /* ------------------------------------------------ reply parser (TC) */
 
+/* "$1400\r\n": the longest bulk header of a value ERB may cache (ERB_VAL_MAX). */
+#define GET_REP_HDR_MAX	7
+
+/*
+ * The value of a GET's bulk reply "$<n>\r\n<value>\r\n" (len bytes at off of
+ * the skb, the parser has checked its framing) into a->fill_val. Returns its
+ * length, or 0: nil ("$-1"), empty, or longer than the cache takes.
+ */
+static __always_inline __u32 get_value_from_reply(struct __sk_buff *skb, __u32 off, __u32 len,
+						  struct erb_aux *a)
+{
+	char h[GET_REP_HDR_MAX] = {};
+	__u32 n = 0, hl = 0;
+
+	if (len < GET_REP_HDR_MAX || bpf_skb_load_bytes(skb, off, h, GET_REP_HDR_MAX) || h[0] != '$')
+		return 0;
+#pragma unroll
+	for (__u32 i = 1; i < GET_REP_HDR_MAX - 1; i++) {
+		if (h[i] == '\r') {
+			hl = i + 2;
+			break;
+		}
+		if (h[i] < '0' || h[i] > '9')
+			return 0;
+		n = n * 10 + (h[i] - '0');
+	}
+	if (hl < 4 || h[hl - 1] != '\n' || n == 0 || n > cfg.max_value_len || hl + n + 2 != len)
+		return 0;
+	if (!len_in(n, 1, ERB_VAL_MAX) ||
+	    bpf_skb_load_bytes(skb, off + hl, a->fill_val, arg_len(n, 1, ERB_VAL_MAX)))
+		return 0;
+	return n;
+}
+
 static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 					  struct erb_flow_key *k, struct pctx *c)
 {
@@ -19,7 +53,8 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 
 	if (!a)
 		return;
-	type = c->u->fill_due == 2 ? ERB_TYPE_HASH : ERB_TYPE_STRING;
+	type = c->u->fill_due == 2 ? ERB_TYPE_HASH :
+	       c->u->fill_due == 3 ? ERB_TYPE_STRING_UNVERIFIED : ERB_TYPE_STRING;
 	/* the reply must be the kind of the captured command */
 	if (a->fill_type != type) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
@@ -34,6 +69,14 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		}
 		if (!len_in(len, 1, ERB_VAL_MAX) ||
 		    bpf_skb_load_bytes(skb, poff + c->u->fill_off, a->fill_val, arg_len(len, 1, ERB_VAL_MAX))) {
+			stat_inc(ERB_STAT_FILL_SKIPPED);
+			return;
+		}
+		a->fill_vlen = len;
+	} else if (type == ERB_TYPE_STRING_UNVERIFIED) {
+		/* the value of Redis's bulk reply; a nil, empty or too long one is not cached */
+		len = get_value_from_reply(skb, poff + c->u->fill_off, c->u->fill_len, a);
+		if (!len) {
 			stat_inc(ERB_STAT_FILL_SKIPPED);
 			return;
 		}
@@ -59,6 +102,18 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
+	/*
+	 * A GET of a cached key passed for another reason (a reply owed, a
+	 * pipeline, a gap): the entry stands as it is, not made unverified.
+	 */
+	if (type == ERB_TYPE_STRING_UNVERIFIED) {
+		cache_probe(c->s, a->fill_key, a->fill_klen, a->fill_hash, gen, 1);
+		if (c->s->pr.hit >= 0) {
+			__sync_lock_test_and_set(bl, 0);
+			stat_inc(ERB_STAT_FILL_SKIPPED);
+			return;
+		}
+	}
 	/* never overwrite a fast-path write Redis does not have yet */
 	/*
 	 * A hash may carry a TTL TC cannot see: it is served only once the
@@ -81,6 +136,8 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	stat_inc(ERB_STAT_FILL);
 	if (type == ERB_TYPE_HASH)
 		stat_inc(ERB_STAT_FILL_HASH);
+	if (type == ERB_TYPE_STRING_UNVERIFIED)
+		stat_inc(ERB_STAT_FILL_GET);
 }
 
 struct rctx {
@@ -119,6 +176,12 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 			   !(f->flags & ERB_FLOW_HELLO) && len <= cfg.max_value_len) {
 			/* an HGETALL reply, whole in this skb */
 			u->fill_due = 2;
+			u->fill_off = u->rep_start;
+			u->fill_len = len;
+		} else if (p->top_type == '$' && u->rep_here &&
+			   len <= cfg.max_value_len + GET_REP_HDR_MAX + 2) {
+			/* a GET's bulk reply, whole in this skb ("$-1" is skipped at the fill) */
+			u->fill_due = 3;
 			u->fill_off = u->rep_start;
 			u->fill_len = len;
 		}

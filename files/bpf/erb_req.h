@@ -137,6 +137,22 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 		u->cap_voff = 0;
 		u->cap_vlen = 0;
 	}
+	/*
+	 * A GET passed to Redis (a miss): its bulk reply fills the cache
+	 * read-through, unless the segment has a SET or HGETALL to capture.
+	 * RESP3 (HELLO 3) sends the same "$<n>" bulk for a string value.
+	 */
+	if (p->cmd_hash == HASH_GET && p->argc == 2 && !u->cap && u->a1_off >= 0 &&
+	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED |
+		       ERB_FLOW_PUSHES)) &&
+	    u->a1_len <= cfg.max_key_len) {
+		u->cap = 3;
+		u->cap_idx = idx;
+		u->cap_koff = u->win_base + u->a1_off;
+		u->cap_klen = u->a1_len;
+		u->cap_voff = 0;
+		u->cap_vlen = 0;
+	}
 	if ((fl & ERB_CMD_SET) && p->argc == 3 && u->a1_off >= 0 && u->a2_off >= 0 &&
 	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED)) &&
 	    u->a1_len <= cfg.max_key_len && u->a2_len <= cfg.max_value_len) {

@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 8
+ERB_LAYOUT_VERSION = 9
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -41,6 +41,7 @@ ERB_ENTRY_TOMB = 2
 ERB_TYPE_STRING = 0
 ERB_TYPE_HASH = 1
 ERB_TYPE_HASH_UNVERIFIED = 2
+ERB_TYPE_STRING_UNVERIFIED = 3
 
 # enum erb_pstate
 ERB_P_TYPE = 0
@@ -169,6 +170,7 @@ STAT_NAMES = (
     'reanswer_parked',
     'reanswer_no_copy',
     'syn_kept',
+    'fill_get',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

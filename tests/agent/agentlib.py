@@ -48,7 +48,7 @@ KEY_OFF = L.ErbEntry.key.offset             # where its key (then its value) sta
 VAL_OFF = L.ErbEntry.val.offset
 GLOBAL_SIZE = ctypes.sizeof(L.ErbGlobal)   # sizeof(struct erb_global)
 ENTRY_EMPTY, ENTRY_VALID, ENTRY_TOMB = 0, 1, 2
-TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED = 0, 1, 2
+TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED, TYPE_STRING_UNVERIFIED = 0, 1, 2, 3
 
 
 def _stat_index(name):
@@ -58,6 +58,7 @@ def _stat_index(name):
 
 
 STAT_FILL_HASH = _stat_index('FILL_HASH')
+STAT_FILL_GET = _stat_index('FILL_GET')
 INFLIGHT_BUCKETS = 65536
 BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
@@ -252,11 +253,12 @@ class BpfEnv(object):
         return struct.unpack_from('<I', self.glob, G_CACHE_GEN)[0]
 
     # -- erb_stats
-    def count_hash_fill(self):
-        """Add one to ERB_STAT_FILL_HASH (on CPU 0), as erb.bpf.c does after storing an HGETALL fill."""
+    def count_hash_fill(self, stat=STAT_FILL_HASH):
+        """Add one to ERB_STAT_FILL_HASH (on CPU 0), as erb.bpf.c does after storing an HGETALL
+        fill (stat=STAT_FILL_GET: ERB_STAT_FILL_GET, after a GET fill)."""
         ncpu = self.lib.libbpf_num_possible_cpus()
         vals = (ctypes.c_uint64 * ncpu)()
-        key = ctypes.c_uint32(STAT_FILL_HASH)
+        key = ctypes.c_uint32(stat)
         if self.lib.bpf_map_lookup_elem(self.fds['erb_stats'], ctypes.byref(key), vals):
             raise OSError(ctypes.get_errno(), 'erb_stats lookup')
         vals[0] += 1

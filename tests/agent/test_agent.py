@@ -571,6 +571,31 @@ def test_hash_entries_of_keys_with_a_ttl_are_deleted(env):
     wait_for(lambda: env.bpf.cache_state(b'h_plain') == 'gone', timeout=5, what='h_plain deleted')
 
 
+def test_get_fills_are_served_only_once_checked_for_a_ttl(env):
+    # GET fills (type 3, never served) become servable strings once Redis says the
+    # key has no TTL; a key with a TTL (Redis expires it unseen by XDP hits) or a gone
+    # one is deleted. Strings written through SET need no check.
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    r.set(b'g_plain', b'v')
+    r.set(b'g_ttl', b'v', ex=100)
+    time.sleep(0.2)   # the invalidations of these writes pass before caching
+    T = agentlib
+    for k in (b'g_plain', b'g_ttl', b'g_gone'):
+        env.bpf.cache_put(k, b'v', typ=T.TYPE_STRING_UNVERIFIED)
+    env.bpf.cache_put(b's_set', b'v')
+    env.bpf.count_hash_fill(T.STAT_FILL_GET)  # as erb.bpf.c does after a GET fill
+    for k in (b'g_ttl', b'g_gone'):
+        wait_for(lambda k=k: env.bpf.cache_state(k) == 'gone', timeout=5, what='%r deleted' % k)
+    wait_for(lambda: (env.bpf.cache_entry(b'g_plain') or {}).get('type') == T.TYPE_STRING, timeout=5,
+             what='GET fill without TTL made servable')
+    assert env.bpf.cache_state(b's_set') == 'valid'
+    wait_for(lambda: (agent.read_stats() or {}).get('get_deleted', 0) >= 2 and
+             (agent.read_stats() or {}).get('get_verified', 0) >= 1, timeout=5,
+             what='get_deleted >= 2, get_verified >= 1')
+
+
 def test_loading_redis_is_waited_for_and_nothing_is_lost(env):
     # Redis loading its dataset after a restart answers -LOADING to everything
     front = agentlib.LoadingFront(env.tmp / 'front.sock', env.redis.sock)

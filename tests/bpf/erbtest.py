@@ -739,10 +739,15 @@ Erb.reset_fast = _erb_reset_fast
 
 
 def verify_hash(erb, key):
-    """What erb-agent does once PTTL key is -1: ERB_TYPE_HASH_UNVERIFIED -> ERB_TYPE_HASH."""
+    """What erb-agent does once PTTL key is -1: ERB_TYPE_HASH_UNVERIFIED -> ERB_TYPE_HASH,
+    ERB_TYPE_STRING_UNVERIFIED (a GET fill) -> ERB_TYPE_STRING."""
+    verified = {L.ERB_TYPE_HASH_UNVERIFIED: L.ERB_TYPE_HASH, L.ERB_TYPE_STRING_UNVERIFIED: L.ERB_TYPE_STRING}
     for slot, e, k, _val in live_entries(erb):
-        if e.type == L.ERB_TYPE_HASH_UNVERIFIED and k == key:
-            e.type = L.ERB_TYPE_HASH
+        if e.type in verified and k == key:
+            e.type = verified[e.type]
             B.map_update(erb.fds['erb_cache'], ctypes.c_uint32(slot), e)
             return True
     return False
+
+
+verify_fill = verify_hash

@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""GET misses fill the cache read-through.
+
+A GET passed to Redis (a miss) on a tracked flow is captured like an HGETALL: when TC
+egress sees its whole bulk reply "$<n>\\r\\n<value>\\r\\n" in one skb, the value is stored
+as a type ERB_TYPE_STRING_UNVERIFIED entry under the write-through cancellation rules
+(a write of the key's bucket in flight at capture, or arriving before the reply, cancels
+it), never served until erb-agent has checked that the key has no TTL (a key Redis
+expires lazily would be answered past its expiry) and made it ERB_TYPE_STRING
+(verify_fill() does what the agent does). A nil reply, an empty or too long value, a
+reply split over two skbs, a flow in MULTI or on another db fill nothing; a RESP3 flow
+(HELLO 3) fills from the same bulk bytes, and its nil ("_") fills nothing;
+a SET in the same segment keeps its own write-through capture."""
+
+import pytest
+
+from erbtest import (live_entries, verify_fill, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, resp, tcp_payload)
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
+
+
+def entries(erb):
+    """Live entries: {key: (type, value bytes)}."""
+    return {key: (e.type, val) for _unused, e, key, val in live_entries(erb)}
+
+
+def miss(f, key, reply):
+    rc, _unused = f.send(resp(b'GET', key))
+    assert rc == XDP_PASS, 'GET miss not passed: %s' % XDP_NAMES.get(rc, rc)
+    f.reply(reply)
+
+
+def get(f, key):
+    """(rc, reply payload) of GET key."""
+    rc, out = f.send(resp(b'GET', key))
+    return rc, tcp_payload(out) if rc == XDP_TX else None
+
+
+def test_fill_is_served_only_after_the_agent_checks_its_ttl(erb):
+    f = Flow(erb).handshake()
+    miss(f, b'k1', bulk(b'hello'))
+    st = erb.stats()
+    # fill_get is what sets erb-agent's TTL check going
+    assert (st['fill'], st['fill_get']) == (1, 1), st
+    assert entries(erb) == {b'k1': (L.ERB_TYPE_STRING_UNVERIFIED, b'hello')}
+    rc, _unused = get(f, b'k1')
+    assert rc == XDP_PASS, 'an unchecked GET fill (the key may have a TTL) answered in XDP: %s' % XDP_NAMES.get(rc, rc)
+    f.reply(bulk(b'hello'))
+    assert verify_fill(erb, b'k1')
+    assert entries(erb) == {b'k1': (L.ERB_TYPE_STRING, b'hello')}
+    assert get(f, b'k1') == (XDP_TX, b'$5\r\nhello\r\n')
+    assert erb.stats()['hit'] == 1
+
+
+@pytest.mark.parametrize('value', [b'x', b'a\r\nb$3\r\n*\x00', b'7' * 1024], ids=['1', 'binary', 'max'])
+def test_value_bytes_exact(erb, value):
+    f = Flow(erb).handshake()
+    miss(f, b'key', bulk(value))
+    verify_fill(erb, b'key')
+    assert get(f, b'key') == (XDP_TX, bulk(value))
+
+
+@pytest.mark.parametrize('reply', [b'$-1\r\n', b'$0\r\n\r\n', bulk(b'v' * 1025), b'-ERR wrong\r\n',
+                                   b':12\r\n'], ids=['nil', 'empty', 'too-long', 'error', 'integer'])
+def test_nothing_cached_from(erb, reply):
+    f = Flow(erb).handshake()
+    miss(f, b'key', reply)
+    assert entries(erb) == {}
+    assert erb.stats()['fill'] == 0
+    # the flow goes on: the next command and its reply are tracked as before
+    f.command(resp(b'PING'), b'+PONG\r\n')
+
+
+def test_reply_split_over_two_segments_not_cached(erb):
+    f = Flow(erb).handshake()
+    rc, _unused = f.send(resp(b'GET', b'key'))
+    assert rc == XDP_PASS
+    rep = bulk(b'0123456789')
+    f.reply(rep[:7])
+    f.reply(rep[7:])
+    assert entries(erb) == {}
+    f.command(resp(b'PING'), b'+PONG\r\n')
+
+
+def test_write_in_flight_cancels_the_fill(erb):
+    f, g = Flow(erb).handshake(), Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    rc, _unused = f.send(resp(b'GET', b'key'))
+    assert rc == XDP_PASS
+    # another client's write of the key reaches Redis before the GET's reply leaves
+    g.command(resp(b'APPEND', b'key', b'x'), b':3\r\n')
+    f.reply(bulk(b'ab'))
+    assert entries(erb) == {}
+    assert erb.stats()['fill_skipped'] >= 1
+
+
+def test_write_after_get_in_the_same_segment_never_fills(erb):
+    f = Flow(erb).handshake()
+    rc, _unused = f.send(resp(b'GET', b'key') + resp(b'INCR', b'key'))
+    assert rc == XDP_PASS
+    f.reply(bulk(b'1') + b':2\r\n')
+    assert entries(erb) == {}
+
+
+def test_set_in_the_same_segment_keeps_its_own_capture(erb):
+    f = Flow(erb).handshake()
+    rc, _unused = f.send(resp(b'SET', b'a', b'1') + resp(b'GET', b'b'))
+    assert rc == XDP_PASS
+    f.reply(b'+OK\r\n' + bulk(b'2'))
+    assert entries(erb) == {b'a': (L.ERB_TYPE_STRING, b'1')}
+
+
+def test_not_filled_in_multi_or_on_another_db(erb):
+    f = Flow(erb).handshake()
+    f.command(resp(b'MULTI'), b'+OK\r\n')
+    f.command(resp(b'GET', b'key'), b'+QUEUED\r\n')
+    f.command(resp(b'EXEC'), b'*1\r\n' + bulk(b'v'))
+    g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    g.command(resp(b'SELECT', b'1'), b'+OK\r\n')
+    g.command(resp(b'GET', b'key'), bulk(b'v'))
+    assert erb.stats()['fill'] == 0
+    assert entries(erb) == {}
+
+
+def test_writes_of_the_key_invalidate_a_verified_fill(erb):
+    f = Flow(erb).handshake()
+    miss(f, b'key', bulk(b'old'))
+    verify_fill(erb, b'key')
+    assert get(f, b'key')[0] == XDP_TX
+    f.command(resp(b'APPEND', b'key', b'er'), b':5\r\n')
+    rc, _unused = get(f, b'key')
+    assert rc == XDP_PASS, 'a stale GET fill answered after a write of its key'
+    f.reply(bulk(b'older'))
+
+
+def test_a_passed_get_of_a_cached_key_leaves_its_entry_as_it_is(erb):
+    f = Flow(erb).handshake()
+    f.set(b'k', b'v')                         # write-through: a servable string entry
+    rc, _unused = f.send(resp(b'PING'))      # Redis owes a reply: the GET below is passed
+    assert rc == XDP_PASS
+    rc, _unused = f.send(resp(b'GET', b'k'))
+    assert rc == XDP_PASS
+    f.reply(b'+PONG\r\n')
+    f.reply(bulk(b'v'))
+    assert entries(erb) == {b'k': (L.ERB_TYPE_STRING, b'v')}, 'a passed GET made a cached entry unverified'
+    assert get(f, b'k') == (XDP_TX, bulk(b'v'))
+
+
+def test_resp3_flow_fills_from_the_same_bulk_and_not_from_its_nil(erb):
+    f = Flow(erb).handshake()
+    f.command(resp(b'HELLO', b'3'), b'%1\r\n+server\r\n+redis\r\n')
+    miss(f, b'none', b'_\r\n')
+    assert entries(erb) == {}
+    miss(f, b'key', bulk(b'v3'))
+    assert entries(erb) == {b'key': (L.ERB_TYPE_STRING_UNVERIFIED, b'v3')}
+    verify_fill(erb, b'key')
+    assert get(f, b'key') == (XDP_TX, bulk(b'v3'))

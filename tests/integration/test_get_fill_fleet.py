@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""GET misses fill the cache read-through, on the local fleet.
+
+ERB is attached to erb-r1/erbs1 by erb.booster.bpf, with erb-agent. Keys are written over
+Redis's unix socket, a path XDP never sees (as keys written before ERB attached, or by
+another interface): the first GET from erb-c1 goes to Redis and its reply fills the cache;
+once the agent has checked the key has no TTL (PTTL -1), later GETs are answered in XDP,
+and Redis's cmdstat_get shows they never reached it. A key with a TTL is never answered
+from the cache (Redis expires it lazily; XDP hits would outlive it), and a key changed
+over the unix socket after it was cached is read fresh (CLIENT TRACKING invalidation).
+"""
+
+import pytest
+
+from erb_conftest import BPF_OBJECT, require_bpf_objects, wait_for
+from erb_itest import ErbAttachment, commandstats, redis_from, stat_delta
+from erb_settest import AgentProc, build_agent, stop_role_agent
+
+pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
+
+NKEYS = 50
+
+
+@pytest.fixture(scope='module')
+def erb(fleet, tmp_path_factory):
+    require_bpf_objects(BPF_OBJECT)
+    build_agent()
+    h = fleet.hosts[0]
+    a = ErbAttachment(h, cache_entries=8192, max_flows=4096, max_key_len=128, max_value_len=1024)
+    a.detach(drain_timeout=0)
+    stop_role_agent(h)
+    assert h.redis_cli_local('FLUSHALL') == 'OK'
+    a.attach()
+    a.agent = AgentProc(a, tmp_path_factory.mktemp('erb-agent'))
+    try:
+        a.agent.start()
+        yield a
+    finally:
+        try:
+            a.detach()
+        finally:
+            a.agent.stop()
+            h.redis_cli_local('FLUSHALL')
+
+
+def agent_stat(erb, name):
+    return erb.agent.fresh_stats()[name]
+
+
+def value(i):
+    return ('value-%d-' % i + 'x' * (i * 13 % 140)).encode()  # a reply fits the veth frame
+
+
+def test_keys_written_out_of_band_are_answered_in_xdp_once_read(erb):
+    h = erb.host
+    for i in range(NKEYS):
+        assert h.redis_cli_local('SET', 'oob:%d' % i, value(i).decode()) == 'OK'
+    c = redis_from(h.client_ns, h.server_ip)
+    s0, v0, cs0 = erb.stats(), agent_stat(erb, 'get_verified'), commandstats(h)
+    for i in range(NKEYS):
+        assert c.get('oob:%d' % i) == value(i)
+    d = stat_delta(s0, erb.stats())
+    assert d.get('fill_get', 0) == NKEYS, d
+    assert commandstats(h).get('get', 0) - cs0.get('get', 0) == NKEYS
+    wait_for(lambda: agent_stat(erb, 'get_verified') >= v0 + NKEYS, timeout=15, interval=0.05,
+             what='erb-agent to check %d GET fills' % NKEYS)
+    s1, cs1 = erb.stats(), commandstats(h)
+    for _unused in range(3):
+        for i in range(NKEYS):
+            assert c.get('oob:%d' % i) == value(i)
+    d = stat_delta(s1, erb.stats())
+    reached = commandstats(h).get('get', 0) - cs1.get('get', 0)
+    assert d.get('hit', 0) == 3 * NKEYS and reached == 0, (d, reached)
+    c.close()
+
+
+def test_a_key_with_a_ttl_is_never_answered_from_the_cache(erb):
+    h = erb.host
+    assert h.redis_cli_local('SET', 'ttl:1', 'short-lived', 'PX', '6000') == 'OK'
+    c = redis_from(h.client_ns, h.server_ip)
+    d0 = agent_stat(erb, 'get_deleted')
+    assert c.get('ttl:1') == b'short-lived'
+    wait_for(lambda: agent_stat(erb, 'get_deleted') >= d0 + 1, timeout=15, interval=0.05,
+             what='erb-agent to drop the GET fill of a key with a TTL')
+    s0, cs0 = erb.stats(), commandstats(h)
+    assert c.get('ttl:1') == b'short-lived'
+    assert stat_delta(s0, erb.stats()).get('hit', 0) == 0
+    assert commandstats(h).get('get', 0) - cs0.get('get', 0) == 1
+    wait_for(lambda: c.get('ttl:1') is None, timeout=15, interval=0.1, what='the key to expire for the client')
+    c.close()
+
+
+def test_a_cached_key_changed_out_of_band_is_read_fresh(erb):
+    h = erb.host
+    assert h.redis_cli_local('SET', 'chg:1', 'one') == 'OK'
+    c = redis_from(h.client_ns, h.server_ip)
+    v0 = agent_stat(erb, 'get_verified')
+    assert c.get('chg:1') == b'one'
+    wait_for(lambda: agent_stat(erb, 'get_verified') >= v0 + 1, timeout=15, interval=0.05,
+             what='erb-agent to check the GET fill')
+    s0 = erb.stats()
+    assert c.get('chg:1') == b'one'
+    assert stat_delta(s0, erb.stats()).get('hit', 0) == 1
+    assert h.redis_cli_local('SET', 'chg:1', 'two') == 'OK'
+    wait_for(lambda: c.get('chg:1') == b'two', timeout=5, interval=0.01,
+             what='the new value after a write XDP never saw')
+    c.close()
