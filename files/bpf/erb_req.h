@@ -74,6 +74,17 @@ static __always_inline void req_arg_end(struct pctx *c, struct erb_parser *p)
 	}
 }
 
+/* Capture command idx (its key is argument 1) for a fill: cap 1 SET, 2 HGETALL, 3 GET. */
+static __always_inline void req_capture(struct pcur *u, __u32 idx, __u32 cap, __u32 voff, __u32 vlen)
+{
+	u->cap = cap;
+	u->cap_idx = idx;
+	u->cap_koff = u->win_base + u->a1_off;
+	u->cap_klen = u->a1_len;
+	u->cap_voff = voff;
+	u->cap_vlen = vlen;
+}
+
 static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 {
 	struct pcur *u = c->u;
@@ -129,14 +140,8 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 	if (p->cmd_hash == HASH_HGETALL && p->argc == 2 && u->a1_off >= 0 &&
 	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED |
 		       ERB_FLOW_HELLO)) &&
-	    u->a1_len <= cfg.max_key_len) {
-		u->cap = 2;
-		u->cap_idx = idx;
-		u->cap_koff = u->win_base + u->a1_off;
-		u->cap_klen = u->a1_len;
-		u->cap_voff = 0;
-		u->cap_vlen = 0;
-	}
+	    u->a1_len <= cfg.max_key_len)
+		req_capture(u, idx, 2, 0, 0);
 	/*
 	 * A GET passed to Redis (a miss): its bulk reply fills the cache
 	 * read-through, unless the segment has a SET or HGETALL to capture.
@@ -145,24 +150,12 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 	if (p->cmd_hash == HASH_GET && p->argc == 2 && !u->cap && u->a1_off >= 0 &&
 	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED |
 		       ERB_FLOW_PUSHES)) &&
-	    u->a1_len <= cfg.max_key_len) {
-		u->cap = 3;
-		u->cap_idx = idx;
-		u->cap_koff = u->win_base + u->a1_off;
-		u->cap_klen = u->a1_len;
-		u->cap_voff = 0;
-		u->cap_vlen = 0;
-	}
+	    u->a1_len <= cfg.max_key_len)
+		req_capture(u, idx, 3, 0, 0);
 	if ((fl & ERB_CMD_SET) && p->argc == 3 && u->a1_off >= 0 && u->a2_off >= 0 &&
 	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED)) &&
-	    u->a1_len <= cfg.max_key_len && u->a2_len <= cfg.max_value_len) {
-		u->cap = 1;
-		u->cap_idx = idx;
-		u->cap_koff = u->win_base + u->a1_off;
-		u->cap_klen = u->a1_len;
-		u->cap_voff = u->win_base + u->a2_off;
-		u->cap_vlen = u->a2_len;
-	}
+	    u->a1_len <= cfg.max_key_len && u->a2_len <= cfg.max_value_len)
+		req_capture(u, idx, 1, u->win_base + u->a2_off, u->a2_len);
 	u->ncmds++;
 }
 
