@@ -15,6 +15,7 @@
 - ``pending(att)``: write_seq/applied_seq from the pinned erb_global.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -173,6 +174,22 @@ class AgentProc(object):
 
 
 # --------------------------------------------------------------------------- Redis
+
+@contextlib.contextmanager
+def attached_with_agent(att, tmp_path_factory):
+    """att attached, with an erb-agent of the test's own as att.agent; on leaving, att detached
+    (drained first), then the agent stopped."""
+    att.attach()
+    att.agent = AgentProc(att, tmp_path_factory.mktemp('erb-agent'))
+    try:
+        att.agent.start()
+        yield att
+    finally:
+        try:
+            att.detach()
+        finally:
+            att.agent.stop()
+
 
 class FleetRedis(object):
     """The fleet host's redis-server: kill -9 and restart with its own configuration."""

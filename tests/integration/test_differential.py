@@ -37,7 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from erb_conftest import BPF_OBJECT, require_bpf_objects
 from erb_itest import ErbAttachment, connect_in_netns, resp_encode, stat_delta
-from erb_settest import AgentProc, build_agent, stop_role_agent, wait_applied
+from erb_settest import attached_with_agent, build_agent, stop_role_agent, wait_applied
 
 pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
 
@@ -507,17 +507,9 @@ def erb(fleet, tmp_path_factory):
     stop_role_agent(plain)
     for host in (h, plain):
         assert host.redis_cli_local('FLUSHALL') == 'OK'
-    a.attach()
     a.plain = plain
-    a.agent = AgentProc(a, tmp_path_factory.mktemp('erb-agent'))
-    try:
-        a.agent.start()
+    with attached_with_agent(a, tmp_path_factory):
         yield a
-    finally:
-        try:
-            a.detach()
-        finally:
-            a.agent.stop()
 
 
 def test_erb_replies_equal_redis_replies(erb):

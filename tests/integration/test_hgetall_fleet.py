@@ -18,7 +18,7 @@ import pytest
 
 from erb_conftest import BPF_OBJECT, require_bpf_objects, wait_for
 from erb_itest import ErbAttachment, RespConn, commandstats, redis_from, reference_redis, stat_delta
-from erb_settest import AgentProc, build_agent, stop_role_agent
+from erb_settest import attached_with_agent, build_agent, stop_role_agent
 
 assert reference_redis  # a fixture, used by name below
 
@@ -40,17 +40,11 @@ def erb(fleet, tmp_path_factory):
     a.detach(drain_timeout=0)
     stop_role_agent(h)
     assert h.redis_cli_local('FLUSHALL') == 'OK'
-    a.attach()
-    a.agent = AgentProc(a, tmp_path_factory.mktemp('erb-agent'))
     try:
-        a.agent.start()
-        yield a
+        with attached_with_agent(a, tmp_path_factory):
+            yield a
     finally:
-        try:
-            a.detach()
-        finally:
-            a.agent.stop()
-            h.redis_cli_local('FLUSHALL')
+        h.redis_cli_local('FLUSHALL')
 
 
 def verified(erb):

@@ -18,7 +18,7 @@ import pytest
 
 from erb_conftest import BPF_OBJECT, require_bpf_objects
 from erb_itest import ErbAttachment, RespConn, redis_from, reference_redis, resp_encode, stat_delta
-from erb_settest import AgentProc, FleetRedis, build_agent, stop_role_agent, wait_applied
+from erb_settest import FleetRedis, attached_with_agent, build_agent, stop_role_agent, wait_applied
 
 assert reference_redis  # a fixture, used by name below
 
@@ -48,16 +48,8 @@ def erb(fleet, tmp_path_factory):
     stop_role_agent(h)
     a.redis = FleetRedis(h)
     assert h.redis_cli_local('FLUSHALL') == 'OK'
-    a.attach()
-    a.agent = AgentProc(a, tmp_path_factory.mktemp('erb-agent'))
-    try:
-        a.agent.start()
+    with attached_with_agent(a, tmp_path_factory):
         yield a
-    finally:
-        try:
-            a.detach()
-        finally:
-            a.agent.stop()
 
 
 @pytest.fixture

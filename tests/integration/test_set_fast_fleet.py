@@ -28,7 +28,7 @@ import pytest
 
 from erb_conftest import BPF_OBJECT, pid_alive, require_bpf_objects, stop_pid, wait_for
 from erb_itest import ErbAttachment, RespConn, commandstats, resp_encode, run_threads, stat_delta
-from erb_settest import (AgentProc, FleetRedis, Monitor, build_agent, percentile, seqs,
+from erb_settest import (AgentProc, FleetRedis, Monitor, attached_with_agent, build_agent, percentile, seqs,
                          stop_role_agent, wait_applied)
 
 pytestmark = [pytest.mark.fleet, pytest.mark.bpf, pytest.mark.slow]
@@ -69,18 +69,12 @@ def erb(fleet, tmp_path_factory):
     assert conf == {'appendonly': 'yes', 'appendfsync': 'everysec'}, \
         'the fleet redis-server must run with appendonly yes, appendfsync everysec: %s' % conf
     assert h.redis_cli_local('FLUSHALL') == 'OK'
-    a.attach()
-    a.agent = AgentProc(a, tmp_path_factory.mktemp('erb-agent'))
     try:
-        a.agent.start()
-        yield a
+        with attached_with_agent(a, tmp_path_factory):  # detaching drains: every acknowledged SET applied
+            yield a
     finally:
-        try:
-            a.detach()  # drains: waits until every acknowledged SET is applied
-        finally:
-            a.agent.stop()
-            if a.redis._pong():
-                h.redis_cli_local('CONFIG', 'SET', 'maxmemory', '0')
+        if a.redis._pong():
+            h.redis_cli_local('CONFIG', 'SET', 'maxmemory', '0')
 
 
 def tcp(erb):
