@@ -658,14 +658,29 @@ static __always_inline int parse_hgetall(struct erb_scratch *s, __u32 plen, __u3
 }
 
 /*
+ * How a flow is answered a nil: 1 "$-1" (it never sent HELLO, or its last
+ * HELLO was answered in RESP2), 2 "_" (in RESP3), 0 not at all (unknown).
+ */
+static __always_inline int nil_form(__u32 fl)
+{
+	fl &= ERB_FLOW_HELLO | ERB_FLOW_RESP2 | ERB_FLOW_RESP3;
+	if (!(fl & ERB_FLOW_HELLO) || fl == (ERB_FLOW_HELLO | ERB_FLOW_RESP2))
+		return 1;
+	return fl == (ERB_FLOW_HELLO | ERB_FLOW_RESP3) ? 2 : 0;
+}
+
+/*
  * Look the key up; on a hit of an entry of this type leave the reply payload
  * in s->rep: "$<n>\r\n<value>\r\n" for a string, the stored bytes for a hash.
+ * A string lookup with a nil form (nil_form()) also takes a key cached as
+ * absent: "$-1\r\n" (1) or "_\r\n" (2). Returns 0 (a hit), 1 (a nil hit) or
+ * -1 (a miss).
  */
 static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
-				     __u32 gen, __u32 type, __u32 *rstart, __u32 *rlen)
+				     __u32 gen, __u32 type, int nil, __u32 *rstart, __u32 *rlen)
 {
 	struct erb_entry *e;
-	__u32 idx, v1, vl, hl, d;
+	__u32 idx, v1, vl, hl, d, et;
 
 	cache_probe(s, s->key, klen, h, gen, 1);
 	if (s->pr.hit < 0)
@@ -678,7 +693,22 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	if (!e)
 		return -1;
 	vl = e->vlen;
-	if (vl > cfg.max_value_len || vl > ERB_VAL_MAX || READ_ONCE(e->type) != type)
+	et = READ_ONCE(e->type);
+	if (et == ERB_TYPE_NIL && type == ERB_TYPE_STRING && nil) {
+		/* cached as absent: the flow's nil, zero-padded for the checksum */
+		if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h)
+			return -1;
+		if (nil == 1) {
+			__builtin_memcpy(s->rep, "$-1\r\n\0\0\0", 8);
+			*rlen = 5;
+		} else {
+			__builtin_memcpy(s->rep, "_\r\n\0\0\0\0\0", 8);
+			*rlen = 3;
+		}
+		*rstart = 0;
+		return 1;
+	}
+	if (vl > cfg.max_value_len || vl > ERB_VAL_MAX || et != type)
 		return -1;
 	if (type == ERB_TYPE_HASH) {
 		if (!len_in(vl, 1, ERB_VAL_MAX))
@@ -1368,7 +1398,7 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 {
 	__u32 koff, klen, h, rstart, rlen, seq, ack, voff = 0, vlen = 0;
 	struct erb_aux *a;
-	int n, rc, is_set = 0, is_hash = 0;
+	int n, rc, nil, is_set = 0, is_hash = 0;
 
 	/* cheap reject before touching the payload */
 	if (seg_load(ctx, k, s))
@@ -1407,8 +1437,9 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 			return -1;
 		return do_set(ctx, k, o, f, a, s, g, klen, h, voff, vlen);
 	}
-	if (cache_get(s, klen, h, g->cache_gen, is_hash ? ERB_TYPE_HASH : ERB_TYPE_STRING,
-		      &rstart, &rlen)) {
+	nil = cache_get(s, klen, h, g->cache_gen, is_hash ? ERB_TYPE_HASH : ERB_TYPE_STRING,
+			nil_form(f->flags), &rstart, &rlen);
+	if (nil < 0) {
 		stat_inc(ERB_STAT_MISS);
 		return -1;
 	}
@@ -1431,6 +1462,8 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 	}
 	answered(f, a, k, s, seq, ack, rstart, rlen);
 	stat_inc(ERB_STAT_HIT);
+	if (nil)
+		stat_inc(ERB_STAT_HIT_NIL);
 	return XDP_TX;
 }
 

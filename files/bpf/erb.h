@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	9
+#define ERB_LAYOUT_VERSION	10
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -69,6 +69,7 @@ enum erb_entry_type {
 	ERB_TYPE_HASH = 1,	/* Redis's whole RESP2 reply to HGETALL key */
 	ERB_TYPE_HASH_UNVERIFIED = 2,	/* an HGETALL fill the agent has not checked for a TTL: never served */
 	ERB_TYPE_STRING_UNVERIFIED = 3,	/* a GET fill the agent has not checked for a TTL: never served */
+	ERB_TYPE_NIL = 4,	/* no such key (a GET's nil reply): a GET is answered "$-1" (RESP3 "_") */
 };
 
 /* Flow key: the client->server 4-tuple as seen at ingress, network order. */
@@ -150,6 +151,13 @@ struct erb_parser {
  * would send now (erb.bpf.c, ts_learn).
  */
 #define ERB_FLOW_TSCLK		(1U << 19)
+/*
+ * The reply to the flow's last HELLO, when TC saw it (f->auth_idx): an array,
+ * RESP2, or a map, RESP3. XDP clears both on each HELLO. A flow that sent
+ * HELLO with neither speaks a protocol ERB does not know: no nil answered.
+ */
+#define ERB_FLOW_RESP2		(1U << 20)
+#define ERB_FLOW_RESP3		(1U << 21)
 
 struct erb_seqadj {
 	__u32 pos;		/* correction position (see erb.bpf.c) */
@@ -334,6 +342,8 @@ enum erb_stat {
 	ERB_STAT_REANSWER_NO_COPY,	/* answer to send again, its copy not (yet) there: the segment dropped */
 	ERB_STAT_SYN_KEPT,		/* the flow's own SYN again (a late copy, sent again): flow kept */
 	ERB_STAT_FILL_GET,		/* of ERB_STAT_FILL: GET replies (served once erb-agent checked the TTL) */
+	ERB_STAT_FILL_NIL,		/* of ERB_STAT_FILL: GET nil replies (no such key), served at once */
+	ERB_STAT_HIT_NIL,		/* of ERB_STAT_HIT: GETs of a key cached as absent, answered "$-1" */
 	ERB_STAT_MAX,
 };
 

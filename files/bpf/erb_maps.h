@@ -277,6 +277,7 @@ struct erb_scratch {
 	struct pipe_cmd pc[ERB_PIPE_MAX];	/* a pipelined segment's commands */
 	struct {
 		__u32 n, nset, off, tot, fail, gen;
+		__u32 nil;		/* the flow's nil_form(): a key cached as absent is a hit */
 		__u32 cur, b, holder;	/* pipe_holder_step(): SET cur's bucket, found at holder */
 		__u32 seq, ack;		/* of the reply */
 	} pp;				/* pipeline cursor */

@@ -220,7 +220,7 @@ static long pipe_check_step(__u32 i, void *unused)
 			if (!bl || READ_ONCE(*bl))
 				return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 		}
-		if (cache_get(s, klen, h, s->pp.gen, ERB_TYPE_STRING, &rstart, &rlen))
+		if (cache_get(s, klen, h, s->pp.gen, ERB_TYPE_STRING, s->pp.nil, &rstart, &rlen) < 0)
 			return pipe_fail(s, ERB_STAT_MISS);
 		if (rlen > ERB_REPLY_MAX - 8 - tot)
 			return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
@@ -391,6 +391,7 @@ static __always_inline int pipe_prepare(struct actx *x)
 		return -1;
 	__builtin_memset(&s->pp, 0, sizeof(s->pp));
 	s->pp.gen = g->cache_gen;
+	s->pp.nil = nil_form(x->f->flags);
 	bpf_loop(ERB_PIPE_MAX, pipe_parse_step, x, 0);
 	if (s->pp.fail || s->pp.off != x->k->plen || s->pp.n < 2 || s->pp.n > ERB_PIPE_MAX ||
 	    (s->pp.nset && !(cfg.flags & ERB_CFG_SET_FAST)) ||

@@ -43,6 +43,19 @@ static __always_inline __u32 get_value_from_reply(struct __sk_buff *skb, __u32 o
 	return n;
 }
 
+/* Is the reply (len bytes at off of the skb) a nil: "$-1\r\n", or RESP3's "_\r\n"? */
+static __always_inline int nil_reply(struct __sk_buff *skb, __u32 off, __u32 len)
+{
+	char h[5] = {};
+
+	if (len == 3)
+		return !bpf_skb_load_bytes(skb, off, h, 3) && h[0] == '_' && h[1] == '\r' && h[2] == '\n';
+	if (len == 5)
+		return !bpf_skb_load_bytes(skb, off, h, 5) && h[0] == '$' && h[1] == '-' && h[2] == '1' &&
+		       h[3] == '\r' && h[4] == '\n';
+	return 0;
+}
+
 static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 					  struct erb_flow_key *k, struct pctx *c)
 {
@@ -74,11 +87,21 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		}
 		a->fill_vlen = len;
 	} else if (type == ERB_TYPE_STRING_UNVERIFIED) {
-		/* the value of Redis's bulk reply; a nil, empty or too long one is not cached */
-		len = get_value_from_reply(skb, poff + c->u->fill_off, c->u->fill_len, a);
-		if (!len) {
-			stat_inc(ERB_STAT_FILL_SKIPPED);
-			return;
+		/*
+		 * The value of Redis's bulk reply (an empty or too long one is not
+		 * cached), or a nil: the key does not exist. Absence has no TTL to
+		 * check, so a nil is served at once; any write that creates the key
+		 * invalidates it as it would a value (XDP, or erb-agent's tracking).
+		 */
+		if (nil_reply(skb, poff + c->u->fill_off, c->u->fill_len)) {
+			type = ERB_TYPE_NIL;
+			len = 0;
+		} else {
+			len = get_value_from_reply(skb, poff + c->u->fill_off, c->u->fill_len, a);
+			if (!len) {
+				stat_inc(ERB_STAT_FILL_SKIPPED);
+				return;
+			}
 		}
 		a->fill_vlen = len;
 	}
@@ -106,7 +129,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	 * A GET of a cached key passed for another reason (a reply owed, a
 	 * pipeline, a gap): the entry stands as it is, not made unverified.
 	 */
-	if (type == ERB_TYPE_STRING_UNVERIFIED) {
+	if (type == ERB_TYPE_STRING_UNVERIFIED || type == ERB_TYPE_NIL) {
 		cache_probe(c->s, a->fill_key, a->fill_klen, a->fill_hash, gen, 1);
 		if (c->s->pr.hit >= 0) {
 			__sync_lock_test_and_set(bl, 0);
@@ -138,6 +161,8 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		stat_inc(ERB_STAT_FILL_HASH);
 	if (type == ERB_TYPE_STRING_UNVERIFIED)
 		stat_inc(ERB_STAT_FILL_GET);
+	if (type == ERB_TYPE_NIL)
+		stat_inc(ERB_STAT_FILL_NIL);
 }
 
 struct rctx {
@@ -178,9 +203,9 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 			u->fill_due = 2;
 			u->fill_off = u->rep_start;
 			u->fill_len = len;
-		} else if (p->top_type == '$' && u->rep_here &&
+		} else if ((p->top_type == '$' || p->top_type == '_') && u->rep_here &&
 			   len <= cfg.max_value_len + GET_REP_HDR_MAX + 2) {
-			/* a GET's bulk reply, whole in this skb ("$-1" is skipped at the fill) */
+			/* a GET's bulk reply or nil ("$-1", RESP3 "_"), whole in this skb */
 			u->fill_due = 3;
 			u->fill_off = u->rep_start;
 			u->fill_len = len;
@@ -189,6 +214,9 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 	if (f->auth_idx == idx + 1 &&
 	    (p->top_type == '+' || p->top_type == '%' || p->top_type == '*'))
 		__sync_fetch_and_or(&f->flags, ERB_FLOW_AUTHED);
+	/* HELLO's reply says the protocol: an array in RESP2, a map in RESP3 (AUTH's is "+OK") */
+	if (f->auth_idx == idx + 1 && (p->top_type == '%' || p->top_type == '*'))
+		__sync_fetch_and_or(&f->flags, p->top_type == '%' ? ERB_FLOW_RESP3 : ERB_FLOW_RESP2);
 	f->replies = idx + 1;
 	stat_inc(ERB_STAT_REPLIES);
 }

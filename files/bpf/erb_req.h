@@ -135,8 +135,11 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 		if (cfg.require_auth)
 			u->fl &= ~ERB_FLOW_AUTHED;
 	}
-	if (p->cmd_hash == HASH_HELLO)
-		u->fl |= ERB_FLOW_HELLO;	/* maybe RESP3 from now on */
+	if (p->cmd_hash == HASH_HELLO) {
+		/* maybe RESP3 from now on: TC learns which from its reply */
+		u->fl |= ERB_FLOW_HELLO;
+		u->fl &= ~(ERB_FLOW_RESP2 | ERB_FLOW_RESP3);
+	}
 	if (p->cmd_hash == HASH_HGETALL && p->argc == 2 && u->a1_off >= 0 &&
 	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED |
 		       ERB_FLOW_HELLO)) &&

@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 9
+ERB_LAYOUT_VERSION = 10
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -42,6 +42,7 @@ ERB_TYPE_STRING = 0
 ERB_TYPE_HASH = 1
 ERB_TYPE_HASH_UNVERIFIED = 2
 ERB_TYPE_STRING_UNVERIFIED = 3
+ERB_TYPE_NIL = 4
 
 # enum erb_pstate
 ERB_P_TYPE = 0
@@ -71,6 +72,8 @@ ERB_FLOW_WATCH = 1 << 16
 ERB_FLOW_PUSHES = 1 << 17
 ERB_FLOW_OOO = 1 << 18
 ERB_FLOW_TSCLK = 1 << 19
+ERB_FLOW_RESP2 = 1 << 20
+ERB_FLOW_RESP3 = 1 << 21
 
 # struct erb_global.ctl
 ERB_CTL_DRAIN = 1 << 0
@@ -171,6 +174,8 @@ STAT_NAMES = (
     'reanswer_no_copy',
     'syn_kept',
     'fill_get',
+    'fill_nil',
+    'hit_nil',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

@@ -11,6 +11,8 @@ once the agent has checked the key has no TTL (PTTL -1), later GETs are answered
 and Redis's cmdstat_get shows they never reached it. A key with a TTL is never answered
 from the cache (Redis expires it lazily; XDP hits would outlive it), and a key changed
 over the unix socket after it was cached is read fresh (CLIENT TRACKING invalidation).
+A GET of a missing key caches it as absent: later GETs are answered nil in XDP at once
+(absence has no TTL to check) until a write creates the key, over the NIC or not.
 """
 
 import pytest
@@ -102,3 +104,44 @@ def test_a_cached_key_changed_out_of_band_is_read_fresh(erb):
     wait_for(lambda: c.get('chg:1') == b'two', timeout=5, interval=0.01,
              what='the new value after a write XDP never saw')
     c.close()
+
+
+def test_a_missing_key_is_answered_nil_in_xdp_until_it_is_created(erb):
+    h = erb.host
+    keys = ['nil:%d' % i for i in range(20)]
+    c = redis_from(h.client_ns, h.server_ip)
+    s0, cs0 = erb.stats(), commandstats(h)
+    for k in keys:
+        assert c.get(k) is None
+    d = stat_delta(s0, erb.stats())
+    assert (d.get('fill_nil', 0), d.get('fill_get', 0)) == (len(keys), 0), d
+    assert commandstats(h).get('get', 0) - cs0.get('get', 0) == len(keys)
+    s1, cs1 = erb.stats(), commandstats(h)
+    for _unused in range(3):
+        for k in keys:
+            assert c.get(k) is None
+    d = stat_delta(s1, erb.stats())
+    reached = commandstats(h).get('get', 0) - cs1.get('get', 0)
+    assert (d.get('hit_nil', 0), reached) == (3 * len(keys), 0), (d, reached)
+    # created over the NIC: XDP sees the write, the next read is the value at once
+    assert c.set('nil:1', 'over-the-nic')
+    assert c.get('nil:1') == b'over-the-nic'
+    assert c.incr('nil:2') == 1
+    assert c.get('nil:2') == b'1'
+    # created where XDP cannot see (the unix socket): CLIENT TRACKING's invalidation ends the nil
+    assert h.redis_cli_local('SET', 'nil:0', 'out-of-band') == 'OK'
+    wait_for(lambda: c.get('nil:0') == b'out-of-band', timeout=5, interval=0.01,
+             what='the value of a key created where XDP cannot see')
+    assert h.redis_cli_local('RPUSH', 'nil:3', 'a-list') == '1'
+    wait_for(lambda: _wrongtype(c, 'nil:3'), timeout=5, interval=0.01,
+             what='WRONGTYPE for a list created where XDP cannot see')
+    c.close()
+
+
+def _wrongtype(c, key):
+    import redis
+    try:
+        c.get(key)
+    except redis.ResponseError as e:
+        return 'WRONGTYPE' in str(e)
+    return False
