@@ -658,10 +658,48 @@ static __always_inline int parse_hgetall(struct erb_scratch *s, __u32 plen, __u3
 }
 
 /*
- * How a flow is answered a nil: 1 "$-1" (it never sent HELLO, or its last
- * HELLO was answered in RESP2), 2 "_" (in RESP3), 0 not at all (unknown).
+ * A cached HGETALL reply (RESP2's "*<n>\r\n" + bulks, vl bytes in s->rep) as
+ * RESP3's "%<n/2>\r\n" + the same bulks: the map's header, no longer than the
+ * array's, ends where that one did. Returns 0, or -1 (not such an array).
  */
-static __always_inline int nil_form(__u32 fl)
+static __always_inline int hash_as_map(struct erb_scratch *s, __u32 vl, __u32 *rstart, __u32 *rlen)
+{
+	__u32 n = 0, hl = 0, nh, at;
+
+	if (s->rep[0] != '*')
+		return -1;
+#pragma unroll
+	for (__u32 i = 1; i < 5; i++) {
+		char ch = s->rep[i];
+
+		if (ch == '\r') {
+			hl = i + 2;
+			break;
+		}
+		if (ch < '0' || ch > '9')
+			return -1;
+		n = n * 10 + (ch - '0');
+	}
+	if (hl < 4 || (n & 1) || n < 2 || hl >= vl || s->rep[hl - 1] != '\n')
+		return -1;
+	n /= 2;
+	nh = 4 + (n >= 10) + (n >= 100);
+	if (nh > hl)
+		return -1;
+	at = hl - nh;
+	if (agg_hdr(s->rep + (at & 3), '%', n) != nh)
+		return -1;
+	*rstart = at;
+	*rlen = vl - at;
+	return 0;
+}
+
+/*
+ * The protocol a flow speaks, for the replies that differ: 1 RESP2 (it never
+ * sent HELLO, or its last HELLO was answered with an array), 2 RESP3 (with a
+ * map), 0 unknown (no nil nor hash answered).
+ */
+static __always_inline int resp_form(__u32 fl)
 {
 	fl &= ERB_FLOW_HELLO | ERB_FLOW_RESP2 | ERB_FLOW_RESP3;
 	if (!(fl & ERB_FLOW_HELLO) || fl == (ERB_FLOW_HELLO | ERB_FLOW_RESP2))
@@ -671,13 +709,13 @@ static __always_inline int nil_form(__u32 fl)
 
 /*
  * Look the key up; on a hit of an entry of this type leave the reply payload
- * in s->rep: "$<n>\r\n<value>\r\n" for a string, the stored bytes for a hash.
- * A string lookup with a nil form (nil_form()) also takes a key cached as
- * absent: "$-1\r\n" (1) or "_\r\n" (2). Returns 0 (a hit), 1 (a nil hit) or
- * -1 (a miss).
+ * in s->rep: "$<n>\r\n<value>\r\n" for a string, the stored bytes for a hash
+ * (RESP2's array; for a RESP3 flow with the map's header instead). A string
+ * lookup also takes a key cached as absent: "$-1\r\n" (RESP2) or "_\r\n"
+ * (RESP3). proto: resp_form(). Returns 0 (a hit), 1 (a nil hit) or -1 (a miss).
  */
 static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
-				     __u32 gen, __u32 type, int nil, __u32 *rstart, __u32 *rlen)
+				     __u32 gen, __u32 type, int proto, __u32 *rstart, __u32 *rlen)
 {
 	struct erb_entry *e;
 	__u32 idx, v1, vl, hl, d, et;
@@ -694,11 +732,11 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 		return -1;
 	vl = e->vlen;
 	et = READ_ONCE(e->type);
-	if (et == ERB_TYPE_NIL && type == ERB_TYPE_STRING && nil) {
+	if (et == ERB_TYPE_NIL && type == ERB_TYPE_STRING && proto) {
 		/* cached as absent: the flow's nil, zero-padded for the checksum */
 		if (READ_ONCE(e->ver) != v1 || e->state != ERB_ENTRY_VALID || e->hash != h)
 			return -1;
-		if (nil == 1) {
+		if (proto == 1) {
 			__builtin_memcpy(s->rep, "$-1\r\n\0\0\0", 8);
 			*rlen = 5;
 		} else {
@@ -724,7 +762,9 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 		s->rep[vl + 2] = 0;
 		*rstart = 0;
 		*rlen = vl;
-		return 0;
+		if (proto == 2)
+			return hash_as_map(s, vl, rstart, rlen);
+		return proto ? 0 : -1;
 	}
 	/* the value only (not all ERB_VAL_MAX bytes): this is the hit path */
 	if (len_in(vl, 1, ERB_VAL_MAX))
@@ -1311,8 +1351,8 @@ static __always_inline int answer_ready(struct pkt *k, struct erb_flow *f, struc
 		stat_inc(ERB_STAT_PASS_STATE);
 		return -1;
 	}
-	if (is_hash && (fl & ERB_FLOW_HELLO)) {
-		/* maybe RESP3: Redis would answer a map */
+	if (is_hash && !resp_form(fl)) {
+		/* a HELLO ERB did not see answered: an array or a map, unknown */
 		stat_inc(ERB_STAT_PASS_STATE);
 		return -1;
 	}
@@ -1438,7 +1478,7 @@ static __always_inline int try_answer(struct xdp_md *ctx, struct pkt *k, struct 
 		return do_set(ctx, k, o, f, a, s, g, klen, h, voff, vlen);
 	}
 	nil = cache_get(s, klen, h, g->cache_gen, is_hash ? ERB_TYPE_HASH : ERB_TYPE_STRING,
-			nil_form(f->flags), &rstart, &rlen);
+			resp_form(f->flags), &rstart, &rlen);
 	if (nil < 0) {
 		stat_inc(ERB_STAT_MISS);
 		return -1;

@@ -168,8 +168,10 @@ struct pcur {
 	/* egress: the top-level reply being parsed, when it began in this skb */
 	__u32 rep_here;		/* it began in this invocation */
 	__u32 rep_start;	/* its payload offset */
-	__u32 rep_n;		/* element count of a top-level '*' */
+	__u32 rep_n;		/* element count of a top-level '*', or of a '%' (twice its pairs) */
+	__u32 rep_map;		/* that aggregate is a RESP3 map '%' */
 	__u32 fill_off, fill_len;	/* the HGETALL or GET reply to store (fill_due 2, 3) */
+	__u32 fill_n, fill_map;	/* an HGETALL reply's rep_n and rep_map */
 	/* effects of the parsed commands, applied only if the segment passes */
 	__u32 pending;		/* fast-path writes not yet in Redis */
 	__u32 ncmds;		/* complete commands */
@@ -277,7 +279,7 @@ struct erb_scratch {
 	struct pipe_cmd pc[ERB_PIPE_MAX];	/* a pipelined segment's commands */
 	struct {
 		__u32 n, nset, off, tot, fail, gen;
-		__u32 nil;		/* the flow's nil_form(): a key cached as absent is a hit */
+		__u32 nil;		/* the flow's resp_form(): a key cached as absent is a hit */
 		__u32 cur, b, holder;	/* pipe_holder_step(): SET cur's bucket, found at holder */
 		__u32 seq, ack;		/* of the reply */
 	} pp;				/* pipeline cursor */

@@ -391,7 +391,7 @@ static __always_inline int pipe_prepare(struct actx *x)
 		return -1;
 	__builtin_memset(&s->pp, 0, sizeof(s->pp));
 	s->pp.gen = g->cache_gen;
-	s->pp.nil = nil_form(x->f->flags);
+	s->pp.nil = resp_form(x->f->flags);
 	bpf_loop(ERB_PIPE_MAX, pipe_parse_step, x, 0);
 	if (s->pp.fail || s->pp.off != x->k->plen || s->pp.n < 2 || s->pp.n > ERB_PIPE_MAX ||
 	    (s->pp.nset && !(cfg.flags & ERB_CFG_SET_FAST)) ||

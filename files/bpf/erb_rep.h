@@ -43,6 +43,29 @@ static __always_inline __u32 get_value_from_reply(struct __sk_buff *skb, __u32 o
 	return n;
 }
 
+/*
+ * An aggregate's header "<t><n>\r\n" at d, n 1..999. Returns its length
+ * (4..6), 0 for an n out of range. HGETALL's reply is "*<2 x pairs>" in RESP2
+ * and "%<pairs>" in RESP3, followed by the same bulk strings: the cache keeps
+ * the RESP2 form, a RESP3 flow gets the other header.
+ */
+static __always_inline __u32 agg_hdr(char *d, char t, __u32 n)
+{
+	__u32 i = 1;
+
+	if (n < 1 || n > 999)
+		return 0;
+	d[0] = t;
+	if (n >= 100)
+		d[i++] = '0' + n / 100;
+	if (n >= 10)
+		d[i++] = '0' + n / 10 % 10;
+	d[i & 7] = '0' + n % 10;
+	d[(i + 1) & 7] = '\r';
+	d[(i + 2) & 7] = '\n';
+	return i + 3;
+}
+
 /* Is the reply (len bytes at off of the skb) a nil: "$-1\r\n", or RESP3's "_\r\n"? */
 static __always_inline int nil_reply(struct __sk_buff *skb, __u32 off, __u32 len)
 {
@@ -73,7 +96,26 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
-	if (type == ERB_TYPE_HASH) {
+	if (type == ERB_TYPE_HASH && c->u->fill_map) {
+		/*
+		 * RESP3's map "%<pairs>\r\n" + bulks: stored as RESP2's array,
+		 * "*<2 x pairs>\r\n" + the same bulks.
+		 */
+		__u32 n2 = c->u->fill_n, hl, nh, el;
+
+		len = c->u->fill_len;
+		hl = 4 + (n2 / 2 >= 10) + (n2 / 2 >= 100);
+		nh = agg_hdr(a->fill_val, '*', n2);
+		el = len - hl;		/* the bulks */
+		if ((n2 & 1) || !nh || len <= hl || nh + el > cfg.max_value_len ||
+		    !len_in(el, 1, ERB_VAL_MAX - 8) ||
+		    bpf_skb_load_bytes(skb, poff + c->u->fill_off + hl, a->fill_val + (nh & 7),
+				       arg_len(el, 1, ERB_VAL_MAX - 8))) {
+			stat_inc(ERB_STAT_FILL_SKIPPED);
+			return;
+		}
+		a->fill_vlen = nh + el;
+	} else if (type == ERB_TYPE_HASH) {
 		/* Redis's exact reply bytes, all in this skb */
 		len = c->u->fill_len;
 		if (len == 0 || len > cfg.max_value_len || len > ERB_VAL_MAX) {
@@ -197,12 +239,14 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 			/* no fill */
 		} else if (ok) {
 			u->fill_due = 1;	/* done after parsing, before releases */
-		} else if (p->top_type == '*' && u->rep_here && u->rep_n >= 2 &&
-			   !(f->flags & ERB_FLOW_HELLO) && len <= cfg.max_value_len) {
-			/* an HGETALL reply, whole in this skb */
+		} else if ((p->top_type == '*' || p->top_type == '%') && u->rep_here && u->rep_n >= 2 &&
+			   len <= cfg.max_value_len + (p->top_type == '%')) {
+			/* an HGETALL reply (RESP2's array, RESP3's map), whole in this skb */
 			u->fill_due = 2;
 			u->fill_off = u->rep_start;
 			u->fill_len = len;
+			u->fill_n = u->rep_n;
+			u->fill_map = u->rep_map;
 		} else if ((p->top_type == '$' || p->top_type == '_') && u->rep_here &&
 			   len <= cfg.max_value_len + GET_REP_HDR_MAX + 2) {
 			/* a GET's bulk reply or nil ("$-1", RESP3 "_"), whole in this skb */
@@ -279,6 +323,7 @@ static long rep_step(__u32 unused, void *arg)
 			r->pc.u->rep_here = 1;
 			r->pc.u->rep_start = r->pc.u->win_base + pos;
 			r->pc.u->rep_n = 0;
+			r->pc.u->rep_map = 0;
 		}
 		switch (ch) {
 		case '+': case '-': case ':': case '_': case '#': case ',': case '(':
@@ -335,8 +380,10 @@ static long rep_step(__u32 unused, void *arg)
 		case '*': case '~': case '%': {
 			__u32 n = p->type == '%' ? p->num * 2 : p->num;
 
-			if (p->depth == 0 && p->type == '*' && !p->neg)
+			if (p->depth == 0 && (p->type == '*' || p->type == '%') && !p->neg) {
 				r->pc.u->rep_n = n;
+				r->pc.u->rep_map = p->type == '%';
+			}
 			if (p->neg || n == 0) {
 				rep_elem_done(r, p);
 				return 0;

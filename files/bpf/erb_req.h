@@ -140,9 +140,9 @@ static __always_inline void req_cmd_end(struct pctx *c, struct erb_parser *p)
 		u->fl |= ERB_FLOW_HELLO;
 		u->fl &= ~(ERB_FLOW_RESP2 | ERB_FLOW_RESP3);
 	}
+	/* RESP2 or RESP3 alike: TC tells an array from a map */
 	if (p->cmd_hash == HASH_HGETALL && p->argc == 2 && u->a1_off >= 0 &&
-	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED |
-		       ERB_FLOW_HELLO)) &&
+	    !(u->fl & (ERB_FLOW_DB_NONZERO | ERB_FLOW_MULTI | ERB_FLOW_UNTRACKED)) &&
 	    u->a1_len <= cfg.max_key_len)
 		req_capture(u, idx, 2, 0, 0);
 	/*

@@ -11,14 +11,17 @@ type ERB_TYPE_HASH_UNVERIFIED entry under the write-through cancellation rules,
 never served until the agent has checked that the key has no TTL and made it
 ERB_TYPE_HASH (verify_hash() does what the agent does). The next "HGETALL key"
 segment is then answered with them. Writes of the key (HSET, HMSET,
-HDEL, DEL, EXPIRE...) invalidate it; GET never sees it; a flow that sent HELLO
-(maybe RESP3) never fills nor is answered."""
+HDEL, DEL, EXPIRE...) invalidate it; GET never sees it. RESP3's reply, a map
+"%<pairs>" of the same bulks, is stored in the RESP2 form ("*<2 x pairs>"), and a
+flow whose last HELLO TC saw answered with a map gets the map's header; a flow whose
+HELLO reply TC did not see (HELLO failed, or AUTH after it in one segment) is never
+answered (array or map unknown), though its reply still fills."""
 
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import (live_entries, verify_hash, CIP, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
+from erbtest import (live_entries, verify_hash, CIP, DEFAULT_CONFIG, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
                      bulk, resp, tcp_payload, ts_option)
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 
@@ -212,27 +215,88 @@ def test_reply_after_bytes_of_an_earlier_skb(erb):
     assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH_UNVERIFIED, rep)}
 
 
-@pytest.mark.parametrize('hello', [[b'HELLO', b'3'], [b'HELLO', b'2'], [b'hello']], ids=['3', '2', 'bare'])
-def test_hello_flow_never_fills_nor_answered(erb, hello):
+HELLO3 = (resp(b'HELLO', b'3'), b'%1\r\n+server\r\n+redis\r\n')
+HELLO2 = (resp(b'HELLO', b'2'), b'*2\r\n+server\r\n+redis\r\n')
+UNKNOWN = (resp(b'HELLO', b'3') + resp(b'AUTH', b'pw'), b'%1\r\n+server\r\n+redis\r\n+OK\r\n')
+
+
+def map_reply(fields):
+    """Redis's RESP3 reply to HGETALL: a map of the same bulks."""
+    return b'%%%d\r\n' % len(fields) + hash_reply(fields).split(b'\r\n', 1)[1]
+
+
+@pytest.mark.parametrize('pairs', [1, 3, 5, 10, 50], ids=lambda n: '%d-pairs' % n)
+def test_resp3_map_fills_in_resp2_form_and_each_flow_gets_its_own(erb, pairs):
+    # headers "%1".."%50" against "*2".."*100": as long, one shorter, one digit each way
+    fields = ycsb_fields(pairs, size=8 if pairs < 50 else 1)
     f = Flow(erb).handshake()
-    f.command(resp(*hello), b'%1\r\n+server\r\n+redis\r\n')
-    assert erb.flow(f).flags & L.ERB_FLOW_HELLO
+    f.command(*HELLO3)
+    assert erb.flow(f).flags & L.ERB_FLOW_RESP3
     rc, _unused = f.send(resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
-    f.reply(b'%1\r\n$2\r\nf1\r\n$2\r\nv1\r\n')
-    assert erb.stats()['fill'] == 0
-    # filled by a RESP2 flow: still never answered on the HELLO flow
+    f.reply(map_reply(fields))
+    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH_UNVERIFIED, hash_reply(fields))}
+    verify_hash(erb, b'k')
+    assert_hit(erb, f, b'k', map_reply(fields))
     g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
-    rep = fill(g, b'k', SMALL)
-    assert erb.stats()['fill'] == 1
+    assert_hit(erb, g, b'k', hash_reply(fields))
+    h = Flow(erb, cport=40002, c_isn=9000, s_isn=11000).handshake()
+    h.command(*HELLO2)
+    assert_hit(erb, h, b'k', hash_reply(fields))
+
+
+def test_resp2_fill_answered_as_a_map_to_a_resp3_flow(erb):
+    g = Flow(erb, cport=40001, c_isn=5000, s_isn=7000).handshake()
+    fill(g, b'k', SMALL)
+    f = Flow(erb).handshake()
+    f.command(*HELLO3)
+    assert_hit(erb, f, b'k', map_reply(SMALL))
+    # and back to RESP2 on the same flow
+    f.command(*HELLO2)
+    assert_hit(erb, f, b'k', hash_reply(SMALL))
+
+
+FAILED = (resp(b'HELLO', b'4'), b'-NOPROTO sorry\r\n')
+
+
+@pytest.mark.parametrize('hello', [[UNKNOWN], [HELLO3, FAILED], [FAILED]],
+                         ids=['hello-then-auth', 'hello3-then-failed', 'failed'])
+def test_flow_of_unknown_protocol_fills_but_is_never_answered(erb, hello):
+    f = Flow(erb).handshake()
+    for cmd, reply in hello:
+        f.command(cmd, reply)
+    assert erb.flow(f).flags & L.ERB_FLOW_HELLO
+    assert not erb.flow(f).flags & (L.ERB_FLOW_RESP2 | L.ERB_FLOW_RESP3)
     rc, _unused = f.send(resp(b'HGETALL', b'k'))
     assert rc == XDP_PASS
-    f.reply(b'%1\r\n$2\r\nf1\r\n$2\r\nv1\r\n')
-    assert_hit(erb, g, b'k', rep)
+    f.reply(map_reply(SMALL))
+    verify_hash(erb, b'k')
+    assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH, hash_reply(SMALL))}
+    rc, _unused = f.send(resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS, 'a hash answered to a flow that may get an array or a map'
+    f.reply(map_reply(SMALL))
     # GET stays answerable on it (same bytes in RESP2 and RESP3)
     f.set(b's', b'v')
-    rc, out = f.get(b's')
+    rc, _unused = f.get(b's')
     assert rc == XDP_TX
+
+
+def test_map_over_the_value_limit_once_converted_not_cached(erb):
+    # 5 pairs: "%5" becomes "*10", one byte longer; the map itself fits max_value_len exactly
+    lim = DEFAULT_CONFIG['max_value_len']
+    for pad in range(lim, 0, -1):
+        fields = [(b'f%d' % i, b'') for i in range(4)] + [(b'f4', b'x' * pad)]
+        rep = map_reply(fields)
+        if len(rep) == lim:
+            break
+    assert len(rep) == lim and len(hash_reply(fields)) == lim + 1
+    f = Flow(erb).handshake()
+    f.command(*HELLO3)
+    rc, _unused = f.send(resp(b'HGETALL', b'k'))
+    assert rc == XDP_PASS
+    f.reply(rep)
+    assert entry_types(erb) == {}
+    f.command(resp(b'PING'), b'+PONG\r\n')
 
 
 def test_concurrent_write_cancels_fill(erb):
