@@ -569,6 +569,30 @@ __attribute__((noinline)) int erb_capture(struct xdp_md *ctx, struct pcur *u, __
 }
 
 /*
+ * "*<N>\r\n$4\r\nMGET\r\n" at b[0] (name in any case), N 2..ERB_PIPE_MAX+1:
+ * its key count N - 1, *off past it; else -1.
+ */
+static __always_inline int mget_head(const char *b, __u32 *off)
+{
+	__u32 n, i = 2;
+
+	if (b[0] != '*' || b[1] < '1' || b[1] > '9')
+		return -1;
+	n = b[1] - '0';
+	if (b[2] >= '0' && b[2] <= '9') {
+		n = n * 10 + (b[2] - '0');
+		i = 3;
+	}
+	if (n < 2 || n > ERB_PIPE_MAX + 1 || b[i] != '\r' || b[i + 1] != '\n' || b[i + 2] != '$' ||
+	    b[i + 3] != '4' || b[i + 4] != '\r' || b[i + 5] != '\n' || upper(b[i + 6]) != 'M' ||
+	    upper(b[i + 7]) != 'G' || upper(b[i + 8]) != 'E' || upper(b[i + 9]) != 'T' ||
+	    b[i + 10] != '\r' || b[i + 11] != '\n')
+		return -1;
+	*off = i + 12;
+	return n - 1;
+}
+
+/*
  * "*<argc>\r\n$3\r\n<NAME>\r\n$<n>\r\n": the command NAME (3 letters, any case)
  * with its first argument's length n. Returns n and sets *off to the first
  * argument's bytes, else -1. Redis rejects "$01" (and closes the
@@ -1383,6 +1407,8 @@ static __always_inline int not_get_rc(struct erb_scratch *s, __u32 plen)
 		return -1;
 	set = parse_head(s->buf, '3', 'S', 'E', 'T', &i) > 0;
 	if (!set && parse_head(s->buf, '2', 'G', 'E', 'T', &i) <= 0) {
+		if (mget_head(s->buf, &i) > 0)
+			return RC_PIPELINE;	/* one MGET: its keys as GETs (erb_pipe.h) */
 		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
 		return -1;
 	}

@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	10
+#define ERB_LAYOUT_VERSION	11
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -343,7 +343,8 @@ enum erb_stat {
 	ERB_STAT_SYN_KEPT,		/* the flow's own SYN again (a late copy, sent again): flow kept */
 	ERB_STAT_FILL_GET,		/* of ERB_STAT_FILL: GET replies (served once erb-agent checked the TTL) */
 	ERB_STAT_FILL_NIL,		/* of ERB_STAT_FILL: GET nil replies (no such key), served at once */
-	ERB_STAT_HIT_NIL,		/* of ERB_STAT_HIT: GETs of a key cached as absent, answered "$-1" */
+	ERB_STAT_HIT_NIL,		/* of ERB_STAT_HIT: GETs of a key cached as absent, answered nil */
+	ERB_STAT_MGET,			/* MGETs answered (their keys count in ERB_STAT_HIT) */
 	ERB_STAT_MAX,
 };
 

@@ -280,6 +280,8 @@ struct erb_scratch {
 	struct {
 		__u32 n, nset, off, tot, fail, gen;
 		__u32 nil;		/* the flow's resp_form(): a key cached as absent is a hit */
+		__u32 nnil;		/* such hits */
+		__u32 mget;		/* the segment is one MGET of this many keys (its commands) */
 		__u32 cur, b, holder;	/* pipe_holder_step(): SET cur's bucket, found at holder */
 		__u32 seq, ack;		/* of the reply */
 	} pp;				/* pipeline cursor */

@@ -2,7 +2,8 @@
 /*
  * ERB data path: pipelines. A client segment of several complete commands,
  * each a GET hit or a fast SET, is answered in one reply segment (the replies
- * concatenated in order); anything else in it (a miss, another command, a
+ * concatenated in order); so is a segment of one MGET whose keys all hit (an
+ * array of the same replies, nil for a key cached as absent); anything else in it (a miss, another command, a
  * partial command, a busy key, a flow in MULTI or WATCH) passes the whole
  * segment to Redis, untouched. All or nothing: the answered segment is one
  * answered request for the sequence mapping, the resend copy and the overlap
@@ -53,13 +54,49 @@ static __always_inline int pipe_len(const char *b, __u32 *pi, int zero_ok)
 }
 
 /*
+ * "$<n>\r\n<n bytes>\r\n" at b[*pi], n at most max (0 only when zero_ok),
+ * within plen: n, *off at its bytes, *pi past it; else -1.
+ */
+static __always_inline int pipe_bulk(const char *b, __u32 *pi, __u32 plen, int zero_ok, __u32 max,
+				     __u32 *off)
+{
+	__u32 i = *pi;
+	int n = pipe_len(b, &i, zero_ok);
+
+	if (n < 0 || n > max || i + n + 2 > plen)
+		return -1;
+	if (b[(i + n) & WIN_MASK] != '\r' || b[(i + n + 1) & WIN_MASK] != '\n')
+		return -1;
+	*off = i;
+	*pi = i + n + 2;
+	return n;
+}
+
+/* "$<n>\r\n<key>\r\n" at b[i], within plen, into c: the offset after it, else -1. */
+static __always_inline int pipe_key(const char *b, __u32 i, __u32 plen, struct pipe_cmd *c)
+{
+	int n = pipe_bulk(b, &i, plen, 0, ERB_KEY_MAX, &c->koff);
+
+	if (n < 0)
+		return -1;
+	c->klen = n;
+	c->set = 0;
+	c->voff = 0;
+	c->vlen = 0;
+	c->lk = 0;
+	c->dup = 0;
+	c->evict = 0;
+	return i;
+}
+
+/*
  * "*2\r\n$3\r\nGET\r\n$<n>\r\n<key>\r\n" or the SET of parse_set() at b[o]
  * (name in any case), within plen: fills c, returns the offset after it, else -1.
  */
 static __always_inline int pipe_parse(const char *b, __u32 o, __u32 plen, struct pipe_cmd *c)
 {
 	__u32 i, set;
-	int n, m;
+	int m;
 
 	if (plen > WIN || o + 19 > plen)
 		return -1;
@@ -76,33 +113,18 @@ static __always_inline int pipe_parse(const char *b, __u32 o, __u32 plen, struct
 		set = 1;
 	else
 		return -1;
-	i = o + 13;
-	n = pipe_len(b, &i, 0);
-	if (n <= 0 || n > ERB_KEY_MAX || i + n + 2 > plen)
+	m = pipe_key(b, o + 13, plen, c);
+	if (m < 0)
 		return -1;
-	c->koff = i;
-	c->klen = n;
-	i += n;
-	if (b[i & WIN_MASK] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
-		return -1;
-	i += 2;
+	i = m;
 	c->set = set;
-	c->voff = 0;
-	c->vlen = 0;
-	c->lk = 0;
-	c->dup = 0;
-	c->evict = 0;
 	if (!set)
 		return i;
-	m = pipe_len(b, &i, 1);
-	if (m < 0 || m > ERB_VAL_MAX || i + m + 2 > plen)
+	m = pipe_bulk(b, &i, plen, 1, ERB_VAL_MAX, &c->voff);
+	if (m < 0)
 		return -1;
-	c->voff = i;
 	c->vlen = m;
-	i += m;
-	if (b[i & WIN_MASK] != '\r' || b[(i + 1) & WIN_MASK] != '\n')
-		return -1;
-	return i + 2;
+	return i;
 }
 
 /* Split the segment (in s->buf) into commands; stops at the first that is not one. */
@@ -120,7 +142,20 @@ static long pipe_parse_step(__u32 i, void *arg)
 	if (s->pp.off >= plen)
 		return 1;
 	c = &s->pc[i & (ERB_PIPE_MAX - 1)];
-	end = pipe_parse(s->buf, s->pp.off, plen, c);
+	if (i == 0) {
+		/* one MGET, the whole segment: each key a GET, their replies in an array */
+		__u32 off;
+		int n = mget_head(s->buf, &off);
+
+		if (n > 0) {
+			s->pp.mget = n;
+			s->pp.off = off;
+			s->pp.tot = agg_hdr(s->prep, '*', n);
+		}
+	}
+	if (s->pp.mget && i >= s->pp.mget)
+		return 1;
+	end = s->pp.mget ? pipe_key(s->buf, s->pp.off, plen, c) : pipe_parse(s->buf, s->pp.off, plen, c);
 	if (end < 0) {
 		s->pp.fail = 1;
 		return 1;
@@ -194,6 +229,7 @@ static long pipe_check_step(__u32 i, void *unused)
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
 	__u32 klen, h, b, rstart = 0, rlen = 0, tot, idx, *bl, *cnt;
+	int nil;
 	struct erb_entry *e;
 	struct pipe_cmd *c;
 
@@ -220,8 +256,10 @@ static long pipe_check_step(__u32 i, void *unused)
 			if (!bl || READ_ONCE(*bl))
 				return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 		}
-		if (cache_get(s, klen, h, s->pp.gen, ERB_TYPE_STRING, s->pp.nil, &rstart, &rlen) < 0)
+		nil = cache_get(s, klen, h, s->pp.gen, ERB_TYPE_STRING, s->pp.nil, &rstart, &rlen);
+		if (nil < 0)
 			return pipe_fail(s, ERB_STAT_MISS);
+		s->pp.nnil += nil;
 		if (rlen > ERB_REPLY_MAX - 8 - tot)
 			return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
 		if (!len_in(rlen, 1, ERB_REPLY_MAX - 8))
@@ -393,7 +431,9 @@ static __always_inline int pipe_prepare(struct actx *x)
 	s->pp.gen = g->cache_gen;
 	s->pp.nil = resp_form(x->f->flags);
 	bpf_loop(ERB_PIPE_MAX, pipe_parse_step, x, 0);
-	if (s->pp.fail || s->pp.off != x->k->plen || s->pp.n < 2 || s->pp.n > ERB_PIPE_MAX ||
+	/* a pipeline of 2 or more commands, or one MGET of all its keys */
+	if (s->pp.fail || s->pp.off != x->k->plen || s->pp.n < 2 - !!s->pp.mget ||
+	    s->pp.n > ERB_PIPE_MAX || (s->pp.mget && s->pp.n != s->pp.mget) ||
 	    (s->pp.nset && !(cfg.flags & ERB_CFG_SET_FAST)) ||
 	    (s->pp.nset > 1 && (cfg.flags & ERB_CFG_KMOD))) {
 		stat_inc(ERB_STAT_PASS_NOT_SINGLE);
@@ -494,7 +534,12 @@ static __always_inline int pipe_reply(struct actx *x)
 		return XDP_TX;	/* deleted meanwhile: no resend copy (the flow is closing) */
 	answered(x->f, a, x->k, s, s->pp.seq, s->pp.ack, 0, s->pp.tot);
 	stat_add(ERB_STAT_HIT, s->pp.n - s->pp.nset);
+	stat_add(ERB_STAT_HIT_NIL, s->pp.nnil);
 	stat_add(ERB_STAT_SET_FAST, s->pp.nset);
+	if (s->pp.mget) {
+		stat_inc(ERB_STAT_MGET);
+		return XDP_TX;
+	}
 	stat_inc(ERB_STAT_PIPELINED);
 	stat_add(ERB_STAT_PIPELINED_CMDS, s->pp.n);
 	return XDP_TX;

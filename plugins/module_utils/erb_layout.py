@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 10
+ERB_LAYOUT_VERSION = 11
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -176,6 +176,7 @@ STAT_NAMES = (
     'fill_get',
     'fill_nil',
     'hit_nil',
+    'mget',
 )
 ERB_STAT_MAX = len(STAT_NAMES)
 

@@ -13,6 +13,8 @@ from the cache (Redis expires it lazily; XDP hits would outlive it), and a key c
 over the unix socket after it was cached is read fresh (CLIENT TRACKING invalidation).
 A GET of a missing key caches it as absent: later GETs are answered nil in XDP at once
 (absence has no TTL to check) until a write creates the key, over the NIC or not.
+An MGET whose keys are all cached (values or absent) is answered in XDP, RESP2 and RESP3
+alike, with the reply Redis gives.
 """
 
 import pytest
@@ -136,6 +138,41 @@ def test_a_missing_key_is_answered_nil_in_xdp_until_it_is_created(erb):
     wait_for(lambda: _wrongtype(c, 'nil:3'), timeout=5, interval=0.01,
              what='WRONGTYPE for a list created where XDP cannot see')
     c.close()
+
+
+@pytest.mark.parametrize('protocol', [2, 3], ids=['resp2', 'resp3'])
+def test_mget_of_cached_keys_answered_in_xdp(erb, protocol):
+    import redis
+    h = erb.host
+    keys = ['mg%d:%d' % (protocol, i) for i in range(12)]
+    c = redis_from(h.client_ns, h.server_ip, protocol=protocol)
+    truth = redis.Redis(unix_socket_path=str(h.socket), protocol=protocol)
+    for i, k in enumerate(keys[:8]):
+        assert c.set(k, 'v%d-' % i + 'y' * i)           # write-through: cached at once
+    for k in keys[8:]:
+        assert c.get(k) is None                        # cached as absent
+    # the fast path's SETs reach Redis through erb-agent: the truth, over the unix socket, once they have
+    wait_for(lambda: None not in truth.mget(keys[:8]), timeout=10, interval=0.01,
+             what='the SETs applied to Redis')
+    batches = [keys[:1], keys[:4], keys[2:10], list(reversed(keys)), [keys[3], keys[9], keys[3]]]
+    want = [truth.mget(b) for b in batches]
+    s0, cs0 = erb.stats(), commandstats(h)
+    for _unused in range(3):
+        for b, w in zip(batches, want):
+            assert c.mget(b) == w
+    d = stat_delta(s0, erb.stats())
+    reached = commandstats(h).get('mget', 0) - cs0.get('mget', 0)
+    assert (d.get('mget', 0), reached) == (3 * len(batches), 0), (d, reached)
+    # a write of one key over the NIC: the MGET holding it reads it fresh
+    assert c.append(keys[0], '+tail')
+    assert c.mget(keys[:4]) == truth.mget(keys[:4])
+    assert c.mget(keys[:4])[0].endswith(b'+tail')
+    # a key created where XDP cannot see ends its nil in MGETs too
+    assert h.redis_cli_local('SET', keys[9], 'born') == 'OK'
+    wait_for(lambda: c.mget([keys[8], keys[9]]) == [None, b'born'], timeout=5, interval=0.01,
+             what='MGET to see a key created over the unix socket')
+    c.close()
+    truth.close()
 
 
 def _wrongtype(c, key):
