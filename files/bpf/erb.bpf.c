@@ -707,7 +707,7 @@ static __always_inline int hash_as_map(struct erb_scratch *s, __u32 vl, __u32 *r
 	if (hl < 4 || (n & 1) || n < 2 || hl >= vl || s->rep[hl - 1] != '\n')
 		return -1;
 	n /= 2;
-	nh = 4 + (n >= 10) + (n >= 100);
+	nh = agg_hdr_len(n);
 	if (nh > hl)
 		return -1;
 	at = hl - nh;

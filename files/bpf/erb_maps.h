@@ -169,9 +169,8 @@ struct pcur {
 	__u32 rep_here;		/* it began in this invocation */
 	__u32 rep_start;	/* its payload offset */
 	__u32 rep_n;		/* element count of a top-level '*', or of a '%' (twice its pairs) */
-	__u32 rep_map;		/* that aggregate is a RESP3 map '%' */
 	__u32 fill_off, fill_len;	/* the HGETALL or GET reply to store (fill_due 2, 3) */
-	__u32 fill_n, fill_map;	/* an HGETALL reply's rep_n and rep_map */
+	__u32 fill_n, fill_map;	/* an HGETALL reply's rep_n; it is a RESP3 map '%' */
 	/* effects of the parsed commands, applied only if the segment passes */
 	__u32 pending;		/* fast-path writes not yet in Redis */
 	__u32 ncmds;		/* complete commands */

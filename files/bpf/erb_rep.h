@@ -49,6 +49,11 @@ static __always_inline __u32 get_value_from_reply(struct __sk_buff *skb, __u32 o
  * and "%<pairs>" in RESP3, followed by the same bulk strings: the cache keeps
  * the RESP2 form, a RESP3 flow gets the other header.
  */
+static __always_inline __u32 agg_hdr_len(__u32 n)
+{
+	return 4 + (n >= 10) + (n >= 100);
+}
+
 static __always_inline __u32 agg_hdr(char *d, char t, __u32 n)
 {
 	__u32 i = 1;
@@ -104,7 +109,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		__u32 n2 = c->u->fill_n, hl, nh, el;
 
 		len = c->u->fill_len;
-		hl = 4 + (n2 / 2 >= 10) + (n2 / 2 >= 100);
+		hl = agg_hdr_len(n2 / 2);
 		nh = agg_hdr(a->fill_val, '*', n2);
 		el = len - hl;		/* the bulks */
 		if ((n2 & 1) || !nh || len <= hl || nh + el > cfg.max_value_len ||
@@ -246,7 +251,7 @@ static __always_inline void rep_done(struct rctx *r, struct erb_parser *p)
 			u->fill_off = u->rep_start;
 			u->fill_len = len;
 			u->fill_n = u->rep_n;
-			u->fill_map = u->rep_map;
+			u->fill_map = p->top_type == '%';
 		} else if ((p->top_type == '$' || p->top_type == '_') && u->rep_here &&
 			   len <= cfg.max_value_len + GET_REP_HDR_MAX + 2) {
 			/* a GET's bulk reply or nil ("$-1", RESP3 "_"), whole in this skb */
@@ -323,7 +328,6 @@ static long rep_step(__u32 unused, void *arg)
 			r->pc.u->rep_here = 1;
 			r->pc.u->rep_start = r->pc.u->win_base + pos;
 			r->pc.u->rep_n = 0;
-			r->pc.u->rep_map = 0;
 		}
 		switch (ch) {
 		case '+': case '-': case ':': case '_': case '#': case ',': case '(':
@@ -380,10 +384,8 @@ static long rep_step(__u32 unused, void *arg)
 		case '*': case '~': case '%': {
 			__u32 n = p->type == '%' ? p->num * 2 : p->num;
 
-			if (p->depth == 0 && (p->type == '*' || p->type == '%') && !p->neg) {
+			if (p->depth == 0 && (p->type == '*' || p->type == '%') && !p->neg)
 				r->pc.u->rep_n = n;
-				r->pc.u->rep_map = p->type == '%';
-			}
 			if (p->neg || n == 0) {
 				rep_elem_done(r, p);
 				return 0;
