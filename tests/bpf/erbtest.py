@@ -240,6 +240,10 @@ def resp(*args):
     return b''.join(out)
 
 
+# HELLO and Redis's reply to it (a RESP3 map, a RESP2 array): ERB learns the flow's protocol from the reply
+HELLO3 = (resp(b'HELLO', b'3'), b'%1\r\n+server\r\n+redis\r\n')
+HELLO2 = (resp(b'HELLO', b'2'), b'*2\r\n+server\r\n+redis\r\n')
+
 # after a gap: a segment too large for erb_ooo to keep (the flow is given up)
 BIG_OOO = resp('SET', 'big', 'x' * (L.ERB_OOO_MAX + 64))
 

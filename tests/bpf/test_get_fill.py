@@ -21,7 +21,7 @@ own write-through capture."""
 
 import pytest
 
-from erbtest import (live_entries, verify_fill, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, resp, tcp_payload)
+from erbtest import (HELLO2, HELLO3, live_entries, verify_fill, XDP_NAMES, XDP_PASS, XDP_TX, Flow, bulk, resp, tcp_payload)
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 
 
@@ -207,10 +207,6 @@ def test_write_in_flight_cancels_the_nil_fill(erb):
     f.reply(b'$-1\r\n')
     assert entries(erb) == {}
     assert erb.stats()['fill_skipped'] >= 1
-
-
-HELLO3 = (resp(b'HELLO', b'3'), b'%1\r\n+server\r\n+redis\r\n')
-HELLO2 = (resp(b'HELLO', b'2'), b'*2\r\n+server\r\n+redis\r\n')
 
 
 @pytest.mark.parametrize('hello, nil', [

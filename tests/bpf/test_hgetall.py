@@ -21,7 +21,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import (live_entries, verify_hash, CIP, DEFAULT_CONFIG, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
+from erbtest import (HELLO2, HELLO3, live_entries, verify_hash, CIP, DEFAULT_CONFIG, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
                      bulk, resp, tcp_payload, ts_option)
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 
@@ -215,8 +215,6 @@ def test_reply_after_bytes_of_an_earlier_skb(erb):
     assert entry_types(erb) == {b'k': (L.ERB_TYPE_HASH_UNVERIFIED, rep)}
 
 
-HELLO3 = (resp(b'HELLO', b'3'), b'%1\r\n+server\r\n+redis\r\n')
-HELLO2 = (resp(b'HELLO', b'2'), b'*2\r\n+server\r\n+redis\r\n')
 UNKNOWN = (resp(b'HELLO', b'3') + resp(b'AUTH', b'pw'), b'%1\r\n+server\r\n+redis\r\n+OK\r\n')
 
 

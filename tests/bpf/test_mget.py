@@ -13,10 +13,8 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bulk, resp, tcp_payload
+from erbtest import HELLO3, XDP_DROP, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bulk, resp, tcp_payload
 from test_pipeline import check_answer, filled, nonzero
-
-HELLO3 = (resp(b'HELLO', b'3'), b'%1\r\n+server\r\n+redis\r\n')
 
 
 def name(rc):
