@@ -21,8 +21,8 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from erbtest import (HELLO2, HELLO3, live_entries, verify_hash, CIP, DEFAULT_CONFIG, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow, assert_checksums, bucket_of,
-                     bulk, resp, tcp_payload, ts_option)
+from erbtest import (HELLO2, HELLO3, live_entries, verify_hash, CIP, DEFAULT_CONFIG, CMAC, SIP, SMAC, XDP_NAMES, XDP_PASS, XDP_TX, Flow,
+                     assert_checksums, bucket_of, bulk, resp, tcp_payload, ts_option)
 from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L
 
 
