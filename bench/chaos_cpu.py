@@ -10,8 +10,13 @@ per operation, and this bench says whose CPU it is. The chaos workload
 (Redis alone), one host at a time, in alternating rounds (A B, then B A, ...). In the middle
 60% of each run the CPU time of every task is sampled (/proc/<pid>/stat) and grouped by
 network namespace and name: the clients (the workload's processes in erb-c<i>), redis-server,
-erb-agent (in erb-r<i>), and the machine's totals (/proc/stat: user, system, softirq, idle);
-with the context switches of redis-server and erb-agent (/proc/<pid>/status), and for ERB its
+erb-agent (in erb-r<i>), and the machine's totals (/proc/stat: user, system, softirq, idle; on a
+kernel without CONFIG_IRQ_TIME_ACCOUNTING softirq work is also charged to the task it interrupted);
+with the context switches of redis-server and erb-agent (/proc/<pid>/status); per kind of client
+(redis-py one command per round trip, the pipelining client, redis-cli) its operations per second
+and its CPU per operation of its own (the mix of the two sides differs: a pipelined operation costs
+a fraction of a round trip's, so the clients' CPU per operation of the whole moves with which client
+got the CPUs); and for ERB its
 counters over the same window (commands answered in XDP: `hit` + `set_fast`; passed to Redis:
 `cmds_passed`). Every figure is per operation (the workload's commands): microseconds of CPU,
 switches, commands. Medians over rounds.
@@ -85,19 +90,41 @@ def group(name, ns, server_ns, client_ns):
     return None
 
 
+def client_kind(name):
+    """The workload's client a task of the client namespace belongs to (chaos_workload.py names
+    its client processes chaos-<client>; redis-cli is the cli client's), or None."""
+    if name == 'redis-cli' or name == 'chaos-cli':
+        return 'cli'
+    if name == 'chaos-pipe':
+        return 'pipe'
+    if name.startswith('chaos-py'):
+        return 'py'
+    return None
+
+
 def usage(before, after, server_ns, client_ns):
-    """{group: [CPU seconds, switches]} between two tasks() snapshots (tasks alive in both)."""
+    """{group: [CPU seconds, switches]} between two tasks() snapshots (tasks alive in both);
+    the clients' also per kind of client, as 'clients:<kind>'."""
     out = {}
     for pid, (name, ns, cpu, sw) in after.items():
         b = before.get(pid)
         if not b or b[0] != name:
             continue
         g = group(name, ns, server_ns, client_ns)
-        if g:
-            acc = out.setdefault(g, [0.0, 0])
+        if not g:
+            continue
+        kind = client_kind(name) if g == 'clients' else None
+        for key in (g, 'clients:' + kind) if kind else (g,):
+            acc = out.setdefault(key, [0.0, 0])
             acc[0] += cpu - b[2]
             acc[1] += sw - b[3]
     return out
+
+
+def own_op_costs(grp, seconds, rates):
+    """Microseconds of CPU per operation of its own, per kind of client ({kind: ops/s} in rates)."""
+    return {kind: round(grp['clients:' + kind][0] / (seconds * r) * 1e6, 2)
+            for kind, r in rates.items() if r and 'clients:' + kind in grp}
 
 
 def per_op(grp, mach, seconds, rate):
@@ -136,8 +163,15 @@ def run_side(side, seconds, tag, out_dir):
     ops = sum(c['ops'] for c in cl)
     wrong, errors = sum(c['wrong'] for c in cl), sum(c['errors'] for c in cl)
     rate = ops / w['seconds']
-    res = per_op(usage(t0, t1, server_ns, client_ns), {k: m1[k] - m0[k] for k in m0}, s1 - s0, rate)
-    res.update(ops=ops, ops_per_s=round(rate), wrong=wrong, errors=errors)
+    grp = usage(t0, t1, server_ns, client_ns)
+    kinds = {}
+    for name, c in w['clients'].items():
+        kind = 'py' if name.startswith('py') else name
+        kinds[kind] = kinds.get(kind, 0) + c['ops'] / w['seconds']
+    res = per_op({g: v for g, v in grp.items() if ':' not in g}, {k: m1[k] - m0[k] for k in m0}, s1 - s0, rate)
+    res.update(ops=ops, ops_per_s=round(rate), wrong=wrong, errors=errors,
+               client_ops_per_s={k: round(v) for k, v in kinds.items()},
+               client_us_per_own_op=own_op_costs(grp, s1 - s0, kinds))
     if side == 'erb':
         window_ops = (s1 - s0) * rate
         res['commands'] = {k: round((k1.get(k, 0) - k0.get(k, 0)) / window_ops, 3)
@@ -148,7 +182,7 @@ def run_side(side, seconds, tag, out_dir):
 def medians(runs):
     """The median of every figure over a side's rounds."""
     out = {}
-    for key in ('cpu_us', 'switches', 'machine_us', 'commands'):
+    for key in ('cpu_us', 'switches', 'machine_us', 'commands', 'client_ops_per_s', 'client_us_per_own_op'):
         names = sorted({n for r in runs for n in r.get(key, {})})
         if not names:
             continue
@@ -168,14 +202,20 @@ def table(result):
              for g in ('clients', 'redis-server', 'erb-agent')]
     rows += [('%s: context switches per op' % g, a['switches'].get(g, 0), e['switches'].get(g, 0), '%.3f')
              for g in ('clients', 'redis-server', 'erb-agent')]
+    for kind in ('py', 'pipe', 'cli'):
+        rows.append(('%s clients: ops/s' % kind, a.get('client_ops_per_s', {}).get(kind, 0),
+                     e.get('client_ops_per_s', {}).get(kind, 0), '%d'))
+        rows.append(('%s clients: CPU per own op (us)' % kind, a.get('client_us_per_own_op', {}).get(kind, 0),
+                     e.get('client_us_per_own_op', {}).get(kind, 0), '%.1f'))
     lines = ['| per operation | Redis alone | ERB | ERB - alone |', '| --- | --- | --- | --- |']
     for name, x, y, fmt in rows:
         lines.append(('| %s | ' + fmt + ' | ' + fmt + ' | %+' + fmt[1:] + ' |') % (name, x, y, y - x))
     c = e.get('commands', {})
     lines.append('')
+    answered = c.get('hit', 0) + c.get('set_fast', 0)
     lines.append('ERB, per operation: commands answered in XDP %.3f (hit %.3f, set_fast %.3f), passed to Redis '
-                 '%.3f, held %.4f' % (c.get('hit', 0) + c.get('set_fast', 0), c.get('hit', 0), c.get('set_fast', 0),
-                                c.get('cmds_passed', 0), c.get('hold', 0)))
+                 '%.3f, held %.4f' % (answered, c.get('hit', 0), c.get('set_fast', 0), c.get('cmds_passed', 0),
+                                      c.get('hold', 0)))
     return '\n'.join(lines)
 
 
@@ -188,7 +228,7 @@ def main():
         ap.error('--rounds must be >= 1 and --seconds >= 3')
     started = time.time()
     link = subprocess.run(['ip', 'netns', 'exec', 'erb-r2', 'ip', '-d', 'link', 'show', 'erbs2'],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if link.returncode != 0 or 'prog/xdp' in link.stdout:
         sys.exit('chaos_cpu: erb-r2 must be up with Redis alone (no XDP program on erbs2): '
                  'playbooks/rollback.yml --limit erb-r2, or scripts/demo')

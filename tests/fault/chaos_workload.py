@@ -26,6 +26,7 @@ which the caller compares with Redis once writes are applied.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -513,10 +514,21 @@ def run_apart(clients, limit):
     return results
 
 
+def set_comm(name):
+    """The calling thread's name (/proc/<pid>/comm of a process's main thread), at most 15 bytes."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def client_process(c, limit, tx):
     """In the child: run client c in a thread, so that a hung one can still report; send its
     result. (A Thread object made before the fork says it is not alive in the child after a
-    timed-out join, so completion is an Event.)"""
+    timed-out join, so completion is an Event.) The process is named chaos-<client> (its
+    comm), so that bench/chaos_cpu.py can tell the clients' CPU apart."""
+    set_comm('chaos-' + c.name)
     done = threading.Event()
 
     def body():

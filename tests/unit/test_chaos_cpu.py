@@ -44,7 +44,7 @@ def test_cpu_of_a_task_in_the_client_namespace_is_the_clients(netns):
         inside.wait(10)
         outside.wait(10)
     got = chaos_cpu.usage(t0, t1, server_ns=here, client_ns=cns)
-    assert set(got) == {'clients'}, got
+    assert set(got) == {'clients'}, got   # a task not named chaos-<client>: no kind
     cpu, switches = got['clients']
     assert 0.2 <= cpu <= 0.8, got
     assert switches >= 1, got
@@ -75,3 +75,26 @@ def test_per_operation_figures_and_medians():
     assert '| CPU per op, busy (us) | 60.0 | 70.0 | +10.0 |' in text
     assert '| erb-agent: context switches per op | 0.250 | 0.250 | +0.000 |' in text
     assert 'answered in XDP 0.300' in text
+
+
+def test_the_clients_cpu_per_kind_and_per_own_operation(netns):
+    cns = chaos_cpu.netns_inode('/run/netns/' + netns)
+    here = chaos_cpu.netns_inode('/proc/self/ns/net')
+    named = 'import ctypes\nctypes.CDLL(None).prctl(15, b"chaos-pipe", 0, 0, 0)\n' + SPIN % (0.5, 1.5)
+    p = subprocess.Popen(['ip', 'netns', 'exec', netns, sys.executable, '-c', named])
+    try:
+        time.sleep(0.3)
+        t0 = chaos_cpu.tasks()
+        time.sleep(1.0)
+        t1 = chaos_cpu.tasks()
+    finally:
+        p.wait(10)
+    got = chaos_cpu.usage(t0, t1, server_ns=here, client_ns=cns)
+    assert set(got) == {'clients', 'clients:pipe'}, got
+    assert got['clients'] == got['clients:pipe']
+    # 1,000 pipe ops/s over 2 s: CPU seconds / 2,000 ops
+    cost = chaos_cpu.own_op_costs(got, 2.0, {'pipe': 1000, 'py': 500})
+    assert set(cost) == {'pipe'}
+    assert cost['pipe'] == pytest.approx(got['clients:pipe'][0] / 2000 * 1e6, rel=0.01)
+    assert chaos_cpu.client_kind('chaos-py3') == 'py' and chaos_cpu.client_kind('redis-cli') == 'cli'
+    assert chaos_cpu.client_kind('python3') is None
