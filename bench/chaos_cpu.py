@@ -16,9 +16,8 @@ with the context switches of redis-server and erb-agent (/proc/<pid>/status); pe
 (redis-py one command per round trip, the pipelining client, redis-cli) its operations per second
 and its CPU per operation of its own (the mix of the two sides differs: a pipelined operation costs
 a fraction of a round trip's, so the clients' CPU per operation of the whole moves with which client
-got the CPUs); and for ERB its
-counters over the same window (commands answered in XDP: `hit` + `set_fast`; passed to Redis:
-`cmds_passed`). Every figure is per operation (the workload's commands): microseconds of CPU,
+got the CPUs); and for ERB its counters over the same window (commands answered in XDP: `hit` +
+`set_fast`; passed to Redis: `cmds_passed`). Every figure is per operation (the workload's commands): microseconds of CPU,
 switches, commands. Medians over rounds.
 
     .venv/bin/python bench/chaos_cpu.py [--rounds 4] [--seconds 10]
@@ -38,6 +37,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'bench'))
 import set_mixed as sm  # noqa: E402  (erb_counters: ERB's counters on erb-r1)
+from chaos import erb_attached  # noqa: E402
 
 RESULTS = os.path.join(REPO, 'bench', 'results')
 WORKLOAD = os.path.join(REPO, 'tests', 'fault', 'chaos_workload.py')
@@ -227,11 +227,11 @@ def main():
     if args.rounds < 1 or args.seconds < 3:
         ap.error('--rounds must be >= 1 and --seconds >= 3')
     started = time.time()
-    link = subprocess.run(['ip', 'netns', 'exec', 'erb-r2', 'ip', '-d', 'link', 'show', 'erbs2'],
-                          capture_output=True, text=True, check=False)
-    if link.returncode != 0 or 'prog/xdp' in link.stdout:
-        sys.exit('chaos_cpu: erb-r2 must be up with Redis alone (no XDP program on erbs2): '
-                 'playbooks/rollback.yml --limit erb-r2, or scripts/demo')
+    if any(netns_inode('/run/netns/%s%d' % (ns, i)) is None for ns in ('erb-r', 'erb-c') for i in SIDES.values()):
+        sys.exit('chaos_cpu: the fleet is not up (namespaces erb-r1, erb-c1, erb-r2, erb-c2): scripts/demo')
+    if erb_attached(SIDES['alone']):
+        sys.exit('chaos_cpu: erb-r2 must be Redis alone (an XDP program is on erbs2): '
+                 'playbooks/rollback.yml --limit erb-r2')
     if not sm.erb_counters():   # also loads the loader before any run: the sampled windows stay where they are
         sys.exit('chaos_cpu: no ERB counters on erb-r1: deploy ERB there (scripts/demo)')
     runs = {'erb': [], 'alone': []}
