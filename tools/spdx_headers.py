@@ -10,7 +10,8 @@ through REUSE.toml (one with no comment syntax, or documentation) is left alone.
 license a file gets:
 
   files/kmod/                  GPL-2.0-only (the erb_io kernel module)
-  files/bpf/, files/agent/     (GPL-2.0-only OR BSD-2-Clause)
+  files/bpf/, files/agent/,    (GPL-2.0-only OR BSD-2-Clause)
+  files/rmod/
   other C sources (tests/)     what their first line says, GPL-2.0 written GPL-2.0-only
   everything else              GPL-3.0-or-later
 
@@ -75,7 +76,7 @@ def reuse_toml_paths():
 def license_of(path, text):
     if path.startswith('files/kmod/'):
         return GPL2
-    if path.startswith(('files/bpf/', 'files/agent/')):
+    if path.startswith(('files/bpf/', 'files/agent/', 'files/rmod/')):
         return DUAL
     if path.endswith(('.c', '.h')):
         m = re.search(r'SPDX-License-Identifier:\s*(.*?)\s*(\*/)?\s*$', text.split('\n', 1)[0])

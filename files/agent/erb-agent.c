@@ -555,6 +555,8 @@ struct agent {
 	unsigned int databases;
 	struct inval_queue inval;
 	bool flush_pending;
+	bool rmod;			/* erb_redis applies the ring: assist only */
+	bool path_changed;		/* erb_redis came or went: exit for a restart */
 	struct park park;
 	/* reporting */
 	struct stats st;
@@ -580,12 +582,24 @@ static bool kmod_io_path(struct agent *a)
 }
 
 /*
+ * With erb_redis (files/rmod) loaded, redis-server applies the ring and
+ * invalidates: this agent only assists (parked segments, fill checks). A pid
+ * that is gone is a Redis that stopped without unloading it.
+ */
+static bool rmod_io_path(struct agent *a)
+{
+	uint32_t pid = __atomic_load_n(&a->global->rmod_pid, __ATOMIC_ACQUIRE);
+
+	return pid && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+/*
  * With erb_io as the I/O path (ERB_CTL_KMOD) the module's applied_seq is
  * mirrored by the BPF side: this agent only invalidates and never publishes.
  */
 static void publish_applied(struct agent *a, uint64_t seq)
 {
-	if (kmod_io_path(a))
+	if (kmod_io_path(a) || a->rmod)
 		return;
 	if (seq > load_applied(a))
 		__atomic_store_n(&a->global->applied_seq, seq, __ATOMIC_RELEASE);
@@ -1270,21 +1284,6 @@ static void tracker_advance(struct tracker *t)
 
 /* --------------------------------------------------------------------- ring */
 
-static const char *record_problem(const struct erb_record *r, uint32_t len)
-{
-	if (len < sizeof(struct erb_record))
-		return "short sample";
-	if (r->version != ERB_RECORD_VERSION)
-		return "unknown record version";
-	if (r->op != ERB_OP_SET)
-		return "unknown op";
-	if (r->flags & ~ERB_REC_F_KNOWN)
-		return "unknown flags";
-	if (r->klen < 1 || r->klen > ERB_KEY_MAX || r->vlen > ERB_VAL_MAX)
-		return "key or value length out of range";
-	return NULL;
-}
-
 static void slot_from_sample(struct agent *a, struct slot *s, unsigned long pos, uint32_t hdr)
 {
 	const struct erb_record *r = (const void *)(a->ring.data + (pos & (a->ring.size - 1)) +
@@ -1298,7 +1297,7 @@ static void slot_from_sample(struct agent *a, struct slot *s, unsigned long pos,
 		return;
 	s->rec = r;
 	s->seq = len >= ERB_RECORD_HDR_SIZE ? r->seq : 0;
-	why = record_problem(r, len);
+	why = erb_record_problem(r, len);
 	if (why) {
 		s->bad = true;
 		a->st.bad_records++;
@@ -1684,6 +1683,22 @@ static int enable_tracking(struct agent *a, long long sub_id)
 
 static bool cache_flush(struct agent *a, const char *why);
 
+/*
+ * erb_redis refuses to load while a connection named erb-agent exists: two
+ * consumers of the ring would apply its records twice.
+ */
+static int name_connection(struct agent *a)
+{
+	const char *argv[] = { "CLIENT", "SETNAME", a->rmod ? "erb-agent-assist" : "erb-agent" };
+	redisReply *r = command(a->apply, "CLIENT SETNAME", 3, argv);
+	bool ok = r && reply_ok(r);
+
+	if (r && !ok)
+		log_warn("CLIENT SETNAME: unexpected reply");
+	freeReplyObject(r);
+	return ok ? 0 : -1;
+}
+
 static void session_close(struct agent *a)
 {
 	bool was_up = a->up;
@@ -1730,13 +1745,27 @@ static int session_open(struct agent *a)
 	a->databases = redis_databases(a->apply);
 	a->cur_db = 0;
 	check_run_id(a);
-	sub_id = open_subscriber(a);
-	if (sub_id < 0 || enable_tracking(a, sub_id))
+	if (name_connection(a))
 		return -1;
-	ev.data.fd = a->sub->fd;
-	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->sub->fd, &ev)) {
-		log_err("epoll_ctl: %s", strerror(errno));
+	/*
+	 * After the name, which makes erb_redis refuse to load: a module that
+	 * loaded before it owns the ring now, and this agent must not apply.
+	 */
+	if (rmod_io_path(a) != a->rmod) {
+		log_info("erb_redis %s while this agent was not connected: exiting so that a restart "
+			 "takes the right part", a->rmod ? "went away" : "was loaded");
+		a->path_changed = true;
 		return -1;
+	}
+	if (!a->rmod) {
+		sub_id = open_subscriber(a);
+		if (sub_id < 0 || enable_tracking(a, sub_id))
+			return -1;
+		ev.data.fd = a->sub->fd;
+		if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->sub->fd, &ev)) {
+			log_err("epoll_ctl: %s", strerror(errno));
+			return -1;
+		}
 	}
 	/* changes made while nobody tracked them are unknown: empty the cache */
 	a->flush_pending = true;
@@ -2563,7 +2592,7 @@ static bool session_ensure(struct agent *a)
 {
 	unsigned int backoff = 0;
 
-	while (!stop_requested) {
+	while (!stop_requested && !a->path_changed) {
 		if (session_open(a) == 0) {
 			if (a->connected_once)
 				a->st.reconnects++;
@@ -2575,6 +2604,8 @@ static bool session_ensure(struct agent *a)
 			return true;
 		}
 		session_close(a);
+		if (a->path_changed)
+			break;
 		a->connect_failures++;
 		maybe_write_stats(a);
 		backoff = backoff_next(backoff);
@@ -2627,7 +2658,7 @@ static int run(struct agent *a)
 	struct epoll_event ev = { .events = EPOLLIN, .data.fd = -1 };
 
 	ev.data.fd = a->ring.fd;
-	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->ring.fd, &ev)) {
+	if (!a->rmod && epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->ring.fd, &ev)) {
 		log_err("epoll on the ring buffer: %s", strerror(errno));
 		return EXIT_RUNTIME;
 	}
@@ -2645,9 +2676,15 @@ static int run(struct agent *a)
 				 a->kmod ? "the ring buffer" : "erb_io");
 			return EXIT_RUNTIME;
 		}
+		if (rmod_io_path(a) != a->rmod) {
+			log_info("I/O path changed to %s: exiting so that a restart %s", a->rmod ?
+				 "this agent (erb_redis unloaded or its Redis gone)" : "erb_redis in redis-server",
+				 a->rmod ? "rebuilds applied_seq and drains the ring" : "only assists");
+			return EXIT_RUNTIME;
+		}
 		if (!a->apply && !session_ensure(a))
 			break;
-		n = ring_read_batch(a);
+		n = a->rmod ? 0 : ring_read_batch(a);
 		if (n && !apply_batch(a))
 			break;
 		park_read(a);
@@ -2660,7 +2697,7 @@ static int run(struct agent *a)
 			session_close(a);
 		maybe_write_stats(a);
 	}
-	return 0;
+	return a->path_changed ? EXIT_RUNTIME : 0;
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -2756,13 +2793,16 @@ int main(int argc, char **argv)
 	if (a->opt.pidfile && write_pidfile(a->opt.pidfile))
 		return EXIT_RUNTIME;
 	a->kmod = kmod_io_path(a);
-	if (!a->kmod && recover_progress(a))
+	a->rmod = !a->kmod && rmod_io_path(a);
+	if (!a->kmod && !a->rmod && recover_progress(a))
 		return EXIT_RUNTIME;
 	log_info("started: pin dir %s, batch %u, ring %llu bytes, I/O path %s", a->opt.pin_dir,
 		 a->opt.batch, (unsigned long long)a->ring.size,
-		 a->kmod ? "erb_io (this agent only invalidates)" : "ring buffer");
+		 a->kmod ? "erb_io (this agent only invalidates)" :
+		 a->rmod ? "erb_redis in redis-server (this agent only assists)" : "ring buffer");
 	rc = run(a);
-	publish_applied(a, a->trk.base);
+	if (!a->kmod && !a->rmod)
+		publish_applied(a, a->trk.base);
 	write_stats(a);
 	session_close(a);
 	if (a->opt.pidfile)

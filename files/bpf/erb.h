@@ -249,7 +249,7 @@ struct erb_global {
 	__u32 cache_gen;	/* FLUSHALL/FLUSHDB/unknown write bump it */
 	__u32 overflow;		/* flows whose outstanding writes overflowed the ring */
 	__u32 ctl;		/* ERB_CTL_*, written by the loader at run time */
-	__u32 pad;
+	__u32 rmod_pid;		/* redis-server applying the ring (files/rmod), 0: erb-agent */
 	__u64 untracked_wr_ns;	/* last write seen on an untracked flow */
 	__u64 write_seq;	/* SET fast path (later) */
 	__u64 applied_seq;	/* SET fast path (later) */

@@ -46,4 +46,22 @@ struct erb_record {
 /* Header size (everything before key[]): what a consumer must read first. */
 #define ERB_RECORD_HDR_SIZE	24
 
+#if !defined(__KERNEL__) && !defined(__bpf__)
+/* User-space consumers (erb-agent, erb_redis): what is wrong with a sample of len bytes, or NULL. */
+static inline const char *erb_record_problem(const struct erb_record *r, __u32 len)
+{
+	if (len < sizeof(struct erb_record))
+		return "short sample";
+	if (r->version != ERB_RECORD_VERSION)
+		return "unknown record version";
+	if (r->op != ERB_OP_SET)
+		return "unknown op";
+	if (r->flags & ~ERB_REC_F_KNOWN)
+		return "unknown flags";
+	if (r->klen < 1 || r->klen > ERB_KEY_MAX || r->vlen > ERB_VAL_MAX)
+		return "key or value length out of range";
+	return 0;
+}
+#endif
+
 #endif /* ERB_RECORD_H */

@@ -338,7 +338,7 @@ class ErbGlobal(ctypes.Structure):
         ('cache_gen', u32),
         ('overflow', u32),
         ('ctl', u32),
-        ('pad', u32),
+        ('rmod_pid', u32),
         ('untracked_wr_ns', u64),
         ('write_seq', u64),
         ('applied_seq', u64),

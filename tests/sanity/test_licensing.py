@@ -78,8 +78,9 @@ def test_kernel_module_is_gpl2_only():
         assert 'MODULE_LICENSE("GPL")' in f.read()
 
 
-def test_bpf_and_agent_sources_are_dual_licensed():
-    files = [p for p in tracked('files/bpf') + tracked('files/agent') if p.endswith(('.c', '.h'))]
+def test_bpf_agent_and_redis_module_sources_are_dual_licensed():
+    files = [p for p in tracked('files/bpf') + tracked('files/agent') + tracked('files/rmod')
+             if p.endswith(('.c', '.h'))]
     assert files
     for path in files:
         assert spdx_header(path) == DUAL, path

@@ -1,0 +1,783 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * erb_redis: ERB's I/O path inside redis-server, a Redis module.
+ *
+ * The same contract as erb-agent's ring path (DESIGN.md, "I/O path"), run in
+ * Redis's own thread instead of a process of its own:
+ *   - the fast-path SET records in the BPF ring buffer (erb_events) are
+ *     applied with RedisModule_Call("SET", ..., "!") (logged to the AOF and
+ *     replicated as Redis's own), in ring order, and applied_seq is published
+ *     right after they executed: a segment held behind one of them is let go
+ *     without waiting for another process to be scheduled;
+ *   - every key Redis changes (keyspace notifications: any command, expiry,
+ *     eviction, Lua, other interfaces) is invalidated in the BPF cache
+ *     synchronously, before the change's own reply is sent; FLUSHALL,
+ *     FLUSHDB, SWAPDB and a reload empty it.
+ * erb-agent then only assists (parked segments, unverified fills): it sees
+ * erb_global.rmod_pid and neither drains the ring nor tracks keys.
+ *
+ * Why: on a small host erb-agent's wakeups (the ring's, Redis's replies',
+ * each invalidation message's) cost more CPU than ERB saves; here the ring's
+ * readiness joins Redis's own event loop and an invalidation is a function
+ * call (bench/README.md, "Under the chaos workload").
+ *
+ * Load: MODULE LOAD /path/erb_redis.so <pin-dir>   (enable-module-command)
+ *   or loadmodule /path/erb_redis.so <pin-dir>     (redis.conf)
+ * Refused while an erb-agent drains the ring (its connection is named
+ * erb-agent): stop it first; start it again afterwards to assist.
+ * Unload: MODULE UNLOAD erbredis (erb-agent takes the ring back on restart).
+ * INFO erbredis: what it did.
+ *
+ * No Redis headers: the few API functions used are declared here and looked
+ * up with RedisModule_GetApi(), as redismodule.h does; no libbpf either (the
+ * maps are opened with the bpf() syscall and mmapped).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/bpf.h>
+#include <linux/types.h>
+
+#include "erb.h"
+#include "erb_record.h"
+
+/* ------------------------------------------------------------ Redis module API */
+
+#define RM_OK			0
+#define RM_ERR			1
+#define RM_APIVER		1
+#define RM_REPLY_STRING		0
+#define RM_REPLY_ERROR		1
+#define RM_EVENTLOOP_READABLE	1
+/* generic, string, list, set, hash, zset, expired, evicted, stream, module */
+#define RM_NOTIFY_KEYS		(0x7FCU | (1U << 13))
+#define RM_EVENT_FLUSHDB	2
+#define RM_EVENT_LOADING	3
+#define RM_EVENT_SWAPDB		11
+#define RM_SUBEVENT_LOADING_ENDED	3
+#define RM_SUBEVENT_FLUSHDB_END		1
+
+typedef struct RedisModuleCtx RedisModuleCtx;
+typedef struct RedisModuleString RedisModuleString;
+typedef struct RedisModuleCallReply RedisModuleCallReply;
+typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
+typedef uint64_t RedisModuleTimerID;
+typedef struct { uint64_t id, dataver; } RedisModuleEvent;
+
+static int (*rm_get_api)(const char *name, void *fp);
+static int (*RM_SetModuleAttribs)(RedisModuleCtx *, const char *, int, int);
+static RedisModuleCallReply *(*RM_Call)(RedisModuleCtx *, const char *, const char *, ...);
+static int (*RM_CallReplyType)(RedisModuleCallReply *);
+static const char *(*RM_CallReplyStringPtr)(RedisModuleCallReply *, size_t *);
+static void (*RM_FreeCallReply)(RedisModuleCallReply *);
+static int (*RM_SelectDb)(RedisModuleCtx *, int);
+static RedisModuleCtx *(*RM_GetDetachedThreadSafeContext)(RedisModuleCtx *);
+static void (*RM_FreeThreadSafeContext)(RedisModuleCtx *);
+static int (*RM_EventLoopAdd)(int, int, void (*)(int, void *, int), void *);
+static int (*RM_EventLoopDel)(int, int);
+static RedisModuleTimerID (*RM_CreateTimer)(RedisModuleCtx *, long long,
+					     void (*)(RedisModuleCtx *, void *), void *);
+static const char *(*RM_StringPtrLen)(const RedisModuleString *, size_t *);
+static void (*RM_Log)(RedisModuleCtx *, const char *, const char *, ...);
+static int (*RM_SubscribeToKeyspaceEvents)(RedisModuleCtx *, int,
+					   int (*)(RedisModuleCtx *, int, const char *, RedisModuleString *));
+static int (*RM_SubscribeToServerEvent)(RedisModuleCtx *, RedisModuleEvent,
+					void (*)(RedisModuleCtx *, RedisModuleEvent, uint64_t, void *));
+static int (*RM_RegisterInfoFunc)(RedisModuleCtx *, void (*)(RedisModuleInfoCtx *, int));
+static int (*RM_InfoAddSection)(RedisModuleInfoCtx *, const char *);
+static int (*RM_InfoAddFieldULongLong)(RedisModuleInfoCtx *, const char *, unsigned long long);
+
+struct api_fn {
+	const char *name;
+	void *fp;
+};
+
+#define FN(n) { "RedisModule_" #n, &RM_##n }
+static const struct api_fn api_fns[] = {
+	FN(SetModuleAttribs), FN(Call), FN(CallReplyType), FN(CallReplyStringPtr), FN(FreeCallReply),
+	FN(SelectDb), FN(GetDetachedThreadSafeContext), FN(FreeThreadSafeContext), FN(EventLoopAdd),
+	FN(EventLoopDel), FN(CreateTimer), FN(StringPtrLen), FN(Log), FN(SubscribeToKeyspaceEvents),
+	FN(SubscribeToServerEvent), FN(RegisterInfoFunc), FN(InfoAddSection), FN(InfoAddFieldULongLong),
+};
+#undef FN
+
+/* ------------------------------------------------------------------- state */
+
+#define MODULE_NAME	"erbredis"
+#define TRACK_BITS	(1ULL << 22)	/* seqs tracked above applied_seq (as erb-agent) */
+#define LOCK_SPINS	(1U << 20)	/* an entry lock is held by XDP for ~a microsecond */
+#define META_MAX	4096
+
+struct ring {
+	int fd;
+	size_t size, page;
+	unsigned long *consumer_pos;
+	const unsigned long *producer_pos;
+	const uint8_t *data;
+	void *prod_map;
+	size_t prod_len;
+};
+
+static struct {
+	char pin_dir[256];
+	struct ring ring;
+	int global_fd, cache_fd, tags_fd, wepoch_fd;
+	struct erb_global *global;
+	struct erb_entry *cache;
+	const uint8_t *tags;
+	uint32_t *wepoch;
+	size_t global_len, cache_len, tags_len, wepoch_len;
+	uint32_t entries, hash_prime, max_probes;
+	uint64_t *bits, base;		/* applied seqs above base, as erb-agent's tracker */
+	RedisModuleCtx *dctx;		/* for CreateTimer from the event loop callback */
+	bool armed, applying, draining;
+	struct {
+		unsigned long long applied, bad, errors, batches, invalidations, deleted, flushes,
+			lock_timeouts;
+	} st;
+} m = { .ring.fd = -1, .global_fd = -1, .cache_fd = -1, .tags_fd = -1, .wepoch_fd = -1 };
+
+/* ------------------------------------------------------------------ bpf maps */
+
+static long sys_bpf(int cmd, union bpf_attr *attr)
+{
+	return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
+}
+
+static int pin_open(const char *name, char *err, size_t errlen)
+{
+	char path[512];
+	union bpf_attr at;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", m.pin_dir, name);
+	memset(&at, 0, sizeof(at));
+	at.pathname = (uint64_t)(unsigned long)path;
+	fd = (int)sys_bpf(BPF_OBJ_GET, &at);
+	if (fd < 0)
+		snprintf(err, errlen, "cannot open pinned map %s: %s (is ERB loaded with the SET fast "
+			 "path on this interface?)", path, strerror(errno));
+	return fd;
+}
+
+static int map_info(int fd, struct bpf_map_info *info)
+{
+	union bpf_attr at;
+
+	memset(&at, 0, sizeof(at));
+	memset(info, 0, sizeof(*info));
+	at.info.bpf_fd = (uint32_t)fd;
+	at.info.info_len = sizeof(*info);
+	at.info.info = (uint64_t)(unsigned long)info;
+	return (int)sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &at);
+}
+
+static size_t page_up(size_t n)
+{
+	return (n + m.ring.page - 1) / m.ring.page * m.ring.page;
+}
+
+/* Open and mmap one BPF_F_MMAPABLE array whose values are value_size bytes. */
+static void *array_map(const char *name, uint32_t value_size, uint32_t min_entries, int writable,
+		       int *fd, size_t *len, char *err, size_t errlen)
+{
+	struct bpf_map_info info;
+	void *p;
+
+	*fd = pin_open(name, err, errlen);
+	if (*fd < 0)
+		return NULL;
+	if (map_info(*fd, &info) || info.type != BPF_MAP_TYPE_ARRAY || info.value_size != value_size ||
+	    info.max_entries < min_entries || !(info.map_flags & BPF_F_MMAPABLE)) {
+		snprintf(err, errlen, "%s/%s: type %u, value %u bytes, %u entries, flags 0x%x: not what "
+			 "this module knows (ERB_LAYOUT_VERSION %d; value %u bytes, mmapable)", m.pin_dir,
+			 name, info.type, info.value_size, info.max_entries, info.map_flags,
+			 ERB_LAYOUT_VERSION, value_size);
+		return NULL;
+	}
+	*len = page_up((size_t)info.max_entries * value_size);
+	p = mmap(NULL, *len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, *fd, 0);
+	if (p == MAP_FAILED) {
+		snprintf(err, errlen, "%s/%s: mmap: %s", m.pin_dir, name, strerror(errno));
+		return NULL;
+	}
+	return p;
+}
+
+/* A number of the loader's config JSON (meta map): "key": value after "config". */
+static long long meta_number(const char *json, const char *key)
+{
+	const char *cfg = strstr(json, "\"config\"");
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	p = strstr(cfg ? cfg : json, pat);
+	return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
+}
+
+static int read_meta(char *err, size_t errlen)
+{
+	static char json[META_MAX + 1];
+	union bpf_attr at;
+	uint32_t key = 0;
+	long long v;
+	int fd = pin_open("meta", err, errlen);
+
+	if (fd < 0)
+		return -1;
+	memset(&at, 0, sizeof(at));
+	at.map_fd = (uint32_t)fd;
+	at.key = (uint64_t)(unsigned long)&key;
+	at.value = (uint64_t)(unsigned long)json;
+	v = sys_bpf(BPF_MAP_LOOKUP_ELEM, &at);
+	close(fd);
+	json[META_MAX] = 0;
+	if (v) {
+		snprintf(err, errlen, "%s/meta: lookup: %s", m.pin_dir, strerror(errno));
+		return -1;
+	}
+	v = meta_number(json, "cache_entries");
+	if (v < 2 || v > UINT32_MAX) {
+		snprintf(err, errlen, "%s/meta: no valid cache_entries", m.pin_dir);
+		return -1;
+	}
+	m.entries = (uint32_t)v;
+	v = meta_number(json, "hash_prime");
+	m.hash_prime = v >= 1 && v < m.entries ? (uint32_t)v : 0;
+	v = meta_number(json, "max_probes");
+	m.max_probes = v >= 1 && v <= ERB_MAX_PROBES ? (uint32_t)v : ERB_MAX_PROBES;
+	/* as erb_loader.hash_prime(): the largest prime below the entry count */
+	for (uint32_t p = m.entries - 1; !m.hash_prime && p >= 2; p--) {
+		uint32_t d = 2;
+
+		while ((uint64_t)d * d <= p && p % d)
+			d++;
+		if ((uint64_t)d * d > p)
+			m.hash_prime = p;
+	}
+	if (!m.hash_prime)
+		m.hash_prime = 1;
+	return 0;
+}
+
+static int open_ring(char *err, size_t errlen)
+{
+	struct bpf_map_info info;
+	struct ring *r = &m.ring;
+	void *c;
+
+	r->fd = pin_open("map_erb_events", err, errlen);
+	if (r->fd < 0)
+		return -1;
+	if (map_info(r->fd, &info) || info.type != BPF_MAP_TYPE_RINGBUF) {
+		snprintf(err, errlen, "%s/map_erb_events is not a BPF ring buffer", m.pin_dir);
+		return -1;
+	}
+	r->size = info.max_entries;
+	c = mmap(NULL, r->page, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
+	r->prod_len = r->page + 2 * r->size;
+	r->prod_map = mmap(NULL, r->prod_len, PROT_READ, MAP_SHARED, r->fd, (off_t)r->page);
+	if (c == MAP_FAILED || r->prod_map == MAP_FAILED) {
+		snprintf(err, errlen, "map_erb_events: mmap: %s", strerror(errno));
+		if (c != MAP_FAILED)
+			munmap(c, r->page);
+		r->prod_map = NULL;
+		return -1;
+	}
+	r->consumer_pos = c;
+	r->producer_pos = r->prod_map;
+	r->data = (const uint8_t *)r->prod_map + r->page;
+	return 0;
+}
+
+static void close_maps(void)
+{
+	struct ring *r = &m.ring;
+	int fds[] = { r->fd, m.global_fd, m.cache_fd, m.tags_fd, m.wepoch_fd };
+
+	if (r->consumer_pos)
+		munmap(r->consumer_pos, r->page);
+	if (r->prod_map)
+		munmap(r->prod_map, r->prod_len);
+	if (m.global)
+		munmap(m.global, m.global_len);
+	if (m.cache)
+		munmap(m.cache, m.cache_len);
+	if (m.tags)
+		munmap((void *)m.tags, m.tags_len);
+	if (m.wepoch)
+		munmap(m.wepoch, m.wepoch_len);
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(m.bits);
+}
+
+static int open_maps(char *err, size_t errlen)
+{
+	m.ring.page = (size_t)sysconf(_SC_PAGESIZE);
+	if (read_meta(err, errlen) || open_ring(err, errlen))
+		return -1;
+	m.global = array_map("map_erb_global", sizeof(struct erb_global), 1, 1, &m.global_fd,
+			     &m.global_len, err, errlen);
+	if (!m.global)
+		return -1;
+	m.cache = array_map("map_erb_cache", sizeof(struct erb_entry), m.entries, 1, &m.cache_fd,
+			    &m.cache_len, err, errlen);
+	if (!m.cache)
+		return -1;
+	m.tags = array_map("map_erb_tags", 8, (m.entries + 7) / 8, 0, &m.tags_fd, &m.tags_len, err,
+			   errlen);
+	if (!m.tags)
+		return -1;
+	m.wepoch = array_map("map_erb_wepoch", sizeof(uint32_t), ERB_INFLIGHT_BUCKETS, 1, &m.wepoch_fd,
+			     &m.wepoch_len, err, errlen);
+	return m.wepoch ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- applied_seq */
+
+static uint64_t applied_seq(void)
+{
+	return __atomic_load_n(&m.global->applied_seq, __ATOMIC_ACQUIRE);
+}
+
+static bool seq_marked(uint64_t seq)
+{
+	uint64_t i = seq & (TRACK_BITS - 1);
+
+	return m.bits[i / 64] & (1ULL << (i % 64));
+}
+
+static void seq_flip(uint64_t seq)
+{
+	uint64_t i = seq & (TRACK_BITS - 1);
+
+	m.bits[i / 64] ^= 1ULL << (i % 64);
+}
+
+static void seq_done(uint64_t seq)
+{
+	if (seq > m.base && seq - m.base < TRACK_BITS && !seq_marked(seq))
+		seq_flip(seq);
+}
+
+/* Move base over every contiguous applied seq and publish it. */
+static void publish(void)
+{
+	while (seq_marked(m.base + 1)) {
+		seq_flip(m.base + 1);
+		m.base++;
+	}
+	if (m.base > applied_seq())
+		__atomic_store_n(&m.global->applied_seq, m.base, __ATOMIC_RELEASE);
+}
+
+static uint32_t sample_len(uint32_t hdr)
+{
+	return hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+}
+
+static unsigned long sample_next(unsigned long pos, uint32_t hdr)
+{
+	return pos + ((sample_len(hdr) + BPF_RINGBUF_HDR_SZ + 7) & ~7UL);
+}
+
+static const struct erb_record *sample_at(unsigned long pos, uint32_t *hdr)
+{
+	const uint8_t *p = m.ring.data + (pos & (m.ring.size - 1));
+
+	*hdr = __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE);
+	return (const void *)(p + BPF_RINGBUF_HDR_SZ);
+}
+
+/*
+ * Where applied_seq stands at load: every seq up to write_seq that is not in
+ * the ring any more was applied by the consumer before (erb-agent, or this
+ * module before an unload); those still in it are not.
+ */
+static int recover(char *err, size_t errlen)
+{
+	uint64_t wseq = __atomic_load_n(&m.global->write_seq, __ATOMIC_ACQUIRE), lowest = UINT64_MAX;
+	unsigned long pos = __atomic_load_n(m.ring.consumer_pos, __ATOMIC_ACQUIRE);
+	unsigned long prod = __atomic_load_n(m.ring.producer_pos, __ATOMIC_ACQUIRE);
+	unsigned long p;
+	uint32_t hdr;
+
+	m.bits = calloc(TRACK_BITS / 64, sizeof(uint64_t));
+	if (!m.bits) {
+		snprintf(err, errlen, "out of memory for the seq tracker");
+		return -1;
+	}
+	for (p = pos; p < prod; p = sample_next(p, hdr)) {
+		const struct erb_record *r = sample_at(p, &hdr);
+
+		if (hdr & BPF_RINGBUF_BUSY_BIT)
+			break;	/* reserved, not committed: its seq is above those before it */
+		if (!(hdr & BPF_RINGBUF_DISCARD_BIT) && sample_len(hdr) >= ERB_RECORD_HDR_SIZE &&
+		    r->seq && r->seq <= wseq && r->seq < lowest)
+			lowest = r->seq;
+	}
+	m.base = lowest == UINT64_MAX ? wseq : lowest - 1;
+	if (m.base < applied_seq())
+		m.base = applied_seq();
+	if (wseq > m.base && wseq - m.base >= TRACK_BITS) {
+		snprintf(err, errlen, "write_seq %llu is too far past applied_seq %llu",
+			 (unsigned long long)wseq, (unsigned long long)m.base);
+		return -1;
+	}
+	for (uint64_t s = m.base + 1; s <= wseq; s++)
+		seq_done(s);
+	for (p = pos; p < prod; p = sample_next(p, hdr)) {
+		const struct erb_record *r = sample_at(p, &hdr);
+
+		if (hdr & BPF_RINGBUF_BUSY_BIT)
+			break;
+		if (!(hdr & BPF_RINGBUF_DISCARD_BIT) && sample_len(hdr) >= ERB_RECORD_HDR_SIZE &&
+		    r->seq > m.base && r->seq <= wseq && seq_marked(r->seq))
+			seq_flip(r->seq);
+	}
+	publish();
+	return 0;
+}
+
+/* -------------------------------------------------------------------- cache */
+
+static uint32_t fnv1a(const char *p, size_t n)
+{
+	uint32_t h = 2166136261U;
+
+	while (n--)
+		h = (h ^ (uint8_t)*p++) * 16777619U;
+	return h;
+}
+
+static bool entry_lock(struct erb_entry *e)
+{
+	for (uint32_t i = 0; i < LOCK_SPINS; i++) {
+		uint32_t zero = 0;
+
+		if (__atomic_compare_exchange_n(&e->lock, &zero, 1, false, __ATOMIC_ACQUIRE,
+						__ATOMIC_RELAXED))
+			return true;
+#if defined(__x86_64__) || defined(__i386__)
+		__builtin_ia32_pause();
+#endif
+	}
+	return false;
+}
+
+static void entry_unlock(struct erb_entry *e)
+{
+	__atomic_store_n(&e->lock, 0, __ATOMIC_RELEASE);
+}
+
+/* Delete e (locked) unless Redis lacks its acknowledged write. */
+static bool entry_delete(struct erb_entry *e, uint32_t gen)
+{
+	if (__atomic_load_n(&e->state, __ATOMIC_RELAXED) != ERB_ENTRY_VALID ||
+	    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen ||
+	    __atomic_load_n(&e->wseq, __ATOMIC_RELAXED) > applied_seq())
+		return false;
+	__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
+	__atomic_store_n(&e->state, ERB_ENTRY_TOMB, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
+	return true;
+}
+
+/*
+ * Empty the cache without dropping a write Redis does not have yet: a new
+ * cache_gen when none is pending, else every other entry deleted (and every
+ * fill in flight cancelled through the write epochs).
+ */
+static void cache_flush(RedisModuleCtx *ctx, const char *why)
+{
+	uint32_t gen = __atomic_load_n(&m.global->cache_gen, __ATOMIC_ACQUIRE);
+	unsigned long long deleted = 0;
+
+	m.st.flushes++;
+	if (__atomic_load_n(&m.global->write_seq, __ATOMIC_ACQUIRE) <= applied_seq()) {
+		__atomic_fetch_add(&m.global->cache_gen, 1, __ATOMIC_ACQ_REL);
+		RM_Log(ctx, "verbose", "cache emptied (%s): cache_gen %u", why, gen + 1);
+		return;
+	}
+	for (uint32_t b = 0; b < ERB_INFLIGHT_BUCKETS; b++)
+		__atomic_fetch_add(&m.wepoch[b], 1, __ATOMIC_ACQ_REL);
+	for (uint32_t i = 0; i < m.entries; i++) {
+		struct erb_entry *e = &m.cache[i];
+
+		if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != ERB_ENTRY_VALID)
+			continue;
+		if (!entry_lock(e)) {
+			m.st.lock_timeouts++;
+			__atomic_fetch_add(&m.global->cache_gen, 1, __ATOMIC_ACQ_REL);
+			RM_Log(ctx, "warning", "cache flush (%s): entry %u stays locked; emptied by "
+			       "cache_gen instead", why, i);
+			return;
+		}
+		deleted += entry_delete(e, gen);
+		entry_unlock(e);
+	}
+	RM_Log(ctx, "verbose", "cache swept (%s; writes pending): %llu entries deleted", why, deleted);
+}
+
+/* Redis changed key: no entry of it may be served, no fill of it in flight stored. */
+static void invalidate(RedisModuleCtx *ctx, const char *key, size_t klen)
+{
+	uint32_t h = fnv1a(key, klen), gen;
+	uint8_t tag = h >> 24 ? h >> 24 : 1;
+	uint64_t step = 1 + h % m.hash_prime;
+
+	m.st.invalidations++;
+	__atomic_fetch_add(&m.wepoch[h & (ERB_INFLIGHT_BUCKETS - 1)], 1, __ATOMIC_ACQ_REL);
+	gen = __atomic_load_n(&m.global->cache_gen, __ATOMIC_ACQUIRE);
+	for (uint32_t i = 0; i < m.max_probes; i++) {
+		uint32_t idx = (uint32_t)(((uint64_t)h + i * step) % m.entries);
+		struct erb_entry *e = &m.cache[idx];
+		uint8_t t = __atomic_load_n(&m.tags[idx], __ATOMIC_ACQUIRE);
+
+		if (!t)
+			return;		/* never written: the chain ends (erb_cache.h) */
+		if (t != tag || __atomic_load_n(&e->hash, __ATOMIC_ACQUIRE) != h)
+			continue;
+		if (!entry_lock(e)) {
+			m.st.lock_timeouts++;
+			cache_flush(ctx, "an entry stays locked");
+			return;
+		}
+		if (e->klen == klen && !memcmp(e->key, key, klen))
+			m.st.deleted += entry_delete(e, gen);
+		entry_unlock(e);
+	}
+}
+
+static int on_keyspace(RedisModuleCtx *ctx, int type, const char *event, RedisModuleString *key)
+{
+	size_t klen;
+	const char *k;
+
+	(void)type;
+	(void)event;
+	if (m.applying)
+		return RM_OK;	/* this module's own SET of a record: its entry is that write */
+	k = RM_StringPtrLen(key, &klen);
+	if (klen >= 1 && klen <= ERB_KEY_MAX)
+		invalidate(ctx, k, klen);
+	return RM_OK;
+}
+
+static void on_server_event(RedisModuleCtx *ctx, RedisModuleEvent e, uint64_t sub, void *data)
+{
+	(void)data;
+	if (e.id == RM_EVENT_FLUSHDB && sub == RM_SUBEVENT_FLUSHDB_END)
+		cache_flush(ctx, "FLUSHALL/FLUSHDB");
+	else if (e.id == RM_EVENT_SWAPDB)
+		cache_flush(ctx, "SWAPDB");
+	else if (e.id == RM_EVENT_LOADING && sub == RM_SUBEVENT_LOADING_ENDED)
+		cache_flush(ctx, "dataset loaded");
+}
+
+/* ------------------------------------------------------------------- records */
+
+static void apply(RedisModuleCtx *ctx, const struct erb_record *r, int *db)
+{
+	RedisModuleCallReply *rep;
+
+	if ((int)r->db != *db) {
+		if (RM_SelectDb(ctx, (int)r->db) != RM_OK) {
+			m.st.errors++;
+			RM_Log(ctx, "warning", "record seq %llu: db %u does not exist; NOT applied",
+			       (unsigned long long)r->seq, r->db);
+			return;
+		}
+		*db = (int)r->db;
+	}
+	m.applying = true;
+	rep = RM_Call(ctx, "SET", "bb!", r->key, (size_t)r->klen, r->val, (size_t)r->vlen);
+	m.applying = false;
+	if (rep && RM_CallReplyType(rep) == RM_REPLY_STRING) {
+		m.st.applied++;
+	} else {
+		m.st.errors++;
+		RM_Log(ctx, "warning", "applying seq %llu (db %u, key of %u bytes) failed (%s): the write "
+		       "was acknowledged to a client and is NOT in Redis", (unsigned long long)r->seq,
+		       r->db, r->klen, rep ? "error reply" : strerror(errno));
+	}
+	if (rep)
+		RM_FreeCallReply(rep);
+}
+
+/* Apply every committed record, in ring order, then publish how far. */
+static void drain(RedisModuleCtx *ctx, void *unused)
+{
+	unsigned long pos = __atomic_load_n(m.ring.consumer_pos, __ATOMIC_ACQUIRE);
+	unsigned long prod = __atomic_load_n(m.ring.producer_pos, __ATOMIC_ACQUIRE);
+	int db = 0;
+
+	(void)unused;
+	m.armed = false;
+	if (!m.draining)
+		return;
+	m.st.batches++;
+	while (pos < prod) {
+		uint32_t hdr;
+		const struct erb_record *r = sample_at(pos, &hdr);
+		const char *why;
+
+		if (hdr & BPF_RINGBUF_BUSY_BIT)
+			break;		/* the fd stays readable: the next loop comes back */
+		if (!(hdr & BPF_RINGBUF_DISCARD_BIT)) {
+			why = erb_record_problem(r, sample_len(hdr));
+			if (why) {
+				m.st.bad++;
+				RM_Log(ctx, "warning", "bad record at ring position %lu: %s; skipped, NOT applied",
+				       pos, why);
+			} else {
+				apply(ctx, r, &db);
+			}
+			if (sample_len(hdr) >= ERB_RECORD_HDR_SIZE)
+				seq_done(r->seq);
+		}
+		pos = sample_next(pos, hdr);
+	}
+	if (db)
+		RM_SelectDb(ctx, 0);
+	__atomic_store_n(m.ring.consumer_pos, pos, __ATOMIC_RELEASE);
+	publish();
+}
+
+/*
+ * The ring is readable. Records are applied from a timer (due at once, run
+ * in this same event loop iteration) rather than here: a timer's context
+ * propagates the SETs to the AOF and replicas, this callback's does not.
+ */
+static void on_ring(int fd, void *unused, int mask)
+{
+	(void)fd;
+	(void)unused;
+	(void)mask;
+	if (!m.armed && m.draining) {
+		m.armed = true;
+		RM_CreateTimer(m.dctx, 0, drain, NULL);
+	}
+}
+
+static void on_info(RedisModuleInfoCtx *ic, int for_crash_report)
+{
+	(void)for_crash_report;
+	RM_InfoAddSection(ic, "");
+	RM_InfoAddFieldULongLong(ic, "applied", m.st.applied);
+	RM_InfoAddFieldULongLong(ic, "applied_seq", m.global ? applied_seq() : 0);
+	RM_InfoAddFieldULongLong(ic, "write_seq", m.global ? m.global->write_seq : 0);
+	RM_InfoAddFieldULongLong(ic, "batches", m.st.batches);
+	RM_InfoAddFieldULongLong(ic, "bad_records", m.st.bad);
+	RM_InfoAddFieldULongLong(ic, "errors", m.st.errors);
+	RM_InfoAddFieldULongLong(ic, "invalidations", m.st.invalidations);
+	RM_InfoAddFieldULongLong(ic, "deleted", m.st.deleted);
+	RM_InfoAddFieldULongLong(ic, "flushes", m.st.flushes);
+	RM_InfoAddFieldULongLong(ic, "lock_timeouts", m.st.lock_timeouts);
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+/* An erb-agent draining the ring names its connection erb-agent: two consumers must never run. */
+static int agent_draining(RedisModuleCtx *ctx)
+{
+	RedisModuleCallReply *r = RM_Call(ctx, "CLIENT", "c", "LIST");
+	const char *s, *p;
+	size_t len;
+	int found = 0;
+
+	if (!r)
+		return -1;
+	s = RM_CallReplyStringPtr(r, &len);
+	for (p = s; p && (p = memmem(p, len - (size_t)(p - s), "name=erb-agent ", 15)); p += 15)
+		found = 1;
+	RM_FreeCallReply(r);
+	return found;
+}
+
+static int fail(RedisModuleCtx *ctx, const char *msg)
+{
+	RM_Log(ctx, "warning", "%s", msg);
+	close_maps();
+	memset(&m.st, 0, sizeof(m.st));
+	return RM_ERR;
+}
+
+__attribute__((visibility("default")))
+int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+	char err[640];
+	const char *dir;
+	size_t len;
+	int busy;
+
+	rm_get_api = (int (*)(const char *, void *))(unsigned long)((void **)ctx)[0];
+	for (size_t i = 0; i < sizeof(api_fns) / sizeof(api_fns[0]); i++)
+		if (rm_get_api(api_fns[i].name, api_fns[i].fp) != RM_OK)
+			return RM_ERR;	/* a Redis without it (before 7.0): nothing to log with */
+	RM_SetModuleAttribs(ctx, MODULE_NAME, 1, RM_APIVER);
+	if (argc != 1)
+		return fail(ctx, "erb_redis: one argument: the pin directory of ERB's maps "
+			    "(/sys/fs/bpf/erb/<netns>/<ifname>)");
+	dir = RM_StringPtrLen(argv[0], &len);
+	if (len == 0 || len >= sizeof(m.pin_dir))
+		return fail(ctx, "erb_redis: the pin directory is empty or too long");
+	memcpy(m.pin_dir, dir, len);
+	m.pin_dir[len] = 0;
+	if (open_maps(err, sizeof(err)))
+		return fail(ctx, err);
+	busy = agent_draining(ctx);
+	if (busy)
+		return fail(ctx, busy < 0 ? "erb_redis: CLIENT LIST failed" :
+			    "erb_redis: an erb-agent drains the ring (a client named erb-agent): stop it "
+			    "first, then start it again to assist");
+	if (__atomic_load_n(&m.global->ctl, __ATOMIC_ACQUIRE) & ERB_CTL_KMOD)
+		return fail(ctx, "erb_redis: erb_io (the kernel module) is this host's I/O path");
+	if (recover(err, sizeof(err)))
+		return fail(ctx, err);
+	m.dctx = RM_GetDetachedThreadSafeContext(ctx);
+	if (RM_SubscribeToKeyspaceEvents(ctx, (int)RM_NOTIFY_KEYS, on_keyspace) != RM_OK ||
+	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_FLUSHDB, 1 }, on_server_event) ||
+	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_SWAPDB, 1 }, on_server_event) ||
+	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_LOADING, 1 }, on_server_event) ||
+	    RM_RegisterInfoFunc(ctx, on_info) != RM_OK ||
+	    RM_EventLoopAdd(m.ring.fd, RM_EVENTLOOP_READABLE, on_ring, NULL) != RM_OK) {
+		RM_FreeThreadSafeContext(m.dctx);
+		return fail(ctx, "erb_redis: cannot subscribe to Redis's events");
+	}
+	/* nobody tracked the keys before now: what the cache holds is unknown */
+	cache_flush(ctx, "module loaded");
+	__atomic_store_n(&m.global->rmod_pid, (uint32_t)getpid(), __ATOMIC_RELEASE);
+	m.draining = true;
+	on_ring(m.ring.fd, NULL, RM_EVENTLOOP_READABLE);
+	RM_Log(ctx, "notice", "erb_redis: the I/O path of %s; applied_seq %llu, write_seq %llu; cache of "
+	       "%u entries", m.pin_dir, (unsigned long long)applied_seq(),
+	       (unsigned long long)m.global->write_seq, m.entries);
+	return RM_OK;
+}
+
+__attribute__((visibility("default")))
+int RedisModule_OnUnload(RedisModuleCtx *ctx)
+{
+	m.draining = false;
+	RM_EventLoopDel(m.ring.fd, RM_EVENTLOOP_READABLE);
+	/* what the ring still holds is erb-agent's to apply after its restart */
+	__atomic_store_n(&m.global->rmod_pid, 0, __ATOMIC_RELEASE);
+	RM_Log(ctx, "notice", "erb_redis: unloaded at applied_seq %llu; erb-agent takes the ring",
+	       (unsigned long long)applied_seq());
+	if (m.dctx)
+		RM_FreeThreadSafeContext(m.dctx);
+	close_maps();
+	return RM_OK;
+}

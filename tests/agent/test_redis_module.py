@@ -1,0 +1,204 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ERB contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""erb_redis (files/rmod): the I/O path inside a real redis-server, against real
+BPF maps (ring buffer, mmapped erb_global/erb_cache/erb_tags/erb_wepoch) fed by
+BPF_PROG_TEST_RUN, the same harness as erb-agent's tests; and the hand-over
+between the module and erb-agent."""
+
+import subprocess
+import time
+
+import pytest
+import redis
+
+import agentlib
+from agentlib import wait_for
+from test_agent import Workload, aof_seqs, check_replay, wait_connected
+
+RMOD_DIR = agentlib.REPO / 'files' / 'rmod'
+RMOD = RMOD_DIR / 'erb_redis.so'
+
+
+@pytest.fixture(scope='session')
+def rmod_so():
+    p = subprocess.run(['make', '-C', str(RMOD_DIR)], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, 'make -C files/rmod failed:\n%s\n%s' % (p.stdout, p.stderr)
+    return RMOD
+
+
+@pytest.fixture
+def menv(env, rmod_so):
+    """The agent tests' env with a redis-server that allows MODULE LOAD."""
+    env.redis.stop()
+    env.redis.extra = ['--enable-module-command', 'yes']
+    env.redis.start()
+    return env
+
+
+def load(env, pin_dir=None):
+    return env.redis.client().execute_command('MODULE', 'LOAD', str(RMOD), str(pin_dir or env.bpf.pin_dir))
+
+
+def unload(env):
+    return env.redis.client().execute_command('MODULE', 'UNLOAD', 'erbredis')
+
+
+def info(env):
+    return env.redis.client().info('erbredis')
+
+
+def redis_log(env):
+    return (env.redis.dir / 'redis.log').read_text()
+
+
+def test_applies_records_in_order_with_the_aof_and_publishes_applied_seq(menv):
+    load(menv)
+    w = Workload(menv, nkeys=300, dbs=3)
+    w.run(3000)
+    menv.wait_applied(3000)
+    w.check_redis()
+    check_replay(aof_seqs(menv.redis), 3000, max_rewinds=0)
+    i = info(menv)
+    assert i['erbredis_applied'] == 3000 and i['erbredis_errors'] == 0 and i['erbredis_bad_records'] == 0
+    assert i['erbredis_applied_seq'] == 3000 == i['erbredis_write_seq']
+    assert 1 <= i['erbredis_batches'] <= 3000
+
+
+def test_records_left_in_the_ring_are_applied_at_load(menv):
+    w = Workload(menv, nkeys=50)
+    w.run(200)                           # nobody consumes yet
+    assert menv.bpf.applied_seq == 0
+    load(menv)
+    menv.wait_applied(200)
+    w.check_redis()
+    check_replay(aof_seqs(menv.redis), 200, max_rewinds=0)
+
+
+def test_bad_pin_dir_and_arguments_are_refused_clearly(menv, tmp_path):
+    c = menv.redis.client()
+    with pytest.raises(redis.ResponseError):
+        load(menv, tmp_path / 'nothing-here')
+    assert 'cannot open pinned map' in redis_log(menv)
+    with pytest.raises(redis.ResponseError):
+        c.execute_command('MODULE', 'LOAD', str(RMOD))
+    assert 'one argument: the pin directory' in redis_log(menv)
+    load(menv)                           # a refused load left nothing behind
+    assert info(menv)['erbredis_applied'] == 0
+
+
+def test_refused_while_an_agent_drains_the_ring(menv):
+    agent = menv.agent()
+    wait_connected(agent, menv)
+    with pytest.raises(redis.ResponseError):
+        load(menv)
+    assert 'an erb-agent drains the ring' in redis_log(menv)
+    agent.kill()
+    load(menv)
+    menv.bpf.produce_wait(b'k', b'v1')
+    menv.wait_applied(1)
+    assert menv.redis.client().get(b'k') == b'v1'
+
+
+def test_agent_assists_while_loaded_and_takes_the_ring_back_after_unload(menv):
+    load(menv)
+    agent = menv.agent()
+    wait_for(lambda: 'only assists' in agent.log_text(), timeout=10, what='the agent in assist mode')
+    names = [c['name'] for c in menv.redis.client().client_list()]
+    assert 'erb-agent-assist' in names and 'erb-agent' not in names
+    assert not any('t' in c['flags'] for c in menv.redis.client().client_list()), 'no key tracking'
+    w = Workload(menv, nkeys=20)
+    w.run(100)
+    menv.wait_applied(100)
+    assert info(menv)['erbredis_applied'] == 100
+    unload(menv)
+    assert agent.proc.wait(timeout=10) != 0
+    assert 'exiting so that a restart' in agent.log_text()
+    w.run(100)                           # unapplied until an agent drains again
+    time.sleep(0.2)
+    assert menv.bpf.applied_seq == 100
+    agent2 = menv.agent()
+    menv.wait_applied(200)
+    w.check_redis()
+    check_replay(aof_seqs(menv.redis), 200, max_rewinds=0)
+    assert 'ring buffer' in agent2.log_text()
+
+
+def test_an_agent_that_reconnects_after_the_load_exits_instead_of_applying(menv):
+    agent = menv.agent()
+    wait_connected(agent, menv)
+    menv.redis.client().client_kill_filter(_type='normal', skipme=True)
+    # the agent reconnects with backoff; loading may race it: either order ends with one consumer
+    for _attempt in range(50):
+        try:
+            load(menv)
+            break
+        except redis.ResponseError:
+            time.sleep(0.05)
+    else:
+        pytest.fail('the module never loaded')
+    wait_for(lambda: not agent.alive(), timeout=10, what='the full-mode agent to exit')
+    menv.bpf.produce_wait(b'k2', b'v2')
+    menv.wait_applied(1)
+    assert info(menv)['erbredis_applied'] == 1
+
+
+def test_a_change_by_redis_deletes_the_entry_at_once(menv):
+    load(menv)
+    c = menv.redis.client()
+    for cmd in (lambda k: c.set(k, b'other'), lambda k: c.append(k, b'x'), c.delete,
+                lambda k: c.expire(k, 100), lambda k: c.rename(k, k + b'-renamed')):
+        key = b'inval:%d' % time.monotonic_ns()
+        c.set(key, b'1')
+        menv.bpf.cache_put(key, b'1')
+        assert menv.bpf.cache_state(key) == 'valid'
+        before = menv.bpf.wepoch(key)
+        cmd(key)
+        # synchronous: by the time the command's reply is here, the entry is gone
+        assert menv.bpf.cache_state(key) == 'gone'
+        assert menv.bpf.wepoch(key) > before
+    assert info(menv)['erbredis_deleted'] == 5
+
+
+def test_expiry_deletes_the_entry(menv):
+    load(menv)
+    c = menv.redis.client()
+    c.set(b'ttl', b'1', px=30)
+    menv.bpf.cache_put(b'ttl', b'1')
+    time.sleep(0.1)
+    assert c.get(b'ttl') is None         # expired (lazily, if not actively yet)
+    assert menv.bpf.cache_state(b'ttl') == 'gone'
+
+
+def test_own_applies_keep_their_entries_and_pending_entries_are_never_deleted(menv):
+    load(menv)
+    menv.bpf.cache_put(b'mine', b'v1', wseq=1)
+    menv.bpf.produce_wait(b'mine', b'v1')
+    menv.wait_applied(1)
+    assert menv.bpf.cache_state(b'mine') == 'valid'
+    assert info(menv)['erbredis_deleted'] == 0
+    # an entry whose write Redis lacks (wseq > applied_seq) stays whatever Redis does
+    menv.bpf.write_seq = 10
+    menv.bpf.cache_put(b'pending', b'new', wseq=10)
+    menv.redis.client().set(b'pending', b'old')
+    assert menv.bpf.cache_state(b'pending') == 'valid'
+
+
+def test_flushall_empties_the_cache_but_never_pending_entries(menv):
+    load(menv)
+    c = menv.redis.client()
+    menv.bpf.cache_put(b'a', b'1')
+    gen = menv.bpf.cache_gen
+    c.flushall()
+    assert menv.bpf.cache_gen == gen + 1 and menv.bpf.cache_state(b'a') == 'gone'
+    # with a write pending, a sweep instead: the pending entry stays, the others go
+    menv.bpf.write_seq = menv.bpf.applied_seq + 1
+    menv.bpf.cache_put(b'b', b'1')
+    menv.bpf.cache_put(b'p', b'2', wseq=menv.bpf.write_seq)
+    c.flushdb()
+    assert menv.bpf.cache_gen == gen + 1
+    assert menv.bpf.cache_state(b'b') == 'gone' and menv.bpf.cache_state(b'p') == 'valid'
+    c.swapdb(0, 1)
+    assert menv.bpf.cache_state(b'p') == 'valid'
+    assert info(menv)['erbredis_flushes'] >= 4     # load, FLUSHALL, FLUSHDB, SWAPDB
