@@ -73,6 +73,7 @@ typedef uint64_t RedisModuleTimerID;
 typedef struct { uint64_t id, dataver; } RedisModuleEvent;
 
 static int (*rm_get_api)(const char *name, void *fp);
+static int (*RM_IsModuleNameBusy)(const char *);
 static int (*RM_SetModuleAttribs)(RedisModuleCtx *, const char *, int, int);
 static RedisModuleCallReply *(*RM_Call)(RedisModuleCtx *, const char *, const char *, ...);
 static int (*RM_CallReplyType)(RedisModuleCallReply *);
@@ -102,7 +103,7 @@ struct api_fn {
 
 #define FN(n) { "RedisModule_" #n, &RM_##n }
 static const struct api_fn api_fns[] = {
-	FN(SetModuleAttribs), FN(Call), FN(CallReplyType), FN(CallReplyStringPtr), FN(FreeCallReply),
+	FN(IsModuleNameBusy), FN(SetModuleAttribs), FN(Call), FN(CallReplyType), FN(CallReplyStringPtr), FN(FreeCallReply),
 	FN(SelectDb), FN(GetDetachedThreadSafeContext), FN(FreeThreadSafeContext), FN(EventLoopAdd),
 	FN(EventLoopDel), FN(CreateTimer), FN(StringPtrLen), FN(Log), FN(SubscribeToKeyspaceEvents),
 	FN(SubscribeToServerEvent), FN(RegisterInfoFunc), FN(InfoAddSection), FN(InfoAddFieldULongLong),
@@ -136,6 +137,7 @@ static struct {
 	uint32_t *wepoch;
 	size_t global_len, cache_len, tags_len, wepoch_len;
 	uint32_t entries, hash_prime, max_probes;
+	uint32_t global_id;		/* erb_global's map id: are the pins still these maps? */
 	uint64_t *bits, base;		/* applied seqs above base, as erb-agent's tracker */
 	RedisModuleCtx *dctx;		/* for CreateTimer from the event loop callback */
 	bool armed, applying, draining;
@@ -203,6 +205,8 @@ static void *array_map(const char *name, uint32_t value_size, uint32_t min_entri
 			 ERB_LAYOUT_VERSION, value_size);
 		return NULL;
 	}
+	if (fd == &m.global_fd)
+		m.global_id = info.id;
 	*len = page_up((size_t)info.max_entries * value_size);
 	p = mmap(NULL, *len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, *fd, 0);
 	if (p == MAP_FAILED) {
@@ -671,10 +675,28 @@ static void on_ring(int fd, void *unused, int mask)
 	}
 }
 
+/*
+ * 1 while the pin directory still holds the maps this module opened; 0 once
+ * ERB was detached (or attached again: new maps) there, and the module works
+ * on maps nobody else uses any more: unload it (the role loads it again).
+ */
+static unsigned long long maps_current(void)
+{
+	struct bpf_map_info info;
+	char err[8];
+	int fd = pin_open("map_erb_global", err, sizeof(err));
+	bool same = fd >= 0 && !map_info(fd, &info) && info.id == m.global_id;
+
+	if (fd >= 0)
+		close(fd);
+	return same;
+}
+
 static void on_info(RedisModuleInfoCtx *ic, int for_crash_report)
 {
 	(void)for_crash_report;
 	RM_InfoAddSection(ic, "");
+	RM_InfoAddFieldULongLong(ic, "maps_current", for_crash_report ? 1 : maps_current());
 	RM_InfoAddFieldULongLong(ic, "applied", m.st.applied);
 	RM_InfoAddFieldULongLong(ic, "applied_seq", m.global ? applied_seq() : 0);
 	RM_InfoAddFieldULongLong(ic, "write_seq", m.global ? m.global->write_seq : 0);
@@ -726,6 +748,9 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 	for (size_t i = 0; i < sizeof(api_fns) / sizeof(api_fns[0]); i++)
 		if (rm_get_api(api_fns[i].name, api_fns[i].fp) != RM_OK)
 			return RM_ERR;	/* a Redis without it (before 7.0): nothing to log with */
+	/* loaded already: dlopen() gave this same copy, whose state is in use */
+	if (RM_IsModuleNameBusy(MODULE_NAME) || m.draining)
+		return RM_ERR;
 	RM_SetModuleAttribs(ctx, MODULE_NAME, 1, RM_APIVER);
 	if (argc != 1)
 		return fail(ctx, "erb_redis: one argument: the pin directory of ERB's maps "

@@ -148,6 +148,8 @@ write_redis_conf() {
 	appendfsync everysec
 	appenddirname appendonlydir
 	save ""
+	# erb_io_redis_module loads erb_redis with MODULE LOAD over the unix socket
+	enable-module-command local
 	EOF
 	mv "$d/redis.conf.new" "$d/redis.conf"
 }

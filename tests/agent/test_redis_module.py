@@ -64,6 +64,9 @@ def test_applies_records_in_order_with_the_aof_and_publishes_applied_seq(menv):
     assert i['erbredis_applied'] == 3000 and i['erbredis_errors'] == 0 and i['erbredis_bad_records'] == 0
     assert i['erbredis_applied_seq'] == 3000 == i['erbredis_write_seq']
     assert 1 <= i['erbredis_batches'] <= 3000
+    assert i['erbredis_maps_current'] == 1
+    (menv.bpf.pin_dir / 'map_erb_global').unlink()     # detached: the maps are not ERB's any more
+    assert info(menv)['erbredis_maps_current'] == 0
 
 
 def test_records_left_in_the_ring_are_applied_at_load(menv):
@@ -74,6 +77,15 @@ def test_records_left_in_the_ring_are_applied_at_load(menv):
     menv.wait_applied(200)
     w.check_redis()
     check_replay(aof_seqs(menv.redis), 200, max_rewinds=0)
+
+
+def test_a_second_load_is_refused_and_the_first_goes_on(menv):
+    load(menv)
+    with pytest.raises(redis.ResponseError):
+        load(menv)
+    menv.bpf.produce_wait(b'k', b'v')
+    menv.wait_applied(1)
+    assert info(menv)['erbredis_applied'] == 1 and info(menv)['erbredis_batches'] >= 1
 
 
 def test_bad_pin_dir_and_arguments_are_refused_clearly(menv, tmp_path):
