@@ -86,6 +86,17 @@ def commandstats(i):
     return stats
 
 
+def io_path(i):
+    """Which I/O path applies the SETs answered in XDP: erb_redis (INFO erbredis) or erb-agent."""
+    text = sh(['ip', 'netns', 'exec', 'erb-r%d' % i, 'redis-cli', '-s', '%s/r%d/redis.sock' % (FLEET_DIR, i),
+               'INFO', 'erbredis'])
+    fields = dict(line.split(':', 1) for line in text.splitlines() if ':' in line)
+    if 'erbredis_applied' not in fields:
+        return 'erb-agent (ring buffer)'
+    return 'erb_redis in redis-server: %s SETs applied, %s keys invalidated' % (
+        fields['erbredis_applied'].strip(), fields['erbredis_deleted'].strip())
+
+
 def benchmark(i, keys, requests):
     """redis-benchmark GETs on keys it first SETs itself (key:__rand_int__); returns its summary."""
     base = ['ip', 'netns', 'exec', 'erb-c%d' % i, 'redis-benchmark', '-h', '10.250.%d.1' % i, '-p', str(PORT),
@@ -151,6 +162,7 @@ def main():
               % ' '.join('%s=%d' % kv for kv in moved.items()))
         cache = final_info[name]['cache']
         print('  cache: %d valid of %d entries' % (cache['valid'], cache['entries']))
+        print('  I/O path: %s' % io_path(i))
         if run['mismatches']:
             print('  FAIL: some GET replies differed from the values SET')
             ok = False

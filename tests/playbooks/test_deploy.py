@@ -48,11 +48,16 @@ def pins(h):
     return out
 
 
+# The role's default I/O path (erb-agent drains the ring), whatever the local inventory chooses:
+# these tests stop the agent to hold writes unapplied. test_deploy_rmod.py covers erb_redis.
+AGENT_PATH = {'erb_io_redis_module': False}
+
+
 @pytest.fixture(scope='module')
 def deployed(fleet, ansible_playbook):
     """deploy.yml run once on the fleet; rollback.yml at the end whatever happened."""
     require_bpf_objects(BPF_OBJECT)
-    first = ansible_playbook('deploy.yml')
+    first = ansible_playbook('deploy.yml', extra_vars=AGENT_PATH)
     yield first
     ansible_playbook('rollback.yml')
 
@@ -113,7 +118,7 @@ class TestDeployRollback:
     def test_second_run_changes_nothing(self, fleet, deployed, ansible_playbook):
         assert deployed.rc == 0, deployed.output[-6000:]
         ids_before = {h.name: link_state(h) for h in fleet.hosts}
-        second = ansible_playbook('deploy.yml')
+        second = ansible_playbook('deploy.yml', extra_vars=AGENT_PATH)
         assert second.rc == 0, second.output[-6000:]
         assert sorted(second.recap) == sorted(h.name for h in fleet.hosts)
         for host, counts in second.recap.items():
@@ -130,7 +135,7 @@ class TestDeployRollback:
         before = link_state(h)
         old = _write_meta(h, layout_version=_layout_version() - 1, object_sha256='0' * 64)
         assert old['layout_version'] == _layout_version() - 1
-        up = ansible_playbook('deploy.yml', limit=h.name)
+        up = ansible_playbook('deploy.yml', limit=h.name, extra_vars=AGENT_PATH)
         assert up.rc == 0, up.output[-6000:]
         out = up.output
         assert 'Drain and detach the state of another layout version on %s' % h.iface in out
