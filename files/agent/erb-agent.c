@@ -1691,12 +1691,15 @@ static int name_connection(struct agent *a)
 {
 	const char *argv[] = { "CLIENT", "SETNAME", a->rmod ? "erb-agent-assist" : "erb-agent" };
 	redisReply *r = command(a->apply, "CLIENT SETNAME", 3, argv);
-	bool ok = r && reply_ok(r);
 
-	if (r && !ok)
-		log_warn("CLIENT SETNAME: unexpected reply");
+	if (!r)
+		return -1;	/* the connection failed: a new session */
+	/* a Redis user without CLIENT SETNAME: applying matters more than the guard */
+	if (!reply_ok(r))
+		log_warn("CLIENT SETNAME refused (%s): erb_redis cannot see that this agent drains the ring; "
+			 "stop the agent before loading it", r->type == REDIS_REPLY_ERROR ? r->str : "?");
 	freeReplyObject(r);
-	return ok ? 0 : -1;
+	return 0;
 }
 
 static void session_close(struct agent *a)

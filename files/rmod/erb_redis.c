@@ -519,7 +519,8 @@ static void cache_flush(RedisModuleCtx *ctx, const char *why)
 	for (uint32_t i = 0; i < m.entries; i++) {
 		struct erb_entry *e = &m.cache[i];
 
-		if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != ERB_ENTRY_VALID)
+		if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != ERB_ENTRY_VALID ||
+		    __atomic_load_n(&e->gen, __ATOMIC_ACQUIRE) != gen)
 			continue;
 		if (!entry_lock(e)) {
 			m.st.lock_timeouts++;
@@ -551,7 +552,9 @@ static void invalidate(RedisModuleCtx *ctx, const char *key, size_t klen)
 
 		if (!t)
 			return;		/* never written: the chain ends (erb_cache.h) */
-		if (t != tag || __atomic_load_n(&e->hash, __ATOMIC_ACQUIRE) != h)
+		/* an entry of an older cache_gen is dead already: never wait for its lock */
+		if (t != tag || __atomic_load_n(&e->hash, __ATOMIC_ACQUIRE) != h ||
+		    __atomic_load_n(&e->gen, __ATOMIC_ACQUIRE) != gen)
 			continue;
 		if (!entry_lock(e)) {
 			m.st.lock_timeouts++;
@@ -625,7 +628,7 @@ static void drain(RedisModuleCtx *ctx, void *unused)
 {
 	unsigned long pos = __atomic_load_n(m.ring.consumer_pos, __ATOMIC_ACQUIRE);
 	unsigned long prod = __atomic_load_n(m.ring.producer_pos, __ATOMIC_ACQUIRE);
-	int db = 0;
+	int db = -1;		/* a timer's context may come with any db selected */
 
 	(void)unused;
 	m.armed = false;
@@ -653,8 +656,6 @@ static void drain(RedisModuleCtx *ctx, void *unused)
 		}
 		pos = sample_next(pos, hdr);
 	}
-	if (db)
-		RM_SelectDb(ctx, 0);
 	__atomic_store_n(m.ring.consumer_pos, pos, __ATOMIC_RELEASE);
 	publish();
 }

@@ -7,6 +7,7 @@ BPF maps (ring buffer, mmapped erb_global/erb_cache/erb_tags/erb_wepoch) fed by
 BPF_PROG_TEST_RUN, the same harness as erb-agent's tests; and the hand-over
 between the module and erb-agent."""
 
+import struct
 import subprocess
 import time
 
@@ -214,3 +215,22 @@ def test_flushall_empties_the_cache_but_never_pending_entries(menv):
     c.swapdb(0, 1)
     assert menv.bpf.cache_state(b'p') == 'valid'
     assert info(menv)['erbredis_flushes'] >= 4     # load, FLUSHALL, FLUSHDB, SWAPDB
+
+
+def test_a_stuck_entry_lock_empties_the_cache_instead_and_dead_entries_are_never_waited_for(menv):
+    """An entry lock nobody releases (a consumer killed holding it): the invalidation gives up
+    on it and empties the cache by cache_gen instead (never a stale entry left); an entry of an
+    older cache_gen is dead already, and its lock is not waited for at all."""
+    load(menv)
+    c = menv.redis.client()
+    c.set(b'stuck', b'1')
+    idx = menv.bpf.cache_put(b'stuck', b'1')
+    struct.pack_into('<I', menv.bpf.cache, idx * agentlib.ENTRY_SIZE, 1)    # e->lock, held for good
+    gen = menv.bpf.cache_gen
+    c.set(b'stuck', b'2')
+    assert menv.bpf.cache_gen == gen + 1 and menv.bpf.cache_state(b'stuck') == 'gone'
+    assert info(menv)['erbredis_lock_timeouts'] == 1
+    t = time.monotonic()
+    c.set(b'stuck', b'3')                # the locked entry is of the old cache_gen now
+    assert time.monotonic() - t < 0.5
+    assert info(menv)['erbredis_lock_timeouts'] == 1 and menv.bpf.cache_gen == gen + 1
