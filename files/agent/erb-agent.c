@@ -95,6 +95,7 @@
 
 #include "erb.h"
 #include "erb_record.h"
+#include "erb_cache_user.h"
 
 #define EXIT_RUNTIME		1
 #define EXIT_CONFIG		2
@@ -356,15 +357,6 @@ static unsigned int backoff_next(unsigned int ms)
 	if (!ms)
 		return BACKOFF_MIN_MS;
 	return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
-}
-
-static uint32_t fnv1a(const char *p, size_t n)
-{
-	uint32_t h = 2166136261U;
-
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (uint8_t)p[i]) * 16777619U;
-	return h;
 }
 
 /* ---------------------------------------------------------------- histogram */
@@ -756,25 +748,6 @@ static long long json_uint(const char *json, const char *key)
 	return (long long)v;
 }
 
-static bool is_prime(uint32_t n)
-{
-	if (n < 2)
-		return false;
-	for (uint32_t i = 2; (uint64_t)i * i <= n; i++)
-		if (n % i == 0)
-			return false;
-	return true;
-}
-
-/* Same as erb_loader.hash_prime(): largest prime < n, else 1. */
-static uint32_t hash_prime_of(uint32_t n)
-{
-	for (uint32_t p = n - 1; p >= 2; p--)
-		if (is_prime(p))
-			return p;
-	return 1;
-}
-
 static int read_meta(struct agent *a)
 {
 	char json[META_SIZE + 1];
@@ -798,7 +771,7 @@ static int read_meta(struct agent *a)
 	}
 	a->cache_entries = (uint32_t)v;
 	v = json_uint(json, "hash_prime");
-	a->hash_prime = v >= 1 ? (uint32_t)v : hash_prime_of(a->cache_entries);
+	a->hash_prime = v >= 1 ? (uint32_t)v : erb_hash_prime(a->cache_entries);
 	v = json_uint(json, "max_probes");
 	a->max_probes = v >= 1 && v <= ERB_MAX_PROBES ? (uint32_t)v : ERB_MAX_PROBES;
 	log_info("cache: %u entries, hash prime %u, %u probes", a->cache_entries, a->hash_prime,
@@ -1802,34 +1775,25 @@ static void wepoch_bump_all(struct agent *a)
 
 static struct erb_entry *cache_slot(struct agent *a, uint32_t h, uint32_t i)
 {
-	uint64_t step = 1 + (a->hash_prime ? h % a->hash_prime : 0);
-
-	return &a->cache[((uint64_t)h + i * step) % a->cache_entries];
+	return &a->cache[erb_cache_index(h, i, a->hash_prime, a->cache_entries)];
 }
 
 enum del_result { DEL_DONE, DEL_BUSY, DEL_CHANGED };
 
 /*
  * Delete e if it still is version ver (0: any version) and Redis has its
- * write. Lock protocol of erb.bpf.c cache_store(): cmpxchg lock 0->1, ver odd
- * while changing.
+ * write (erb_cache_user.h: the lock and tombstone protocol of erb.bpf.c
+ * cache_store()).
  */
 static enum del_result cache_delete(struct agent *a, struct erb_entry *e, uint32_t ver)
 {
-	uint32_t zero = 0;
 	enum del_result res = DEL_CHANGED;
 
-	if (!__atomic_compare_exchange_n(&e->lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+	if (!erb_entry_trylock(e))
 		return DEL_BUSY;
-	if ((!ver || __atomic_load_n(&e->ver, __ATOMIC_ACQUIRE) == ver) &&
-	    __atomic_load_n(&e->state, __ATOMIC_RELAXED) == ERB_ENTRY_VALID &&
-	    __atomic_load_n(&e->wseq, __ATOMIC_RELAXED) <= load_applied(a)) {
-		__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
-		__atomic_store_n(&e->state, ERB_ENTRY_TOMB, __ATOMIC_RELEASE);
-		__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
+	if ((!ver || __atomic_load_n(&e->ver, __ATOMIC_ACQUIRE) == ver) && erb_entry_tomb(e, load_applied(a)))
 		res = DEL_DONE;
-	}
-	__atomic_store_n(&e->lock, 0, __ATOMIC_RELEASE);
+	erb_entry_unlock(e);
 	return res;
 }
 
@@ -1879,7 +1843,7 @@ enum verify_result { V_NOT_CACHED, V_KEPT, V_DELETED, V_RETRY };
 static enum verify_result cache_verify(struct agent *a, const char *key, size_t klen,
 				       const struct redis_value *rv)
 {
-	uint32_t h = fnv1a(key, klen), gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
+	uint32_t h = erb_fnv1a(key, klen), gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
 	enum verify_result res = V_NOT_CACHED;
 	struct entry_view v;
 
@@ -1915,8 +1879,8 @@ static enum verify_result cache_verify(struct agent *a, const char *key, size_t 
 /* Is there a live entry for key at all (no Redis round trip needed if not)? */
 static bool cache_has(struct agent *a, const char *key, size_t klen)
 {
-	uint32_t h = fnv1a(key, klen), gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
-	uint8_t tag = h >> 24 ? h >> 24 : 1;
+	uint32_t h = erb_fnv1a(key, klen), gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
+	uint8_t tag = erb_hash_tag(h);
 
 	for (uint32_t i = 0; i < a->max_probes; i++) {
 		const struct erb_entry *e = cache_slot(a, h, i);
@@ -1955,7 +1919,7 @@ static bool cache_flush(struct agent *a, const char *why)
 	unsigned int deleted = 0, kept = 0;
 	bool complete = true;
 
-	if (load_write_seq(a) <= applied) {
+	if (erb_cache_gen_flushable(a->global, applied)) {
 		/* fills compare cache_gen too: none captured before is stored */
 		__atomic_fetch_add(&a->global->cache_gen, 1, __ATOMIC_ACQ_REL);
 		a->st.flushes++;
@@ -2030,7 +1994,7 @@ static void handle_message(struct agent *a, const redisReply *r)
 			continue;
 		a->st.inval_received++;
 		/* first: a fill of this key in flight may hold the old value */
-		wepoch_bump(a, fnv1a(k->str, k->len));
+		wepoch_bump(a, erb_fnv1a(k->str, k->len));
 		if (k->len > ERB_KEY_MAX || !cache_has(a, k->str, k->len)) {
 			a->st.inval_not_cached++;
 			continue;

@@ -48,6 +48,7 @@
 
 #include "erb.h"
 #include "erb_record.h"
+#include "erb_cache_user.h"
 
 /* ------------------------------------------------------------ Redis module API */
 
@@ -259,17 +260,8 @@ static int read_meta(char *err, size_t errlen)
 	m.hash_prime = v >= 1 && v < m.entries ? (uint32_t)v : 0;
 	v = meta_number(json, "max_probes");
 	m.max_probes = v >= 1 && v <= ERB_MAX_PROBES ? (uint32_t)v : ERB_MAX_PROBES;
-	/* as erb_loader.hash_prime(): the largest prime below the entry count */
-	for (uint32_t p = m.entries - 1; !m.hash_prime && p >= 2; p--) {
-		uint32_t d = 2;
-
-		while ((uint64_t)d * d <= p && p % d)
-			d++;
-		if ((uint64_t)d * d > p)
-			m.hash_prime = p;
-	}
 	if (!m.hash_prime)
-		m.hash_prime = 1;
+		m.hash_prime = erb_hash_prime(m.entries);
 	return 0;
 }
 
@@ -456,22 +448,10 @@ static int recover(char *err, size_t errlen)
 
 /* -------------------------------------------------------------------- cache */
 
-static uint32_t fnv1a(const char *p, size_t n)
-{
-	uint32_t h = 2166136261U;
-
-	while (n--)
-		h = (h ^ (uint8_t)*p++) * 16777619U;
-	return h;
-}
-
 static bool entry_lock(struct erb_entry *e)
 {
 	for (uint32_t i = 0; i < LOCK_SPINS; i++) {
-		uint32_t zero = 0;
-
-		if (__atomic_compare_exchange_n(&e->lock, &zero, 1, false, __ATOMIC_ACQUIRE,
-						__ATOMIC_RELAXED))
+		if (erb_entry_trylock(e))
 			return true;
 #if defined(__x86_64__) || defined(__i386__)
 		__builtin_ia32_pause();
@@ -480,22 +460,10 @@ static bool entry_lock(struct erb_entry *e)
 	return false;
 }
 
-static void entry_unlock(struct erb_entry *e)
-{
-	__atomic_store_n(&e->lock, 0, __ATOMIC_RELEASE);
-}
-
-/* Delete e (locked) unless Redis lacks its acknowledged write. */
+/* Delete e (locked) if it is of generation gen, unless Redis lacks its acknowledged write. */
 static bool entry_delete(struct erb_entry *e, uint32_t gen)
 {
-	if (__atomic_load_n(&e->state, __ATOMIC_RELAXED) != ERB_ENTRY_VALID ||
-	    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen ||
-	    __atomic_load_n(&e->wseq, __ATOMIC_RELAXED) > applied_seq())
-		return false;
-	__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
-	__atomic_store_n(&e->state, ERB_ENTRY_TOMB, __ATOMIC_RELEASE);
-	__atomic_fetch_add(&e->ver, 1, __ATOMIC_ACQ_REL);
-	return true;
+	return __atomic_load_n(&e->gen, __ATOMIC_RELAXED) == gen && erb_entry_tomb(e, applied_seq());
 }
 
 /*
@@ -509,7 +477,7 @@ static void cache_flush(RedisModuleCtx *ctx, const char *why)
 	unsigned long long deleted = 0;
 
 	m.st.flushes++;
-	if (__atomic_load_n(&m.global->write_seq, __ATOMIC_ACQUIRE) <= applied_seq()) {
+	if (erb_cache_gen_flushable(m.global, applied_seq())) {
 		__atomic_fetch_add(&m.global->cache_gen, 1, __ATOMIC_ACQ_REL);
 		RM_Log(ctx, "verbose", "cache emptied (%s): cache_gen %u", why, gen + 1);
 		return;
@@ -530,7 +498,7 @@ static void cache_flush(RedisModuleCtx *ctx, const char *why)
 			return;
 		}
 		deleted += entry_delete(e, gen);
-		entry_unlock(e);
+		erb_entry_unlock(e);
 	}
 	RM_Log(ctx, "verbose", "cache swept (%s; writes pending): %llu entries deleted", why, deleted);
 }
@@ -538,15 +506,14 @@ static void cache_flush(RedisModuleCtx *ctx, const char *why)
 /* Redis changed key: no entry of it may be served, no fill of it in flight stored. */
 static void invalidate(RedisModuleCtx *ctx, const char *key, size_t klen)
 {
-	uint32_t h = fnv1a(key, klen), gen;
-	uint8_t tag = h >> 24 ? h >> 24 : 1;
-	uint64_t step = 1 + h % m.hash_prime;
+	uint32_t h = erb_fnv1a(key, klen), gen;
+	uint8_t tag = erb_hash_tag(h);
 
 	m.st.invalidations++;
 	__atomic_fetch_add(&m.wepoch[h & (ERB_INFLIGHT_BUCKETS - 1)], 1, __ATOMIC_ACQ_REL);
 	gen = __atomic_load_n(&m.global->cache_gen, __ATOMIC_ACQUIRE);
 	for (uint32_t i = 0; i < m.max_probes; i++) {
-		uint32_t idx = (uint32_t)(((uint64_t)h + i * step) % m.entries);
+		uint32_t idx = erb_cache_index(h, i, m.hash_prime, m.entries);
 		struct erb_entry *e = &m.cache[idx];
 		uint8_t t = __atomic_load_n(&m.tags[idx], __ATOMIC_ACQUIRE);
 
@@ -563,7 +530,7 @@ static void invalidate(RedisModuleCtx *ctx, const char *key, size_t klen)
 		}
 		if (e->klen == klen && !memcmp(e->key, key, klen))
 			m.st.deleted += entry_delete(e, gen);
-		entry_unlock(e);
+		erb_entry_unlock(e);
 	}
 }
 

@@ -23,7 +23,7 @@ REQUIRED = ('MANIFEST.json', 'FILES.json', 'README.md', 'meta/runtime.yml',
             'playbooks/deploy.yml', 'playbooks/rollback.yml',
             'roles/erb/tasks/main.yml', 'roles/erb/meta/argument_specs.yml',
             'plugins/modules/bpf.py', 'plugins/module_utils/erb_loader.py',
-            'files/bpf/erb.bpf.o', 'files/bpf/erb.bpf.c', 'files/bpf/erb.h', 'files/bpf/erb_record.h',
+            'files/bpf/erb.bpf.o', 'files/bpf/erb.bpf.c', 'files/bpf/erb.h', 'files/bpf/erb_record.h', 'files/bpf/erb_cache_user.h',
             'files/bpf/Makefile',
             'files/agent/erb-agent.c', 'files/agent/Makefile', 'files/agent/erb-agent-supervise',
             'files/kmod/erb_io.c', 'files/kmod/Kbuild', 'files/kmod/Makefile', 'files/kmod/dkms.conf')

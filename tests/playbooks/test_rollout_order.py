@@ -56,7 +56,7 @@ def broken_agent_src(tmp_path):
     agent, bpf = tmp_path / 'agent', tmp_path / 'bpf'
     shutil.copytree(REPO / 'files' / 'agent', agent, ignore=shutil.ignore_patterns('erb-agent'))
     bpf.mkdir()
-    for h in ('erb.h', 'erb_record.h'):
+    for h in ('erb.h', 'erb_record.h', 'erb_cache_user.h'):
         shutil.copy(REPO / 'files' / 'bpf' / h, bpf / h)
     with open(agent / 'erb-agent.c', 'a') as f:
         f.write('\n#error "this agent source is broken on purpose (tests/playbooks/test_rollout_order.py)"\n')
