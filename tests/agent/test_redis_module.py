@@ -7,6 +7,8 @@ BPF maps (ring buffer, mmapped erb_global/erb_cache/erb_tags/erb_wepoch) fed by
 BPF_PROG_TEST_RUN, the same harness as erb-agent's tests; and the hand-over
 between the module and erb-agent."""
 
+import mmap
+import os
 import struct
 import subprocess
 import time
@@ -16,7 +18,7 @@ import redis
 
 import agentlib
 from agentlib import wait_for
-from test_agent import Workload, aof_seqs, check_replay, wait_connected
+from test_agent import RECORD_SAMPLE, Workload, aof_seqs, check_replay, wait_connected
 
 RMOD_DIR = agentlib.REPO / 'files' / 'rmod'
 RMOD = RMOD_DIR / 'erb_redis.so'
@@ -52,6 +54,30 @@ def info(env):
 
 def redis_log(env):
     return (env.redis.dir / 'redis.log').read_text()
+
+
+def ring_pos(env):
+    """The ring's (consumer_pos, producer_pos)."""
+    fd = env.bpf.fds['erb_events']
+    with mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ) as cons, \
+            mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ, offset=mmap.PAGESIZE) as prod:
+        return struct.unpack_from('<Q', cons, 0)[0], struct.unpack_from('<Q', prod, 0)[0]
+
+
+def set_consumer_pos(env, pos):
+    with mmap.mmap(env.bpf.fds['erb_events'], mmap.PAGESIZE, mmap.MAP_SHARED,
+                   mmap.PROT_READ | mmap.PROT_WRITE) as cons:
+        struct.pack_into('<Q', cons, 0, pos)
+
+
+def redis_cpu_s(env):
+    with open('/proc/%d/stat' % env.redis.proc.pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def sets_of(env, key):
+    return [c[2] for c in env.redis.aof_commands() if c[0].upper() == b'SET' and c[1] == key]
 
 
 def test_applies_records_in_order_with_the_aof_and_publishes_applied_seq(menv):
@@ -155,6 +181,49 @@ def test_an_agent_that_reconnects_after_the_load_exits_instead_of_applying(menv)
     menv.bpf.produce_wait(b'k2', b'v2')
     menv.wait_applied(1)
     assert info(menv)['erbredis_applied'] == 1
+
+
+def test_a_sleeping_redis_is_woken_by_each_record_and_an_idle_one_does_not_spin(menv):
+    """While Redis is awake the module leaves the ring's consumer_pos on the last sample it
+    applied, so that XDP's submits do not wake a Redis that is awake anyway; before Redis
+    sleeps it moves it over everything. Else a record after it would wake nobody, or the fd,
+    readable while consumer_pos lags, would keep Redis from sleeping at all."""
+    load(menv)
+    for i in range(30):
+        menv.bpf.produce_wait(b'k%d' % i, b'v%d' % i)
+        menv.wait_applied(i + 1, timeout=2)
+    wait_for(lambda: ring_pos(menv) == (30 * RECORD_SAMPLE,) * 2, timeout=2, what='consumer_pos caught up')
+    cpu = redis_cpu_s(menv)
+    time.sleep(1.0)
+    assert redis_cpu_s(menv) - cpu < 0.3, 'redis-server busy while idle: %.2f s of CPU in 1 s' % (
+        redis_cpu_s(menv) - cpu)
+    assert info(menv)['erbredis_applied'] == 30
+
+
+@pytest.mark.parametrize('next_consumer', ['erb-agent', 'erb_redis'])
+def test_a_sample_left_behind_but_applied_is_not_applied_again(menv, next_consumer):
+    """Redis killed while the module's consumer_pos was still on the last sample it applied:
+    applied_seq covers that sample, so the next consumer passes over it instead of applying
+    it again over a later write of its key by a client."""
+    load(menv)
+    menv.bpf.produce_wait(b'k', b'v1')
+    menv.bpf.produce_wait(b'j', b'w1')
+    menv.wait_applied(2)
+    unload(menv)
+    assert ring_pos(menv) == (2 * RECORD_SAMPLE,) * 2
+    set_consumer_pos(menv, RECORD_SAMPLE)          # as a kill of Redis while awake leaves it
+    c = menv.redis.client()
+    c.append(b'j', b'+client')
+    if next_consumer == 'erb-agent':
+        agent = menv.agent()
+        wait_for(lambda: 'passed over' in agent.log_text(), timeout=10, what='the agent passing over')
+    else:
+        load(menv)
+    menv.bpf.produce_wait(b'k', b'v2')
+    menv.wait_applied(3)
+    assert c.get(b'j') == b'w1+client' and c.get(b'k') == b'v2'
+    assert sets_of(menv, b'j') == [b'w1'] and sets_of(menv, b'k') == [b'v1', b'v2']
+    assert ring_pos(menv)[0] >= 2 * RECORD_SAMPLE
 
 
 def test_a_change_by_redis_deletes_the_entry_at_once(menv):
