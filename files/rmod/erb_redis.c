@@ -624,6 +624,7 @@ static void drain(RedisModuleCtx *ctx, void *unused)
 {
 	unsigned long pos = m.pos, last = pos;
 	unsigned long prod = __atomic_load_n(m.ring.producer_pos, __ATOMIC_ACQUIRE);
+	uint64_t last_seq = 0;	/* of the sample at last; 0: discarded, UINT64_MAX: none readable */
 	int db = -1;		/* a timer's context may come with any db selected */
 
 	(void)unused;
@@ -650,13 +651,20 @@ static void drain(RedisModuleCtx *ctx, void *unused)
 			if (sample_len(hdr) >= ERB_RECORD_HDR_SIZE)
 				seq_done(r->seq);
 		}
+		last_seq = hdr & BPF_RINGBUF_DISCARD_BIT ? 0 :
+			   sample_len(hdr) >= ERB_RECORD_HDR_SIZE && r->seq ? r->seq : UINT64_MAX;
 		last = pos;
 		pos = sample_next(pos, hdr);
 	}
 	publish();
 	if (pos != m.pos) {
 		m.pos = pos;
-		__atomic_store_n(m.ring.consumer_pos, last, __ATOMIC_RELEASE);
+		/*
+		 * One behind only over a sample applied_seq covers (a next consumer
+		 * passes over it, erb_ring_skip_applied()): not over one whose seq
+		 * waits for a lower one still reserved further on.
+		 */
+		__atomic_store_n(m.ring.consumer_pos, last_seq <= m.base ? last : pos, __ATOMIC_RELEASE);
 	}
 }
 
