@@ -6,6 +6,11 @@
 redis-server as the I/O path, erb-agent assisting; a re-run changes nothing; rollback.yml
 unloads it with every acknowledged write in Redis."""
 
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import time
 
 import pytest
@@ -13,6 +18,7 @@ import pytest
 from erb_conftest import BPF_OBJECT, require_bpf_objects
 
 RMOD = {'erb_io_redis_module': True}
+UNPRIVILEGED_PORT = 6380
 
 
 def modules(h):
@@ -74,3 +80,48 @@ def test_deploy_loads_erb_redis_the_agent_assists_and_rollback_unloads_it(host, 
     assert 'erbredis' not in modules(h)
     assert not h.has_xdp()
     assert h.redis_cli_local('GET', 'rmod:k') == 'v2'
+
+
+@pytest.fixture
+def unprivileged_redis(host):
+    """A second redis-server in the host's namespace, as user redis with no capabilities (as
+    Debian's redis-server.service runs it), on port 6380."""
+    d = tempfile.mkdtemp(prefix='erb-redis-user-')
+    os.chmod(d, 0o755)
+    shutil.chown(d, 'redis', 'redis')
+    argv = ['ip', 'netns', 'exec', host.ns, 'setpriv', '--reuid=redis', '--regid=redis', '--clear-groups',
+            '--inh-caps=-all', '--bounding-set=-all', 'redis-server', '--port', str(UNPRIVILEGED_PORT),
+            '--bind', host.server_ip, '--unixsocket', d + '/redis.sock', '--unixsocketperm', '777', '--dir', d,
+            '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--enable-module-command', 'local', '--daemonize', 'no',
+            '--logfile', d + '/redis.log']
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while host.run(['redis-cli', '-s', d + '/redis.sock', 'PING'], check=False).stdout.strip() != 'PONG':
+            assert proc.poll() is None and time.monotonic() < deadline, 'redis-server as user redis did not start'
+            time.sleep(0.05)
+        yield d
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.fleet
+@pytest.mark.bpf
+def test_a_redis_that_cannot_open_the_maps_is_refused_with_the_reason(host, ansible_playbook, unprivileged_redis):
+    """redis-server as user redis without CAP_BPF (kernel.unprivileged_bpf_disabled is not 0 here)
+    cannot open ERB's root-owned pins: preflight refuses erb_io_redis_module, says why and what to
+    do, before anything is attached."""
+    with open('/proc/sys/kernel/unprivileged_bpf_disabled') as f:
+        assert f.read().strip() != '0', 'this test needs unprivileged bpf() off (the Debian default, 2)'
+    dep = ansible_playbook('deploy.yml', limit=host.name,
+                           extra_vars=dict(RMOD, erb_redis_port=UNPRIVILEGED_PORT,
+                                           erb_redis_socket=unprivileged_redis + '/redis.sock'))
+    assert dep.rc != 0
+    out = dep.output
+    assert 'Check that redis-server can open' in out, out[-6000:]
+    assert 'runs as uid %d, not root and without CAP_DAC_OVERRIDE' % pwd.getpwnam('redis').pw_uid in out, out[-6000:]
+    assert 'without CAP_BPF while kernel.unprivileged_bpf_disabled is' in out, out[-6000:]
+    assert 'Set erb_io_redis_module to false' in out, out[-6000:]
+    assert not host.has_xdp()
