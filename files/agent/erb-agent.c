@@ -552,8 +552,9 @@ struct agent {
 	struct park park;
 	/* reporting */
 	struct stats st;
-	uint64_t started_ns, last_stats_ns;
+	uint64_t started_ns, last_stats_ns, last_pin_check_ns;
 	unsigned int connect_failures;
+	uint32_t global_id;		/* erb_global's map id: are the pins still these maps? */
 };
 
 /* -------------------------------------------------------------- atomics/maps */
@@ -687,6 +688,7 @@ static int open_global(struct agent *a)
 			ERB_LAYOUT_VERSION);
 		return -1;
 	}
+	a->global_id = info.id;
 	a->global_len = page_round(sizeof(struct erb_global), page);
 	a->global = map_mmap(a->global_fd, a->global_len, PROT_READ | PROT_WRITE, 0, "erb_global");
 	return a->global ? 0 : -1;
@@ -2638,6 +2640,42 @@ static int wait_events(struct agent *a, int timeout_ms)
 	return 0;
 }
 
+/*
+ * Are the pins still the maps this agent opened? ERB detached (pins gone) or
+ * detached and attached again (new maps) outside the role leaves this agent
+ * on maps nothing writes any more: once it has applied what their ring holds
+ * it must exit, so that a restart opens the new ones (or none). Checked once
+ * a second; a pin it cannot read for another reason counts as unchanged.
+ */
+static bool maps_replaced(struct agent *a)
+{
+	char path[PATH_MAX];
+	struct bpf_map_info info;
+	__u32 len = sizeof(info);
+	uint64_t t = now_ns();
+	bool replaced;
+	int fd;
+
+	if (t - a->last_pin_check_ns < 1000000000ULL)
+		return false;
+	a->last_pin_check_ns = t;
+	snprintf(path, sizeof(path), "%s/map_erb_global", a->opt.pin_dir);
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return errno == ENOENT;
+	memset(&info, 0, sizeof(info));
+	replaced = !bpf_obj_get_info_by_fd(fd, &info, &len) && info.id != a->global_id;
+	close(fd);
+	return replaced;
+}
+
+/* Nothing of the ring left to apply (the ring path; the batch is applied by now). */
+static bool ring_drained(struct agent *a)
+{
+	return a->rmod || a->kmod || __atomic_load_n(a->ring.consumer_pos, __ATOMIC_ACQUIRE) ==
+		__atomic_load_n(a->ring.producer_pos, __ATOMIC_ACQUIRE);
+}
+
 static int run(struct agent *a)
 {
 	struct epoll_event ev = { .events = EPOLLIN, .data.fd = -1 };
@@ -2681,6 +2719,17 @@ static int run(struct agent *a)
 		if (a->apply && process_invalidations(a))
 			session_close(a);
 		maybe_write_stats(a);
+		if (maps_replaced(a)) {
+			if (ring_drained(a)) {
+				log_info("ERB's maps in %s were removed or replaced (ERB detached, or attached "
+					 "again)%s; exiting so that a restart opens the maps there now",
+					 a->opt.pin_dir, a->rmod || a->kmod ? "" :
+					 ": every record of the old ring applied");
+				write_stats(a);
+				return EXIT_RUNTIME;
+			}
+			a->last_pin_check_ns = 0;	/* look again on the next turn */
+		}
 	}
 	return a->path_changed ? EXIT_RUNTIME : 0;
 }

@@ -267,6 +267,30 @@ def test_restart_recovers_records_consumed_but_not_published(env):
     assert 'applied_seq 5 (was 0)' in agent.log_text()
 
 
+def test_pins_removed_the_agent_applies_what_the_old_ring_holds_then_exits(env):
+    """ERB detached (or detached and attached again) outside the role: the agent's maps are no
+    longer the pinned ones. It must apply every record the old ring holds (acknowledged writes),
+    also when Redis is down at that moment, and only then exit, for a restart on the maps there
+    now; not go on forever on maps nothing writes to."""
+    agent = env.agent()
+    wait_connected(agent, env)
+    env.bpf.produce_wait(b'before', b'1')
+    env.wait_applied(1)
+    env.redis.kill(signal.SIGKILL)
+    for i in range(10):
+        env.bpf.produce_wait(b'held%d' % i, b'v%d' % i)
+    (env.bpf.pin_dir / 'map_erb_global').unlink()
+    time.sleep(2.5)                       # two pin checks: records are left, so it stays
+    assert agent.alive(), agent.log_text()[-2000:]
+    env.redis.start()
+    assert agent.proc.wait(timeout=30) == 1
+    assert env.bpf.applied_seq == 11
+    c = env.redis.client()
+    assert [c.get(b'held%d' % i) for i in range(10)] == [b'v%d' % i for i in range(10)]
+    assert 'were removed or replaced (ERB detached, or attached again): every record of the old ring ' \
+        'applied' in agent.log_text()
+
+
 def test_startup_errors_are_clear(env, tmp_path):
     p = subprocess.run([str(agentlib.AGENT_BIN), '--pin-dir', str(tmp_path / 'nope'),
                         '--redis-sock', str(env.redis.sock)], capture_output=True, text=True, timeout=10, check=False)
