@@ -1337,24 +1337,6 @@ static int recover_progress(struct agent *a)
 	sleep_ms(START_SETTLE_MS);
 	pos = __atomic_load_n(a->ring.consumer_pos, __ATOMIC_ACQUIRE);
 	prod = __atomic_load_n(a->ring.producer_pos, __ATOMIC_ACQUIRE);
-	/* what the consumer before applied but left in the ring (erb_redis's last sample) */
-	for (unsigned int waited = 0;; waited++) {
-		int busy;
-
-		pos = erb_ring_skip_applied(a->ring.data, a->ring.size - 1, pos, prod, published, &busy);
-		if (!busy)
-			break;
-		if (waited > 1000) {
-			log_err("ring sample at %lu stays reserved: cannot recover applied_seq", pos);
-			return -1;
-		}
-		sleep_ms(1);
-	}
-	if (pos != __atomic_load_n(a->ring.consumer_pos, __ATOMIC_ACQUIRE)) {
-		log_info("start: ring samples applied before (seq <= applied_seq %llu) passed over",
-			 (unsigned long long)published);
-		__atomic_store_n(a->ring.consumer_pos, pos, __ATOMIC_RELEASE);
-	}
 	for (unsigned int waited = 0; pos < prod && !stop_requested;) {
 		const uint32_t *hp = (const void *)(a->ring.data + (pos & (a->ring.size - 1)));
 		uint32_t hdr = __atomic_load_n(hp, __ATOMIC_ACQUIRE);

@@ -47,8 +47,6 @@ struct erb_record {
 #define ERB_RECORD_HDR_SIZE	24
 
 #if !defined(__KERNEL__) && !defined(__bpf__)
-#include <linux/bpf.h>	/* BPF_RINGBUF_* */
-
 /* User-space consumers (erb-agent, erb_redis): what is wrong with a sample of len bytes, or NULL. */
 static inline const char *erb_record_problem(const struct erb_record *r, __u32 len)
 {
@@ -65,38 +63,6 @@ static inline const char *erb_record_problem(const struct erb_record *r, __u32 l
 	return 0;
 }
 
-/*
- * At a consumer's start, from the ring's consumer position pos: the position
- * of the first sample that may hold a write not applied yet. A consumer
- * publishes applied_seq before it moves consumer_pos past what it applied,
- * and erb_redis keeps consumer_pos one sample behind what it applied while
- * Redis is awake (so that the programs' submits do not wake it: a submit
- * wakes the consumer only when consumer_pos is at the new sample). So the
- * leading samples whose seq is at most applied (applied_seq then) are
- * applied, and discarded ones hold nothing: both are passed over. Stops at a
- * sample still reserved (*busy set: wait for its commit and call again) or
- * at prod. data is the ring's data area, mask its size - 1.
- */
-static inline unsigned long erb_ring_skip_applied(const __u8 *data, unsigned long mask, unsigned long pos,
-						  unsigned long prod, __u64 applied, int *busy)
-{
-	*busy = 0;
-	while (pos < prod) {
-		const __u8 *p = data + (pos & mask);
-		__u32 hdr = __atomic_load_n((const __u32 *)p, __ATOMIC_ACQUIRE);
-		__u32 len = hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
-		const struct erb_record *r = (const void *)(p + BPF_RINGBUF_HDR_SZ);
-
-		if (hdr & BPF_RINGBUF_BUSY_BIT) {
-			*busy = 1;
-			break;
-		}
-		if (!(hdr & BPF_RINGBUF_DISCARD_BIT) && (len < ERB_RECORD_HDR_SIZE || !r->seq || r->seq > applied))
-			break;
-		pos += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
-	}
-	return pos;
-}
 #endif
 
 #endif /* ERB_RECORD_H */

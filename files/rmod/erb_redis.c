@@ -63,8 +63,6 @@
 #define RM_EVENT_FLUSHDB	2
 #define RM_EVENT_LOADING	3
 #define RM_EVENT_SWAPDB		11
-#define RM_EVENT_EVENTLOOP	15
-#define RM_SUBEVENT_EVENTLOOP_BEFORE_SLEEP	0
 #define RM_SUBEVENT_LOADING_ENDED	3
 #define RM_SUBEVENT_FLUSHDB_END		1
 
@@ -142,7 +140,6 @@ static struct {
 	uint32_t entries, hash_prime, max_probes;
 	uint32_t global_id;		/* erb_global's map id: are the pins still these maps? */
 	uint64_t *bits, base;		/* applied seqs above base, as erb-agent's tracker */
-	unsigned long pos;		/* ring position consumed; consumer_pos may stay one sample behind */
 	RedisModuleCtx *dctx;		/* for CreateTimer from the event loop callback */
 	bool armed, applying, draining;
 	struct {
@@ -435,10 +432,6 @@ static int recover(char *err, size_t errlen)
 		}
 		usleep(1000);
 	}
-	/* samples the consumer before applied but left in the ring (this module's last one) */
-	pos = erb_ring_skip_applied(m.ring.data, m.ring.size - 1, pos, prod, applied_seq(), &busy);
-	__atomic_store_n(m.ring.consumer_pos, pos, __ATOMIC_RELEASE);
-	m.pos = pos;
 	for (p = pos; p < prod; p = sample_next(p, hdr)) {
 		const struct erb_record *r = sample_at(p, &hdr);
 
@@ -611,20 +604,11 @@ static void apply(RedisModuleCtx *ctx, const struct erb_record *r, int *db)
 		RM_FreeCallReply(rep);
 }
 
-/*
- * Apply every committed record, in ring order, then publish how far:
- * applied_seq first, then consumer_pos, left at the last sample consumed
- * until Redis is about to sleep (before_sleep()). A submit wakes the ring's
- * consumer (an irq_work: a self-IPI on the submitting CPU, a VM exit on a
- * VM) only when consumer_pos is at the new sample: one behind, XDP's submits
- * do not wake a Redis that is awake anyway, and every record is still seen,
- * here or by the drain that the readable fd brings after before_sleep().
- */
+/* Apply every committed record, in ring order, then publish how far. */
 static void drain(RedisModuleCtx *ctx, void *unused)
 {
-	unsigned long pos = m.pos, last = pos;
+	unsigned long pos = __atomic_load_n(m.ring.consumer_pos, __ATOMIC_ACQUIRE);
 	unsigned long prod = __atomic_load_n(m.ring.producer_pos, __ATOMIC_ACQUIRE);
-	uint64_t last_seq = 0;	/* of the sample at last; 0: discarded, UINT64_MAX: none readable */
 	int db = -1;		/* a timer's context may come with any db selected */
 
 	(void)unused;
@@ -651,44 +635,10 @@ static void drain(RedisModuleCtx *ctx, void *unused)
 			if (sample_len(hdr) >= ERB_RECORD_HDR_SIZE)
 				seq_done(r->seq);
 		}
-		last_seq = hdr & BPF_RINGBUF_DISCARD_BIT ? 0 :
-			   sample_len(hdr) >= ERB_RECORD_HDR_SIZE && r->seq ? r->seq : UINT64_MAX;
-		last = pos;
 		pos = sample_next(pos, hdr);
 	}
+	__atomic_store_n(m.ring.consumer_pos, pos, __ATOMIC_RELEASE);
 	publish();
-	if (pos != m.pos) {
-		m.pos = pos;
-		/*
-		 * One behind only over a sample applied_seq covers (a next consumer
-		 * passes over it, erb_ring_skip_applied()): not over one whose seq
-		 * waits for a lower one still reserved further on.
-		 */
-		__atomic_store_n(m.ring.consumer_pos, last_seq <= m.base ? last : pos, __ATOMIC_RELEASE);
-	}
-}
-
-/*
- * consumer_pos over everything consumed: the next submit wakes the sleeping
- * Redis. A sample committed before this store (which did not wake) keeps the
- * fd readable, so epoll_wait returns at once (the fence orders the store
- * before the ring's poll reads producer_pos).
- */
-static void catch_up(void)
-{
-	if (__atomic_load_n(m.ring.consumer_pos, __ATOMIC_RELAXED) != m.pos) {
-		__atomic_store_n(m.ring.consumer_pos, m.pos, __ATOMIC_RELEASE);
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	}
-}
-
-static void on_eventloop(RedisModuleCtx *ctx, RedisModuleEvent e, uint64_t sub, void *data)
-{
-	(void)ctx;
-	(void)e;
-	(void)data;
-	if (sub == RM_SUBEVENT_EVENTLOOP_BEFORE_SLEEP && m.draining)
-		catch_up();
 }
 
 /*
@@ -808,7 +758,6 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_FLUSHDB, 1 }, on_server_event) ||
 	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_SWAPDB, 1 }, on_server_event) ||
 	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_LOADING, 1 }, on_server_event) ||
-	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_EVENTLOOP, 1 }, on_eventloop) ||
 	    RM_RegisterInfoFunc(ctx, on_info) != RM_OK ||
 	    RM_EventLoopAdd(m.ring.fd, RM_EVENTLOOP_READABLE, on_ring, NULL) != RM_OK) {
 		RM_FreeThreadSafeContext(m.dctx);
@@ -830,7 +779,6 @@ int RedisModule_OnUnload(RedisModuleCtx *ctx)
 {
 	m.draining = false;
 	RM_EventLoopDel(m.ring.fd, RM_EVENTLOOP_READABLE);
-	catch_up();
 	/* what the ring still holds is erb-agent's to apply after its restart */
 	__atomic_store_n(&m.global->rmod_pid, 0, __ATOMIC_RELEASE);
 	RM_Log(ctx, "notice", "erb_redis: unloaded at applied_seq %llu; erb-agent takes the ring",
