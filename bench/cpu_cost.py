@@ -18,10 +18,16 @@ core one request takes. One run, side by side, on the local fleet host erb-r1
   the agent has applied every acknowledged write, so its work is in it;
 - bpf_stats (kernel.bpf_stats_enabled, on for the run, restored after):
   erb_xdp and erb_tc_egress ns per run and runs per request;
-- for SET, the agent's CPU (schedstat of its threads) per write it applied;
+- for SET, the agent's CPU (schedstat of its threads) per write it applied
+  (with erb_redis, files/rmod, the I/O path in the fleet's default deployment,
+  the agent only assists and the applies are redis-server's own time);
 - redis-server's own CPU (schedstat of its threads) per request, both sides:
   with ERB, for SET, what Redis spends executing the acknowledged writes the
-  agent applies (Redis stays the source of truth: every fast SET runs there);
+  agent or erb_redis applies (Redis stays the source of truth: every fast SET
+  runs there);
+- irq_work IPIs per request (IWI in /proc/interrupts, all CPUs): the BPF ring
+  buffer's wakeups of its consumer when a submit finds it caught up, a VM exit
+  each on a VM; and the I/O path the ERB side ran with (erb_redis or erb-agent);
 - the floor: bench/bpf/reflector.bpf.c, a stateless XDP answerer (every
   request segment turned around with a fixed reply of the same size, no flow
   state, parsing, cache or sequence mapping) attached in erb_xdp's place and
@@ -186,10 +192,31 @@ def prog_stats(ids):
     return out
 
 
+def irq_work_interrupts():
+    """IWI of /proc/interrupts over all CPUs: irq_work self-IPIs, among them the ring buffer's
+    wakeups of its consumer (a VM exit each on this VM)."""
+    with open('/proc/interrupts') as f:
+        for ln in f:
+            if ln.split(':', 1)[0].strip() == 'IWI':
+                return sum(int(x) for x in ln.split(':', 1)[1].split() if x.isdigit())
+    return 0
+
+
+def erbredis_info():
+    """INFO erbredis as a dict ({} without erb_redis loaded)."""
+    out = gt.in_client(['redis-cli', '-h', gt.SERVER, 'info', 'erbredis'])
+    return dict((k, int(v)) for k, _sep, v in (ln.strip().partition(':') for ln in out.splitlines())
+                if k.startswith('erbredis_') and v.strip().isdigit())
+
+
+def io_path():
+    return 'erb_redis' if erbredis_info().get('erbredis_maps_current') == 1 else 'erb-agent'
+
+
 def snapshot(ids, agents, napi):
     return {'cpu_ns': cpu_busy_ns(gt.PLACEMENT.server_cpu), 'progs': prog_stats(ids),
             'agent_ns': task_ns(agents), 'redis_ns': task_ns([gt.PLACEMENT.redis_pid]), 'napi_ns': task_ns(napi),
-            'calls': sm.cmd_calls(), 'erb': sm.erb_counters(),
+            'calls': sm.cmd_calls(), 'erb': sm.erb_counters(), 'iwi': irq_work_interrupts(),
             't': time.time()}
 
 
@@ -228,7 +255,7 @@ def point(args, op, attached):
                server_us_per_req=(s1['cpu_ns'] - s0['cpu_ns']) / n / 1e3,
                redis_us_per_req=(s1['redis_ns'] - s0['redis_ns']) / n / 1e3,
                napi_us_per_req=(s1['napi_ns'] - s0['napi_ns']) / n / 1e3,
-               window_s=s1['t'] - s0['t'],
+               window_s=s1['t'] - s0['t'], iwi_per_req=(s1['iwi'] - s0['iwi']) / n,
                redis_calls=s1['calls'].get(op, 0) - s0['calls'].get(op, 0))
     for name in ids:
         t0, c0 = s0['progs'][name]
@@ -240,6 +267,7 @@ def point(args, op, attached):
                                for k in ('hit', 'miss', 'set_fast', 'pipelined', 'hold', 'rx_packets')}
         applied = res['redis_calls'] if op == 'set' else 0
         res['agent_us_per_write'] = ((s1['agent_ns'] - s0['agent_ns']) / applied / 1e3) if applied else None
+        res['io_path'] = io_path()
     return res
 
 
@@ -312,9 +340,10 @@ def summarize(runs, floors):
     for op in OPS:
         plain = [r for r in runs if r['op'] == op and not r['erb']]
         erb = [r for r in runs if r['op'] == op and r['erb']]
-        cols = ('rps', 'p50_ms', 'p99_ms', 'server_us_per_req', 'redis_us_per_req', 'napi_us_per_req')
+        cols = ('rps', 'p50_ms', 'p99_ms', 'server_us_per_req', 'redis_us_per_req', 'napi_us_per_req', 'iwi_per_req')
         o = {'plain': {k: med(plain, k) for k in cols},
              'erb': {k: med(erb, k) for k in cols + ('agent_us_per_write',)}}
+        o['erb']['io_path'] = ', '.join(sorted(set(r.get('io_path', 'erb-agent') for r in erb)))
         for prog in ('erb_xdp', 'erb_tc_egress'):
             o['erb'][prog] = {k: med(erb, prog, k) for k in ('ns_per_run', 'runs_per_req')}
         if o['plain']['server_us_per_req'] and o['erb']['server_us_per_req']:
@@ -335,7 +364,8 @@ def bound(op, o):
         what = 'the floor (reflector)'
     else:
         us = (o['erb'].get('redis_us_per_req') or 0) + (o['erb'].get('agent_us_per_write') or 0)
-        what = 'redis-server + erb-agent applying the writes'
+        what = ('redis-server executing the writes erb_redis applies' if o['erb']['io_path'] == 'erb_redis'
+                else 'redis-server + erb-agent applying the writes')
     plain = o['plain']['server_us_per_req']
     if not us or not plain:
         return None
@@ -384,6 +414,7 @@ def line(r):
             '%.0f' % t['ns_per_run'] if t.get('ns_per_run') else '-', t.get('runs_per_req', 0))
         if r.get('agent_us_per_write'):
             s += '  agent %.2f us/write' % r['agent_us_per_write']
+        s += '  IWI %.3f/req (%s)' % (r['iwi_per_req'], r.get('io_path'))
     return s + '  redis-server %.2f us/req  Redis %s calls %d' % (r['redis_us_per_req'], r['op'].upper(),
                                                                   r['redis_calls'])
 
@@ -446,7 +477,8 @@ def main():
                  x['runs_per_req'] or 0, '%.0f' % t['ns_per_run'] if t['ns_per_run'] else '-',
                  t['runs_per_req'] or 0, s.get('cpu_ratio', 0),
                  ('   agent %.2f us/write' % s['erb']['agent_us_per_write'])
-                 if s['erb'].get('agent_us_per_write') else ''))
+                 if s['erb'].get('agent_us_per_write') else '') +
+              '   irq_work IPIs %.3f/req (I/O path: %s)' % (s['erb']['iwi_per_req'] or 0, s['erb']['io_path']))
     refl = summary['get']['floor']['xdp_ns_per_run']
     for op in OPS:
         s, b = summary[op], summary[op]['bound']
