@@ -2173,10 +2173,10 @@ static uint64_t fills_now(struct agent *a)
  */
 static bool cache_mark_verified(struct erb_entry *e, uint32_t ver, uint32_t *new_ver)
 {
-	uint32_t zero = 0, type;
+	uint32_t type;
 	bool done = false;
 
-	if (!__atomic_compare_exchange_n(&e->lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+	if (!erb_entry_trylock(e))
 		return false;
 	type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
 	if (__atomic_load_n(&e->ver, __ATOMIC_ACQUIRE) == ver &&
@@ -2188,7 +2188,7 @@ static bool cache_mark_verified(struct erb_entry *e, uint32_t ver, uint32_t *new
 		*new_ver = __atomic_add_fetch(&e->ver, 1, __ATOMIC_ACQ_REL);
 		done = true;
 	}
-	__atomic_store_n(&e->lock, 0, __ATOMIC_RELEASE);
+	erb_entry_unlock(e);
 	return done;
 }
 

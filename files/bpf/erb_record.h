@@ -62,7 +62,6 @@ static inline const char *erb_record_problem(const struct erb_record *r, __u32 l
 		return "key or value length out of range";
 	return 0;
 }
-
 #endif
 
 #endif /* ERB_RECORD_H */
