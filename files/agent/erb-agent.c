@@ -789,8 +789,12 @@ static int open_pin_optional(struct agent *a, const char *name)
 
 	snprintf(path, sizeof(path), "%s/%s", a->opt.pin_dir, name);
 	fd = bpf_obj_get(path);
-	if (fd < 0 && errno != ENOENT)
-		log_warn("cannot open pinned map %s: %s", path, strerror(errno));
+	if (fd < 0 && errno != ENOENT) {
+		int err = errno;
+
+		log_warn("cannot open pinned map %s: %s", path, strerror(err));
+		errno = err;	/* the caller's to tell */
+	}
 	return fd;
 }
 
@@ -2631,7 +2635,6 @@ static int wait_events(struct agent *a, int timeout_ms)
  */
 static bool maps_replaced(struct agent *a)
 {
-	char path[PATH_MAX];
 	struct bpf_map_info info;
 	__u32 len = sizeof(info);
 	uint64_t t = now_ns();
@@ -2641,8 +2644,7 @@ static bool maps_replaced(struct agent *a)
 	if (t - a->last_pin_check_ns < 1000000000ULL)
 		return false;
 	a->last_pin_check_ns = t;
-	snprintf(path, sizeof(path), "%s/map_erb_global", a->opt.pin_dir);
-	fd = bpf_obj_get(path);
+	fd = open_pin_optional(a, "map_erb_global");
 	if (fd < 0)
 		return errno == ENOENT;
 	memset(&info, 0, sizeof(info));

@@ -280,7 +280,7 @@ def test_pins_removed_the_agent_applies_what_the_old_ring_holds_then_exits(env):
     for i in range(10):
         env.bpf.produce_wait(b'held%d' % i, b'v%d' % i)
     (env.bpf.pin_dir / 'map_erb_global').unlink()
-    time.sleep(2.5)                       # two pin checks: records are left, so it stays
+    time.sleep(2.5)                       # its records are not in Redis yet (Redis is down): it stays
     assert agent.alive(), agent.log_text()[-2000:]
     env.redis.start()
     assert agent.proc.wait(timeout=30) == 1
