@@ -2344,10 +2344,16 @@ int erb_xdp(struct xdp_md *ctx)
 		 * A duplicate ACK at the start of our last answer while Redis has
 		 * sent bytes after it: the client lost the answer. Resend it now,
 		 * as the kernel's fast retransmit would, instead of the ACK.
+		 * With nothing sent after the answer, a duplicate ACK there that
+		 * carries SACK blocks reports a duplicate (D-SACK) below it: Redis
+		 * probed with its last reply (its tail-loss probe or RTO; the
+		 * ACKs the client sent for it went with answered requests), so the
+		 * answer at the tail is lost too. Without SACK such an ACK may be
+		 * a window update: the client's own RTO brings the request again.
 		 */
 		if (!k.plen && (f->flags & ERB_FLOW_ANSWERED) && a == f->last_rep_seq &&
 		    !(k.tcp->syn | k.tcp->fin | k.tcp->rst) &&
-		    after(READ_ONCE(f->s_nxt), f->last_rep_seq + f->last_rep_len)) {
+		    (after(READ_ONCE(f->s_nxt), f->last_rep_seq + f->last_rep_len) || o->sack_n)) {
 			rc = xdp_reanswer(ctx, &k, o, f, &key);
 			if (rc >= 0) {
 				if (rc == XDP_TX)

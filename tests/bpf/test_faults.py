@@ -91,6 +91,44 @@ def test_dup_ack_at_a_lost_answer_resends_it(erb):
     assert erb.stats()['answer_resent'] == 1
 
 
+def test_dsack_at_a_lost_last_answer_resends_it(erb):
+    """The answer was the last bytes of the flow and got lost. Redis, whose last reply the
+    client acknowledged only in requests XDP answered, probes with it (tail-loss probe or
+    RTO, ~200 ms on); the client, which has those bytes, sends a duplicate ACK with a D-SACK
+    at the answer's start. That is the kernel's signal of a lost tail: resend the answer
+    now, not only after the client's own RTO (often backed off by then: an RTO chain)."""
+    f = Flow(erb).handshake()
+    f.set(b'k', b'v')
+    last_seq, ack0 = f.s_seq, f.c_ack
+    rc, ans = f.get(b'k')
+    assert rc == XDP_TX, name(rc)
+    req_end = f.c_seq
+    # the answer is lost. Redis retransmits its +OK (it never saw the ACK the GET carried)
+    rc, probe = erb.tc(f.server_frame(b'+OK\r\n', seq=(last_seq - 5) & M32))
+    assert rc == TC_ACT_OK
+    p = Ether(probe)[TCP]
+    assert (ack0 - (p.seq + 5)) & M32 < 1 << 31, 'the probe reaches past the answer: %d, %d' % (p.seq + 5, ack0)
+    # the client has those bytes: a duplicate ACK at the answer's start, with a D-SACK of the probe
+    f.c_tsval = (f.c_tsval + 1) & M32
+    dsack = f.client_frame(flags='A', ack=ack0, options=[
+        ('NOP', None), ('NOP', None), ('Timestamp', (f.c_tsval, f.c_recent)),
+        ('NOP', None), ('NOP', None), ('SAck', (p.seq, (p.seq + 5) & M32))])
+    rc, out = erb.xdp(dsack)
+    assert rc == XDP_TX, 'D-SACK at a lost last answer: %s, the answer waits for the client\'s RTO' % name(rc)
+    assert tcp_payload(out) == bulk(b'v') and seg(out) == seg(ans)
+    assert Ether(out)[TCP].ack == req_end
+    assert_checksums(out)
+    assert erb.stats()['answer_resent'] == 1
+    # a duplicate ACK there without SACK (a window update) resends nothing
+    rc, out = erb.xdp(f.client_frame(flags='A', ack=ack0, window=200))
+    assert rc == XDP_PASS, name(rc)
+    assert erb.stats()['answer_resent'] == 1
+    # once the client has the answer, its ACK goes to Redis, which stops probing
+    rc, out = erb.xdp(f.client_frame(flags='A', ack=(ack0 + len(tcp_payload(ans))) & M32))
+    assert rc == XDP_PASS, name(rc)
+    assert Ether(out)[TCP].ack == f.s_seq
+
+
 def test_collapsed_retransmission_of_an_answered_request_is_answered(erb):
     f, ack0, req_seq, ans = answered(erb)
     ping = resp('PING')
