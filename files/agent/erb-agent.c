@@ -83,6 +83,9 @@
 #include <poll.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -188,7 +191,11 @@ struct options {
 	const char *stats_file;
 	const char *pidfile;
 	bool daemon;
+	int replay;			/* REPLAY_AUTO, REPLAY_LIVE, REPLAY_COPY */
 };
+
+/* How parked segments are replayed through erb_xdp (--replay). */
+enum { REPLAY_AUTO, REPLAY_LIVE, REPLAY_COPY };
 
 static void usage(FILE *fp)
 {
@@ -196,7 +203,7 @@ static void usage(FILE *fp)
 		"usage: erb-agent --pin-dir DIR [--redis-sock PATH | --redis-host HOST --redis-port PORT]\n"
 		"                 [--redis-user USER] [--redis-password-file FILE] [--batch N]\n"
 		"                 [--stats-file PATH] [--pidfile PATH] [--foreground | --daemon]\n"
-		"                 [--log-file PATH] [--verbose]\n"
+		"                 [--log-file PATH] [--verbose] [--replay auto|live|copy]\n"
 		"Applies ERB write records from <DIR>/map_erb_events to Redis in order, publishes\n"
 		"erb_global.applied_seq, and deletes cache entries of keys Redis reports changed.\n");
 }
@@ -247,7 +254,7 @@ static void free_secret(char *s)
 static int parse_options(int argc, char **argv, struct options *o)
 {
 	enum { O_PIN = 256, O_SOCK, O_HOST, O_PORT, O_USER, O_PWFILE, O_BATCH, O_STATS, O_PID,
-	       O_FG, O_DAEMON, O_LOG, O_VERBOSE, O_HELP };
+	       O_FG, O_DAEMON, O_LOG, O_VERBOSE, O_REPLAY, O_HELP };
 	static const struct option longopts[] = {
 		{ "pin-dir", required_argument, NULL, O_PIN },
 		{ "redis-sock", required_argument, NULL, O_SOCK },
@@ -262,6 +269,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "daemon", no_argument, NULL, O_DAEMON },
 		{ "log-file", required_argument, NULL, O_LOG },
 		{ "verbose", no_argument, NULL, O_VERBOSE },
+		{ "replay", required_argument, NULL, O_REPLAY },
 		{ "help", no_argument, NULL, O_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -299,6 +307,18 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case O_DAEMON: o->daemon = true; break;
 		case O_LOG: log_path = optarg; break;
 		case O_VERBOSE: log_level = LOG_DEBUG_; break;
+		case O_REPLAY:
+			if (!strcmp(optarg, "auto")) {
+				o->replay = REPLAY_AUTO;
+			} else if (!strcmp(optarg, "live")) {
+				o->replay = REPLAY_LIVE;
+			} else if (!strcmp(optarg, "copy")) {
+				o->replay = REPLAY_COPY;
+			} else {
+				fprintf(stderr, "erb-agent: --replay must be auto, live or copy\n");
+				return -1;
+			}
+			break;
 		case O_HELP: usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
@@ -442,6 +462,7 @@ struct stats {
 	uint64_t parked;		/* held segments read from erb_parked */
 	uint64_t replayed;		/* ... replayed through erb_xdp */
 	uint64_t replay_expired;	/* ... older than PARK_MAX_AGE_NS: left to the client's retransmission */
+	uint64_t replay_copies;		/* ... of them run on a copy and sent by the packet socket */
 	uint64_t replay_dropped;	/* ... not replayed: queue full, bad record, bad checksum, run failed */
 	struct histogram delay_us;
 };
@@ -506,6 +527,9 @@ struct park {
 	int kmod_fd;			/* erb_io's applied_seq (sysfs), -1 when not read */
 	bool warned;
 	__u32 seen_prog, seen_ifindex;	/* erb_xdp found attached here, in our namespace */
+	bool seen_generic;		/* ... in generic (skb) mode */
+	bool copy;			/* replay on a copy: live frames refused, or --replay copy */
+	int pkt_fd;			/* packet socket of the copy replays, -1 until needed */
 };
 
 struct agent {
@@ -984,6 +1008,8 @@ static void open_park(struct agent *a)
 	struct park *pk = &a->park;
 
 	pk->kmod_fd = -1;
+	pk->pkt_fd = -1;
+	pk->copy = a->opt.replay == REPLAY_COPY;
 	pk->ring.fd = open_pin_optional(a, "map_erb_parked");
 	if (pk->ring.fd < 0) {
 		log_warn("no map_erb_parked: segments held for unapplied writes wait for the client's "
@@ -1101,6 +1127,7 @@ static int park_prog(struct agent *a, const char **why)
 		}
 		a->park.seen_prog = li.prog_id;
 		a->park.seen_ifindex = li.xdp.ifindex;
+		a->park.seen_generic = q.skb_prog_id == li.prog_id;
 	}
 	pfd = bpf_prog_get_fd_by_id(li.prog_id);
 	if (pfd < 0)
@@ -1108,10 +1135,26 @@ static int park_prog(struct agent *a, const char **why)
 	return pfd;
 }
 
-/* At start: say so at once when replays cannot work from this namespace. */
+static int park_run_live(int prog, struct erb_park *p)
+{
+	struct xdp_md md = { .data = 0, .data_end = p->len, .ingress_ifindex = p->ifindex,
+			     .rx_queue_index = p->rxq };
+	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = p->frame, .data_size_in = p->len, .ctx_in = &md,
+		    .ctx_size_in = sizeof(md), .repeat = 1, .flags = BPF_F_TEST_XDP_LIVE_FRAMES);
+
+	return bpf_prog_test_run_opts(prog, &o);
+}
+
+/*
+ * At start: say so at once when replays cannot work from this namespace, and
+ * how they will run. Live frames are probed with a frame erb_xdp passes
+ * untouched (an IEEE local-experimental EtherType, which the stack drops).
+ */
 static void park_check(struct agent *a)
 {
+	static const uint8_t probe[ETH_ZLEN] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5 };
 	struct bpf_link_info li;
+	struct erb_park *p;
 	const char *why;
 	int pfd;
 
@@ -1123,17 +1166,107 @@ static void park_check(struct agent *a)
 			"retransmissions instead", why);
 		return;
 	}
+	p = calloc(1, sizeof(*p));
+	if (p && !a->park.copy) {
+		memcpy(p->frame, probe, sizeof(probe));
+		p->len = sizeof(probe);
+		p->ifindex = a->park.seen_ifindex;
+		if (park_run_live(pfd, p)) {
+			int e = errno;
+
+			if (a->opt.replay == REPLAY_AUTO && (e == EPERM || e == EOPNOTSUPP || e == 524)) {
+				log_warn("this kernel refuses BPF_PROG_RUN's live frames (%s): parked segments will "
+					 "be run through erb_xdp on a copy and sent by a packet socket", strerror(e));
+				a->park.copy = true;
+			} else {
+				log_warn("a probe of BPF_PROG_RUN's live frames failed (%s): parked segments may not "
+					 "be replayed%s", strerror(e),
+					 a->opt.replay == REPLAY_LIVE ? " (--replay live)" : "");
+			}
+		}
+	}
+	free(p);
+	log_info("parked segments are replayed %s", a->park.copy ? "on a copy (packet socket)" : "as live frames");
 	close(pfd);
 }
 
-static int park_run(int prog, struct erb_park *p)
+/* Send frame out of ifindex with skb->mark (erb_tc_egress acts on ERB_MARK_REPLAY_*). */
+static int park_send(struct park *pk, const uint8_t *frame, uint32_t len, int ifindex, uint32_t mark)
 {
+	struct sockaddr_ll sll = { .sll_family = AF_PACKET, .sll_ifindex = ifindex, .sll_halen = ETH_ALEN };
+
+	if (len < ETH_HLEN) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (pk->pkt_fd < 0) {
+		/* protocol 0: a socket that sends and never receives */
+		pk->pkt_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+		if (pk->pkt_fd < 0)
+			return -1;
+	}
+	memcpy(sll.sll_addr, frame, ETH_ALEN);
+	if (setsockopt(pk->pkt_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)))
+		return -1;
+	if (sendto(pk->pkt_fd, frame, len, 0, (struct sockaddr *)&sll, sizeof(sll)) != (ssize_t)len)
+		return -1;
+	return 0;
+}
+
+/*
+ * Replay on a copy: erb_xdp runs on the frame (BPF_PROG_TEST_RUN without live
+ * frames, the same program and maps), and what it decided is carried out here.
+ * An answer (XDP_TX) leaves through a packet socket, as XDP_TX would send it; a
+ * segment passed on (XDP_PASS, its seq/ack corrected) goes out marked, and
+ * erb_tc_egress turns it into the interface's ingress. Generic (skb) mode would
+ * run erb_xdp on that ingress again: a passed segment is not replayed there.
+ */
+static int park_run_copy(struct agent *a, int prog, struct erb_park *p, const char **why)
+{
+	static uint8_t out[ERB_PARK_FRAME_MAX + 4096];
 	struct xdp_md md = { .data = 0, .data_end = p->len, .ingress_ifindex = p->ifindex,
 			     .rx_queue_index = p->rxq };
-	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = p->frame, .data_size_in = p->len, .ctx_in = &md,
-		    .ctx_size_in = sizeof(md), .repeat = 1, .flags = BPF_F_TEST_XDP_LIVE_FRAMES);
+	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = p->frame, .data_size_in = p->len, .data_out = out,
+		    .data_size_out = sizeof(out), .ctx_in = &md, .ctx_size_in = sizeof(md), .repeat = 1);
 
-	return bpf_prog_test_run_opts(prog, &o);
+	if (a->park.seen_generic) {
+		*why = "erb_xdp runs in generic (skb) mode: a segment sent back in would run through it twice";
+		return -1;
+	}
+	if (bpf_prog_test_run_opts(prog, &o)) {
+		*why = strerror(errno);
+		return -1;
+	}
+	if (o.retval == XDP_TX || o.retval == XDP_PASS) {
+		if (park_send(&a->park, out, o.data_size_out, (int)p->ifindex,
+			      o.retval == XDP_TX ? ERB_MARK_REPLAY_TX : ERB_MARK_REPLAY_RX)) {
+			*why = strerror(errno);
+			return -1;
+		}
+		a->st.replay_copies++;
+	}
+	return 0;		/* XDP_DROP: erb_xdp held it again or dropped it, as live */
+}
+
+/*
+ * Run a parked segment through erb_xdp: live frames (the kernel sends or
+ * receives the result), else on a copy. A kernel that refuses live frames
+ * (EPERM: some builds forbid them; EOPNOTSUPP) switches this agent to copies.
+ */
+static int park_run(struct agent *a, int prog, struct erb_park *p, const char **why)
+{
+	if (!a->park.copy) {
+		if (!park_run_live(prog, p))
+			return 0;
+		if (a->opt.replay == REPLAY_LIVE || (errno != EPERM && errno != EOPNOTSUPP && errno != 524)) {
+			*why = strerror(errno);
+			return -1;
+		}
+		log_warn("this kernel refuses BPF_PROG_RUN's live frames (%s): parked segments are run through "
+			 "erb_xdp on a copy and sent by a packet socket from now on", strerror(errno));
+		a->park.copy = true;
+	}
+	return park_run_copy(a, prog, p, why);
 }
 
 /* Replay the queue's head while its writes are applied; drop the expired. */
@@ -1168,8 +1301,8 @@ static void park_replay(struct agent *a)
 				why = "it came in on another interface than the one erb_xdp's link is on";
 			else if (park_csum(p->frame, p->len))
 				why = "not TCP, or its checksum is neither complete nor partial";
-			else if (park_run(prog, p))
-				why = strerror(errno);
+			else
+				park_run(a, prog, p, &why);
 			if (why) {
 				a->st.replay_dropped++;
 				if (!pk->warned)
@@ -2509,7 +2642,7 @@ static void write_stats(struct agent *a)
 		     "\"reconnects\":%llu,\"redis_restarts\":%llu,\"epoch_bumps\":%llu,"
 		     "\"hash_verified\":%llu,\"hash_deleted\":%llu,\"get_verified\":%llu,\"get_deleted\":%llu,"
 		     "\"parked\":%llu,\"replayed\":%llu,"
-		     "\"replay_expired\":%llu,\"replay_dropped\":%llu,\"replay_queued\":%u}\n",
+		     "\"replay_expired\":%llu,\"replay_copies\":%llu,\"replay_dropped\":%llu,\"replay_queued\":%u}\n",
 		     getpid(), (double)(now_ns() - a->started_ns) / 1e9, a->apply ? "true" : "false",
 		     (unsigned long long)s->applied, (unsigned long long)s->batches,
 		     s->batches ? (double)s->applied / (double)s->batches : 0.0,
@@ -2529,7 +2662,8 @@ static void write_stats(struct agent *a)
 		     (unsigned long long)s->hash_verified, (unsigned long long)s->hash_deleted,
 		     (unsigned long long)s->get_verified, (unsigned long long)s->get_deleted,
 		     (unsigned long long)s->parked, (unsigned long long)s->replayed,
-		     (unsigned long long)s->replay_expired, (unsigned long long)s->replay_dropped, a->park.n);
+		     (unsigned long long)s->replay_expired, (unsigned long long)s->replay_copies,
+		     (unsigned long long)s->replay_dropped, a->park.n);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", a->opt.stats_file);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0) {

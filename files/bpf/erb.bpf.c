@@ -2655,6 +2655,15 @@ int erb_tc_egress(struct __sk_buff *skb)
 	struct tsctx tx;
 	__u32 thl, tot, plen, seq, ack, cseq, toff, csum_off, flags, olen, resend, s_nxt;
 
+	/* erb-agent's replay of a parked segment on a copy (see ERB_MARK_REPLAY_TX) */
+	if (skb->mark == ERB_MARK_REPLAY_TX) {
+		skb->mark = 0;
+		return TC_ACT_OK;
+	}
+	if (skb->mark == ERB_MARK_REPLAY_RX) {
+		skb->mark = 0;
+		return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+	}
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	ip = (void *)(eth + 1);

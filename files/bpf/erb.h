@@ -362,6 +362,17 @@ enum erb_stat {
  */
 #define ERB_PARK_FRAME_MAX	1600	/* Ethernet frame bytes: a 1500 MTU with two VLAN tags fits */
 
+/*
+ * skb->mark of the frames erb-agent sends through a packet socket when it
+ * replays a parked segment on a copy (the kernel refuses BPF_PROG_RUN's live
+ * frames, or --replay copy): erb_tc_egress lets an answer erb_xdp built
+ * (XDP_TX) out untouched, and turns a segment erb_xdp passed (XDP_PASS) around
+ * into the interface's ingress, where the stack takes it as received. Both
+ * marks are cleared on the way.
+ */
+#define ERB_MARK_REPLAY_TX	0x45524201u	/* "ERB" 1 */
+#define ERB_MARK_REPLAY_RX	0x45524202u	/* "ERB" 2 */
+
 struct erb_park {
 	__u64 bound;		/* replay once erb_global.applied_seq >= bound */
 	__u64 ts_ns;		/* bpf_ktime_get_ns() when parked */

@@ -115,7 +115,7 @@ def fault_delta(after, before):
     return {i: {d: dict_delta(after[i][d], before[i][d]) for d in after[i]} for i in after}
 
 
-AGENT_KEYS = ('applied', 'parked', 'replayed', 'replay_expired', 'replay_dropped')
+AGENT_KEYS = ('applied', 'parked', 'replayed', 'replay_expired', 'replay_copies', 'replay_dropped')
 
 
 def agent_stats(h):

@@ -220,12 +220,13 @@ def park_an_incr(erb, agent, c, k, parked):
         os.kill(agent.pid, signal.SIGCONT)
 
 
-def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
-    """SET k (answered in XDP) and INCR k on the same connection while the agent is stopped:
-    the INCR is held (its key's write is not in Redis) and parked. Once the agent runs again
-    it applies the SET, then replays the parked INCR through erb_xdp: the client gets :2
-    without retransmitting anything. The client's route gets rto_min 5 s, so that a reply
-    that needed the client's retransmission cannot pass unseen."""
+def replay_held_incrs(erb, agent, what):
+    """SET k (answered in XDP) and INCR k on the same connection while `agent` is stopped,
+    five times: each INCR is held (its key's write is not in Redis) and parked. Once the agent
+    runs again it applies the SET, then replays the parked INCR through erb_xdp: the client gets
+    :2 without retransmitting anything. The client's route gets rto_min 5 s, so that a reply
+    that needed the client's retransmission cannot pass unseen. Returns the agent's stats
+    before and after."""
     h = erb.host
     dev = subprocess.run(['ip', '-n', h.client_ns, '-o', 'route', 'get', h.server_ip], check=True,
                          capture_output=True, text=True).stdout.split(' dev ')[1].split()[0]
@@ -234,22 +235,58 @@ def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
     try:
         c = tcp(erb)
         assert c.cmd('PING') == b'+PONG\r\n'
-        r0, s0, a0 = conn_retransmissions(c), erb.stats(), erb.agent.fresh_stats()
+        r0, s0, a0 = conn_retransmissions(c), erb.stats(), agent.fresh_stats()
         for i in range(5):
-            k = 'parked:%d' % i
-            park_an_incr(erb, erb.agent, c, k, s0['parked'] + i)
+            k = '%s:%d' % (what, i)
+            park_an_incr(erb, agent, c, k, s0['parked'] + i)
             assert c.read_reply() == integer(2), k
-        agent_ok(erb)
-        d, a1 = stat_delta(s0, erb.stats()), erb.agent.fresh_stats()
+        assert agent.alive(), agent.log_tail()
+        d, a1 = stat_delta(s0, erb.stats()), agent.fresh_stats()
         replayed = a1['replayed'] - a0['replayed']
-        report('parked and replayed', set_fast=d.get('set_fast', 0), hold=d.get('hold', 0),
-               parked=d.get('parked', 0), replayed=replayed, client_retransmissions=conn_retransmissions(c) - r0)
+        report(what, set_fast=d.get('set_fast', 0), hold=d.get('hold', 0), parked=d.get('parked', 0),
+               replayed=replayed, replay_copies=a1.get('replay_copies', 0) - a0.get('replay_copies', 0),
+               client_retransmissions=conn_retransmissions(c) - r0)
         assert d.get('set_fast', 0) == 5 and d.get('parked', 0) >= 5, d
-        assert replayed >= 5 and a1['replay_dropped'] == a0['replay_dropped'], (a0, a1)
+        assert replayed >= 5 and a1['replay_dropped'] == a0['replay_dropped'], (a0, a1, agent.log_tail())
         assert conn_retransmissions(c) == r0, 'the client had to retransmit: a held INCR was not replayed'
         c.close()
+        return a0, a1
     finally:
         subprocess.run(['ip', '-n', h.client_ns, 'route', 'del'] + route, check=True)
+
+
+def test_held_command_is_replayed_when_its_write_applies_not_retransmitted(erb):
+    """The agent as deployed (--replay auto): live frames where the kernel runs them, else on a
+    copy (see the next test)."""
+    replay_held_incrs(erb, erb.agent, 'parked')
+    agent_ok(erb)
+
+
+class CopyReplayAgent(AgentProc):
+    """erb-agent that replays parked segments on a copy (--replay copy), as it does by itself on
+    a kernel that refuses BPF_PROG_RUN's live frames (EPERM)."""
+
+    def argv(self):
+        return super().argv() + ['--replay', 'copy']
+
+
+def test_held_command_is_replayed_on_a_copy_where_live_frames_are_refused(erb, tmp_path):
+    """Some kernels refuse BPF_PROG_RUN's live frames (EPERM; this machine's 6.18 build does),
+    and then every parked segment was dropped and left to the client's retransmission. The
+    agent runs erb_xdp on a copy instead and carries out its verdict itself: the INCR that
+    erb_xdp passes on (seq/ack corrected) goes out of the server's interface marked, and
+    erb_tc_egress turns it into the interface's ingress, where Redis's stack takes it. Same
+    outcome as live frames: :2 for each, no retransmission, every replay counted as a copy."""
+    erb.agent.stop()
+    agent = CopyReplayAgent(erb, tmp_path)
+    try:
+        agent.start()
+        a0, a1 = replay_held_incrs(erb, agent, 'copied')
+        assert a1['replay_copies'] - a0['replay_copies'] >= 5, (a0, a1)
+        assert 'replayed on a copy' in agent.log_tail(), agent.log_tail()
+    finally:
+        agent.stop()
+        erb.agent.start()
 
 
 class RootNsAgent(AgentProc):
