@@ -1135,14 +1135,28 @@ static int park_prog(struct agent *a, const char **why)
 	return pfd;
 }
 
-static int park_run_live(int prog, struct erb_park *p)
+static int park_run_live(int prog, const uint8_t *frame, uint32_t len, uint32_t ifindex, uint32_t rxq)
 {
-	struct xdp_md md = { .data = 0, .data_end = p->len, .ingress_ifindex = p->ifindex,
-			     .rx_queue_index = p->rxq };
-	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = p->frame, .data_size_in = p->len, .ctx_in = &md,
+	struct xdp_md md = { .data = 0, .data_end = len, .ingress_ifindex = ifindex, .rx_queue_index = rxq };
+	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = frame, .data_size_in = len, .ctx_in = &md,
 		    .ctx_size_in = sizeof(md), .repeat = 1, .flags = BPF_F_TEST_XDP_LIVE_FRAMES);
 
 	return bpf_prog_test_run_opts(prog, &o);
+}
+
+/*
+ * A live-frames run failed with errno e: if the kernel refuses the mode
+ * itself (EPERM: some builds forbid it; EOPNOTSUPP, ENOTSUPP) and --replay
+ * allows, switch this agent to replays on a copy. Returns true if switched.
+ */
+static bool park_to_copy(struct agent *a, int e)
+{
+	if (a->opt.replay != REPLAY_AUTO || (e != EPERM && e != EOPNOTSUPP && e != 524))
+		return false;
+	log_warn("this kernel refuses BPF_PROG_RUN's live frames (%s): parked segments are run through "
+		 "erb_xdp on a copy and sent by a packet socket", strerror(e));
+	a->park.copy = true;
+	return true;
 }
 
 /*
@@ -1154,7 +1168,6 @@ static void park_check(struct agent *a)
 {
 	static const uint8_t probe[ETH_ZLEN] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5 };
 	struct bpf_link_info li;
-	struct erb_park *p;
 	const char *why;
 	int pfd;
 
@@ -1166,26 +1179,13 @@ static void park_check(struct agent *a)
 			"retransmissions instead", why);
 		return;
 	}
-	p = calloc(1, sizeof(*p));
-	if (p && !a->park.copy) {
-		memcpy(p->frame, probe, sizeof(probe));
-		p->len = sizeof(probe);
-		p->ifindex = a->park.seen_ifindex;
-		if (park_run_live(pfd, p)) {
-			int e = errno;
+	if (!a->park.copy && park_run_live(pfd, probe, sizeof(probe), a->park.seen_ifindex, 0)) {
+		int e = errno;
 
-			if (a->opt.replay == REPLAY_AUTO && (e == EPERM || e == EOPNOTSUPP || e == 524)) {
-				log_warn("this kernel refuses BPF_PROG_RUN's live frames (%s): parked segments will "
-					 "be run through erb_xdp on a copy and sent by a packet socket", strerror(e));
-				a->park.copy = true;
-			} else {
-				log_warn("a probe of BPF_PROG_RUN's live frames failed (%s): parked segments may not "
-					 "be replayed%s", strerror(e),
-					 a->opt.replay == REPLAY_LIVE ? " (--replay live)" : "");
-			}
-		}
+		if (!park_to_copy(a, e))
+			log_warn("a probe of BPF_PROG_RUN's live frames failed (%s): parked segments may not "
+				 "be replayed%s", strerror(e), a->opt.replay == REPLAY_LIVE ? " (--replay live)" : "");
 	}
-	free(p);
 	log_info("parked segments are replayed %s", a->park.copy ? "on a copy (packet socket)" : "as live frames");
 	close(pfd);
 }
@@ -1250,23 +1250,19 @@ static int park_run_copy(struct agent *a, int prog, struct erb_park *p, const ch
 
 /*
  * Run a parked segment through erb_xdp: live frames (the kernel sends or
- * receives the result), else on a copy. A kernel that refuses live frames
- * (EPERM: some builds forbid them; EOPNOTSUPP) switches this agent to copies.
+ * receives the result), else on a copy (park_to_copy()).
  */
 static int park_run(struct agent *a, int prog, struct erb_park *p, const char **why)
 {
-	if (!a->park.copy) {
-		if (!park_run_live(prog, p))
-			return 0;
-		if (a->opt.replay == REPLAY_LIVE || (errno != EPERM && errno != EOPNOTSUPP && errno != 524)) {
-			*why = strerror(errno);
+	if (!a->park.copy && park_run_live(prog, p->frame, p->len, p->ifindex, p->rxq)) {
+		int e = errno;
+
+		if (!park_to_copy(a, e)) {
+			*why = strerror(e);
 			return -1;
 		}
-		log_warn("this kernel refuses BPF_PROG_RUN's live frames (%s): parked segments are run through "
-			 "erb_xdp on a copy and sent by a packet socket from now on", strerror(errno));
-		a->park.copy = true;
 	}
-	return park_run_copy(a, prog, p, why);
+	return a->park.copy ? park_run_copy(a, prog, p, why) : 0;
 }
 
 /* Replay the queue's head while its writes are applied; drop the expired. */
