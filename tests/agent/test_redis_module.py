@@ -134,8 +134,11 @@ def test_agent_assists_while_loaded_and_takes_the_ring_back_after_unload(menv):
     load(menv)
     agent = menv.agent()
     wait_for(lambda: 'only assists' in agent.log_text(), timeout=10, what='the agent in assist mode')
+    # it names its connection right after it says so
+    wait_for(lambda: 'erb-agent-assist' in [c['name'] for c in menv.redis.client().client_list()],
+             timeout=10, what="the agent's connection named erb-agent-assist")
     names = [c['name'] for c in menv.redis.client().client_list()]
-    assert 'erb-agent-assist' in names and 'erb-agent' not in names
+    assert 'erb-agent' not in names
     assert not any('t' in c['flags'] for c in menv.redis.client().client_list()), 'no key tracking'
     w = Workload(menv, nkeys=20)
     w.run(100)
