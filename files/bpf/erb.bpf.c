@@ -1318,7 +1318,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
 		rec->seq = wseq;
 		entry_write(e, h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
-		bpf_ringbuf_submit(rec, 0);
+		bpf_ringbuf_submit(rec, ring_wakeup(g));
 	}
 	unlock_ret(&e->lock, bl, 0);
 	answered(f, a, k, s, seq, ack, 0, 5);
@@ -1568,7 +1568,7 @@ static __always_inline int unseen_hold(struct erb_flow *f, struct erb_global *g,
 {
 	__u64 bound = hold_bound(f, g, end);
 
-	if (g->applied_seq < bound) {
+	if (g->applied_seq < bound && unordered(g)) {
 		hold_mark(f, bound, end);
 		stat_inc(ERB_STAT_HOLD);
 		return 1;
@@ -1858,7 +1858,8 @@ static long parse_step(__u32 i, void *arg)
 	 * before it first arrived, never for later ones (no starvation).
 	 */
 	bound = hold_bound(f, g, s->pa.end);
-	s->cur.pending = g->applied_seq < bound;
+	/* under erb_redis's lease Redis applies them before it runs these commands */
+	s->cur.pending = (__u32)((g->applied_seq - bound) >> 63) & unordered(g);
 	s->cur.fl = fl_orig;
 	s->cur.a1_off = -1;
 	s->cur.a2_off = -1;

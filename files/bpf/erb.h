@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	11
+#define ERB_LAYOUT_VERSION	12
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -253,6 +253,14 @@ struct erb_global {
 	__u64 untracked_wr_ns;	/* last write seen on an untracked flow */
 	__u64 write_seq;	/* SET fast path (later) */
 	__u64 applied_seq;	/* SET fast path (later) */
+	/*
+	 * Until then (bpf_ktime_get_ns()) erb_redis applies every committed
+	 * record before Redis runs a command it reads (files/rmod): a command
+	 * on a pending key need not be held, nor Redis woken for each record.
+	 * A lease, renewed by erb_redis every few milliseconds: a Redis that
+	 * stopped without unloading it stops renewing it.
+	 */
+	__u64 ordered_until_ns;
 };
 
 /*

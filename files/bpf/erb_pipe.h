@@ -396,7 +396,7 @@ static long pipe_commit_step(__u32 i, void *arg)
 	s->pr.evict = c->evict;		/* counted by entry_write() */
 	entry_write(e, c->h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
 	if (!(cfg.flags & ERB_CFG_KMOD))
-		bpf_ringbuf_submit(rec, 0);
+		bpf_ringbuf_submit(rec, ring_wakeup(g));
 	return 0;
 }
 

@@ -41,8 +41,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <linux/bpf.h>
 #include <linux/types.h>
 
@@ -62,7 +64,14 @@
 #define RM_NOTIFY_KEYS		(0x7FCU | (1U << 13))
 #define RM_EVENT_FLUSHDB	2
 #define RM_EVENT_LOADING	3
+#define RM_EVENT_MODULE_CHANGE	9
 #define RM_EVENT_SWAPDB		11
+#define RM_SUBEVENT_MODULE_LOADED	0
+#define RM_CMDFILTER_NOSELF	(1 << 0)
+#define RM_CTX_FLAGS_LUA	(1 << 0)
+#define RM_CTX_FLAGS_LOADING	(1 << 13)
+/* a module keyspace event that no notify-keyspace-events setting publishes */
+#define RM_NOTIFY_LOADED	(1 << 12)
 #define RM_SUBEVENT_LOADING_ENDED	3
 #define RM_SUBEVENT_FLUSHDB_END		1
 
@@ -72,6 +81,8 @@ typedef struct RedisModuleCallReply RedisModuleCallReply;
 typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
 typedef uint64_t RedisModuleTimerID;
 typedef struct { uint64_t id, dataver; } RedisModuleEvent;
+typedef struct RedisModuleCommandFilterCtx RedisModuleCommandFilterCtx;
+typedef struct RedisModuleCommandFilter RedisModuleCommandFilter;
 
 static int (*rm_get_api)(const char *name, void *fp);
 static int (*RM_IsModuleNameBusy)(const char *);
@@ -96,6 +107,12 @@ static int (*RM_SubscribeToServerEvent)(RedisModuleCtx *, RedisModuleEvent,
 static int (*RM_RegisterInfoFunc)(RedisModuleCtx *, void (*)(RedisModuleInfoCtx *, int));
 static int (*RM_InfoAddSection)(RedisModuleInfoCtx *, const char *);
 static int (*RM_InfoAddFieldULongLong)(RedisModuleInfoCtx *, const char *, unsigned long long);
+static RedisModuleCommandFilter *(*RM_RegisterCommandFilter)(RedisModuleCtx *,
+							    void (*)(RedisModuleCommandFilterCtx *), int);
+static int (*RM_NotifyKeyspaceEvent)(RedisModuleCtx *, int, const char *, RedisModuleString *);
+static RedisModuleString *(*RM_CreateString)(RedisModuleCtx *, const char *, size_t);
+static void (*RM_FreeString)(RedisModuleCtx *, RedisModuleString *);
+static int (*RM_GetContextFlags)(RedisModuleCtx *);
 
 struct api_fn {
 	const char *name;
@@ -108,6 +125,8 @@ static const struct api_fn api_fns[] = {
 	FN(SelectDb), FN(GetDetachedThreadSafeContext), FN(FreeThreadSafeContext), FN(EventLoopAdd),
 	FN(EventLoopDel), FN(CreateTimer), FN(StringPtrLen), FN(Log), FN(SubscribeToKeyspaceEvents),
 	FN(SubscribeToServerEvent), FN(RegisterInfoFunc), FN(InfoAddSection), FN(InfoAddFieldULongLong),
+	FN(RegisterCommandFilter), FN(NotifyKeyspaceEvent), FN(CreateString), FN(FreeString),
+	FN(GetContextFlags),
 };
 #undef FN
 
@@ -117,6 +136,16 @@ static const struct api_fn api_fns[] = {
 #define TRACK_BITS	(1ULL << 22)	/* seqs tracked above applied_seq (as erb-agent) */
 #define LOCK_SPINS	(1U << 20)	/* an entry lock is held by XDP for ~a microsecond */
 #define META_MAX	4096
+/*
+ * Ordered mode (erb_global.ordered_until_ns): the lease erb_xdp trusts, and
+ * the tick that renews it and applies records no command follows: every
+ * TICK_FAST_NS while records keep coming (TICK_BUSY ticks after the last),
+ * else every TICK_IDLE_NS.
+ */
+#define LEASE_NS	20000000ULL
+#define TICK_FAST_NS	1000000L
+#define TICK_IDLE_NS	5000000L
+#define TICK_BUSY	100
 
 struct ring {
 	int fd;
@@ -142,11 +171,16 @@ static struct {
 	uint64_t *bits, base;		/* applied seqs above base, as erb-agent's tracker */
 	RedisModuleCtx *dctx;		/* for CreateTimer from the event loop callback */
 	bool armed, applying, draining;
+	bool ordered;			/* holding the lease: see on_command() */
+	int tick_fd;			/* timerfd in Redis's event loop */
+	long tick_ns;
+	unsigned int tick_busy;
+	RedisModuleString *event_key;
 	struct {
 		unsigned long long applied, bad, errors, batches, invalidations, deleted, flushes,
-			lock_timeouts;
+			lock_timeouts, before_command, by_tick;
 	} st;
-} m = { .ring.fd = -1, .global_fd = -1, .cache_fd = -1, .tags_fd = -1, .wepoch_fd = -1 };
+} m = { .ring.fd = -1, .global_fd = -1, .cache_fd = -1, .tags_fd = -1, .wepoch_fd = -1, .tick_fd = -1 };
 
 /* ------------------------------------------------------------------ bpf maps */
 
@@ -563,6 +597,8 @@ static int on_keyspace(RedisModuleCtx *ctx, int type, const char *event, RedisMo
 	return RM_OK;
 }
 
+static void ordered_stop(RedisModuleCtx *ctx, const char *why);
+
 static void on_server_event(RedisModuleCtx *ctx, RedisModuleEvent e, uint64_t sub, void *data)
 {
 	(void)data;
@@ -572,6 +608,8 @@ static void on_server_event(RedisModuleCtx *ctx, RedisModuleEvent e, uint64_t su
 		cache_flush(ctx, "SWAPDB");
 	else if (e.id == RM_EVENT_LOADING && sub == RM_SUBEVENT_LOADING_ENDED)
 		cache_flush(ctx, "dataset loaded");
+	else if (e.id == RM_EVENT_MODULE_CHANGE && sub == RM_SUBEVENT_MODULE_LOADED)
+		ordered_stop(ctx, "another module was loaded");
 }
 
 /* ------------------------------------------------------------------- records */
@@ -604,25 +642,32 @@ static void apply(RedisModuleCtx *ctx, const struct erb_record *r, int *db)
 		RM_FreeCallReply(rep);
 }
 
-/* Apply every committed record, in ring order, then publish how far. */
-static void drain(RedisModuleCtx *ctx, void *unused)
+/*
+ * Apply every committed record, in ring order, then publish how far. With
+ * wait_busy, a record still being committed (XDP on another CPU, between
+ * its reserve and its commit: microseconds) is waited for, as are those
+ * after it; else the drain stops there.
+ */
+static void drain_ring(RedisModuleCtx *ctx, bool wait_busy)
 {
 	unsigned long pos = __atomic_load_n(m.ring.consumer_pos, __ATOMIC_ACQUIRE);
 	unsigned long prod = __atomic_load_n(m.ring.producer_pos, __ATOMIC_ACQUIRE);
 	int db = -1;		/* a timer's context may come with any db selected */
 
-	(void)unused;
-	m.armed = false;
-	if (!m.draining)
-		return;
 	m.st.batches++;
 	while (pos < prod) {
 		uint32_t hdr;
 		const struct erb_record *r = sample_at(pos, &hdr);
 		const char *why;
 
-		if (hdr & BPF_RINGBUF_BUSY_BIT)
-			break;		/* the fd stays readable: the next loop comes back */
+		if (hdr & BPF_RINGBUF_BUSY_BIT) {
+			if (!wait_busy)
+				break;	/* the fd stays readable: the next loop comes back */
+#if defined(__x86_64__) || defined(__i386__)
+			__builtin_ia32_pause();
+#endif
+			continue;
+		}
 		if (!(hdr & BPF_RINGBUF_DISCARD_BIT)) {
 			why = erb_record_problem(r, sample_len(hdr));
 			if (why) {
@@ -639,6 +684,120 @@ static void drain(RedisModuleCtx *ctx, void *unused)
 	}
 	__atomic_store_n(m.ring.consumer_pos, pos, __ATOMIC_RELEASE);
 	publish();
+}
+
+static void drain(RedisModuleCtx *ctx, void *unused)
+{
+	(void)unused;
+	m.armed = false;
+	if (m.draining)
+		drain_ring(ctx, false);
+}
+
+static bool ring_has_data(void)
+{
+	return __atomic_load_n(m.ring.consumer_pos, __ATOMIC_ACQUIRE) !=
+	       __atomic_load_n(m.ring.producer_pos, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Ordered mode. Redis runs a command only after this filter applied every
+ * record committed when it looked: a command it reads after a fast SET's
+ * answer left (that answer leaves after its record's commit) runs after that
+ * SET, as with Redis alone. So erb_xdp, while the lease holds, holds nothing
+ * for the I/O path and commits records without waking Redis.
+ *
+ * Only at the top level: the commands of a script (and of RM_Call) run
+ * inside another command, which must not see a write applied halfway
+ * through it; the records such a command's own filter did not find were
+ * acknowledged while it ran, as with Redis alone they would run after it.
+ * Hence ordered mode only while erb_redis is Redis's only module (another
+ * module's command may RM_Call, and the filter cannot tell).
+ *
+ * The SETs applied here are propagated (AOF, replicas) at once, before the
+ * command's own entry: a module keyspace event's context, when it ends,
+ * propagates what is pending (Redis 7.0's moduleFreeContext()). Left pending
+ * they would trip performEvictions()'s assertion that nothing is.
+ */
+static void on_command(RedisModuleCommandFilterCtx *fctx)
+{
+	(void)fctx;
+	if (!m.ordered || m.applying || !ring_has_data())
+		return;
+	if (RM_GetContextFlags(m.dctx) & (RM_CTX_FLAGS_LUA | RM_CTX_FLAGS_LOADING))
+		return;
+	m.st.before_command++;
+	drain_ring(m.dctx, true);
+	RM_NotifyKeyspaceEvent(m.dctx, RM_NOTIFY_LOADED, "erb-applied", m.event_key);
+}
+
+static int on_event_key(RedisModuleCtx *ctx, int type, const char *event, RedisModuleString *key)
+{
+	(void)ctx;
+	(void)type;
+	(void)event;
+	(void)key;
+	return RM_OK;
+}
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);	/* bpf_ktime_get_ns()'s clock */
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void lease_renew(void)
+{
+	__atomic_store_n(&m.global->ordered_until_ns, m.ordered ? mono_ns() + LEASE_NS : 0,
+			 __ATOMIC_SEQ_CST);
+}
+
+static void tick_set(long ns)
+{
+	struct itimerspec its = { .it_interval = { 0, ns }, .it_value = { 0, ns } };
+
+	if (m.tick_ns != ns && !timerfd_settime(m.tick_fd, 0, &its, NULL))
+		m.tick_ns = ns;
+}
+
+/* The tick: renew the lease; apply what no command followed (from a timer: propagated). */
+static void on_tick(int fd, void *unused, int mask)
+{
+	uint64_t n;
+
+	(void)unused;
+	(void)mask;
+	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		return;
+	if (!m.draining)
+		return;
+	lease_renew();
+	if (ring_has_data()) {
+		m.tick_busy = TICK_BUSY;
+		tick_set(TICK_FAST_NS);
+		if (!m.armed) {
+			m.st.by_tick++;
+			m.armed = true;
+			RM_CreateTimer(m.dctx, 0, drain, NULL);
+		}
+	} else if (m.tick_busy && !--m.tick_busy) {
+		tick_set(TICK_IDLE_NS);
+	}
+}
+
+/* Give the lease up: from now erb_xdp holds and wakes; what it passed before is applied first. */
+static void ordered_stop(RedisModuleCtx *ctx, const char *why)
+{
+	if (!m.ordered)
+		return;
+	m.ordered = false;
+	lease_renew();
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	drain_ring(ctx, true);
+	RM_Log(ctx, "notice", "erb_redis: ordered mode off (%s): segments on pending keys are held "
+	       "again until their writes are applied", why);
 }
 
 /*
@@ -689,6 +848,9 @@ static void on_info(RedisModuleInfoCtx *ic, int for_crash_report)
 	RM_InfoAddFieldULongLong(ic, "deleted", m.st.deleted);
 	RM_InfoAddFieldULongLong(ic, "flushes", m.st.flushes);
 	RM_InfoAddFieldULongLong(ic, "lock_timeouts", m.st.lock_timeouts);
+	RM_InfoAddFieldULongLong(ic, "ordered", m.ordered);
+	RM_InfoAddFieldULongLong(ic, "applied_before_command", m.st.before_command);
+	RM_InfoAddFieldULongLong(ic, "applied_by_tick", m.st.by_tick);
 }
 
 /* ------------------------------------------------------------------ lifecycle */
@@ -708,6 +870,31 @@ static int agent_draining(RedisModuleCtx *ctx)
 		found = 1;
 	RM_FreeCallReply(r);
 	return found;
+}
+
+/* Is erb_redis Redis's only module (its own load not finished yet: not listed)? */
+static bool only_module(RedisModuleCtx *ctx)
+{
+	RedisModuleCallReply *r = RM_Call(ctx, "INFO", "c", "modules");
+	const char *s, *p, *nl, *end;
+	static const char tag[] = "module:name=", self[] = MODULE_NAME ",";
+	size_t len;
+	bool only = true;
+
+	if (!r)
+		return false;
+	s = RM_CallReplyStringPtr(r, &len);
+	for (p = s, end = s ? s + len : s; p && p < end; p = nl ? nl + 1 : end) {
+		nl = memchr(p, '\n', (size_t)(end - p));
+		if ((size_t)(end - p) >= sizeof(tag) - 1 && !memcmp(p, tag, sizeof(tag) - 1) &&
+		    !((size_t)(end - p) >= sizeof(tag) + sizeof(self) - 2 &&
+		      !memcmp(p + sizeof(tag) - 1, self, sizeof(self) - 1)))
+			only = false;
+	}
+	if (!s)
+		only = false;
+	RM_FreeCallReply(r);
+	return only;
 }
 
 static int fail(RedisModuleCtx *ctx, const char *msg)
@@ -758,26 +945,57 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_FLUSHDB, 1 }, on_server_event) ||
 	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_SWAPDB, 1 }, on_server_event) ||
 	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_LOADING, 1 }, on_server_event) ||
+	    RM_SubscribeToServerEvent(ctx, (RedisModuleEvent){ RM_EVENT_MODULE_CHANGE, 1 }, on_server_event) ||
+	    RM_SubscribeToKeyspaceEvents(ctx, RM_NOTIFY_LOADED, on_event_key) != RM_OK ||
 	    RM_RegisterInfoFunc(ctx, on_info) != RM_OK ||
 	    RM_EventLoopAdd(m.ring.fd, RM_EVENTLOOP_READABLE, on_ring, NULL) != RM_OK) {
 		RM_FreeThreadSafeContext(m.dctx);
 		return fail(ctx, "erb_redis: cannot subscribe to Redis's events");
 	}
+	m.tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (m.tick_fd < 0 || RM_EventLoopAdd(m.tick_fd, RM_EVENTLOOP_READABLE, on_tick, NULL) != RM_OK) {
+		RM_EventLoopDel(m.ring.fd, RM_EVENTLOOP_READABLE);
+		if (m.tick_fd >= 0)
+			close(m.tick_fd);
+		m.tick_fd = -1;
+		RM_FreeThreadSafeContext(m.dctx);
+		return fail(ctx, "erb_redis: cannot start its tick (timerfd)");
+	}
+	m.tick_ns = 0;
+	tick_set(TICK_IDLE_NS);
+	m.event_key = RM_CreateString(m.dctx, "erb", 3);
 	/* nobody tracked the keys before now: what the cache holds is unknown */
 	cache_flush(ctx, "module loaded");
 	__atomic_store_n(&m.global->rmod_pid, (uint32_t)getpid(), __ATOMIC_RELEASE);
 	m.draining = true;
+	/* last: nothing may fail after it (a module that failed to load keeps its filters) */
+	if (!RM_RegisterCommandFilter(ctx, on_command, RM_CMDFILTER_NOSELF))
+		RM_Log(ctx, "warning", "erb_redis: cannot register its command filter: ordered mode off");
+	else if (!only_module(ctx))
+		RM_Log(ctx, "notice", "erb_redis: other modules are loaded: ordered mode off");
+	else
+		m.ordered = true;
+	lease_renew();
 	on_ring(m.ring.fd, NULL, RM_EVENTLOOP_READABLE);
 	RM_Log(ctx, "notice", "erb_redis: the I/O path of %s; applied_seq %llu, write_seq %llu; cache of "
-	       "%u entries", m.pin_dir, (unsigned long long)applied_seq(),
-	       (unsigned long long)m.global->write_seq, m.entries);
+	       "%u entries; ordered mode %s", m.pin_dir, (unsigned long long)applied_seq(),
+	       (unsigned long long)m.global->write_seq, m.entries, m.ordered ? "on" : "off");
 	return RM_OK;
 }
 
 __attribute__((visibility("default")))
 int RedisModule_OnUnload(RedisModuleCtx *ctx)
 {
+	ordered_stop(ctx, "unloaded");
 	m.draining = false;
+	if (m.tick_fd >= 0) {
+		RM_EventLoopDel(m.tick_fd, RM_EVENTLOOP_READABLE);
+		close(m.tick_fd);
+		m.tick_fd = -1;
+	}
+	if (m.event_key)
+		RM_FreeString(m.dctx, m.event_key);
+	m.event_key = NULL;
 	RM_EventLoopDel(m.ring.fd, RM_EVENTLOOP_READABLE);
 	/* what the ring still holds is erb-agent's to apply after its restart */
 	__atomic_store_n(&m.global->rmod_pid, 0, __ATOMIC_RELEASE);

@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 11
+ERB_LAYOUT_VERSION = 12
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -342,6 +342,7 @@ class ErbGlobal(ctypes.Structure):
         ('untracked_wr_ns', u64),
         ('write_seq', u64),
         ('applied_seq', u64),
+        ('ordered_until_ns', u64),
     ]
 
 

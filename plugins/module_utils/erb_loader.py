@@ -1291,6 +1291,7 @@ def describe(target):
     out['global'] = ({'cache_gen': g.cache_gen, 'overflow': g.overflow, 'ctl': g.ctl,
                       'write_seq': g.write_seq, 'applied_seq': g.applied_seq} if g else None)
     out['writes_pending'] = writes_pending(g)
+    out['ordered'] = bool(g and g.ordered_until_ns > time.monotonic_ns())
     out['counters'] = _with_pinned(target, 'erb_stats', read_stats, {})
     flows = _with_pinned(target, 'erb_flows', count_flows, (0, 0))
     out['flows'] = {'tracked': flows[0], 'answered': flows[1],

@@ -129,6 +129,12 @@ interfaces:
         C(applied_seq)), or V(null) without a pinned C(erb_global).
       type: dict
       returned: when the interface has a pin directory
+    ordered:
+      description: erb_redis holds its lease (C(global.ordered_until_ns)) - Redis applies every
+        acknowledged SET before it runs a command it reads after it, so no segment is held for the
+        I/O path and a SET's record does not wake Redis.
+      type: bool
+      returned: when the interface has a pin directory
     writes_pending:
       description: SETs answered in XDP and not yet applied to Redis by the I/O path in use (under
         C(erb_io), its own applied sequence; C(global.applied_seq) is a mirror the programs update as

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 import agentlib
-from agentlib import wait_for
+from agentlib import L, wait_for
 from test_agent import RECORD_SAMPLE, Workload, aof_seqs, check_replay, wait_connected
 
 RMOD_DIR = agentlib.REPO / 'files' / 'rmod'
@@ -269,3 +269,128 @@ def test_a_stuck_entry_lock_empties_the_cache_instead_and_dead_entries_are_never
     c.set(b'stuck', b'3')                # the locked entry is of the old cache_gen now
     assert time.monotonic() - t < 0.5
     assert info(menv)['erbredis_lock_timeouts'] == 1 and menv.bpf.cache_gen == gen + 1
+
+
+# -- ordered mode: the command filter and the lease (erb_global.ordered_until_ns)
+
+def lease_ns(env):
+    return struct.unpack_from('<Q', env.bpf.glob, L.ErbGlobal.ordered_until_ns.offset)[0]
+
+
+def test_ordered_mode_holds_a_lease_while_loaded_and_gives_it_up_at_unload(menv):
+    """erb_xdp holds nothing for the I/O path while the lease holds: erb_redis renews it from
+    its tick (a timerfd in Redis's event loop) and gives it up at unload, after applying what
+    is in the ring."""
+    assert lease_ns(menv) == 0
+    load(menv)
+    assert info(menv)['erbredis_ordered'] == 1
+    for _unused in range(3):
+        assert lease_ns(menv) > time.monotonic_ns(), 'the lease is not renewed'
+        time.sleep(0.05)                 # longer than the lease: only renewals keep it
+    menv.bpf.produce_wait(b'last', b'v')
+    unload(menv)
+    assert lease_ns(menv) == 0
+    assert menv.redis.client().get(b'last') == b'v', 'a record left in the ring at unload'
+    assert 'ordered mode off (unloaded)' in redis_log(menv)
+
+
+def test_a_command_runs_after_every_write_acknowledged_before_it(menv):
+    """A record committed (a fast SET whose answer may leave now) is in Redis before any
+    command Redis reads afterwards runs, whatever the ring's wakeup and the tick do: the
+    command filter applies it first. Without the filter the INCR (a file event) ran before
+    the apply (a timer), on a key not there yet, and replied 1."""
+    load(menv)
+    c = menv.redis.client()
+    for i in range(300):
+        k = b'ord:%d' % i
+        menv.bpf.produce_wait(k, b'5')
+        if i % 3 == 2:
+            got = c.eval("return redis.call('INCR', KEYS[1])", 1, k)
+        else:
+            got = c.incr(k)
+        assert got == 6, 'INCR %r after its SET was acknowledged replied %r' % (k, got)
+    i = info(menv)
+    assert i['erbredis_applied'] == 300 and i['erbredis_errors'] == 0
+    assert i['erbredis_applied_before_command'] > 0
+    # in the AOF too: each SET before its INCR, not wrapped with it in MULTI/EXEC
+    seen = set()
+    for cmd in menv.redis.aof_commands():
+        name = cmd[0].upper()
+        assert name != b'MULTI', 'the filter\'s SETs were propagated with the command in a transaction'
+        if name == b'SET' and cmd[1].startswith(b'ord:'):
+            seen.add(cmd[1])
+        elif name == b'INCR':
+            assert cmd[1] in seen, 'INCR %r before its SET in the AOF' % cmd[1]
+
+
+def test_writes_applied_before_a_command_survive_eviction_and_blocked_clients(menv):
+    """The SETs the filter applies must not be left pending for propagation: Redis asserts that
+    nothing is when it evicts (maxmemory) and when it serves blocked clients."""
+    load(menv)
+    c = menv.redis.client()
+    used = c.info('memory')['used_memory']
+    c.config_set('maxmemory', used + 2 * 1024 * 1024)
+    c.config_set('maxmemory-policy', 'allkeys-lru')
+    blocked = menv.redis.client()
+    big = b'x' * 700
+    for i in range(4000):
+        menv.bpf.produce_wait(b'ev:%d' % i, big)
+        if i % 2:
+            c.incr(b'ev:n')
+        if i % 200 == 0:
+            c.lpush(b'ev:list', b'%d' % i)
+            assert blocked.blpop(b'ev:list', 5) is not None
+    assert c.ping()
+    assert c.info('stats')['evicted_keys'] > 0
+    assert info(menv)['erbredis_errors'] == 0
+    c.config_set('maxmemory', 0)
+
+
+OTHER_MODULE = r'''
+typedef struct RedisModuleCtx RedisModuleCtx;
+typedef struct RedisModuleString RedisModuleString;
+__attribute__((visibility("default")))
+int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    int (*get_api)(const char *, void *) = (int (*)(const char *, void *))((void **)ctx)[0];
+    int (*attribs)(RedisModuleCtx *, const char *, int, int);
+
+    (void)argv;
+    (void)argc;
+    if (get_api("RedisModule_SetModuleAttribs", &attribs))
+        return 1;
+    attribs(ctx, "erbtestother", 1, 1);
+    return 0;
+}
+'''
+
+
+@pytest.fixture
+def other_module(tmp_path):
+    src = tmp_path / 'other.c'
+    src.write_text(OTHER_MODULE)
+    so = tmp_path / 'other.so'
+    subprocess.run(['cc', '-shared', '-fPIC', '-o', str(so), str(src)], check=True)
+    return so
+
+
+@pytest.mark.parametrize('order', ['other-first', 'other-after'])
+def test_no_ordered_mode_beside_another_module(menv, other_module, order):
+    """Another module's command may call Redis commands (RM_Call), and the filter cannot tell
+    them from a client's: a write applied there would land inside that command. So ordered
+    mode only while erb_redis is Redis's only module: records wake Redis and erb_xdp holds."""
+    c = menv.redis.client()
+    if order == 'other-first':
+        c.execute_command('MODULE', 'LOAD', str(other_module))
+        load(menv)
+        assert 'other modules are loaded: ordered mode off' in redis_log(menv)
+    else:
+        load(menv)
+        assert info(menv)['erbredis_ordered'] == 1
+        c.execute_command('MODULE', 'LOAD', str(other_module))
+        assert 'ordered mode off (another module was loaded)' in redis_log(menv)
+    assert info(menv)['erbredis_ordered'] == 0
+    assert lease_ns(menv) == 0
+    menv.bpf.produce_wait(b'k', b'v')
+    menv.wait_applied(1)                 # the ring's wakeup still applies it
+    assert info(menv)['erbredis_applied_before_command'] == 0

@@ -667,6 +667,11 @@ def _erb_end_untracked_quiet(self):
     _erb_global_store(self, 'untracked_wr_ns', '=Q', 0)
 
 
+def _erb_set_ordered_until(self, ns):
+    """erb_global.ordered_until_ns = ns (erb_redis's lease; CLOCK_MONOTONIC, bpf_ktime_get_ns())."""
+    _erb_global_store(self, 'ordered_until_ns', '=Q', ns)
+
+
 def _erb_apply_all(self):
     """applied_seq = write_seq (the agent caught up)."""
     seq = self.glob().write_seq
@@ -737,6 +742,7 @@ Erb.set_applied = _erb_set_applied
 Erb.set_cache_gen = _erb_set_cache_gen
 Erb.end_untracked_quiet = _erb_end_untracked_quiet
 Erb.apply_all = _erb_apply_all
+Erb.set_ordered_until = _erb_set_ordered_until
 Erb.u32 = _erb_u32
 Erb.set_u32 = _erb_set_u32
 Erb.reset_fast = _erb_reset_fast

@@ -71,6 +71,15 @@ def test_deploy_loads_erb_redis_the_agent_assists_and_rollback_unloads_it(host, 
     assert h.redis_cli('GET', 'rmod:k') == 'v2'
     assert int(rmod_info(h)['erbredis_applied']) > applied
 
+    # ordered mode: a command right after its key's SET answered in XDP is not held; Redis runs it
+    # after that SET, which erb_redis's command filter applies first (else its tick, ms later)
+    assert i['erbredis_ordered'] == '1'
+    before = int(rmod_info(h)['erbredis_applied_before_command'])
+    for n in range(20):
+        out = h.redis_cli(input='SET rmod:n%d 5\nINCR rmod:n%d\n' % (n, n)).split()
+        assert out == ['OK', '6'], out
+    assert int(rmod_info(h)['erbredis_applied_before_command']) > before
+
     again = ansible_playbook('deploy.yml', limit=h.name, extra_vars=RMOD)
     assert again.rc == 0, again.output[-6000:]
     assert again.recap[h.name]['changed'] == 0, again.output[-6000:]
