@@ -218,12 +218,11 @@ def run_problems(hosts, expect, fd, sd, t, w, lost, applied, att):
 # Every mix must show no wrong reply, no failed or unanswered request, no lost acknowledged
 # write, and the I/O path caught up: those fail the test. The speed bounds (slowest request,
 # throughput) end it as an expected failure when missed, with the figures in the reason.
-SPEED = ('speed bounds not met yet: a command right after its key\'s SET answered in XDP waits for the '
-         'I/O path (held, then replayed once the SET is in Redis); and where no RTO dominates (duplication, '
-         'reordering) the 2-vCPU machine is CPU-bound, with ERB\'s CPU per operation within a few percent '
-         'of Redis alone\'s since erb_redis applies and invalidates in Redis\'s thread (bench/chaos_cpu.py): '
-         'every passed command pays the BPF parse and sequence mapping, which the ~0.2 commands per '
-         'operation answered in XDP only just pay back, so the medians\' order moves from run to run')
+SPEED = ('speed bounds not met yet: where no RTO dominates (duplication, reordering) the 2-vCPU machine '
+         'is CPU-bound and every passed command pays the BPF parse and sequence mapping (~10 us more per '
+         'request than Redis alone on this VM, bench/README.md), which the ~0.2 commands per operation '
+         'answered in XDP only just pay back; where RTOs dominate (loss) four windows say little; so the '
+         'medians\' order moves from run to run')
 
 
 def throughput_windows(erb, alone, mix):
