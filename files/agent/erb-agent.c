@@ -117,6 +117,7 @@
 #define SECRET_MAX		512
 #define HASH_SCAN_CHUNK		2048		/* cache slots looked at per round */
 #define HASH_SCAN_FAST_MS	10		/* rounds this far apart while fills happen */
+#define FILL_RETRY_MAX		64		/* fills checked again next round; more: a walk */
 /* erb_entry.type of an HGETALL fill not verified yet: never served by XDP */
 #define TYPE_HASH_UNVERIFIED	2
 /* erb_entry.type of a GET fill not verified yet: never served by XDP */
@@ -459,6 +460,8 @@ struct stats {
 	uint64_t hash_deleted;		/* hash entries deleted: TTL, or key gone */
 	uint64_t get_verified;		/* GET fills checked: no TTL, made servable */
 	uint64_t get_deleted;		/* GET fills deleted: TTL, or key gone */
+	uint64_t fill_walks;		/* cache walks for fills: at start, the fill queue outrun */
+	uint64_t slots_walked;		/* cache slots those walks looked at */
 	uint64_t parked;		/* held segments read from erb_parked */
 	uint64_t replayed;		/* ... replayed through erb_xdp */
 	uint64_t replay_expired;	/* ... older than PARK_MAX_AGE_NS: left to the client's retransmission */
@@ -548,14 +551,15 @@ struct agent {
 	size_t wepoch_len;
 	const uint8_t *tags;		/* erb_tags mmapped (a byte per slot); NULL: read the entries */
 	size_t tags_len;
-	int stats_fd;			/* erb_stats (per-CPU), -1 when absent */
-	unsigned int ncpus;
 	/* hash entries: per slot, the ver verified to have no TTL (0 none) */
 	uint32_t *hash_ok;
 	uint32_t scan_pos;
-	uint64_t fills_seen;
 	uint64_t last_scan_ns;
-	bool fills_moved;		/* fills (or entries left to check) since the pass began */
+	bool fills_moved;		/* entries left to check by a walk since the pass began */
+	uint32_t fillq_seen;		/* erb_global.fillq_head at the last look */
+	uint64_t fillq_active_until_ns;	/* look at the fill queue often until then */
+	uint32_t fill_retry[FILL_RETRY_MAX];	/* slots to check again (busy, changing) */
+	unsigned int nretry;
 	/* progress */
 	struct tracker trk;
 	struct batch batch;
@@ -884,24 +888,6 @@ static void open_tags(struct agent *a)
 out:
 	if (fd >= 0)
 		close(fd);
-}
-
-/* erb_stats (per-CPU counters): fills tell when to look for new hash entries. */
-static void open_stats(struct agent *a)
-{
-	struct bpf_map_info info;
-	int n = libbpf_num_possible_cpus();
-
-	a->stats_fd = open_pin_optional(a, "map_erb_stats");
-	if (a->stats_fd < 0)
-		return;
-	if (map_info(a->stats_fd, "erb_stats", &info) || info.type != BPF_MAP_TYPE_PERCPU_ARRAY ||
-	    info.value_size != sizeof(uint64_t) || info.max_entries <= ERB_STAT_FILL_GET || n < 1) {
-		close(a->stats_fd);
-		a->stats_fd = -1;
-		return;
-	}
-	a->ncpus = (unsigned int)n;
 }
 
 /* Ring buffer samples: length without the busy/discard bits; the position after one. */
@@ -1332,7 +1318,6 @@ static int open_maps(struct agent *a)
 		return -1;
 	open_wepoch(a);
 	open_tags(a);
-	open_stats(a);
 	open_park(a);
 	park_check(a);
 	a->hash_ok = calloc(a->cache_entries, sizeof(*a->hash_ok));
@@ -1340,6 +1325,10 @@ static int open_maps(struct agent *a)
 		log_err("out of memory for %u cache slots", a->cache_entries);
 		return -1;
 	}
+	/* fills made before this agent: one walk; later ones come queued */
+	a->fillq_seen = __atomic_load_n(&a->global->fillq_head, __ATOMIC_ACQUIRE);
+	a->fills_moved = true;
+	a->st.fill_walks = 1;
 	return 0;
 }
 
@@ -2283,24 +2272,6 @@ static int verify_round(struct agent *a)
 /* ------------------------------------------------------- hashes with a TTL */
 
 /*
- * HGETALL and GET fills so far (erb_stats[ERB_STAT_FILL_HASH] and
- * [ERB_STAT_FILL_GET] summed over the CPUs); 0 unknown.
- */
-static uint64_t fills_now(struct agent *a)
-{
-	uint64_t v[a->ncpus ? a->ncpus : 1], sum = 0;
-	const __u32 keys[] = { ERB_STAT_FILL_HASH, ERB_STAT_FILL_GET };
-
-	for (unsigned int k = 0; k < 2; k++) {
-		if (a->stats_fd < 0 || bpf_map_lookup_elem(a->stats_fd, &keys[k], v))
-			return 0;
-		for (unsigned int i = 0; i < a->ncpus; i++)
-			sum += v[i];
-	}
-	return sum;
-}
-
-/*
  * Mark a verified fill servable if it still is version ver: an HGETALL fill
  * (type 2) becomes a hash (1), a GET fill (3) a string (0).
  */
@@ -2331,68 +2302,127 @@ struct hash_check {
 	char key[ERB_KEY_MAX];
 };
 
+/* Check slot i again next round (busy or changing); too many: walk the cache. */
+static void fill_again(struct agent *a, uint32_t i)
+{
+	if (a->nretry < FILL_RETRY_MAX)
+		a->fill_retry[a->nretry++] = i;
+	else
+		a->fills_moved = true;
+}
+
 /*
- * While HGETALL or GET fills happen (erb_stats' FILL_HASH or FILL_GET counter
- * moves; always when that map is absent), look at the next HASH_SCAN_CHUNK
- * cache slots every HASH_SCAN_FAST_MS for hash entries and unverified GET
- * fills not checked in their current version and ask Redis their PTTL
- * (pipelined, db 0): no TTL keeps the entry (and makes an unverified fill
- * servable), a TTL or a missing key deletes it. A full pass with no such
- * fill since it began ends the scanning (SET write-through fills need no
- * check: a scan for them would walk the cache for nothing).
+ * A slot worth a PTTL: a hash or an unverified GET fill, valid, of this
+ * cache generation, in a version not checked yet. Copies its key into *c.
+ * An entry that was changing is checked again next round.
+ */
+static bool fill_candidate(struct agent *a, uint32_t i, uint32_t gen, struct hash_check *c)
+{
+	struct erb_entry *e = &a->cache[i];
+	struct entry_view v;
+	uint16_t type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
+
+	if ((type != ERB_TYPE_HASH && type != TYPE_HASH_UNVERIFIED && type != TYPE_STRING_UNVERIFIED) ||
+	    __atomic_load_n(&e->state, __ATOMIC_RELAXED) != ERB_ENTRY_VALID ||
+	    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen ||
+	    __atomic_load_n(&e->ver, __ATOMIC_RELAXED) == a->hash_ok[i])
+		return false;
+	if (!entry_read(e, &v)) {
+		fill_again(a, i);		/* changing: again */
+		return false;
+	}
+	if (v.state != ERB_ENTRY_VALID || v.gen != gen || v.klen < 1 || v.klen > ERB_KEY_MAX)
+		return false;
+	c->slot = i;
+	c->ver = v.ver;
+	c->type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
+	c->klen = v.klen;
+	memcpy(c->key, v.key, v.klen);
+	return true;
+}
+
+/*
+ * The slots of the fills queued since the last look (erb_global.fillq),
+ * up to max. Outrun (more than ERB_FILLQ behind) or an entry not stored
+ * yet past max tries: the cache is walked instead (a->fills_moved).
+ */
+static unsigned int fillq_read(struct agent *a, uint32_t gen, struct hash_check *c, unsigned int max)
+{
+	struct erb_global *g = a->global;
+	uint32_t head = __atomic_load_n(&g->fillq_head, __ATOMIC_ACQUIRE);
+	unsigned int m = 0;
+
+	if (head == a->fillq_seen)
+		return 0;
+	a->fillq_active_until_ns = now_ns() + 1000000000ULL;
+	if (head - a->fillq_seen > ERB_FILLQ) {
+		if (!a->fills_moved)
+			a->st.fill_walks++;
+		a->fills_moved = true;
+		a->fillq_seen = head;
+		return 0;
+	}
+	while (a->fillq_seen != head && m < max) {
+		uint32_t i = a->fillq_seen;
+		uint64_t v = __atomic_load_n(&g->fillq[i & (ERB_FILLQ - 1)], __ATOMIC_ACQUIRE);
+
+		if ((uint32_t)(v >> 32) != i)
+			break;			/* its producer has not stored it yet: next round */
+		a->fillq_seen = i + 1;
+		if ((uint32_t)v < a->cache_entries && fill_candidate(a, (uint32_t)v, gen, &c[m]))
+			m++;
+	}
+	return m;
+}
+
+/*
+ * GET and HGETALL fills are served only once checked to have no TTL: ask
+ * Redis the PTTL (pipelined, db 0) of the slots of the fills queued since
+ * the last look (every HASH_SCAN_FAST_MS while fills come); no TTL keeps
+ * the entry (and makes an unverified fill servable), a TTL or a missing key
+ * deletes it. When the queue was outrun (or an entry was busy) the next
+ * HASH_SCAN_CHUNK cache slots are walked for such entries as well, until
+ * a full pass finds none left (and at start: fills made before it).
  * Returns -1 when the connection broke.
  */
 static int hash_scan(struct agent *a)
 {
 	uint32_t gen = __atomic_load_n(&a->global->cache_gen, __ATOMIC_ACQUIRE);
 	uint32_t n = a->cache_entries < HASH_SCAN_CHUNK ? a->cache_entries : HASH_SCAN_CHUNK;
-	uint64_t fills, t = now_ns();
+	uint64_t t = now_ns();
+	uint32_t retry[FILL_RETRY_MAX];
+	unsigned int m = 0, nretry;
 	struct hash_check *c;
-	unsigned int m = 0;
+	bool walk;
 	int rc = 0;
 
 	if (t - a->last_scan_ns < HASH_SCAN_FAST_MS * 1000000ULL)
 		return 0;
 	a->last_scan_ns = t;
-	fills = fills_now(a);
-	if (fills != a->fills_seen || a->stats_fd < 0) {
-		a->fills_seen = fills;
-		a->fills_moved = true;
-	}
-	if (!a->fills_moved)
+	if (a->global->fillq_head == a->fillq_seen && !a->fills_moved && !a->nretry)
 		return 0;
 	c = malloc(INVAL_ROUND * sizeof(*c));
 	if (!c)
 		return 0;
-	for (uint32_t k = 0; k < n && m < INVAL_ROUND; k++) {
+	nretry = a->nretry;
+	memcpy(retry, a->fill_retry, nretry * sizeof(*retry));
+	a->nretry = 0;
+	for (unsigned int k = 0; k < nretry; k++)
+		if (fill_candidate(a, retry[k], gen, &c[m]))
+			m++;
+	m += fillq_read(a, gen, c + m, INVAL_ROUND - m);
+	walk = a->fills_moved;
+	for (uint32_t k = 0; a->fills_moved && k < n && m < INVAL_ROUND; k++) {
 		uint32_t i = a->scan_pos;
-		struct erb_entry *e = &a->cache[i];
-		struct entry_view v;
-		uint16_t type;
 
 		a->scan_pos = i + 1 == a->cache_entries ? 0 : i + 1;
+		a->st.slots_walked++;
 		if (!a->scan_pos)
 			a->fills_moved = false;		/* a full pass since */
-		type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
-		if ((type != ERB_TYPE_HASH && type != TYPE_HASH_UNVERIFIED && type != TYPE_STRING_UNVERIFIED) ||
-		    __atomic_load_n(&e->state, __ATOMIC_RELAXED) != ERB_ENTRY_VALID ||
-		    __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen ||
-		    __atomic_load_n(&e->ver, __ATOMIC_RELAXED) == a->hash_ok[i])
-			continue;
-		if (!entry_read(e, &v)) {
-			a->fills_moved = true;		/* changing: again */
-			continue;
-		}
-		if (v.state != ERB_ENTRY_VALID || v.gen != gen || v.klen < 1 || v.klen > ERB_KEY_MAX)
-			continue;
-		c[m].slot = i;
-		c[m].ver = v.ver;
-		c[m].type = __atomic_load_n(&e->type, __ATOMIC_RELAXED);
-		c[m].klen = v.klen;
-		memcpy(c[m].key, v.key, v.klen);
-		m++;
+		if (fill_candidate(a, i, gen, &c[m]))
+			m++;
 	}
-	if (m == INVAL_ROUND)
+	if (walk && m == INVAL_ROUND)
 		a->fills_moved = true;		/* the chunk was cut short */
 	if (m && select_db0(a))
 		rc = -1;
@@ -2421,7 +2451,7 @@ static int hash_scan(struct agent *a)
 				else
 					a->st.hash_verified++;
 			} else {
-				a->fills_moved = true;	/* busy or changed: again */
+				fill_again(a, c[i].slot);	/* busy or changed: again */
 			}
 		} else if (r->type == REDIS_REPLY_INTEGER) {
 			/* a TTL (Redis expires it unseen by XDP hits) or gone */
@@ -2432,11 +2462,11 @@ static int hash_scan(struct agent *a)
 				else
 					a->st.hash_deleted++;
 				break;
-			case DEL_BUSY: a->fills_moved = true; break;	/* again next pass */
+			case DEL_BUSY: fill_again(a, c[i].slot); break;	/* again next round */
 			case DEL_CHANGED: break;
 			}
 		} else {
-			a->fills_moved = true;
+			fill_again(a, c[i].slot);
 		}
 		freeReplyObject(r);
 	}
@@ -2637,6 +2667,7 @@ static void write_stats(struct agent *a)
 		     "\"cache_gen\":%u,\"errors\":%llu,\"bad_records\":%llu,\"retries\":%llu,"
 		     "\"reconnects\":%llu,\"redis_restarts\":%llu,\"epoch_bumps\":%llu,"
 		     "\"hash_verified\":%llu,\"hash_deleted\":%llu,\"get_verified\":%llu,\"get_deleted\":%llu,"
+		     "\"fill_walks\":%llu,\"slots_walked\":%llu,"
 		     "\"parked\":%llu,\"replayed\":%llu,"
 		     "\"replay_expired\":%llu,\"replay_copies\":%llu,\"replay_dropped\":%llu,\"replay_queued\":%u}\n",
 		     getpid(), (double)(now_ns() - a->started_ns) / 1e9, a->apply ? "true" : "false",
@@ -2657,6 +2688,7 @@ static void write_stats(struct agent *a)
 		     (unsigned long long)s->redis_restarts, (unsigned long long)s->epoch_bumps,
 		     (unsigned long long)s->hash_verified, (unsigned long long)s->hash_deleted,
 		     (unsigned long long)s->get_verified, (unsigned long long)s->get_deleted,
+		     (unsigned long long)s->fill_walks, (unsigned long long)s->slots_walked,
 		     (unsigned long long)s->parked, (unsigned long long)s->replayed,
 		     (unsigned long long)s->replay_expired, (unsigned long long)s->replay_copies,
 		     (unsigned long long)s->replay_dropped, a->park.n);
@@ -2828,7 +2860,8 @@ static int run(struct agent *a)
 		park_replay(a);
 		/* parked segments wait for applied_seq: erb_io's moves unseen, so poll */
 		if (wait_events(a, n || a->inval.n || a->flush_pending ? 0 :
-				a->park.n ? 1 : a->fills_moved ? HASH_SCAN_FAST_MS : 200))
+				a->park.n ? 1 : a->fills_moved || a->nretry || now_ns() < a->fillq_active_until_ns ?
+				HASH_SCAN_FAST_MS : 200))
 			return EXIT_RUNTIME;
 		if (a->apply && process_invalidations(a))
 			session_close(a);
@@ -2914,7 +2947,6 @@ static int agent_init(struct agent *a)
 		return -1;
 	}
 	a->cur_db = -1;
-	a->stats_fd = -1;
 	a->started_ns = now_ns();
 	return 0;
 }

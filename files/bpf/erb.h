@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	12
+#define ERB_LAYOUT_VERSION	13
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -242,6 +242,7 @@ struct erb_aux {
 };
 
 /* Global state (erb_global: ARRAY of 1). */
+#define ERB_FILLQ		256	/* fill queue entries (a power of 2) */
 #define ERB_CTL_DRAIN		(1U << 0)	/* stop answering and filling (rollback) */
 #define ERB_CTL_KMOD		(1U << 1)	/* erb_io owns applied_seq: the agent must not publish it */
 
@@ -261,6 +262,18 @@ struct erb_global {
 	 * stopped without unloading it stops renewing it.
 	 */
 	__u64 ordered_until_ns;
+	__u64 pad[2];		/* fillq_head on a cache line of its own */
+	/*
+	 * The fill queue: the cache slot of every GET and HGETALL fill, which
+	 * erb-agent must check for a TTL before it may be served. Fill number
+	 * i (fillq_head counts them) is fillq[i % ERB_FILLQ] = (__u64)i << 32 |
+	 * slot, stored after the entry. The agent checks the slots since its
+	 * last look; when it fell more than ERB_FILLQ behind, or finds an
+	 * entry not stored yet, it walks the cache instead.
+	 */
+	__u32 fillq_head;
+	__u32 fillq_pad;
+	__u64 fillq[ERB_FILLQ];
 };
 
 /*

@@ -505,13 +505,14 @@ static __always_inline struct erb_entry *cache_claim(struct erb_scratch *s, cons
  */
 static __always_inline int cache_store(struct erb_scratch *s, __u32 h, const char *key,
 				       __u32 klen, const char *val, __u32 vlen, __u32 gen,
-				       __u32 type)
+				       __u32 type, __u32 *slot)
 {
 	struct erb_entry *target = cache_claim(s, key, klen, h, gen);
 
 	if (!target)
 		return -1;
 	entry_write(target, h, key, klen, val, vlen, gen, target->wseq, type);
+	*slot = target->slot;
 	__sync_lock_test_and_set(&target->lock, 0);
 	return 0;
 }

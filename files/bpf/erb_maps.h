@@ -357,6 +357,18 @@ static __always_inline __u32 unordered(struct erb_global *g)
 	return 1 ^ (__u32)((bpf_ktime_get_ns() - READ_ONCE(g->ordered_until_ns)) >> 63);
 }
 
+/*
+ * Queue a fill's slot for erb-agent's TTL check (erb_global.fillq), after
+ * the entry is stored: the agent reads the slots since its last look
+ * instead of walking the whole cache for them.
+ */
+static __always_inline void fillq_push(struct erb_global *g, __u32 slot)
+{
+	__u32 i = __sync_fetch_and_add(&g->fillq_head, 1);
+
+	WRITE_ONCE(g->fillq[i & (ERB_FILLQ - 1)], (__u64)i << 32 | slot);
+}
+
 /* The ring's wakeup of its consumer for a record committed now. */
 static __always_inline __u64 ring_wakeup(struct erb_global *g)
 {

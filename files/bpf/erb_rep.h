@@ -89,7 +89,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 {
 	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, k);
 	struct erb_global *g = c->g;
-	__u32 gen, b, *ep, *bl, type, len;
+	__u32 gen, b, *ep, *bl, type, len, slot = 0;
 	int rc;
 
 	if (!a)
@@ -191,7 +191,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	 */
 	rc = key_pending(a->fill_hash, g->applied_seq) ||
 	     cache_store(c->s, a->fill_hash, a->fill_key, a->fill_klen, a->fill_val,
-			 a->fill_vlen, gen, type == ERB_TYPE_HASH ? ERB_TYPE_HASH_UNVERIFIED : type);
+			 a->fill_vlen, gen, type == ERB_TYPE_HASH ? ERB_TYPE_HASH_UNVERIFIED : type, &slot);
 	__sync_lock_test_and_set(bl, 0);
 	if (rc) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
@@ -204,6 +204,8 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		return;
 	}
 	stat_inc(ERB_STAT_FILL);
+	if (type == ERB_TYPE_HASH || type == ERB_TYPE_STRING_UNVERIFIED)
+		fillq_push(g, slot);	/* erb-agent checks it for a TTL */
 	if (type == ERB_TYPE_HASH)
 		stat_inc(ERB_STAT_FILL_HASH);
 	if (type == ERB_TYPE_STRING_UNVERIFIED)

@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 12
+ERB_LAYOUT_VERSION = 13
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -25,6 +25,7 @@ ERB_INFLIGHT_BUCKETS = 65536
 ERB_WR_RING = 16
 ERB_DEPTH_MAX = 8
 ERB_CMD_NAME_MAX = 24
+ERB_FILLQ = 256
 
 # struct erb_config.flags
 ERB_CFG_ANSWER = 1 << 0
@@ -343,6 +344,10 @@ class ErbGlobal(ctypes.Structure):
         ('write_seq', u64),
         ('applied_seq', u64),
         ('ordered_until_ns', u64),
+        ('pad', u64 * 2),
+        ('fillq_head', u32),
+        ('fillq_pad', u32),
+        ('fillq', u64 * ERB_FILLQ),
     ]
 
 

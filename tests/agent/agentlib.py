@@ -12,7 +12,6 @@ import functools
 import json
 import mmap
 import os
-import re
 import signal
 import struct
 import subprocess
@@ -51,14 +50,6 @@ ENTRY_EMPTY, ENTRY_VALID, ENTRY_TOMB = 0, 1, 2
 TYPE_STRING, TYPE_HASH, TYPE_HASH_UNVERIFIED, TYPE_STRING_UNVERIFIED = 0, 1, 2, 3
 
 
-def _stat_index(name):
-    """Index of ERB_STAT_<name> in erb.h's enum erb_stat."""
-    body = (BPF_INC / 'erb.h').read_text().split('enum erb_stat {', 1)[1].split('};', 1)[0]
-    return re.findall(r'^\s*(ERB_STAT_\w+)', body, re.M).index('ERB_STAT_' + name)
-
-
-STAT_FILL_HASH = _stat_index('FILL_HASH')
-STAT_FILL_GET = _stat_index('FILL_GET')
 INFLIGHT_BUCKETS = 65536
 BPF_MAP_TYPE_ARRAY = 2
 META_SIZE = 4096
@@ -66,6 +57,7 @@ META_SIZE = 4096
 # struct erb_global offsets, from the layout's mirror
 G_CACHE_GEN, G_CTL, G_WRITE_SEQ, G_APPLIED_SEQ = (L.ErbGlobal.cache_gen.offset, L.ErbGlobal.ctl.offset,
                                                   L.ErbGlobal.write_seq.offset, L.ErbGlobal.applied_seq.offset)
+G_FILLQ_HEAD, G_FILLQ = L.ErbGlobal.fillq_head.offset, L.ErbGlobal.fillq.offset
 CTL_KMOD = 1 << 1            # ERB_CTL_KMOD: erb_io owns applied_seq
 # struct erb_entry: lock ver state type hash gen klen vlen wseq (ref pad) key val
 ENTRY_HDR = struct.Struct('<IIHHIIHHQ')
@@ -252,18 +244,17 @@ class BpfEnv(object):
     def cache_gen(self):
         return struct.unpack_from('<I', self.glob, G_CACHE_GEN)[0]
 
-    # -- erb_stats
-    def count_hash_fill(self, stat=STAT_FILL_HASH):
-        """Add one to ERB_STAT_FILL_HASH (on CPU 0), as erb.bpf.c does after storing an HGETALL
-        fill (stat=STAT_FILL_GET: ERB_STAT_FILL_GET, after a GET fill)."""
-        ncpu = self.lib.libbpf_num_possible_cpus()
-        vals = (ctypes.c_uint64 * ncpu)()
-        key = ctypes.c_uint32(stat)
-        if self.lib.bpf_map_lookup_elem(self.fds['erb_stats'], ctypes.byref(key), vals):
-            raise OSError(ctypes.get_errno(), 'erb_stats lookup')
-        vals[0] += 1
-        if self.lib.bpf_map_update_elem(self.fds['erb_stats'], ctypes.byref(key), vals, 0):
-            raise OSError(ctypes.get_errno(), 'erb_stats update')
+    # -- erb_global.fillq
+    @property
+    def fillq_head(self):
+        return struct.unpack_from('<I', self.glob, G_FILLQ_HEAD)[0]
+
+    def queue_fill(self, slot, head=None):
+        """Queue slot for the agent's TTL check, as erb.bpf.c's fillq_push() does after a
+        GET or HGETALL fill: fill i (fillq_head, or head) at fillq[i % ERB_FILLQ] = i << 32 | slot."""
+        i = self.fillq_head if head is None else head
+        struct.pack_into('<Q', self.glob, G_FILLQ + (i % L.ERB_FILLQ) * 8, (i & 0xffffffff) << 32 | slot)
+        struct.pack_into('<I', self.glob, G_FILLQ_HEAD, (i + 1) & 0xffffffff)
 
     # -- erb_wepoch
     def wepoch(self, key):

@@ -65,7 +65,7 @@ struct {
 	__type(value, __u32);
 } erb_wepoch SEC(".maps");
 
-/* Per-CPU counters, as erb.bpf.c's: the agent watches ERB_STAT_FILL_HASH. */
+/* Per-CPU counters, as erb.bpf.c's. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, ERB_STAT_MAX);

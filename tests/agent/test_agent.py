@@ -571,13 +571,10 @@ def test_hash_entries_of_keys_with_a_ttl_are_deleted(env):
     r.expire(b'h_new_ttl', 100)
     time.sleep(0.2)   # the invalidations of these writes pass before caching
     T = agentlib
-    env.bpf.cache_put(b'h_plain', HASH_REPLY, typ=T.TYPE_HASH)
-    env.bpf.cache_put(b'h_ttl', HASH_REPLY, typ=T.TYPE_HASH)
-    env.bpf.cache_put(b'h_gone', HASH_REPLY, typ=T.TYPE_HASH)
-    env.bpf.cache_put(b'h_new', HASH_REPLY, typ=T.TYPE_HASH_UNVERIFIED)
-    env.bpf.cache_put(b'h_new_ttl', HASH_REPLY, typ=T.TYPE_HASH_UNVERIFIED)
+    for k, typ in ((b'h_plain', T.TYPE_HASH), (b'h_ttl', T.TYPE_HASH), (b'h_gone', T.TYPE_HASH),
+                   (b'h_new', T.TYPE_HASH_UNVERIFIED), (b'h_new_ttl', T.TYPE_HASH_UNVERIFIED)):
+        env.bpf.queue_fill(env.bpf.cache_put(k, HASH_REPLY, typ=typ))  # as erb.bpf.c does after a fill
     env.bpf.cache_put(b's_plain', b'v')
-    env.bpf.count_hash_fill()  # as erb.bpf.c does after an HGETALL fill: the agent looks for new entries
     for k in (b'h_ttl', b'h_gone', b'h_new_ttl'):
         wait_for(lambda k=k: env.bpf.cache_state(k) == 'gone', timeout=5, what='%r deleted' % k)
     wait_for(lambda: (env.bpf.cache_entry(b'h_new') or {}).get('type') == T.TYPE_HASH, timeout=5,
@@ -607,9 +604,8 @@ def test_get_fills_are_served_only_once_checked_for_a_ttl(env):
     time.sleep(0.2)   # the invalidations of these writes pass before caching
     T = agentlib
     for k in (b'g_plain', b'g_ttl', b'g_gone'):
-        env.bpf.cache_put(k, b'v', typ=T.TYPE_STRING_UNVERIFIED)
+        env.bpf.queue_fill(env.bpf.cache_put(k, b'v', typ=T.TYPE_STRING_UNVERIFIED))  # as erb.bpf.c does
     env.bpf.cache_put(b's_set', b'v')
-    env.bpf.count_hash_fill(T.STAT_FILL_GET)  # as erb.bpf.c does after a GET fill
     for k in (b'g_ttl', b'g_gone'):
         wait_for(lambda k=k: env.bpf.cache_state(k) == 'gone', timeout=5, what='%r deleted' % k)
     wait_for(lambda: (env.bpf.cache_entry(b'g_plain') or {}).get('type') == T.TYPE_STRING, timeout=5,
@@ -618,6 +614,69 @@ def test_get_fills_are_served_only_once_checked_for_a_ttl(env):
     wait_for(lambda: (agent.read_stats() or {}).get('get_deleted', 0) >= 2 and
              (agent.read_stats() or {}).get('get_verified', 0) >= 1, timeout=5,
              what='get_deleted >= 2, get_verified >= 1')
+
+
+def walk_done(agent):
+    """The agent's walk of the cache at start has ended: slots_walked stopped moving."""
+    seen = []
+
+    def still():
+        s = agent.read_stats() or {}
+        seen.append(s.get('slots_walked'))
+        return len(seen) > 3 and seen[-1] is not None and seen[-1] == seen[-4]
+
+    wait_for(still, timeout=10, interval=0.1, what='the walk at start to end (slots_walked: %s)' % seen[-4:])
+    return seen[-1]
+
+
+def test_fills_are_checked_from_the_fill_queue_without_walking_the_cache(env):
+    # erb_global.fillq hands the agent the slot of each fill: after its walk at start, the
+    # agent checks queued fills within rounds of 10 ms and walks no cache slot for them
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    keys = [b'q%d' % i for i in range(30)]
+    for k in keys:
+        r.set(k, b'v')
+    time.sleep(0.2)   # the invalidations of these writes pass before caching
+    walked = walk_done(agent)
+    assert (agent.read_stats() or {}).get('fill_walks') == 1
+    t0 = time.monotonic()
+    for k in keys:
+        env.bpf.queue_fill(env.bpf.cache_put(k, b'v', typ=agentlib.TYPE_STRING_UNVERIFIED))
+    wait_for(lambda: all((env.bpf.cache_entry(k) or {}).get('type') == agentlib.TYPE_STRING for k in keys),
+             timeout=5, what='30 queued GET fills made servable')
+    took = time.monotonic() - t0
+    wait_for(lambda: (agent.read_stats() or {}).get('get_verified', 0) >= 30, timeout=5,
+             what='get_verified >= 30 in the stats')
+    s = agent.read_stats()
+    assert (s.get('slots_walked'), s.get('fill_walks')) == (walked, 1), \
+        'the agent walked the cache for queued fills: %s' % s
+    print('30 queued fills checked in %.3f s, no slot walked' % took)
+
+
+def test_an_outrun_fill_queue_falls_back_to_a_walk(env):
+    # more fills than the queue holds between two looks (fillq_head moved past
+    # ERB_FILLQ): the agent walks the cache again and still checks every fill
+    agent = env.agent()
+    wait_connected(agent, env)
+    r = env.redis.client()
+    keys = [b'o%d' % i for i in range(5)]
+    for k in keys:
+        r.set(k, b'v')
+    time.sleep(0.2)
+    walked = walk_done(agent)
+    slots = [env.bpf.cache_put(k, b'v', typ=agentlib.TYPE_STRING_UNVERIFIED) for k in keys]
+    head = env.bpf.fillq_head + 3 * agentlib.L.ERB_FILLQ      # fills the agent never saw queued
+    for s in slots:
+        env.bpf.queue_fill(s, head=head)
+        head += 1
+    wait_for(lambda: all((env.bpf.cache_entry(k) or {}).get('type') == agentlib.TYPE_STRING for k in keys),
+             timeout=10, what='fills past an outrun queue made servable')
+    wait_for(lambda: (agent.read_stats() or {}).get('get_verified', 0) >= 5, timeout=5,
+             what='get_verified >= 5 in the stats')
+    s = agent.read_stats()
+    assert s.get('fill_walks') == 2 and s.get('slots_walked', 0) > walked, s
 
 
 def test_loading_redis_is_waited_for_and_nothing_is_lost(env):

@@ -264,3 +264,24 @@ def test_pipelined_gets_answer_nil_in_order(erb):
     rc, _unused = u.send(resp(b'GET', b'a') + resp(b'GET', b'none'))
     assert rc == XDP_PASS, 'a pipeline answered a nil to a flow whose protocol ERB does not know'
     u.reply(bulk(b'1') + b'_\r\n')
+
+
+def test_fills_the_agent_must_check_are_queued_for_it(erb):
+    # erb-agent reads the slot of every GET and HGETALL fill from erb_global.fillq
+    # (fill i at fillq[i % ERB_FILLQ] = i << 32 | slot) instead of walking the cache
+    # for them; a nil (no TTL to check) is not queued
+    from test_hgetall import SMALL, hash_reply
+    f = Flow(erb).handshake()
+    head0 = erb.glob().fillq_head
+    miss(f, b'k1', bulk(b'hello'))
+    miss(f, b'k2', b'$-1\r\n')
+    rc, _unused = f.send(resp(b'HGETALL', b'h1'))
+    assert rc == XDP_PASS
+    f.reply(hash_reply(SMALL))
+    miss(f, b'k3', bulk(b'world'))
+    g = erb.glob()
+    slots = {key: slot for slot, _e, key, _v in live_entries(erb)}
+    assert set(slots) == {b'k1', b'k2', b'h1', b'k3'}, slots
+    assert g.fillq_head - head0 == 3, 'fills queued: %d (want 3: k1, h1, k3)' % (g.fillq_head - head0)
+    queued = [g.fillq[(head0 + i) % L.ERB_FILLQ] for i in range(3)]
+    assert queued == [(head0 + i) << 32 | slots[k] for i, k in enumerate((b'k1', b'h1', b'k3'))], queued
