@@ -336,21 +336,14 @@ static __always_inline struct erb_global *global(void)
 }
 
 /*
- * erb_redis holds the lease (erb_global.ordered_until_ns): Redis applies
- * every committed record before it runs a command it reads, so a command
- * passed now runs after every write acknowledged before it. Nothing need be
- * held for the I/O path, and a record need not wake Redis (it is applied
- * by the next command, else by erb_redis's tick within milliseconds).
- */
-static __always_inline int ordered(struct erb_global *g)
-{
-	return READ_ONCE(g->ordered_until_ns) > bpf_ktime_get_ns();
-}
-
-/*
- * !ordered(g) without a branch (the deadline and the clock are below 2^63):
- * where a branch would double the states the verifier walks through the
- * parser after it.
+ * 0 while erb_redis holds the lease (erb_global.ordered_until_ns), 1 else.
+ * Under the lease Redis applies every committed record before it runs a
+ * command it reads, so a command passed now runs after every write
+ * acknowledged before it: nothing need be held for the I/O path, and a
+ * record need not wake Redis (it is applied by the next command, else by
+ * erb_redis's tick within milliseconds). Without a branch (the deadline and
+ * the clock are below 2^63): a branch would double the states the verifier
+ * walks through the parser after it.
  */
 static __always_inline __u32 unordered(struct erb_global *g)
 {
@@ -372,7 +365,7 @@ static __always_inline void fillq_push(struct erb_global *g, __u32 slot)
 /* The ring's wakeup of its consumer for a record committed now. */
 static __always_inline __u64 ring_wakeup(struct erb_global *g)
 {
-	return ordered(g) ? BPF_RB_NO_WAKEUP : 0;
+	return (__u64)(unordered(g) ^ 1) * BPF_RB_NO_WAKEUP;
 }
 
 /*

@@ -773,7 +773,8 @@ static void on_tick(int fd, void *unused, int mask)
 		return;
 	if (!m.draining)
 		return;
-	lease_renew();
+	if (m.ordered)
+		lease_renew();
 	if (ring_has_data()) {
 		m.tick_busy = TICK_BUSY;
 		tick_set(TICK_FAST_NS);
