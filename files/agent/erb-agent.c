@@ -2343,8 +2343,9 @@ static bool fill_candidate(struct agent *a, uint32_t i, uint32_t gen, struct has
 
 /*
  * The slots of the fills queued since the last look (erb_global.fillq),
- * up to max. Outrun (more than ERB_FILLQ behind) or an entry not stored
- * yet past max tries: the cache is walked instead (a->fills_moved).
+ * up to max. Outrun (more than ERB_FILLQ behind, or an entry already
+ * overwritten): the cache is walked instead (a->fills_moved). An entry its
+ * producer has not stored yet is read next round.
  */
 static unsigned int fillq_read(struct agent *a, uint32_t gen, struct hash_check *c, unsigned int max)
 {
