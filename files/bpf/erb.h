@@ -268,8 +268,8 @@ struct erb_global {
 	 * erb-agent must check for a TTL before it may be served. Fill number
 	 * i (fillq_head counts them) is fillq[i % ERB_FILLQ] = (__u64)i << 32 |
 	 * slot, stored after the entry. The agent checks the slots since its
-	 * last look; when it fell more than ERB_FILLQ behind, or finds an
-	 * entry not stored yet, it walks the cache instead.
+	 * last look (an entry not stored yet at its next look); when it fell
+	 * more than ERB_FILLQ behind, it walks the cache instead.
 	 */
 	__u32 fillq_head;
 	__u32 fillq_pad;

@@ -629,27 +629,40 @@ def walk_done(agent):
     return seen[-1]
 
 
-def test_fills_are_checked_from_the_fill_queue_without_walking_the_cache(env):
-    # erb_global.fillq hands the agent the slot of each fill: after its walk at start, the
-    # agent checks queued fills within rounds of 10 ms and walks no cache slot for them
+def agent_walked(env, keys):
+    """An agent connected, keys SET in Redis (no TTL) and their invalidations passed, the
+    agent's walk at start ended: (agent, slots_walked)."""
     agent = env.agent()
     wait_connected(agent, env)
     r = env.redis.client()
-    keys = [b'q%d' % i for i in range(30)]
     for k in keys:
         r.set(k, b'v')
     time.sleep(0.2)   # the invalidations of these writes pass before caching
-    walked = walk_done(agent)
+    return agent, walk_done(agent)
+
+
+def wait_fills_servable(env, agent, keys, timeout):
+    """Every key's unverified GET fill made a servable string, and counted in the stats:
+    (the agent's stats, time.monotonic() when the last fill was seen servable)."""
+    wait_for(lambda: all((env.bpf.cache_entry(k) or {}).get('type') == agentlib.TYPE_STRING for k in keys),
+             timeout=timeout, what='%d queued GET fills made servable' % len(keys))
+    servable = time.monotonic()
+    wait_for(lambda: (agent.read_stats() or {}).get('get_verified', 0) >= len(keys), timeout=5,
+             what='get_verified >= %d in the stats' % len(keys))
+    return agent.read_stats(), servable
+
+
+def test_fills_are_checked_from_the_fill_queue_without_walking_the_cache(env):
+    # erb_global.fillq hands the agent the slot of each fill: after its walk at start, the
+    # agent checks queued fills within rounds of 10 ms and walks no cache slot for them
+    keys = [b'q%d' % i for i in range(30)]
+    agent, walked = agent_walked(env, keys)
     assert (agent.read_stats() or {}).get('fill_walks') == 1
     t0 = time.monotonic()
     for k in keys:
         env.bpf.queue_fill(env.bpf.cache_put(k, b'v', typ=agentlib.TYPE_STRING_UNVERIFIED))
-    wait_for(lambda: all((env.bpf.cache_entry(k) or {}).get('type') == agentlib.TYPE_STRING for k in keys),
-             timeout=5, what='30 queued GET fills made servable')
-    took = time.monotonic() - t0
-    wait_for(lambda: (agent.read_stats() or {}).get('get_verified', 0) >= 30, timeout=5,
-             what='get_verified >= 30 in the stats')
-    s = agent.read_stats()
+    s, servable = wait_fills_servable(env, agent, keys, timeout=5)
+    took = servable - t0
     assert (s.get('slots_walked'), s.get('fill_walks')) == (walked, 1), \
         'the agent walked the cache for queued fills: %s' % s
     print('30 queued fills checked in %.3f s, no slot walked' % took)
@@ -658,24 +671,14 @@ def test_fills_are_checked_from_the_fill_queue_without_walking_the_cache(env):
 def test_an_outrun_fill_queue_falls_back_to_a_walk(env):
     # more fills than the queue holds between two looks (fillq_head moved past
     # ERB_FILLQ): the agent walks the cache again and still checks every fill
-    agent = env.agent()
-    wait_connected(agent, env)
-    r = env.redis.client()
     keys = [b'o%d' % i for i in range(5)]
-    for k in keys:
-        r.set(k, b'v')
-    time.sleep(0.2)
-    walked = walk_done(agent)
+    agent, walked = agent_walked(env, keys)
     slots = [env.bpf.cache_put(k, b'v', typ=agentlib.TYPE_STRING_UNVERIFIED) for k in keys]
     head = env.bpf.fillq_head + 3 * agentlib.L.ERB_FILLQ      # fills the agent never saw queued
     for s in slots:
         env.bpf.queue_fill(s, head=head)
         head += 1
-    wait_for(lambda: all((env.bpf.cache_entry(k) or {}).get('type') == agentlib.TYPE_STRING for k in keys),
-             timeout=10, what='fills past an outrun queue made servable')
-    wait_for(lambda: (agent.read_stats() or {}).get('get_verified', 0) >= 5, timeout=5,
-             what='get_verified >= 5 in the stats')
-    s = agent.read_stats()
+    s, _unused = wait_fills_servable(env, agent, keys, timeout=10)
     assert s.get('fill_walks') == 2 and s.get('slots_walked', 0) > walked, s
 
 
