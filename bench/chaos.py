@@ -39,8 +39,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'fault'))
 
-from chaos_run import (lost_writes, mixes, redis_values, run_windows, run_workloads, table,  # noqa: E402
-                       totals, window_medians, window_order)
+from chaos_run import (lost_writes, mixes, redis_values, run_windows, run_workloads, stall_medians,  # noqa: E402
+                       table, totals, window_medians, window_order)
 from fault_harness import Faults  # noqa: E402
 import benchplot  # noqa: E402
 
@@ -174,7 +174,7 @@ def main():
             med = results[m]['median'] = window_medians(win)
             results[m]['windows'] = {'order': window_order(args.windows),
                                      'erb': [x['ops'] for x in win['erb']], 'alone': [x['ops'] for x in win['alone']],
-                                     'ratio': med['erb'] / max(1, med['alone'])}
+                                     'ratio': med['erb'] / max(1, med['alone']), 'stalls': stall_medians(win)}
             e, a = results[m]['erb'], results[m]['alone']
             print('%-8s Redis alone %6.0f ops/s slowest %.3f s | %s %6.0f ops/s slowest %.3f s | x%.2f  '
                   'wrong %d/%d errors %d/%d lost %d/%d  (%.0f s)' % (
@@ -182,6 +182,11 @@ def main():
                       results[m]['windows']['ratio'], a['wrong'] + a['window_wrong'], e['wrong'] + e['window_wrong'],
                       a['errors'] + a['window_errors'], e['errors'] + e['window_errors'], a['lost'], e['lost'],
                       time.monotonic() - t_start), flush=True)
+            st = results[m]['windows']['stalls']
+            free = st['erb']['ops_per_free_s'] / max(1, st['alone']['ops_per_free_s'])
+            print('         client time in requests over 10 ms (the faults): Redis alone %.1f%%, %s %.1f%%; '
+                  'ops per client-second outside them x%.2f'
+                  % (100 * st['alone']['stalled'], side, 100 * st['erb']['stalled'], free), flush=True)
     print('\n' + table(results, side))
     print('total %.0f s; %s' % (time.monotonic() - t_start, os.path.join(RESULTS, name + '.json')))
     result = {'benchmark': name, 'control': args.control, 'rate': args.rate, 'seconds': args.seconds, 'window': args.window,

@@ -12,7 +12,8 @@ it; shared by tests/fault/test_chaos.py and bench/chaos.py.
 - lost_writes(model, values): keys whose value in Redis the model does not allow.
 - totals(workload JSON): ops, requests, wrong, errors, slowest, p99 of all clients.
 - window_order(rounds): which host takes each window of a throughput comparison;
-  run_windows(...) runs them, window_medians(...) sums them up.
+  run_windows(...) runs them, window_medians(...) sums them up, stall_medians(...) says how
+  much of the clients' time went on waiting out the faults in them.
 """
 
 import json
@@ -85,15 +86,17 @@ def run_windows(hosts, tag, rounds, seconds, out_dir, python=None):
     """Throughput apart from any concurrent run: the workload on one host at a time, for
     seconds each, in window_order(rounds). hosts: {'erb': (index, client namespace, server
     address), 'alone': (...)}, the faults already set. Returns, per label, each window's
-    ops, requests, wrong replies, errors, hung clients, model (its keys, to compare with
-    Redis at the end) and the first wrong replies and errors."""
+    ops, requests, wrong replies, errors, hung clients, clients, seconds, stalled_s
+    (stalled_seconds()), model (its keys, to compare with Redis at the end) and the first
+    wrong replies and errors."""
     out = {'erb': [], 'alone': []}
     for n, label in enumerate(window_order(rounds)):
         index = hosts[label][0]
         w = run_workloads([hosts[label]], '%s-w%d' % (tag, n), seconds, out_dir, python)[index]
         t = totals(w)
         out[label].append({'ops': t['ops'], 'requests': t['requests'], 'wrong': t['wrong'], 'errors': t['errors'],
-                           'hung': t['hung'], 'model': w['model'], 'wrong_details': details(w, 'wrong')[:3],
+                           'hung': t['hung'], 'clients': len(w['clients']), 'seconds': seconds,
+                           'stalled_s': stalled_seconds(t['slow']), 'model': w['model'], 'wrong_details': details(w, 'wrong')[:3],
                            'error_details': details(w, 'error')[:3]})
     return out
 
@@ -101,6 +104,28 @@ def run_windows(hosts, tag, rounds, seconds, out_dir, python=None):
 def window_medians(win):
     """{label: median ops per window} of run_windows()' result."""
     return {label: statistics.median(x['ops'] for x in runs) for label, runs in win.items()}
+
+
+def stalled_seconds(slow):
+    """Seconds the clients spent in requests over 10 ms (slow: a merge_slow() histogram): on
+    this sub-millisecond path, waiting out a fault (a reordered segment's hold, a
+    retransmission timeout), which costs both hosts alike."""
+    return round(sum(t for k, (_n, t) in slow.items() if k != SLOW_BUCKETS[0]), 3)
+
+
+def stall_medians(win):
+    """Per label of run_windows()' result, medians per window of: 'stalled', the share of the
+    clients' time spent in requests over 10 ms; 'ops_per_free_s', operations per client-second
+    outside them (where a host's own speed shows; the faults' stalls are the same for both)."""
+    out = {}
+    for label, runs in win.items():
+        share, free = [], []
+        for x in runs:
+            total = x['clients'] * x['seconds']
+            share.append(x['stalled_s'] / total)
+            free.append(x['ops'] / max(total - x['stalled_s'], 1e-3))
+        out[label] = {'stalled': statistics.median(share), 'ops_per_free_s': statistics.median(free)}
+    return out
 
 
 def _read_reply(f):

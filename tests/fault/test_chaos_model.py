@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chaos_run import window_order
+from chaos_run import merge_slow, stall_medians, stalled_seconds, window_order
 from chaos_workload import MAX_DETAILS, SLOW_DETAIL, Client, Model, Wrong, run_apart
 
 
@@ -103,3 +103,19 @@ def test_throughput_windows_alternate_evenly():
     # each side as often as the other, and as often first as last
     assert order.count('erb') == order.count('alone') == 4
     assert sum(i for i, x in enumerate(order) if x == 'erb') == sum(i for i, x in enumerate(order) if x == 'alone')
+
+
+def test_stalls_are_the_requests_over_10_ms_and_the_rest_is_each_hosts_own_time():
+    # two clients' histograms merged as totals() does: the fastest bucket is not a stall
+    slow = merge_slow([{'<=0.01': [900, 1.5], '<=0.05': [40, 0.44]},
+                       {'<=0.01': [800, 1.2], '<=0.3': [2, 0.41], '>1.5': [1, 1.6]}])
+    assert stalled_seconds(slow) == pytest.approx(0.44 + 0.41 + 1.6)
+    assert stalled_seconds({'<=0.01': [10, 0.05]}) == 0
+    win = {'erb': [dict(ops=1000, clients=2, seconds=4.0, stalled_s=6.0),
+                   dict(ops=900, clients=2, seconds=4.0, stalled_s=4.0),
+                   dict(ops=1300, clients=2, seconds=4.0, stalled_s=3.0)],
+           'alone': [dict(ops=1000, clients=2, seconds=4.0, stalled_s=4.0)]}
+    m = stall_medians(win)
+    # shares 0.75, 0.5, 0.375; ops per free client-second 500, 225, 260
+    assert m['erb'] == {'stalled': 0.5, 'ops_per_free_s': 260}
+    assert m['alone'] == {'stalled': 0.5, 'ops_per_free_s': 250}
