@@ -832,20 +832,6 @@ static __always_inline int cache_get(struct erb_scratch *s, __u32 klen, __u32 h,
 	return 0;
 }
 
-/*
- * The ones' complement sum of n 4-byte words of a header, as bpf_csum_diff()
- * gives it (csum_partial()), for csum_fold(), without a helper call.
- */
-static __always_inline __u64 hdr_sum(const __u32 *w, int n)
-{
-	__u64 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < n; i++)
-		sum += w[i];
-	return sum;
-}
-
 /* Reply payloads up to this many bytes are summed without bpf_csum_diff() (PSUM8 x 4). */
 #define PAYLOAD_SUM_INLINE	128
 #define PSUM(i)		do { if (len4 <= (i) * 4) return sum; sum += w[(i)]; } while (0)
@@ -969,6 +955,7 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	struct tcphdr *t;
 	__u32 *opt;
 	__u64 sum;
+	__u16 tot;
 	int delta;
 
 	if (!s || rlen == 0 || rlen > ERB_REPLY_MAX - 8)
@@ -1010,27 +997,31 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	__builtin_memcpy(eth->h_source, h->smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 
-	ip->version = 4;
-	ip->ihl = 5;
-	ip->tos = 0;
-	ip->tot_len = bpf_htons(sizeof(struct iphdr) + h->thl + h->rlen);
+	tot = bpf_htons(sizeof(struct iphdr) + h->thl + h->rlen);
+	*(__u16 *)ip = bpf_htons(0x4500);	/* version 4, ihl 5, tos 0 */
+	ip->tot_len = tot;
 	ip->id = 0;
 	ip->frag_off = bpf_htons(0x4000);
 	ip->ttl = 64;
 	ip->protocol = IPPROTO_TCP;
 	ip->saddr = h->daddr;
 	ip->daddr = h->saddr;
-	ip->check = 0;
-	ip->check = csum_fold(hdr_sum((__u32 *)ip, sizeof(*ip) / 4));
+	/*
+	 * The headers' checksums are summed from the values written, not read
+	 * back from the frame: a load over narrower stores still in flight
+	 * cannot take their data (store forwarding fails) and waits for them.
+	 * A ones' complement sum of 16-bit words in network order, each field
+	 * as stored: where a word sits in a 32-bit one does not matter.
+	 */
+	ip->check = csum_fold((__u64)bpf_htons(0x4500) + tot + bpf_htons(0x4000) + bpf_htons(0x4006) +
+			      h->saddr + h->daddr);
 
 	t->source = h->dport;
 	t->dest = h->sport;
 	t->seq = bpf_htonl(h->seq);
 	t->ack_seq = bpf_htonl(h->ack);
-	*((__u16 *)t + 6) = 0;
-	t->doff = h->thl / 4;
-	t->ack = 1;
-	t->psh = 1;
+	/* data offset, then the flags: ACK and PSH */
+	*((__u16 *)t + 6) = bpf_htons((__u16)(h->thl / 4) << 12 | 0x18);
 	t->window = h->win;
 	t->check = 0;
 	t->urg_ptr = 0;
@@ -1049,21 +1040,18 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 				(void *)(rep + (rstart & 7)), arg_len(rlen, 1, ERB_REPLY_MAX - 8)))
 		return XDP_DROP;
 
+	/* pseudo header + TCP header (as written above, check and urg_ptr 0) + payload */
+	sum = (__u64)h->saddr + h->daddr + bpf_htons(IPPROTO_TCP) + bpf_htons(h->thl + rlen) +
+	      h->sport + h->dport + bpf_htonl(h->seq) + bpf_htonl(h->ack) +
+	      bpf_htons((__u16)(h->thl / 4) << 12 | 0x18) + h->win;
+	if (h->thl == 32)
+		sum += (__u64)bpf_htonl(0x0101080a) + bpf_htonl(h->tsval) + bpf_htonl(h->tsecr);
+	sum += payload_sum(rep, rstart, rlen);
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	t = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
-	/* pseudo header + TCP header + payload */
-	sum = (__u64)h->saddr + h->daddr + bpf_htons(IPPROTO_TCP) + bpf_htons(h->thl + rlen);
-	if (h->thl == 32) {
-		if ((void *)t + 32 > end)
-			return XDP_DROP;
-		sum += hdr_sum((__u32 *)t, 8);
-	} else {
-		if ((void *)t + 20 > end)
-			return XDP_DROP;
-		sum += hdr_sum((__u32 *)t, 5);
-	}
-	sum += payload_sum(rep, rstart, rlen);
+	if ((void *)(t + 1) > end)
+		return XDP_DROP;
 	t->check = csum_fold(sum);
 	return XDP_TX;
 }
