@@ -955,7 +955,7 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	struct tcphdr *t;
 	__u32 *opt;
 	__u64 sum;
-	__u16 tot;
+	__u16 tot, ttl_proto, off_flags;
 	int delta;
 
 	if (!s || rlen == 0 || rlen > ERB_REPLY_MAX - 8)
@@ -997,13 +997,15 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	__builtin_memcpy(eth->h_source, h->smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 
+	/* the 16-bit words written below that the checksums sum too */
 	tot = bpf_htons(sizeof(struct iphdr) + h->thl + h->rlen);
+	ttl_proto = bpf_htons(64 << 8 | IPPROTO_TCP);
+	off_flags = bpf_htons((__u16)(h->thl / 4) << 12 | 0x18);	/* data offset; ACK, PSH */
 	*(__u16 *)ip = bpf_htons(0x4500);	/* version 4, ihl 5, tos 0 */
 	ip->tot_len = tot;
 	ip->id = 0;
 	ip->frag_off = bpf_htons(0x4000);
-	ip->ttl = 64;
-	ip->protocol = IPPROTO_TCP;
+	*(__u16 *)&ip->ttl = ttl_proto;
 	ip->saddr = h->daddr;
 	ip->daddr = h->saddr;
 	/*
@@ -1013,15 +1015,14 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	 * A ones' complement sum of 16-bit words in network order, each field
 	 * as stored: where a word sits in a 32-bit one does not matter.
 	 */
-	ip->check = csum_fold((__u64)bpf_htons(0x4500) + tot + bpf_htons(0x4000) + bpf_htons(0x4006) +
+	ip->check = csum_fold((__u64)bpf_htons(0x4500) + tot + bpf_htons(0x4000) + ttl_proto +
 			      h->saddr + h->daddr);
 
 	t->source = h->dport;
 	t->dest = h->sport;
 	t->seq = bpf_htonl(h->seq);
 	t->ack_seq = bpf_htonl(h->ack);
-	/* data offset, then the flags: ACK and PSH */
-	*((__u16 *)t + 6) = bpf_htons((__u16)(h->thl / 4) << 12 | 0x18);
+	*((__u16 *)t + 6) = off_flags;
 	t->window = h->win;
 	t->check = 0;
 	t->urg_ptr = 0;
@@ -1043,7 +1044,7 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct pkt *k, struct t
 	/* pseudo header + TCP header (as written above, check and urg_ptr 0) + payload */
 	sum = (__u64)h->saddr + h->daddr + bpf_htons(IPPROTO_TCP) + bpf_htons(h->thl + rlen) +
 	      h->sport + h->dport + bpf_htonl(h->seq) + bpf_htonl(h->ack) +
-	      bpf_htons((__u16)(h->thl / 4) << 12 | 0x18) + h->win;
+	      off_flags + h->win;
 	if (h->thl == 32)
 		sum += (__u64)bpf_htonl(0x0101080a) + bpf_htonl(h->tsval) + bpf_htonl(h->tsecr);
 	sum += payload_sum(rep, rstart, rlen);
