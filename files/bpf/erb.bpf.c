@@ -1228,6 +1228,8 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return -1;
 	}
+	/* after the lock (an atomic waits for the loads before it): overlaps the checks below */
+	entry_prefetch(s, h);
 	/*
 	 * A write of this key passed to Redis and unanswered must go first.
 	 * Checked under the bucket lock, under which passed writes are counted.
