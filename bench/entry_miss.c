@@ -67,6 +67,16 @@ static unsigned int run(int fd, int repeat)
 	return t.duration;
 }
 
+/* an inner array of the direct layout: per_inner entries of esz bytes, under 32 KB */
+static int inner_create(unsigned int esz, unsigned int per_inner)
+{
+	int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "em_inner", 4, esz, per_inner, NULL);
+
+	if (fd < 0)
+		die("inner map");
+	return fd;
+}
+
 static void sweep(volatile const unsigned char *buf, size_t len)
 {
 	unsigned long sum = 0;
@@ -92,6 +102,7 @@ int main(int argc, char **argv)
 	struct bpf_map *m;
 	unsigned char *buf;
 	unsigned int esz, per_inner, inners;
+	size_t sweep_len;
 	cpu_set_t set;
 	FILE *out;
 
@@ -145,8 +156,8 @@ int main(int argc, char **argv)
 			bpf_map__max_entries(m), inners);
 		return 1;
 	}
-	inner_tmpl = bpf_map_create(BPF_MAP_TYPE_ARRAY, "em_inner", 4, esz, per_inner, NULL);
-	if (inner_tmpl < 0 || bpf_map__set_inner_map_fd(m, inner_tmpl))
+	inner_tmpl = inner_create(esz, per_inner);
+	if (bpf_map__set_inner_map_fd(m, inner_tmpl))
 		die("inner map");
 	if (bpf_map__set_initial_value(bpf_object__find_map_by_name(obj, ".rodata"), &keys, sizeof(keys)))
 		die("nkeys");
@@ -160,9 +171,7 @@ int main(int argc, char **argv)
 
 		while (count < 256 && o < inners) {
 			okeys[count] = o++;
-			ofds[count] = bpf_map_create(BPF_MAP_TYPE_ARRAY, "em_inner", 4, esz, per_inner, NULL);
-			if (ofds[count++] < 0)
-				die("inner map");
+			ofds[count++] = inner_create(esz, per_inner);
 		}
 		if (bpf_map_update_batch(outer, okeys, ofds, &count, NULL))
 			die("inner maps into the map of maps");
@@ -187,17 +196,18 @@ int main(int argc, char **argv)
 		if (!w[p] || !c[p])
 			die("calloc");
 	}
-	buf = malloc((size_t)sweep_mb << 20);
+	sweep_len = (size_t)sweep_mb << 20;
+	buf = malloc(sweep_len);
 	if (!buf)
 		die("malloc");
-	memset(buf, 1, (size_t)sweep_mb << 20);
+	memset(buf, 1, sweep_len);
 
 	for (int r = 0; r < rounds; r++)
 		for (int p = 0; p < NPROG; p++)
 			w[p][r] = run(fds[p], 1000000);
 	for (int r = 0; r < cold_runs; r++)
 		for (int p = 0; p < NPROG; p++) {
-			sweep(buf, (size_t)sweep_mb << 20);
+			sweep(buf, sweep_len);
 			c[p][r] = run(fds[p], 1);
 		}
 	printf("%-8s %10s %10s   (ns per run; the entry: minus base)\n", "", "warm", "cold");

@@ -311,8 +311,9 @@ static __always_inline void entry_prefetch(struct erb_scratch *s, __u32 h)
 {
 	__u32 idx = slot_of(h, 0);
 	struct erb_entry *e;
+	int end;
 
-	if (slot_tag(idx) != hash_tag(h))
+	if (tag_skip(idx, hash_tag(h), &end))
 		return;
 	e = bpf_map_lookup_elem(&erb_cache, &idx);
 	if (e)
