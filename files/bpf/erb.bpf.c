@@ -340,7 +340,7 @@ static long hold_step(__u32 i, void *arg)
 		return 1;
 	h = x->s->keyq[i & (KEYQ - 1)];
 	b = bucket_of(h);
-	lock = bpf_map_lookup_elem(&erb_locks, &b);
+	lock = bucket_lock(b);
 	if (!lock)
 		return 1;
 	/*
@@ -382,7 +382,7 @@ static long unlock_step(__u32 i, void *arg)
 	if (!x->s)
 		return 1;
 	b = bucket_of(x->s->keyq[i & (KEYQ - 1)]);
-	lock = bpf_map_lookup_elem(&erb_locks, &b);
+	lock = bucket_lock(b);
 	/* only ours: a bucket seen twice is released at its first key */
 	if (lock)
 		__sync_val_compare_and_swap(lock, bpf_get_smp_processor_id() + 1, 0);
@@ -464,7 +464,7 @@ static __always_inline int xdp_hold(struct pctx *c)
 		return 0;
 	/*
 	 * Lock the buckets even with nothing pending: key_step() counts the
-	 * writes (erb_inflight) under the lock, and a fast SET checks that
+	 * writes (erb_bucket.inflight) under the lock, and a fast SET checks that
 	 * count under the same lock, so one of the two always sees the other.
 	 */
 	u->nlocked = 0;
@@ -535,7 +535,8 @@ __attribute__((noinline)) int erb_capture(struct xdp_md *ctx, struct pcur *u, __
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
 	struct erb_aux *a;
-	__u32 kl, vl, h, b, *cnt, *ep;
+	struct erb_bucket *bk;
+	__u32 kl, vl, h, b, *ep;
 
 	if (!u || !s || !g)
 		return 0;
@@ -553,10 +554,10 @@ __attribute__((noinline)) int erb_capture(struct xdp_md *ctx, struct pcur *u, __
 		return 0;
 	h = fnv_key(s, a->fill_key, kl);
 	b = bucket_of(h);
-	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
+	bk = bucket_get(b);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
 	/* another write of this bucket is in flight: Redis may run it after */
-	if (!cnt || !ep || *cnt != (u->cap == 1 ? 1 : 0))
+	if (!bk || !ep || READ_ONCE(bk->inflight) != (u->cap == 1 ? 1 : 0))
 		return 0;
 	a->fill_type = u->cap == 2 ? ERB_TYPE_HASH : u->cap == 3 ? ERB_TYPE_STRING_UNVERIFIED : ERB_TYPE_STRING;
 	a->fill_hash = h;
@@ -1212,19 +1213,19 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 {
 	struct erb_record *rec;
 	struct erb_entry *e;
-	__u32 b = bucket_of(h), *bl, *cnt, seq, ack;
+	struct erb_bucket *bk;
+	__u32 b = bucket_of(h), seq, ack;
 	__u64 wseq;
 	int rc;
 
-	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
-	bl = bpf_map_lookup_elem(&erb_locks, &b);
-	if (!cnt || !bl)
+	bk = bucket_get(b);
+	if (!bk)
 		return -1;
 	if (vlen > cfg.max_value_len) {
 		stat_inc(ERB_STAT_PASS_TOO_BIG);
 		return -1;
 	}
-	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
+	if (__sync_val_compare_and_swap(&bk->lock, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
 		return -1;
 	}
@@ -1234,14 +1235,14 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	 * A write of this key passed to Redis and unanswered must go first.
 	 * Checked under the bucket lock, under which passed writes are counted.
 	 */
-	if (READ_ONCE(*cnt) || g->overflow || fenced(g, b)) {
+	if (READ_ONCE(bk->inflight) || g->overflow || fenced(g, bk)) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
-		return unlock_ret(bl, 0, -1);
+		return unlock_ret(&bk->lock, 0, -1);
 	}
 	e = cache_claim(s, s->key, klen, h, g->cache_gen);
 	if (!e) {
 		stat_inc(ERB_STAT_SET_PASS_BUSY);
-		return unlock_ret(bl, 0, -1);
+		return unlock_ret(&bk->lock, 0, -1);
 	}
 	if (cfg.flags & ERB_CFG_KMOD) {
 		__u32 zero = 0;
@@ -1252,7 +1253,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	}
 	if (!rec) {
 		stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
-		return unlock_ret(&e->lock, bl, -1);
+		return unlock_ret(&e->lock, &bk->lock, -1);
 	}
 	rec->version = ERB_RECORD_VERSION;
 	rec->op = ERB_OP_SET;
@@ -1267,7 +1268,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 						 arg_len(vlen, 1, ERB_VAL_MAX)))) {
 		if (!(cfg.flags & ERB_CFG_KMOD))
 			bpf_ringbuf_discard(rec, 0);
-		return unlock_ret(&e->lock, bl, -1);
+		return unlock_ret(&e->lock, &bk->lock, -1);
 	}
 	s->rep[0] = '+';
 	s->rep[1] = 'O';
@@ -1289,7 +1290,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		rec->seq = wseq;
 		if (erb_kfifo_in(rec, sizeof(*rec))) {
 			stat_inc(ERB_STAT_SET_PASS_QUEUE_FULL);
-			return unlock_ret(&e->lock, bl, -1);
+			return unlock_ret(&e->lock, &bk->lock, -1);
 		}
 		entry_write(e, h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
 		rc = xdp_reply(ctx, k, o, s->rep, 0, 5, seq, ack, f->s_win);
@@ -1299,19 +1300,19 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 		 * answered again (the same SET applied twice, in order).
 		 */
 		if (rc != XDP_TX)
-			return unlock_ret(&e->lock, bl, XDP_DROP);
+			return unlock_ret(&e->lock, &bk->lock, XDP_DROP);
 	} else {
 		rc = xdp_reply(ctx, k, o, s->rep, 0, 5, seq, ack, f->s_win);
 		if (rc != XDP_TX) {
 			bpf_ringbuf_discard(rec, 0);
-			return unlock_ret(&e->lock, bl, rc);
+			return unlock_ret(&e->lock, &bk->lock, rc);
 		}
 		wseq = __sync_fetch_and_add(&g->write_seq, 1) + 1;
 		rec->seq = wseq;
 		entry_write(e, h, s->key, klen, rec->val, vlen, g->cache_gen, wseq, ERB_TYPE_STRING);
 		bpf_ringbuf_submit(rec, ring_wakeup(g));
 	}
-	unlock_ret(&e->lock, bl, 0);
+	unlock_ret(&e->lock, &bk->lock, 0);
 	answered(f, a, k, s, seq, ack, 0, 5);
 	stat_inc(ERB_STAT_SET_FAST);
 	return XDP_TX;
@@ -1762,7 +1763,7 @@ static __always_inline int hold_wait(struct erb_global *g, int busy, __u32 busy_
 	struct wctx w = { .g = g, .bound = bound, .t0 = bpf_ktime_get_ns() };
 
 	if (busy) {
-		w.lock = bpf_map_lookup_elem(&erb_locks, &busy_b);
+		w.lock = bucket_lock(busy_b);
 		if (!w.lock)
 			return 0;
 	}

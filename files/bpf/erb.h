@@ -10,14 +10,14 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	13
+#define ERB_LAYOUT_VERSION	14
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
 #define ERB_VAL_MAX		1400	/* a reply must fit one 1500-byte frame */
 #define ERB_REPLY_MAX		1440	/* 8 bytes header room + value + CRLF + pad */
 #define ERB_MAX_PROBES		8	/* hard bound on cache probes */
-#define ERB_INFLIGHT_BUCKETS	65536	/* per-key-hash bucket write counters */
+#define ERB_INFLIGHT_BUCKETS	65536	/* key-hash buckets (erb_buckets, erb_wepoch) */
 #define ERB_WR_RING		16	/* outstanding writes remembered per flow */
 #define ERB_DEPTH_MAX		8	/* RESP nesting tracked at egress */
 #define ERB_CMD_NAME_MAX	24
@@ -165,9 +165,21 @@ struct erb_seqadj {
 	__s32 off_after;
 };
 
+/*
+ * A key-hash bucket (erb_buckets). What a fast SET checks under the lock sits
+ * beside the lock: the CAS that takes it brings the count and the fence into
+ * the cache with it (three maps before: three cache misses per SET, the two
+ * after the CAS measured at ~180 ns of a fast SET's ~1,300 on the fleet).
+ */
+struct erb_bucket {
+	__u32 lock;		/* try-lock: 0 free, else the holder's CPU id + 1 */
+	__u32 inflight;		/* writes passed to Redis and unanswered (counted under lock) */
+	__u64 fence_ns;		/* when an untracked flow last wrote a key of it (ns) */
+};
+
 struct erb_wr {
 	__u32 idx;		/* command index whose reply releases it */
-	__u32 bucket;		/* erb_inflight bucket; ~0 = unused */
+	__u32 bucket;		/* erb_buckets bucket; ~0 = unused */
 };
 
 /*

@@ -18,16 +18,16 @@ static __always_inline void wr_block(struct erb_flow *f, struct erb_global *g)
 static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 				       __u32 idx, __u32 bucket)
 {
-	__u32 *cnt = bpf_map_lookup_elem(&erb_inflight, &bucket);
+	struct erb_bucket *bk = bucket_get(bucket);
 
-	if (!cnt)
+	if (!bk)
 		return;
 	for (int i = 0; i < ERB_WR_RING; i++) {
 		if (f->wr[i].bucket == SLOT_FREE) {
 			f->wr[i].idx = idx;
 			f->wr[i].bucket = bucket;
 			__sync_fetch_and_or(&f->wr_mask, 1U << i);
-			__sync_fetch_and_add(cnt, 1);
+			__sync_fetch_and_add(&bk->inflight, 1);
 			return;
 		}
 	}
@@ -38,19 +38,19 @@ static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 /* A write of bucket b whose end cannot be seen: fence its fills and fast SETs. */
 static __always_inline void bucket_fence(__u32 b)
 {
-	__u64 *t = bpf_map_lookup_elem(&erb_ufence, &b);
+	struct erb_bucket *bk = bucket_get(b);
 
-	if (t)
-		*t = bpf_ktime_get_ns();
+	if (bk)
+		WRITE_ONCE(bk->fence_ns, bpf_ktime_get_ns());
 }
 
-/* Is bucket b (or every bucket) inside an untracked write's quiet time? */
-static __always_inline int fenced(struct erb_global *g, __u32 b)
+/* Is bucket bk (or every bucket) inside an untracked write's quiet time? */
+static __always_inline int fenced(struct erb_global *g, struct erb_bucket *bk)
 {
-	__u64 now = bpf_ktime_get_ns(), *t = bpf_map_lookup_elem(&erb_ufence, &b);
+	__u64 now = bpf_ktime_get_ns();
 
-	return now - g->untracked_wr_ns < UNTRACKED_QUIET_NS ||
-	       (t && now - *t < UNTRACKED_QUIET_NS);
+	return !bk || now - g->untracked_wr_ns < UNTRACKED_QUIET_NS ||
+	       now - READ_ONCE(bk->fence_ns) < UNTRACKED_QUIET_NS;
 }
 
 /*
@@ -77,7 +77,8 @@ static long wr_step(__u32 i, void *arg)
 {
 	struct wr_walk *w = arg;
 	struct erb_flow *f = w->f;
-	__u32 b, *cnt;
+	struct erb_bucket *bk;
+	__u32 b;
 
 	if (i >= ERB_WR_RING || !(READ_ONCE(f->wr_mask) >> i))
 		return 1;
@@ -88,9 +89,9 @@ static long wr_step(__u32 i, void *arg)
 		bucket_fence(b & (ERB_INFLIGHT_BUCKETS - 1));
 	__sync_fetch_and_and(&f->wr_mask, ~(1U << i));
 	f->wr[i].bucket = SLOT_FREE;
-	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
-	if (cnt)
-		__sync_fetch_and_sub(cnt, 1);
+	bk = bucket_get(b);
+	if (bk)
+		__sync_fetch_and_sub(&bk->inflight, 1);
 	return 0;
 }
 

@@ -42,12 +42,34 @@ struct {
 	__type(value, struct erb_aux);
 } erb_aux SEC(".maps");
 
+/*
+ * Per key-hash bucket (erb.h, struct erb_bucket): the try-lock of a fast SET
+ * against a passed command on the key; the writes passed to Redis and
+ * unanswered, counted under it (a write-through fill is cancelled by any
+ * write of its bucket in flight); when a write of a flow whose replies cannot
+ * be matched (untracked) last passed: fills and fast SETs of the bucket wait
+ * UNTRACKED_QUIET_NS after it (erb_global.untracked_wr_ns: the same, for
+ * writes of unknown keys, for every bucket).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
 	__type(key, __u32);
-	__type(value, __u32);
-} erb_inflight SEC(".maps");
+	__type(value, struct erb_bucket);
+} erb_buckets SEC(".maps");
+
+static __always_inline struct erb_bucket *bucket_get(__u32 b)
+{
+	return bpf_map_lookup_elem(&erb_buckets, &b);
+}
+
+/* Bucket b's lock word, NULL for a bucket out of range. */
+static __always_inline __u32 *bucket_lock(__u32 b)
+{
+	struct erb_bucket *bk = bucket_get(b);
+
+	return bk ? &bk->lock : NULL;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -109,26 +131,6 @@ struct {
 	__type(value, __u32);
 } erb_wepoch SEC(".maps");
 
-/*
- * Per key-hash bucket: when a write of a flow whose replies cannot be matched
- * (untracked) last passed. Fills and fast SETs of the bucket wait
- * UNTRACKED_QUIET_NS after it (erb_global.untracked_wr_ns: the same, for writes
- * of unknown keys, for every bucket).
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
-	__type(key, __u32);
-	__type(value, __u64);
-} erb_ufence SEC(".maps");
-
-/* Per key-hash bucket try-locks: a fast SET vs a passed command on the key. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, ERB_INFLIGHT_BUCKETS);
-	__type(key, __u32);
-	__type(value, __u32);
-} erb_locks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

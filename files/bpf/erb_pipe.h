@@ -228,7 +228,8 @@ static long pipe_check_step(__u32 i, void *unused)
 {
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
-	__u32 klen, h, b, rstart = 0, rlen = 0, tot, idx, *bl, *cnt;
+	__u32 klen, h, b, rstart = 0, rlen = 0, tot, idx, *bl;
+	struct erb_bucket *bk;
 	int nil;
 	struct erb_entry *e;
 	struct pipe_cmd *c;
@@ -252,7 +253,7 @@ static long pipe_check_step(__u32 i, void *unused)
 	if (!c->set) {
 		/* a SET of this segment may be about to write its bucket: not read here */
 		if (s->pp.nset) {
-			bl = bpf_map_lookup_elem(&erb_locks, &b);
+			bl = bucket_lock(b);
 			if (!bl || READ_ONCE(*bl))
 				return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 		}
@@ -271,11 +272,10 @@ static long pipe_check_step(__u32 i, void *unused)
 	}
 	if (tot > ERB_REPLY_MAX - 8 - 5)
 		return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
-	cnt = bpf_map_lookup_elem(&erb_inflight, &b);
-	bl = bpf_map_lookup_elem(&erb_locks, &b);
-	if (!cnt || !bl)
+	bk = bucket_get(b);
+	if (!bk)
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
-	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
+	if (__sync_val_compare_and_swap(&bk->lock, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		/* taken: by an earlier SET of this very key here, or passed */
 		if (pipe_dup_set(s, c, i, b))
 			return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
@@ -283,7 +283,7 @@ static long pipe_check_step(__u32 i, void *unused)
 	}
 	c->b = b;
 	c->lk = 1;
-	if (READ_ONCE(*cnt) || g->overflow || fenced(g, b))
+	if (READ_ONCE(bk->inflight) || g->overflow || fenced(g, bk))
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 	/* the slot as do_set() takes it: the key's, a free one, or a CLOCK victim, locked */
 	e = cache_claim(s, s->key, klen, h, g->cache_gen);
@@ -321,7 +321,7 @@ static long pipe_unlock_step(__u32 i, void *arg)
 			__sync_lock_test_and_set(&e->lock, 0);
 	}
 	if (c->lk >= 1) {
-		bl = bpf_map_lookup_elem(&erb_locks, &c->b);
+		bl = bucket_lock(c->b);
 		if (bl)
 			__sync_lock_test_and_set(bl, 0);
 	}
@@ -357,7 +357,7 @@ static long pipe_commit_step(__u32 i, void *arg)
 	if (!c->set)
 		return 0;
 	e = bpf_map_lookup_elem(&erb_cache, &c->eidx);
-	bl = bpf_map_lookup_elem(&erb_locks, &c->b);
+	bl = bucket_lock(c->b);
 	klen = c->klen;
 	vlen = c->vlen;
 	if (!e || !bl || (c->lk != 2 && !c->dup) || !len_in(klen, 1, ERB_KEY_MAX) || vlen > ERB_VAL_MAX) {

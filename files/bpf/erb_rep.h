@@ -90,6 +90,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	struct erb_aux *a = bpf_map_lookup_elem(&erb_aux, k);
 	struct erb_global *g = c->g;
 	__u32 gen, b, *ep, *bl, type, len, slot = 0;
+	struct erb_bucket *bk;
 	int rc;
 
 	if (!a)
@@ -154,8 +155,10 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	}
 	b = a->fill_bucket & (ERB_INFLIGHT_BUCKETS - 1);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
-	if (!ep)
+	bk = bucket_get(b);
+	if (!ep || !bk)
 		return;
+	bl = &bk->lock;
 	gen = g->cache_gen;
 	/*
 	 * Writes of the bucket in flight when the SET arrived were refused at
@@ -163,12 +166,11 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	 * them before or after this SET, whatever order the replies came in.
 	 */
 	if (!(cfg.flags & ERB_CFG_FILL) || (g->ctl & ERB_CTL_DRAIN) || g->overflow ||
-	    *ep != a->fill_epoch || gen != a->fill_gen || fenced(g, b)) {
+	    *ep != a->fill_epoch || gen != a->fill_gen || fenced(g, bk)) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
-	bl = bpf_map_lookup_elem(&erb_locks, &b);
-	if (!bl || __sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
+	if (__sync_val_compare_and_swap(bl, 0, bpf_get_smp_processor_id() + 1) != 0) {
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;
 	}
@@ -198,7 +200,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 		return;
 	}
 	/* a write that raced the store must see no stale entry afterwards */
-	if (g->overflow || *ep != a->fill_epoch || g->cache_gen != gen || fenced(g, b)) {
+	if (g->overflow || *ep != a->fill_epoch || g->cache_gen != gen || fenced(g, bk)) {
 		cache_invalidate(a->fill_hash);
 		stat_inc(ERB_STAT_FILL_SKIPPED);
 		return;

@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 13
+ERB_LAYOUT_VERSION = 14
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -267,6 +267,15 @@ class ErbSeqadj(ctypes.Structure):
     ]
 
 
+class ErbBucket(ctypes.Structure):
+    """struct erb_bucket: a key-hash bucket's lock, passed-write count and untracked-write fence."""
+    _fields_ = [
+        ('lock', u32),
+        ('inflight', u32),
+        ('fence_ns', ctypes.c_uint64),
+    ]
+
+
 class ErbWr(ctypes.Structure):
     _fields_ = [
         ('idx', u32),
@@ -396,6 +405,7 @@ STRUCTS = {
     'erb_flow_key': ErbFlowKey,
     'erb_parser': ErbParser,
     'erb_seqadj': ErbSeqadj,
+    'erb_bucket': ErbBucket,
     'erb_wr': ErbWr,
     'erb_flow': ErbFlow,
     'erb_aux': ErbAux,
@@ -419,8 +429,7 @@ MAPS = {
     'erb_flows': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbFlow)),
     'erb_aux': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbAux)),
     'erb_ooo': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbOoo)),
-    'erb_inflight': (BPF_MAP_TYPE_ARRAY, 4, 4),
-    'erb_ufence': (BPF_MAP_TYPE_ARRAY, 4, 8),
+    'erb_buckets': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbBucket)),
     'erb_global': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbGlobal)),
     'erb_cmds': (BPF_MAP_TYPE_HASH, 4, ctypes.sizeof(ErbCmdSpec)),
     'erb_stats': (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8),

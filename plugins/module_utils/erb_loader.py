@@ -55,12 +55,15 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some dri
 # Pinned state maps.  Flow state must survive an upgrade: an incompatible
 # pinned flow-state map is refused (live corrected flows would break).  The
 # others are recreated when incompatible (a cache, a table, counters).
-# erb_events holds acknowledged SETs not yet in Redis and erb_locks guards
-# them: both are flow state too (an upgrade must never drop either).
-STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events',
-              'erb_locks', 'erb_ooo', 'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked')
-FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence',
-                   'erb_events', 'erb_locks', 'erb_ooo')
+# erb_events holds acknowledged SETs not yet in Redis and erb_buckets' locks
+# guard them: both are flow state too (an upgrade must never drop either).
+STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_buckets', 'erb_wepoch', 'erb_events',
+              'erb_ooo', 'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked')
+FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_buckets', 'erb_wepoch',
+                   'erb_events', 'erb_ooo')
+# State maps of earlier layouts, merged into erb_buckets (layout 14): a detach
+# removes their pins too, so that none is left behind after an upgrade.
+RETIRED_MAPS = ('erb_inflight', 'erb_ufence', 'erb_locks')
 
 DEFAULT_RING_BYTES = 4 << 20
 # Maps reused only together: erb_tags holds the tags of erb_cache's slots (a
@@ -1191,7 +1194,7 @@ def _remove_clsact(target, tc, meta):
 
 
 def our_pins():
-    names = [LINK_XDP, LINK_TC, META] + ['map_' + n for n in STATE_MAPS]
+    names = [LINK_XDP, LINK_TC, META] + ['map_' + n for n in STATE_MAPS + RETIRED_MAPS]
     return names + [n + PIN_TMP_SUFFIX for n in names]
 
 

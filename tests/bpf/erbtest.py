@@ -143,8 +143,7 @@ class Erb(object):
             assert not list(B.map_keys(fd, ksize)), '%s not empty after reset' % name
         _zero_array(self.fds['erb_cache'], self.config['cache_entries'], ctypes.sizeof(L.ErbEntry))
         _zero_array(self.fds['erb_tags'], EL.tag_words(self.config['cache_entries']), 8)
-        _zero_array(self.fds['erb_inflight'], L.ERB_INFLIGHT_BUCKETS, 4)
-        _zero_array(self.fds['erb_ufence'], L.ERB_INFLIGHT_BUCKETS, 8)
+        _zero_array(self.fds['erb_buckets'], L.ERB_INFLIGHT_BUCKETS, ctypes.sizeof(L.ErbBucket))
         _zero_array(self.fds['erb_global'], 1, ctypes.sizeof(L.ErbGlobal))
         _zero_array(self.fds['erb_stats'], L.ERB_STAT_MAX, 8 * self.ncpu)
         assert not any(self.stats().values())
@@ -187,10 +186,31 @@ class Erb(object):
         a = L.ErbAux()
         return a if B.map_lookup(self.fds['erb_aux'], key, a) else None
 
-    def inflight(self, bucket):
-        v = ctypes.c_uint32()
-        B.map_lookup(self.fds['erb_inflight'], ctypes.c_uint32(bucket), v)
-        return v.value
+    def bucket(self, b):
+        """erb_buckets entry b (an ErbBucket)."""
+        v = L.ErbBucket()
+        B.map_lookup(self.fds['erb_buckets'], ctypes.c_uint32(b), v)
+        return v
+
+    def _set_bucket(self, b, **fields):
+        v = self.bucket(b)
+        for name, value in fields.items():
+            setattr(v, name, value)
+        B.map_update(self.fds['erb_buckets'], ctypes.c_uint32(b), v)
+
+    def inflight(self, b):
+        """Writes of bucket b passed to Redis and unanswered."""
+        return self.bucket(b).inflight
+
+    def set_inflight(self, b, value):
+        self._set_bucket(b, inflight=value)
+
+    def lock(self, b):
+        """Bucket b's lock word: 0 free, else the holder's CPU id + 1."""
+        return self.bucket(b).lock
+
+    def set_lock(self, b, value):
+        self._set_bucket(b, lock=value)
 
     def cache_entries(self):
         """Live entries of the current generation: {key bytes: value bytes}."""
@@ -691,9 +711,8 @@ def _erb_set_u32(self, name, idx, value):
 
 def _erb_reset_fast(self):
     """reset() plus what the SET fast path adds: erb_events consumed to the
-    producer, erb_locks and erb_wepoch zeroed."""
+    producer, erb_buckets (in reset()) and erb_wepoch zeroed."""
     self.reset()
-    _zero_array(self.map_fd('erb_locks'), L.ERB_INFLIGHT_BUCKETS, 4)
     _zero_array(self.map_fd('erb_wepoch'), L.ERB_INFLIGHT_BUCKETS, 4)
     self.ring().skip_all()
     assert self.ring().pending_bytes() == 0

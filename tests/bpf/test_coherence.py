@@ -102,9 +102,9 @@ def test_passed_write_never_slips_past_a_fast_set_holding_its_bucket(erb_fast):
     held, never counted after the SET looked."""
     erb = erb_fast
     b = other_flow(erb)
-    erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
+    erb.set_lock(bucket_of(K), FOREIGN)
     send_held(erb, b, resp('DEL', K), counter='hold_busy')
-    erb.set_u32('erb_locks', bucket_of(K), 0)
+    erb.set_lock(bucket_of(K), 0)
     rc, _unused = b.send(resp('DEL', K))
     assert rc == XDP_PASS
     assert erb.inflight(bucket_of(K)) == 1

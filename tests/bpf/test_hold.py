@@ -63,7 +63,7 @@ def other_flow(erb, cport=40002):
 
 def keys_unlocked(erb, *keys):
     for k in keys:
-        assert erb.u32('erb_locks', bucket_of(k)) == 0, 'bucket lock of %r left taken' % k
+        assert erb.lock(bucket_of(k)) == 0, 'bucket lock of %r left taken' % k
 
 
 def send_held(erb, f, payload, counter='hold'):
@@ -373,7 +373,7 @@ def test_mid_stream_flow_when_flow_table_full_held(erb_fast_config):
 def test_duplicate_key_in_one_command_not_held(erb_fast):
     """hold_step() try-locks each key's bucket in turn. Regression (fixed in
     e113d12 by per-CPU lock tokens): a command naming one key twice (or two keys
-    of one erb_locks bucket) found the bucket locked by itself and was held
+    of one erb_buckets bucket) found the bucket locked by itself and was held
     although none of its keys was pending -- for as long as any write anywhere
     was pending, i.e. all the time under a SET load."""
     erb = erb_fast
@@ -427,7 +427,7 @@ def test_mid_stream_flow_when_flow_table_full_without_pending_writes(erb_fast_co
     del a
 
 
-# A bucket lock taken by another CPU (erb_locks holds that CPU's token, cpu + 1):
+# A bucket lock taken by another CPU (its erb_buckets lock holds that CPU's token, cpu + 1):
 # no CPU of this machine has this one.
 FOREIGN = 0x7fffffff
 
@@ -438,11 +438,11 @@ def test_bucket_locked_by_another_cpu_holds(erb_fast):
     erb = erb_fast
     pending_write(erb)
     k2 = b'key:2'
-    erb.set_u32('erb_locks', bucket_of(k2), FOREIGN)
+    erb.set_lock(bucket_of(k2), FOREIGN)
     b = other_flow(erb)
     frame = send_held(erb, b, resp('STRLEN', k2), counter='hold_busy')
-    assert erb.u32('erb_locks', bucket_of(k2)) == FOREIGN
-    erb.set_u32('erb_locks', bucket_of(k2), 0)
+    assert erb.lock(bucket_of(k2)) == FOREIGN
+    erb.set_lock(bucket_of(k2), 0)
     passed_once(erb, b, frame, resp('STRLEN', k2))
     keys_unlocked(erb, k2)
 
@@ -450,10 +450,10 @@ def test_bucket_locked_by_another_cpu_holds(erb_fast):
 def test_bucket_locked_by_another_cpu_with_a_duplicate_key(erb_fast):
     erb = erb_fast
     pending_write(erb)
-    erb.set_u32('erb_locks', bucket_of(b'c1886'), FOREIGN)
+    erb.set_lock(bucket_of(b'c1886'), FOREIGN)
     b = other_flow(erb)
     send_held(erb, b, resp('MGET', 'a', 'a', 'c849', 'c1886'), counter='hold_busy')
-    assert erb.u32('erb_locks', bucket_of(b'c1886')) == FOREIGN
+    assert erb.lock(bucket_of(b'c1886')) == FOREIGN
     keys_unlocked(erb, b'a')
 
 
@@ -465,12 +465,12 @@ def test_write_to_a_bucket_another_cpu_keeps_is_held_busy_not_hold(erb):
     and the other CPU's lock was never touched."""
     f = Flow(erb).handshake()
     f.set(K, b'v')
-    erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
+    erb.set_lock(bucket_of(K), FOREIGN)
     frame = send_held(erb, f, resp(b'DEL', K), counter='hold_busy')
     assert erb.stats()['hold_waited'] == 0
-    assert erb.u32('erb_locks', bucket_of(K)) == FOREIGN
+    assert erb.lock(bucket_of(K)) == FOREIGN
     assert erb.glob().write_seq == 0
-    erb.set_u32('erb_locks', bucket_of(K), 0)
+    erb.set_lock(bucket_of(K), 0)
     passed_once(erb, f, frame, resp(b'DEL', K))
     assert erb.inflight(bucket_of(K)) == 1
     keys_unlocked(erb, K)
@@ -481,7 +481,7 @@ def test_fast_set_busy_when_bucket_locked_by_another_cpu(erb_fast):
     passed either (a passed write takes the bucket lock to count itself): held."""
     erb = erb_fast
     f = Flow(erb).handshake()
-    erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
+    erb.set_lock(bucket_of(K), FOREIGN)
     before = erb.stats()
     frame = f.client_frame(resp(b'SET', K, b'value'))
     assert erb.xdp(frame) == (XDP_DROP, frame)
@@ -489,7 +489,7 @@ def test_fast_set_busy_when_bucket_locked_by_another_cpu(erb_fast):
     assert st['set_pass_busy'] == before['set_pass_busy'] + 1 and st['set_fast'] == 0
     assert st['hold_busy'] == before['hold_busy'] + 1 and st['hold'] == before['hold']
     assert erb.glob().write_seq == 0 and erb.ring().peek() == []
-    assert erb.u32('erb_locks', bucket_of(K)) == FOREIGN
+    assert erb.lock(bucket_of(K)) == FOREIGN
 
 
 def test_fill_skipped_when_bucket_locked_by_another_cpu(erb_fast):
@@ -497,12 +497,12 @@ def test_fill_skipped_when_bucket_locked_by_another_cpu(erb_fast):
     b = other_flow(erb)
     b.send(resp('PING'))
     b.send(resp('SET', K, 'v-redis'))
-    erb.set_u32('erb_locks', bucket_of(K), FOREIGN)
+    erb.set_lock(bucket_of(K), FOREIGN)
     b.reply(b'+PONG\r\n')
     b.reply(OK)
     st = erb.stats()
     assert (st['fill'], st['fill_skipped']) == (0, 1)
-    assert erb.u32('erb_locks', bucket_of(K)) == FOREIGN
+    assert erb.lock(bucket_of(K)) == FOREIGN
     assert erb.cache_entries_raw() == {}
 
 

@@ -214,7 +214,7 @@ def test_sets_answered_with_records_in_order(fast, n):
     assert fast.cache_entries_raw() == dict(pairs)
     assert fast.cache_wseq() == {k: i + 1 for i, (k, _v) in enumerate(pairs)}
     for k, _v in pairs:
-        assert fast.u32('erb_locks', bucket_of(k)) == 0, 'a bucket lock left taken'
+        assert fast.lock(bucket_of(k)) == 0, 'a bucket lock left taken'
     # each stays pending until applied: a GET of one of them to Redis... is answered from the cache
     rc, out = f.send(resp(b'GET', pairs[-1][0]))
     assert rc == XDP_TX and tcp_payload(out) == bulk(pairs[-1][1])
@@ -254,7 +254,7 @@ def test_get_after_set_of_its_key_passed(fast):
     assert rc != XDP_TX, 'GET after SET of its key answered: %r' % tcp_payload(out)
     assert fast.glob().write_seq == before
     assert fast.ring().peek() == []
-    assert fast.u32('erb_locks', bucket_of(b'a')) == 0, 'the bucket lock was left taken'
+    assert fast.lock(bucket_of(b'a')) == 0, 'the bucket lock was left taken'
     assert fast.cache_entries_raw() == {b'a': b'old', b'b': b'B'}
 
 
@@ -266,7 +266,7 @@ def test_set_and_a_miss_passed_with_no_record(fast):
     st = assert_passed(fast, f, resp(b'SET', b'c', b'3') + resp(b'GET', b'missing'), 'miss')
     assert st['set_fast'] == 2
     assert fast.ring().peek() == []
-    assert fast.u32('erb_locks', bucket_of(b'c')) == 0
+    assert fast.lock(bucket_of(b'c')) == 0
     assert b'c' not in fast.cache_entries_raw()
 
 
@@ -284,7 +284,7 @@ def test_sets_of_one_key_follow_each_other(fast):
     assert [(r.seq, r.key, r.val) for r in recs] == want
     assert fast.cache_entries_raw() == {b'a': b'2', b'k': b'4'}
     assert fast.cache_wseq() == {b'a': 3, b'k': 5}
-    assert fast.u32('erb_locks', bucket_of(b'k')) == 0 and fast.u32('erb_locks', bucket_of(b'a')) == 0
+    assert fast.lock(bucket_of(b'k')) == 0 and fast.lock(bucket_of(b'a')) == 0
 
 
 def same_bucket_key(key):
@@ -304,7 +304,7 @@ def test_two_keys_of_one_bucket_passed(fast):
     other = same_bucket_key(b'k')
     assert_passed(fast, f, resp(b'SET', b'k', b'1') + resp(b'SET', other, b'2'), 'set_pass_busy')
     assert fast.ring().peek() == []
-    assert fast.u32('erb_locks', bucket_of(b'k')) == 0
+    assert fast.lock(bucket_of(b'k')) == 0
     assert b'k' not in fast.cache_entries_raw() and other not in fast.cache_entries_raw()
 
 

@@ -131,7 +131,7 @@ def test_set_answered_with_record(erb_fast, ts, value):
     assert erb.glob().applied_seq == 0
     assert erb.ring().pending_bytes() > 0          # nothing consumed it
     # the lock of the key's bucket was released
-    assert erb.u32('erb_locks', bucket_of(key)) == 0
+    assert erb.lock(bucket_of(key)) == 0
 
 
 def test_set_answered_then_later_segments_corrected(erb_fast):
@@ -282,13 +282,13 @@ def test_write_in_flight_at_redis_makes_set_busy(erb_fast):
     b = Flow(erb, cport=40002, c_isn=5, s_isn=77).handshake()
     rc, _unused = b.send(resp('DEL', 'key:1'))          # passed, Redis has not replied yet
     assert rc == XDP_PASS
-    assert erb.u32('erb_inflight', bucket_of(b'key:1')) == 1
+    assert erb.inflight(bucket_of(b'key:1')) == 1
     assert_passed_untouched(erb, a, resp(b'SET', b'key:1', b'value'), 'set_pass_busy')
     assert erb.cache_entries_raw() == {}
     # Redis answers both; the next SET is answered in XDP again
     b.reply(b':0\r\n')
     a.reply(OK)
-    assert erb.u32('erb_inflight', bucket_of(b'key:1')) == 0
+    assert erb.inflight(bucket_of(b'key:1')) == 0
     fast_set(erb, a, b'key:1', b'value2')
     assert [(r.seq, r.val) for r in erb.records()] == [(1, b'value2')]
 
@@ -302,7 +302,7 @@ def test_open_multi_elsewhere_makes_set_busy(erb_fast):
     b = Flow(erb, cport=40002, c_isn=5, s_isn=77).handshake()
     b.command(resp('MULTI'), OK)
     b.command(resp('DEL', 'key:1'), b'+QUEUED\r\n')
-    assert erb.u32('erb_inflight', bucket_of(b'key:1')) == 0
+    assert erb.inflight(bucket_of(b'key:1')) == 0
     assert_passed_untouched(erb, a, resp(b'SET', b'key:1', b'value'), 'set_pass_busy')
     a.reply(OK)
     b.command(resp('EXEC'), b'*1\r\n:1\r\n')
@@ -469,10 +469,10 @@ def test_fill_never_overwrites_a_pending_fast_write(erb_fast):
     rc, _unused = b.send(resp('SET', 'key:1', 'v2-redis'))
     assert rc == XDP_PASS
     assert erb.aux(b).fill_klen == len(b'key:1')         # captured for the fill
-    assert erb.u32('erb_inflight', bk) == 1
-    erb.set_u32('erb_inflight', bk, 0)
+    assert erb.inflight(bk) == 1
+    erb.set_inflight(bk, 0)
     fast_set(erb, a, b'key:1', b'v1-fast')
-    erb.set_u32('erb_inflight', bk, 1)
+    erb.set_inflight(bk, 1)
     b.reply(b'+PONG\r\n')
     b.reply(OK)
     st = erb.stats()

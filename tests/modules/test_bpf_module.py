@@ -208,9 +208,8 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     d = pin_dir(net, pins)
     assert res['pin_dir'] == d
     expected = {'link_xdp', 'link_tc', 'meta'} | set('map_' + m for m in (
-        'erb_global', 'erb_flows', 'erb_aux', 'erb_inflight', 'erb_wepoch', 'erb_ufence', 'erb_events', 'erb_locks',
-        'erb_ooo', 'erb_cache', 'erb_tags',
-        'erb_cmds', 'erb_stats', 'erb_parked'))
+        'erb_global', 'erb_flows', 'erb_aux', 'erb_buckets', 'erb_wepoch', 'erb_events', 'erb_ooo',
+        'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked'))
     assert set(os.listdir(d)) == expected
     links, progs = res['link_ids'], res['prog_ids']
     assert net.xdp_prog_id(net.a) == progs['xdp']
@@ -604,13 +603,18 @@ def test_detach_discards_pending_sets_only_when_told(net, pins, objects):
 
 OLD_LAYOUT_META = r'''
 import os, sys
-from ansible_collections.erb.booster.plugins.module_utils import erb_loader
+from ansible_collections.erb.booster.plugins.module_utils import erb_layout as L, erb_loader, libbpf as B
 d = sys.argv[1]
 meta = erb_loader.read_meta(d)
 meta['layout_version'] -= 1
 fd = erb_loader.open_pinned(os.path.join(d, erb_loader.META))
 erb_loader.write_meta(fd, meta)
 os.close(fd)
+# the state maps layout 13 pinned and layout 14 merged into erb_buckets
+for name in erb_loader.RETIRED_MAPS:
+    fd = B.map_create(L.BPF_MAP_TYPE_ARRAY, name, 4, 4, 16)
+    B.obj_pin(fd, os.path.join(d, 'map_' + name))
+    os.close(fd)
 '''
 
 
@@ -624,7 +628,11 @@ def test_state_of_another_layout_version_is_reported_and_not_taken_over(net, pin
     assert st['other_layout'] is True and st['meta']['layout_version'] == res['layout_version'] - 1
     res = bpf(net, pins, objects['v1'])
     assert res.get('failed') and 'layout version' in res['msg'] and 'Detach first' in res['msg'], res
-    assert_ok(bpf(net, pins, objects['v0'], state='detached', drain_timeout=0))
+    res = bpf(net, pins, objects['v0'], state='detached', drain_timeout=0)
+    assert_ok(res)
+    # an earlier layout's maps go with the rest: nothing is left behind
+    assert not os.path.exists(pin_dir(net, pins)), res
+    assert all('map_' + n in res['removed'] for n in ('erb_inflight', 'erb_ufence', 'erb_locks')), res
     assert_ok(bpf(net, pins, objects['v1']))
     assert info(net, pins)['interfaces'][net.a]['other_layout'] is False
 
