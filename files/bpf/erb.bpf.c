@@ -340,7 +340,7 @@ static long hold_step(__u32 i, void *arg)
 		return 1;
 	h = x->s->keyq[i & (KEYQ - 1)];
 	b = bucket_of(h);
-	lock = bucket_lock(b);
+	lock = bucket_lock(&b);
 	if (!lock)
 		return 1;
 	/*
@@ -382,7 +382,7 @@ static long unlock_step(__u32 i, void *arg)
 	if (!x->s)
 		return 1;
 	b = bucket_of(x->s->keyq[i & (KEYQ - 1)]);
-	lock = bucket_lock(b);
+	lock = bucket_lock(&b);
 	/* only ours: a bucket seen twice is released at its first key */
 	if (lock)
 		__sync_val_compare_and_swap(lock, bpf_get_smp_processor_id() + 1, 0);
@@ -554,7 +554,7 @@ __attribute__((noinline)) int erb_capture(struct xdp_md *ctx, struct pcur *u, __
 		return 0;
 	h = fnv_key(s, a->fill_key, kl);
 	b = bucket_of(h);
-	bk = bucket_get(b);
+	bk = bucket_get(&b);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
 	/* another write of this bucket is in flight: Redis may run it after */
 	if (!bk || !ep || READ_ONCE(bk->inflight) != (u->cap == 1 ? 1 : 0))
@@ -1218,7 +1218,7 @@ static __always_inline int do_set(struct xdp_md *ctx, struct pkt *k, struct tcp_
 	__u64 wseq;
 	int rc;
 
-	bk = bucket_get(b);
+	bk = bucket_get(&b);
 	if (!bk)
 		return -1;
 	if (vlen > cfg.max_value_len) {
@@ -1763,7 +1763,7 @@ static __always_inline int hold_wait(struct erb_global *g, int busy, __u32 busy_
 	struct wctx w = { .g = g, .bound = bound, .t0 = bpf_ktime_get_ns() };
 
 	if (busy) {
-		w.lock = bucket_lock(busy_b);
+		w.lock = bucket_lock(&busy_b);
 		if (!w.lock)
 			return 0;
 	}

@@ -18,7 +18,7 @@ static __always_inline void wr_block(struct erb_flow *f, struct erb_global *g)
 static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 				       __u32 idx, __u32 bucket)
 {
-	struct erb_bucket *bk = bucket_get(bucket);
+	struct erb_bucket *bk = bucket_get(&bucket);
 
 	if (!bk)
 		return;
@@ -38,7 +38,7 @@ static __always_inline void wr_acquire(struct erb_flow *f, struct erb_global *g,
 /* A write of bucket b whose end cannot be seen: fence its fills and fast SETs. */
 static __always_inline void bucket_fence(__u32 b)
 {
-	struct erb_bucket *bk = bucket_get(b);
+	struct erb_bucket *bk = bucket_get(&b);
 
 	if (bk)
 		WRITE_ONCE(bk->fence_ns, bpf_ktime_get_ns());
@@ -89,7 +89,7 @@ static long wr_step(__u32 i, void *arg)
 		bucket_fence(b & (ERB_INFLIGHT_BUCKETS - 1));
 	__sync_fetch_and_and(&f->wr_mask, ~(1U << i));
 	f->wr[i].bucket = SLOT_FREE;
-	bk = bucket_get(b);
+	bk = bucket_get(&b);
 	if (bk)
 		__sync_fetch_and_sub(&bk->inflight, 1);
 	return 0;

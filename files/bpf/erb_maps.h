@@ -58,13 +58,14 @@ struct {
 	__type(value, struct erb_bucket);
 } erb_buckets SEC(".maps");
 
-static __always_inline struct erb_bucket *bucket_get(__u32 b)
+/* Bucket *b (by address: a copy of b would take a stack slot of its own). */
+static __always_inline struct erb_bucket *bucket_get(const __u32 *b)
 {
-	return bpf_map_lookup_elem(&erb_buckets, &b);
+	return bpf_map_lookup_elem(&erb_buckets, b);
 }
 
-/* Bucket b's lock word, NULL for a bucket out of range. */
-static __always_inline __u32 *bucket_lock(__u32 b)
+/* Bucket *b's lock word, NULL for a bucket out of range. */
+static __always_inline __u32 *bucket_lock(const __u32 *b)
 {
 	struct erb_bucket *bk = bucket_get(b);
 

@@ -253,7 +253,7 @@ static long pipe_check_step(__u32 i, void *unused)
 	if (!c->set) {
 		/* a SET of this segment may be about to write its bucket: not read here */
 		if (s->pp.nset) {
-			bl = bucket_lock(b);
+			bl = bucket_lock(&b);
 			if (!bl || READ_ONCE(*bl))
 				return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 		}
@@ -272,7 +272,7 @@ static long pipe_check_step(__u32 i, void *unused)
 	}
 	if (tot > ERB_REPLY_MAX - 8 - 5)
 		return pipe_fail(s, ERB_STAT_PASS_TOO_BIG);
-	bk = bucket_get(b);
+	bk = bucket_get(&b);
 	if (!bk)
 		return pipe_fail(s, ERB_STAT_SET_PASS_BUSY);
 	if (__sync_val_compare_and_swap(&bk->lock, 0, bpf_get_smp_processor_id() + 1) != 0) {
@@ -321,7 +321,7 @@ static long pipe_unlock_step(__u32 i, void *arg)
 			__sync_lock_test_and_set(&e->lock, 0);
 	}
 	if (c->lk >= 1) {
-		bl = bucket_lock(c->b);
+		bl = bucket_lock(&c->b);
 		if (bl)
 			__sync_lock_test_and_set(bl, 0);
 	}
@@ -357,7 +357,7 @@ static long pipe_commit_step(__u32 i, void *arg)
 	if (!c->set)
 		return 0;
 	e = bpf_map_lookup_elem(&erb_cache, &c->eidx);
-	bl = bucket_lock(c->b);
+	bl = bucket_lock(&c->b);
 	klen = c->klen;
 	vlen = c->vlen;
 	if (!e || !bl || (c->lk != 2 && !c->dup) || !len_in(klen, 1, ERB_KEY_MAX) || vlen > ERB_VAL_MAX) {

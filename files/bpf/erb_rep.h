@@ -155,7 +155,7 @@ static __always_inline void fill_from_aux(struct __sk_buff *skb, __u32 poff,
 	}
 	b = a->fill_bucket & (ERB_INFLIGHT_BUCKETS - 1);
 	ep = bpf_map_lookup_elem(&erb_wepoch, &b);
-	bk = bucket_get(b);
+	bk = bucket_get(&b);
 	if (!ep || !bk)
 		return;
 	bl = &bk->lock;

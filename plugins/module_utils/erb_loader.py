@@ -1009,6 +1009,7 @@ def _deploy(target, desired, state, ifindex, meta):
     held = []
     renames = []
     obj = B.BpfObject(desired['object']['path'])
+    fallback = None
     try:
         try:
             reused = _prepare(obj, target, desired, held)
@@ -1016,6 +1017,7 @@ def _deploy(target, desired, state, ifindex, meta):
             alt = compat_object(obj.path, e)
             if not alt:
                 raise
+            fallback = refusal_reason(e)
             # this kernel's verifier refused the object's layout: the other build
             for fd in held:
                 B.close_fd(fd)
@@ -1043,7 +1045,8 @@ def _deploy(target, desired, state, ifindex, meta):
         undo.actions = []
         write_meta(meta_fd, meta)
         _clear_drain(target)
-        return {'maps_reused': reused, 'maps_created': created, 'links': links, 'object_loaded': loaded}
+        return {'maps_reused': reused, 'maps_created': created, 'links': links, 'object_loaded': loaded,
+                'object_refused': fallback}
     except Exception as e:
         errors = undo.run()
         if errors and isinstance(e, LoaderError):
@@ -1082,6 +1085,14 @@ def compat_object(path, err):
     refused = (getattr(err, 'errno', None) == errno.E2BIG or
                'combined stack size' in log or 'BPF program is too large' in log)
     return alt if refused and os.path.exists(alt) else None
+
+
+def refusal_reason(err):
+    """Why the verifier refused an object, in one line: its stack or size message, else the error."""
+    for line in reversed(getattr(err, 'log', None) or []):
+        if 'combined stack size' in line or 'BPF program is too large' in line:
+            return line.strip()
+    return str(err).split('\n', 1)[0][:300]
 
 
 def _load(obj):

@@ -236,6 +236,13 @@ object_loaded:
   returned: when O(state=attached) and something changed (not in check mode)
   type: str
   sample: /usr/lib/erb/erb.bpf.o
+object_refused:
+  description: >-
+    Why the kernel's verifier refused O(object) when the build for older kernels was loaded in its
+    place (its stack or size message); null when O(object) itself was loaded. A warning says it too.
+  returned: when O(state=attached) and something changed (not in check mode)
+  type: str
+  sample: "combined stack size of 5 calls is 544. Too large"
 maps_reused:
   description: Pinned state maps reused by the new programs.
   returned: when O(state=attached) and something changed (not in check mode)
@@ -378,6 +385,9 @@ def main():
             module.warn('discard_pending_writes: detached with %d acknowledged SET(s) not applied to Redis; '
                         'they are lost once the I/O agent stops (it still holds the ring)'
                         % result['drain']['writes_pending'])
+    if result.get('object_refused'):
+        module.warn('the kernel refused %s (%s): loaded %s, the build for older kernels, instead'
+                    % (module.params['object'], result['object_refused'], result['object_loaded']))
     if result.get('left_behind'):
         module.warn('%s holds files ERB does not own, left in place: %s'
                     % (result['pin_dir'], ', '.join(result['left_behind'])))

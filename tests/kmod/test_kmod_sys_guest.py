@@ -176,7 +176,8 @@ def test_erb_attaches_on_61_with_erb_io_and_clsact(sysguest, tag):
     # a frame of their own (erb_pipe_check): before, its call chain through erb_pipe was
     # over 6.1's 512 bytes (frames rounded to 32) and the loader fell back to the
     # bpf_loop-callback build (erb-compat.bpf.o, still verified above and installed beside it)
-    assert r["object_loaded"].endswith("/erb.bpf.o"), r["object_loaded"]
+    assert r["object_loaded"].endswith("/erb.bpf.o"), (r["object_loaded"], r["object_refused"])
+    assert r["object_refused"] is None
     d = bpf_run(sysguest, f"detach_{tag}")
     assert d["changed"] is True and d["drain"]["drained"] is True
     assert {"link_xdp", "tc_filter", "clsact_qdisc"} <= set(d["removed"])
@@ -191,6 +192,9 @@ def test_a_build_the_kernel_refuses_for_its_stack_falls_back_to_the_compat_build
     r = bpf_run(sysguest, "attach_fallback")
     assert r["changed"] is True and r["io_path"] == "kmod", r
     assert r["object_loaded"].endswith("/erb-deep-compat.bpf.o"), r["object_loaded"]
+    assert "combined stack size" in r["object_refused"], r["object_refused"]  # and warned about
+    # a warning names it (a string, or an event object on newer ansible-core)
+    assert any(r["object_refused"] in json.dumps(w) for w in r["warnings"]), r["warnings"]
     g, s = sysguest, sets_result(sysguest, "fallback")
     assert g["fallback_wrong"] == "0"  # every SET answered +OK and read back by GET
     assert s["delivered"] == FALLBACK_SETS, s
