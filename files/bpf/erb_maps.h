@@ -132,7 +132,6 @@ struct {
 	__type(value, __u32);
 } erb_wepoch SEC(".maps");
 
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 512);

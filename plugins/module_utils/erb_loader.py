@@ -1081,18 +1081,25 @@ def compat_object(path, err):
     if not path.endswith('.bpf.o') or path.endswith(COMPAT_SUFFIX):
         return None
     alt = path[:-len('.bpf.o')] + COMPAT_SUFFIX
-    log = '\n'.join(getattr(err, 'log', None) or [])
-    refused = (getattr(err, 'errno', None) == errno.E2BIG or
-               'combined stack size' in log or 'BPF program is too large' in log)
+    refused = getattr(err, 'errno', None) == errno.E2BIG or _refusal_line(err) is not None
     return alt if refused and os.path.exists(alt) else None
+
+
+# The verifier's messages for an object too deep or too large for the kernel.
+REFUSALS = ('combined stack size', 'BPF program is too large')
+
+
+def _refusal_line(err):
+    """The last line of err's verifier log that says it refused the object for its stack or size."""
+    for line in reversed(getattr(err, 'log', None) or []):
+        if any(r in line for r in REFUSALS):
+            return line.strip()
+    return None
 
 
 def refusal_reason(err):
     """Why the verifier refused an object, in one line: its stack or size message, else the error."""
-    for line in reversed(getattr(err, 'log', None) or []):
-        if 'combined stack size' in line or 'BPF program is too large' in line:
-            return line.strip()
-    return str(err).split('\n', 1)[0][:300]
+    return _refusal_line(err) or str(err).split('\n', 1)[0][:300]
 
 
 def _load(obj):

@@ -50,3 +50,12 @@ def test_no_fallback_for_other_failures_or_without_the_compat_build(tmp_path):
     other.mkdir()
     assert erb_loader.compat_object(objects(other, compat=False),
                                     LoaderError('x', log=STACK, err=errno.EACCES)) is None
+
+
+def test_the_refusal_is_named_by_the_verifier_line_that_gave_it():
+    """refusal_reason(): what erb.booster.bpf reports (object_refused) when it falls back."""
+    assert erb_loader.refusal_reason(LoaderError('x', log=STACK, err=errno.EACCES)) == STACK[0]
+    assert erb_loader.refusal_reason(LoaderError('x', log=BIG, err=errno.E2BIG)) == BIG[0]
+    # E2BIG without the verifier's line: the error's own first line
+    assert erb_loader.refusal_reason(LoaderError('loading erb.bpf.o failed: E2BIG\nmore', log=[],
+                                                 err=errno.E2BIG)) == 'loading erb.bpf.o failed: E2BIG'
