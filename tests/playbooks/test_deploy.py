@@ -138,8 +138,9 @@ class TestDeployRollback:
         up = ansible_playbook('deploy.yml', limit=h.name, extra_vars=AGENT_PATH)
         assert up.rc == 0, up.output[-6000:]
         out = up.output
-        assert 'Drain and detach the state of another layout version on %s' % h.iface in out
-        assert 'Stop the I/O agent of the old layout' in out
+        assert 'cannot be taken over (another layout version)' in out, out[-6000:]
+        assert 'Drain and detach the pinned state on %s' % h.iface in out
+        assert 'Stop the I/O agent of the detached state' in out
         meta = _meta(h)
         assert meta['layout_version'] == _layout_version() and meta['object']['sha256'] != '0' * 64
         after = link_state(h)
@@ -152,6 +153,46 @@ class TestDeployRollback:
         assert h.redis_cli('GET', 'upgrade:k') == 'v2'
         assert _get_calls(h.redis_cli_local('INFO', 'commandstats')) == calls
         assert h.redis_cli('DEL', 'upgrade:k') == '1'
+
+    def test_a_changed_ring_size_detaches_then_attaches_afresh(self, fleet, deployed, ansible_playbook):
+        """erb_ring_bytes sizes erb_events, which live state sits in and which cannot be swapped
+        in place: deploy.yml with another size drains and detaches, then attaches afresh with the
+        new ring (and says why); back to the default the same way; answering in XDP after each."""
+        assert deployed.rc == 0, deployed.output[-6000:]
+        h = fleet.hosts[0]
+        old = _meta(h)['config']['ring_bytes']
+        for size in (1 << 20, old):
+            before = link_state(h)
+            up = ansible_playbook('deploy.yml', limit=h.name, extra_vars=dict(AGENT_PATH, erb_ring_bytes=size))
+            assert up.rc == 0, up.output[-6000:]
+            out = up.output
+            assert 'cannot be taken over (ring_bytes %d -> %d)' % (old, size) in out, out[-6000:]
+            assert 'Drain and detach the pinned state on %s' % h.iface in out
+            meta = _meta(h)
+            assert meta['config']['ring_bytes'] == size
+            assert meta['config']['set_fast_path'] is True  # the I/O path proved itself again
+            ring = json.loads(run(['bpftool', '-j', 'map', 'show', 'pinned',
+                                   '/run/erb/bpffs/erb/%s/%s/map_erb_events' % (h.ns, h.iface)]).stdout)
+            assert ring['max_entries'] == size, ring
+            after = link_state(h)
+            assert after['xdp'] and after['xdp'][1] == 'erb_xdp' and after['tc'], after
+            assert after['xdp'][0] != before['xdp'][0], 'the programs were not attached afresh'
+            # a fast SET acknowledged in XDP reaches Redis through the new ring; GETs answered in XDP
+            key = 'ring:%d' % size
+            assert h.redis_cli('SET', key, 'v') == 'OK'
+            deadline = time.time() + 10
+            while h.redis_cli_local('GET', key) != 'v':
+                assert time.time() < deadline, 'the SET never reached Redis'
+                time.sleep(0.05)
+            calls = _get_calls(h.redis_cli_local('INFO', 'commandstats'))
+            assert h.redis_cli('GET', key) == 'v'
+            assert _get_calls(h.redis_cli_local('INFO', 'commandstats')) == calls
+            assert h.redis_cli('DEL', key) == '1'
+            old = size
+        # the same size again: nothing to take over, nothing changed
+        again = ansible_playbook('deploy.yml', limit=h.name, extra_vars=AGENT_PATH)
+        assert again.rc == 0 and 'cannot be taken over' not in again.output, again.output[-6000:]
+        assert again.recap[h.name]['changed'] == 0, again.output[-6000:]
 
     def test_a_rollback_with_unapplied_sets_keeps_erb_attached_until_they_are_in_redis(
             self, fleet, deployed, ansible_playbook):
