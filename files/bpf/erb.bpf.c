@@ -526,9 +526,8 @@ static __always_inline void xdp_effects(struct pctx *c, __u32 fl_orig)
  *
  * A global function, like erb_parse() (see global_env()): inline in
  * parse_step, its branches were checked again on every path of the parser
- * that reaches it. So it gets no pointer but to plain memory (the flow holds
- * a timer and a lock: the caller stores the result) and looks the maps up
- * itself.
+ * that reaches it. It looks the maps up itself; the caller stores the result
+ * in the flow.
  */
 __attribute__((noinline)) int erb_capture(struct xdp_md *ctx, struct pcur *u, __u32 poff)
 {
@@ -1967,10 +1966,9 @@ static __always_inline void pa_set(struct erb_scratch *s, struct erb_flow_key *k
 }
 
 /*
- * What erb_get(), erb_set(), erb_pipe() and erb_parse() start from: the flow found
- * again by its key and (k) the packet's pointers derived again. 0, else what
- * to return: XDP_DROP when the flow is gone (closed on another CPU since
- * erb_xdp found it: the client resends, and erb_xdp sees it has no flow), -1
+ * What erb_get(), erb_set(), erb_pipe() and erb_parse() start from: erb_xdp's
+ * flow (f) and (k) the packet's pointers derived again. 0, else what to
+ * return: XDP_DROP without a flow (erb_xdp passes the one it found), -1
  * (answer nothing, parse) when the frame is not what erb_xdp saw.
  *
  * They are global functions: the verifier checks each once, on its own. As
@@ -1978,20 +1976,15 @@ static __always_inline void pa_set(struct erb_scratch *s, struct erb_flow_key *k
  * erb_xdp reaches them in (kept bytes or none, a new flow or not, packet
  * pointers valid or spent, ...): under the loop checks of this machine's
  * 6.18 kernel (SCCs, as of 2026-12-05) erb_xdp took more than the verifier's
- * 1M instructions that way. So they get the flow's key, not the flow (which
- * holds a timer and a lock, not plain memory), and find the flow again: one
- * hash lookup more per call.
+ * 1M instructions that way. A global function's pointer argument is plain
+ * memory of its type's size: struct erb_flow holds no timer or lock for that
+ * reason (a closed flow's timer is in erb_flow_gc), so the flow is passed, not
+ * looked up again by its key (one hash lookup per call, until layout 15).
  */
 static __always_inline int global_env(struct xdp_md *ctx, struct erb_scratch *s,
-				      struct erb_global *g, struct pkt *k, struct erb_flow **fp)
+				      struct erb_global *g, struct pkt *k, struct erb_flow *f)
 {
-	struct erb_flow *f;
-
-	*fp = NULL;
-	if (!s || !g)
-		return XDP_DROP;
-	f = bpf_map_lookup_elem(&erb_flows, &s->pa.key);
-	if (!f)
+	if (!s || !g || !f)
 		return XDP_DROP;
 	if (k) {
 		k->thl = s->pa.thl;
@@ -2001,18 +1994,16 @@ static __always_inline int global_env(struct xdp_md *ctx, struct erb_scratch *s,
 		if (pkt_reload(ctx, k))
 			return -1;
 	}
-	*fp = f;
 	return 0;
 }
 
 #ifndef ERB_CALLBACKS
-static __always_inline int answer_one(struct xdp_md *ctx, int want_set)
+static __always_inline int answer_one(struct xdp_md *ctx, struct erb_flow *f, int want_set)
 {
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
 	struct pkt k = {};
-	struct erb_flow *f;
-	int rc = global_env(ctx, s, g, &k, &f);
+	int rc = global_env(ctx, s, g, &k, f);
 
 	if (rc || !s || !g || !f)
 		return rc ? rc : XDP_DROP;
@@ -2025,26 +2016,28 @@ static __always_inline int answer_one(struct xdp_md *ctx, int want_set)
  * then holds only its own command's locals (6.1 adds the frames of a call
  * chain, global functions' too, against one 512-byte stack).
  */
-__attribute__((noinline)) int erb_get(struct xdp_md *ctx)
+__attribute__((noinline)) int erb_get(struct xdp_md *ctx, struct erb_flow *f)
 {
-	return answer_one(ctx, 0);
+	return answer_one(ctx, f, 0);
 }
 
 /* Answer one SET in XDP: an XDP action, or < 0 (RC_PIPELINE: not one, try erb_pipe()). */
-__attribute__((noinline)) int erb_set(struct xdp_md *ctx)
+__attribute__((noinline)) int erb_set(struct xdp_md *ctx, struct erb_flow *f)
 {
-	return answer_one(ctx, 1);
+	return answer_one(ctx, f, 1);
 }
 
 /* erb_pipe()'s and erb_pipe_reply()'s start: global_env() into a. */
-static __always_inline int pipe_env(struct xdp_md *ctx, struct pkt *k, struct actx *a)
+static __always_inline int pipe_env(struct xdp_md *ctx, struct erb_flow *f, struct pkt *k,
+				    struct actx *a)
 {
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
-	int rc = global_env(ctx, s, g, k, &a->f);
+	int rc = global_env(ctx, s, g, k, f);
 
-	if (rc || !s || !g || !a->f)
+	if (rc || !s || !g || !f)
 		return rc ? rc : XDP_DROP;
+	a->f = f;
 	a->ctx = ctx;
 	a->k = k;
 	a->key = &s->pa.key;
@@ -2056,11 +2049,11 @@ static __always_inline int pipe_env(struct xdp_md *ctx, struct pkt *k, struct ac
  * in three steps (erb_pipe.h): erb_pipe() (RC_PIPE_CHECK: go on), then
  * erb_pipe_check() (RC_PIPE_REPLY: go on, locks held), then erb_pipe_reply().
  */
-__attribute__((noinline)) int erb_pipe(struct xdp_md *ctx)
+__attribute__((noinline)) int erb_pipe(struct xdp_md *ctx, struct erb_flow *f)
 {
 	struct pkt k = {};
 	struct actx a = {};
-	int rc = pipe_env(ctx, &k, &a);
+	int rc = pipe_env(ctx, f, &k, &a);
 
 	return rc ? rc : pipe_prepare(&a);
 }
@@ -2072,11 +2065,11 @@ __attribute__((noinline)) int erb_pipe_check(struct xdp_md *ctx)
 }
 
 /* Called only after erb_pipe_check() said RC_PIPE_REPLY: releases its locks on every path. */
-__attribute__((noinline)) int erb_pipe_reply(struct xdp_md *ctx)
+__attribute__((noinline)) int erb_pipe_reply(struct xdp_md *ctx, struct erb_flow *f)
 {
 	struct pkt k = {};
 	struct actx a = {};
-	int rc = pipe_env(ctx, &k, &a);
+	int rc = pipe_env(ctx, f, &k, &a);
 
 	return rc ? pipe_unlock(rc) : pipe_reply(&a);
 }
@@ -2124,12 +2117,12 @@ static __always_inline int parse_seg(struct actx *a, struct erb_scratch *s)
 
 #ifndef ERB_CALLBACKS
 /* See global_env(). */
-__attribute__((noinline)) int erb_parse(struct xdp_md *ctx)
+__attribute__((noinline)) int erb_parse(struct xdp_md *ctx, struct erb_flow *f)
 {
 	struct erb_scratch *s = scratch();
 	struct erb_global *g = global();
 	struct actx a = {};
-	int rc = global_env(ctx, s, g, NULL, &a.f);
+	int rc = global_env(ctx, s, g, NULL, f);
 #ifdef ERB_TEST_STACK_PAD
 	/*
 	 * Test builds only (files/bpf `make variants`: erb-deep.bpf.o): this many
@@ -2146,8 +2139,9 @@ __attribute__((noinline)) int erb_parse(struct xdp_md *ctx)
 		return XDP_PASS;
 #endif
 
-	if (rc || !s || !g || !a.f)
+	if (rc || !s || !g || !f)
 		return rc ? rc : XDP_DROP;
+	a.f = f;
 	a.ctx = ctx;
 	a.key = &s->pa.key;
 	return parse_seg(&a, s);
@@ -2393,15 +2387,15 @@ int erb_xdp(struct xdp_md *ctx)
 			pa_set(s, &key, &k, seq);
 			/* a GET; else (-2) a SET; else maybe a pipeline */
 #ifndef ERB_CALLBACKS
-			rc = get_head(ctx, &k) ? erb_get(ctx) : not_get(ctx, &k, s);
+			rc = get_head(ctx, &k) ? erb_get(ctx, f) : not_get(ctx, &k, s);
 			if (rc == -2)
-				rc = erb_set(ctx);
+				rc = erb_set(ctx, f);
 			if (rc == RC_PIPELINE)
-				rc = erb_pipe(ctx);
+				rc = erb_pipe(ctx, f);
 			if (rc == RC_PIPE_CHECK)
 				rc = erb_pipe_check(ctx);
 			if (rc == RC_PIPE_REPLY)
-				rc = erb_pipe_reply(ctx);
+				rc = erb_pipe_reply(ctx, f);
 #else
 			ac.ctx = ctx;
 			ac.k = &k;
@@ -2464,7 +2458,7 @@ int erb_xdp(struct xdp_md *ctx)
 			pa_set(s, &key, &k, seq);
 			s->pa.from = f->c_nxt - seq;
 #ifndef ERB_CALLBACKS
-			prc = erb_parse(ctx);
+			prc = erb_parse(ctx, f);
 #else
 			ac.ctx = ctx;
 			ac.k = &k;

@@ -10,7 +10,7 @@
 #ifndef ERB_H
 #define ERB_H
 
-#define ERB_LAYOUT_VERSION	14
+#define ERB_LAYOUT_VERSION	15
 
 /* Compile-time maxima; the load-time config may only lower them. */
 #define ERB_KEY_MAX		256
@@ -130,7 +130,7 @@ struct erb_parser {
 #define ERB_FLOW_WR_OVERFLOW	(1U << 10)	/* counted in erb_global.overflow */
 #define ERB_FLOW_ANSWERED	(1U << 11)	/* corrections are non-zero */
 #define ERB_FLOW_WIN		(1U << 12)	/* s_win holds a scaled window */
-#define ERB_FLOW_CLOSED		(1U << 13)	/* both FINs acked: deleted by its timer */
+#define ERB_FLOW_CLOSED		(1U << 13)	/* both FINs acked: deleted by its erb_flow_gc timer */
 #define ERB_FLOW_C_WSCALE	(1U << 14)	/* the client's SYN offered window scaling */
 #define ERB_FLOW_HELLO		(1U << 15)	/* sent HELLO once: maybe RESP3, no HGETALL */
 #define ERB_FLOW_WATCH		(1U << 16)	/* WATCH issued: EXEC waits for pending writes */
@@ -191,7 +191,6 @@ struct erb_wr {
 struct erb_flow {
 	__u32 adj_seq;		/* sequence count of c and s */
 	__u32 flags;		/* ERB_FLOW_* */
-	struct bpf_timer timer;	/* deletes the flow a while after it closed */
 	__u32 c_nxt;		/* next expected client seq (client view) */
 	__u32 s_nxt;		/* next server seq (client view) */
 	__u32 s_win;		/* last window the server advertised (raw) */
@@ -221,6 +220,15 @@ struct erb_flow {
 	struct erb_wr wr[ERB_WR_RING];
 	struct erb_parser req;	/* ingress: client requests */
 	struct erb_parser rep;	/* egress: Redis replies */
+};
+
+/*
+ * A closed flow's deletion timer (erb_flow_gc: BPF_MAP_TYPE_HASH of max_flows,
+ * by flow key), apart from struct erb_flow so that the flow stays plain memory
+ * (global functions take it as an argument).
+ */
+struct erb_flow_gc {
+	struct bpf_timer timer;
 };
 
 /*

@@ -182,33 +182,53 @@ static __always_inline void flow_delete(struct erb_flow_key *k, struct erb_flow 
 
 #define FLOW_LINGER_NS	(60ULL * 1000000000ULL)	/* > 2 MSL of Linux (TIME_WAIT) */
 
-static int flow_gc(void *map, struct erb_flow_key *key, struct erb_flow *f)
+/* erb_flow_gc's timer of a closed flow: delete the flow, and the timer's element. */
+static int flow_gc(void *map, struct erb_flow_key *key, struct erb_flow_gc *t)
 {
+	struct erb_flow *f = bpf_map_lookup_elem(&erb_flows, key);
+
 	/* a SYN may have reused the tuple meanwhile: then it is not ours */
-	if (f->flags & ERB_FLOW_CLOSED) {
-		bpf_map_delete_elem(map, key);
+	if (f && (f->flags & ERB_FLOW_CLOSED)) {
+		bpf_map_delete_elem(&erb_flows, key);
 		stat_inc(ERB_STAT_FLOW_END);
 	}
+	bpf_map_delete_elem(map, key);
 	return 0;
 }
 
 /*
  * Both FINs are acknowledged. Keep correcting what still comes (a lost last
- * ACK makes the server resend its FIN) and let a timer delete the flow.
+ * ACK makes the server resend its FIN) and let a timer delete the flow. The
+ * timer of an earlier flow of the tuple may still be there (its flow was
+ * replaced by a SYN, then closed too): it is armed again (init says -EBUSY).
+ * Without a timer (erb_flow_gc full) the flow is deleted now. The element's one
+ * field is the timer, which an update never copies: any 16 readable bytes do
+ * for its value (g's), and erb_xdp's frame, which this is inlined in, keeps
+ * its size (6.1 adds the frames of a call chain against 512 bytes).
  */
 static __always_inline void flow_close(struct erb_flow_key *k, struct erb_flow *f,
 				       struct erb_global *g)
 {
+	struct erb_flow_gc *t;
+
 	if (f->flags & ERB_FLOW_CLOSED)
 		return;
 	flow_release(f, g);
 	bpf_map_delete_elem(&erb_aux, k);
 	ooo_forget(f, k);
 	__sync_fetch_and_or(&f->flags, ERB_FLOW_CLOSED);
-	bpf_timer_init(&f->timer, &erb_flows, 1 /* CLOCK_MONOTONIC */);
-	bpf_timer_set_callback(&f->timer, flow_gc);
-	if (bpf_timer_start(&f->timer, FLOW_LINGER_NS, 0))
+	bpf_map_update_elem(&erb_flow_gc, k, g, BPF_NOEXIST);
+	t = bpf_map_lookup_elem(&erb_flow_gc, k);
+	if (!t) {
 		flow_delete(k, f, g);
+		return;
+	}
+	bpf_timer_init(&t->timer, &erb_flow_gc, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&t->timer, flow_gc);
+	if (bpf_timer_start(&t->timer, FLOW_LINGER_NS, 0)) {
+		bpf_map_delete_elem(&erb_flow_gc, k);
+		flow_delete(k, f, g);
+	}
 }
 
 #endif /* ERB_FLOW_H */

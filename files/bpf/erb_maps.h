@@ -34,6 +34,14 @@ struct {
 	__type(value, struct erb_flow);
 } erb_flows SEC(".maps");
 
+/* Closed flows' deletion timers (erb_flow.h, flow_close()). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct erb_flow_key);
+	__type(value, struct erb_flow_gc);
+} erb_flow_gc SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

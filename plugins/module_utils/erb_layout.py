@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import ctypes
 
-ERB_LAYOUT_VERSION = 14
+ERB_LAYOUT_VERSION = 15
 
 ERB_KEY_MAX = 256
 ERB_VAL_MAX = 1400
@@ -292,7 +292,6 @@ class ErbFlow(ctypes.Structure):
     _fields_ = [
         ('adj_seq', u32),
         ('flags', u32),
-        ('timer', BpfTimer),
         ('c_nxt', u32),
         ('s_nxt', u32),
         ('s_win', u32),
@@ -324,6 +323,11 @@ class ErbFlow(ctypes.Structure):
         ('req', ErbParser),
         ('rep', ErbParser),
     ]
+
+
+class ErbFlowGc(ctypes.Structure):
+    """A closed flow's deletion timer (erb_flow_gc), apart from the flow since layout 15."""
+    _fields_ = [('timer', BpfTimer)]
 
 
 class ErbAux(ctypes.Structure):
@@ -408,6 +412,7 @@ STRUCTS = {
     'erb_bucket': ErbBucket,
     'erb_wr': ErbWr,
     'erb_flow': ErbFlow,
+    'erb_flow_gc': ErbFlowGc,
     'erb_aux': ErbAux,
     'erb_global': ErbGlobal,
     'erb_cmd_spec': ErbCmdSpec,
@@ -427,6 +432,7 @@ MAPS = {
     'erb_cache': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbEntry)),
     'erb_tags': (BPF_MAP_TYPE_ARRAY, 4, 8),
     'erb_flows': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbFlow)),
+    'erb_flow_gc': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbFlowGc)),
     'erb_aux': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbAux)),
     'erb_ooo': (BPF_MAP_TYPE_HASH, ctypes.sizeof(ErbFlowKey), ctypes.sizeof(ErbOoo)),
     'erb_buckets': (BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ErbBucket)),

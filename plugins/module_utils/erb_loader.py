@@ -57,9 +57,11 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", leaks from some dri
 # others are recreated when incompatible (a cache, a table, counters).
 # erb_events holds acknowledged SETs not yet in Redis and erb_buckets' locks
 # guard them: both are flow state too (an upgrade must never drop either).
-STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_buckets', 'erb_wepoch', 'erb_events',
-              'erb_ooo', 'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked')
-FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_aux', 'erb_buckets', 'erb_wepoch',
+STATE_MAPS = ('erb_global', 'erb_flows', 'erb_flow_gc', 'erb_aux', 'erb_buckets', 'erb_wepoch',
+              'erb_events', 'erb_ooo', 'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked')
+# erb_flow_gc holds the timers that delete closed flows: a new map would drop
+# them, and erb_flows would keep those flows for good.
+FLOW_STATE_MAPS = ('erb_global', 'erb_flows', 'erb_flow_gc', 'erb_aux', 'erb_buckets', 'erb_wepoch',
                    'erb_events', 'erb_ooo')
 # State maps of earlier layouts, merged into erb_buckets (layout 14): a detach
 # removes their pins too, so that none is left behind after an upgrade.
@@ -743,6 +745,7 @@ def _configure(obj, cfg):
     obj.find_map('erb_cache').set_max_entries(cfg['cache_entries'])
     obj.find_map('erb_tags').set_max_entries(tag_words(cfg['cache_entries']))
     obj.find_map('erb_flows').set_max_entries(cfg['max_flows'])
+    obj.find_map('erb_flow_gc').set_max_entries(cfg['max_flows'])
     obj.find_map('erb_aux').set_max_entries(cfg['max_flows'])
     obj.find_map('erb_events').set_max_entries(cfg.get('ring_bytes', DEFAULT_RING_BYTES))
 

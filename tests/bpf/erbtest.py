@@ -136,7 +136,7 @@ class Erb(object):
     def reset(self):
         """Fresh state: no flows, empty cache, zero inflight/global/stats."""
         for name, ksize in (('erb_flows', ctypes.sizeof(L.ErbFlowKey)), ('erb_aux', ctypes.sizeof(L.ErbFlowKey)),
-                            ('erb_ooo', ctypes.sizeof(L.ErbFlowKey))):
+                            ('erb_ooo', ctypes.sizeof(L.ErbFlowKey)), ('erb_flow_gc', ctypes.sizeof(L.ErbFlowKey))):
             fd = self.fds[name]
             for raw in list(B.map_keys(fd, ksize)):
                 B.map_delete(fd, ctypes.create_string_buffer(raw, ksize))
@@ -163,6 +163,16 @@ class Erb(object):
             key = key.key
         f = L.ErbFlow()
         return f if B.map_lookup(self.fds['erb_flows'], key, f) else None
+
+    def flow_gc(self, key):
+        """Is there an erb_flow_gc element (a closed flow's deletion timer) for an ErbFlowKey or a Flow?"""
+        if isinstance(key, Flow):
+            key = key.key
+        return B.map_lookup(self.fds['erb_flow_gc'], key, L.ErbFlowGc())
+
+    def flow_gc_count(self):
+        """Elements of erb_flow_gc (closed flows' deletion timers)."""
+        return len(list(B.map_keys(self.fds['erb_flow_gc'], ctypes.sizeof(L.ErbFlowKey))))
 
     def put_flow(self, key, f):
         """Overwrite the erb_flows entry of an ErbFlowKey (or a Flow) with f (an ErbFlow)."""

@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 
 from erbtest import (M32, TC_ACT_OK, TC_ACT_SHOT, XDP_PASS, XDP_TX, Flow, assert_checksums, bulk, resp, sack_blocks,
                      tcp_payload)
+from erbtest import L
 
 
 def answered_flow(erb, value=b'hello world', **kw):
@@ -215,6 +216,34 @@ def test_flow_without_answers_is_not_rewritten(erb):
     assert (rc, out) == (TC_ACT_OK, f.last[2])
     st = erb.stats()
     assert st['corrected_in'] == st['corrected_out'] == 0
+
+
+def test_closed_flow_is_left_to_a_timer_of_its_own(erb):
+    """Both FINs acked: the flow is kept, closed, for what still comes, and a timer in
+    erb_flow_gc (not in the flow: global functions take the flow as plain memory) deletes
+    it later. A new connection on the tuple that closes too arms the same element again."""
+    f, qlen, rlen = answered_flow(erb)
+    assert erb.flow(f) is not None and not erb.flow_gc(f)
+    for conn in range(2):
+        rc, _unused = f.send(b'', flags='FA')
+        assert rc == XDP_PASS
+        f.c_seq = (f.c_seq + 1) & M32
+        f.s_ack = (f.s_ack + 1) & M32
+        rc, _unused = f.reply(b'', flags='FA')
+        f.s_seq = (f.s_seq + 1) & M32
+        f.c_ack = (f.c_ack + 1) & M32
+        assert bool(erb.flow_gc(f)) == (conn == 1), 'a timer before the last ACK, or the old one gone'
+        rc, _unused = f.send(b'', flags='A')          # the last ACK
+        assert rc == XDP_PASS
+        fl = erb.flow(f)
+        assert fl is not None and fl.flags & L.ERB_FLOW_CLOSED, 'the flow was not kept, closed'
+        assert erb.flow_gc(f), 'no deletion timer for the closed flow'
+        assert erb.stats()['flow_end'] == 0
+        if conn == 0:
+            # a new connection on the same tuple: a new flow, the old timer still there
+            f = Flow(erb, c_isn=f.c_seq + 100000, s_isn=f.s_isn + 7777777).handshake()
+            assert not erb.flow(f).flags & L.ERB_FLOW_CLOSED and erb.flow_gc(f)
+    assert erb.flow_gc_count() == 1
 
 
 def test_server_fin_retransmitted_after_flow_end_is_still_corrected(erb):

@@ -208,8 +208,8 @@ def test_attach_idempotent_update_detach(net, pins, objects):
     d = pin_dir(net, pins)
     assert res['pin_dir'] == d
     expected = {'link_xdp', 'link_tc', 'meta'} | set('map_' + m for m in (
-        'erb_global', 'erb_flows', 'erb_aux', 'erb_buckets', 'erb_wepoch', 'erb_events', 'erb_ooo',
-        'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked'))
+        'erb_global', 'erb_flows', 'erb_flow_gc', 'erb_aux', 'erb_buckets', 'erb_wepoch', 'erb_events',
+        'erb_ooo', 'erb_cache', 'erb_tags', 'erb_cmds', 'erb_stats', 'erb_parked'))
     assert set(os.listdir(d)) == expected
     links, progs = res['link_ids'], res['prog_ids']
     assert net.xdp_prog_id(net.a) == progs['xdp']
